@@ -1,0 +1,95 @@
+//! The diesel schema of both databases (kept by hand beside the migrations;
+//! `crates/common-models/tests` checks them against each other).
+
+/// Main database: tenants and credentials.
+pub mod main {
+    diesel::table! {
+        companies (id) {
+            id -> Int8,
+            name -> Varchar,
+            created_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        users (id) {
+            id -> Int8,
+            company_id -> Int8,
+            email -> Varchar,
+            full_name -> Nullable<Varchar>,
+            role -> Varchar,
+            is_active -> Bool,
+            created_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        api_keys (id) {
+            id -> Int8,
+            company_id -> Int8,
+            user_id -> Nullable<Int8>,
+            name -> Varchar,
+            key_prefix -> Varchar,
+            key_hash -> Bytea,
+            created_at -> Timestamptz,
+            revoked_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::joinable!(users -> companies (company_id));
+    diesel::joinable!(api_keys -> companies (company_id));
+    diesel::allow_tables_to_appear_in_same_query!(companies, users, api_keys);
+}
+
+/// Analytics database: the log tables (partitioned by month on `created_at`).
+pub mod analytics {
+    diesel::table! {
+        llm_logs (event_id, created_at) {
+            id -> Int8,
+            event_id -> Uuid,
+            created_at -> Timestamptz,
+            action -> Varchar,
+            message -> Nullable<Text>,
+            user_id -> Nullable<Int8>,
+            company_id -> Nullable<Int8>,
+            interview_id -> Nullable<Int8>,
+            request_id -> Nullable<Varchar>,
+            model -> Nullable<Varchar>,
+            tokens_used -> Nullable<Int4>,
+            tokens_input -> Nullable<Int4>,
+            tokens_output -> Nullable<Int4>,
+            usage_reported -> Bool,
+            cost_usd -> Nullable<Numeric>,
+            price_table_version -> Nullable<Varchar>,
+            latency_ms -> Nullable<Int4>,
+            time_to_first_token_ms -> Nullable<Int4>,
+            streaming -> Bool,
+            http_status -> Nullable<Int2>,
+            error_type -> Nullable<Varchar>,
+            error_message -> Nullable<Text>,
+            metadata -> Nullable<Jsonb>,
+            deployment_version -> Nullable<Varchar>,
+            deployment_environment -> Nullable<Varchar>,
+        }
+    }
+
+    diesel::table! {
+        system_logs (event_id, created_at) {
+            id -> Int8,
+            event_id -> Uuid,
+            created_at -> Timestamptz,
+            level -> Varchar,
+            component -> Varchar,
+            message -> Text,
+            request_method -> Nullable<Varchar>,
+            request_path -> Nullable<Varchar>,
+            status_code -> Nullable<Int2>,
+            latency_ms -> Nullable<Float8>,
+            company_id -> Nullable<Int8>,
+            user_id -> Nullable<Int8>,
+            request_id -> Nullable<Varchar>,
+            error_type -> Nullable<Varchar>,
+            metadata -> Nullable<Jsonb>,
+        }
+    }
+}
