@@ -1,0 +1,188 @@
+//! The worker against real Redis and PostgreSQL: batched idempotent writes, acks only
+//! after commit, dead letters, outages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use common_models::db::Database;
+use common_models::events::LogEvent;
+use common_models::queue::{LogStream, QueueKeys};
+use diesel_async::SimpleAsyncConnection;
+use test_support::{TestDb, TestRedis};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_once_and_nothing_stays_pending() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_basic").await?;
+    let redis = TestRedis::new();
+    let worker = start(settings(&db, &redis)).await?;
+
+    let mut events: Vec<LogEvent> = (0..300).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    events.extend((0..200).map(|i| LogEvent::SystemLog(system_event(i))));
+    // Every llm event a second time: a producer retry must not become a second row.
+    let dupes: Vec<LogEvent> = events[..300].to_vec();
+    publish(&redis, &events).await?;
+    publish(&redis, &dupes).await?;
+
+    wait_rows(&db, "llm_logs", 300, Duration::from_secs(30)).await?;
+    wait_rows(&db, "system_logs", 200, Duration::from_secs(30)).await?;
+    test_support::wait_for(Duration::from_secs(10), "no pending entries", || async {
+        let p = pending(&redis, LogStream::LlmLogs).await.ok()? + pending(&redis, LogStream::SystemLogs).await.ok()?;
+        (p == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (300, 300));
+    assert_eq!(counts(&db, "system_logs").await?, (200, 200));
+
+    // The row carries what the event said.
+    let tokens = test_support::query_count(
+        &db.url,
+        "SELECT sum(tokens_used)::bigint AS n FROM llm_logs WHERE usage_reported AND company_id = 7",
+    )
+    .await?;
+    assert_eq!(tokens, 300 * 42);
+
+    let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
+    assert!(metrics.contains("headhunter_log_worker_rows_written_total{table=\"llm_logs\"} 300"), "{metrics}");
+    assert!(metrics.contains("headhunter_log_worker_duplicates_ignored_total{table=\"llm_logs\"} 300"), "{metrics}");
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_poison").await?;
+    let redis = TestRedis::new();
+    let keys = QueueKeys::new(redis.prefix.clone());
+
+    let before: Vec<LogEvent> = (0..50).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &before).await?;
+    publish_raw(&redis, LogStream::LlmLogs, b"{not json").await?;
+    // Decodes fine, but PostgreSQL refuses a NUL escape inside jsonb.
+    let mut refused = llm_event(999);
+    refused.metadata = Some(serde_json::json!({"bad": "nul \u{0000} here"}));
+    let refused_id = refused.event_id;
+    publish(&redis, &[LogEvent::LlmCall(refused)]).await?;
+    let after: Vec<LogEvent> = (50..100).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &after).await?;
+
+    let worker = start(settings(&db, &redis)).await?;
+    wait_rows(&db, "llm_logs", 100, Duration::from_secs(30)).await?;
+    test_support::wait_for(Duration::from_secs(10), "two dead letters", || async {
+        (stream_len(&redis, &keys.dead_letter(LogStream::LlmLogs)).await.ok()? == 2).then_some(())
+    })
+    .await?;
+    test_support::wait_for(Duration::from_secs(10), "no pending entries", || async {
+        (pending(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (100, 100));
+    let refused_rows = test_support::query_count(
+        &db.url,
+        &format!("SELECT count(*) AS n FROM llm_logs WHERE event_id = '{refused_id}'"),
+    )
+    .await?;
+    assert_eq!(refused_rows, 0);
+
+    // The dead letter keeps the payload and says why.
+    let mut conn = redis.connection().await?;
+    let dead: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(keys.dead_letter(LogStream::LlmLogs)).arg("-").arg("+").query_async(&mut conn).await?;
+    let reasons: Vec<String> = dead
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("reason"))
+        .collect();
+    assert_eq!(reasons, vec!["undecodable".to_owned(), "rejected".to_owned()]);
+    let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
+    assert!(metrics.contains("dead_lettered_total{reason=\"rejected\",stream=\"llm_logs\"} 1"), "{metrics}");
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_refusing_connections_delays_rows_but_loses_none() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_outage").await?;
+    let redis = TestRedis::new();
+    let worker = start(settings(&db, &redis)).await?;
+    let first: Vec<LogEvent> = (0..100).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &first).await?;
+    wait_rows(&db, "llm_logs", 100, Duration::from_secs(30)).await?;
+
+    db.set_accepting_connections(false).await?;
+    let during: Vec<LogEvent> = (100..1100).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &during).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Whatever the worker took during the outage it still holds, unacknowledged.
+    let held = pending(&redis, LogStream::LlmLogs).await?;
+    assert!(held > 0, "the worker read nothing during the outage");
+
+    db.set_accepting_connections(true).await?;
+    wait_rows(&db, "llm_logs", 1100, Duration::from_secs(30)).await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (1100, 1100));
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_table_delays_rows_but_loses_none() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_lock").await?;
+    let redis = TestRedis::new();
+    let worker = start(settings(&db, &redis)).await?;
+    publish(&redis, &[LogEvent::LlmCall(llm_event(0))]).await?;
+    wait_rows(&db, "llm_logs", 1, Duration::from_secs(30)).await?;
+
+    let mut locker = db.connect().await?;
+    locker.batch_execute("BEGIN; LOCK TABLE llm_logs IN ACCESS EXCLUSIVE MODE").await?;
+    let during: Vec<LogEvent> = (1..501).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &during).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    locker.batch_execute("COMMIT").await?;
+
+    wait_rows(&db, "llm_logs", 501, Duration::from_secs(30)).await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (501, 501));
+    let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
+    assert!(metrics.contains("write_errors_total{kind=\"transient\"}"), "lock timeouts were not retried: {metrics}");
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_migration_folders_go_up_down_and_up() -> anyhow::Result<()> {
+    use common_models::db::{revert_migrations, run_migrations};
+    for kind in [Database::Main, Database::Analytics] {
+        let db = TestDb::empty("migrations").await?;
+        let up = run_migrations(&db.url, kind).await?;
+        assert!(!up.is_empty());
+        let tables_up = test_support::query_count(
+            &db.url,
+            "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
+        )
+        .await?;
+        assert!(tables_up >= 2, "{kind:?}: up created {tables_up} tables");
+        let down = revert_migrations(&db.url, kind).await?;
+        assert_eq!(down.len(), up.len());
+        let tables_down = test_support::query_count(
+            &db.url,
+            "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
+        )
+        .await?;
+        assert_eq!(tables_down, 0, "{kind:?}: down left tables behind");
+        let functions = test_support::query_count(
+            &db.url,
+            "SELECT count(*) AS n FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
+        )
+        .await?;
+        assert_eq!(functions, 0, "{kind:?}: down left functions behind");
+        assert_eq!(run_migrations(&db.url, kind).await?, up);
+    }
+    Ok(())
+}
+
+async fn reqwest_text(url: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = url.trim_start_matches("http://");
+    let (host, path) = url.split_once('/').unwrap_or((url, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
