@@ -1,1 +1,239 @@
+//! **A simulator, not a model.** A small server that speaks the OpenAI chat
+//! completions protocol (plain JSON and server-sent events), so the gateway can be
+//! tested, benchmarked and run locally without a real provider. Its answers are
+//! canned; what it lets you control is the protocol's behaviour: latency, stream
+//! pacing, whether usage is reported, injected errors, and a count of requests.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// How the simulator behaves. Changeable while it runs (see [`Simulator::configure`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Behaviour {
+    /// Delay before the response (or the first stream chunk).
+    pub latency_ms: u64,
+    /// Delay between stream chunks.
+    pub chunk_delay_ms: u64,
+    /// Report `usage` (plain responses always; streams when asked by
+    /// `stream_options.include_usage`). False simulates a provider that never does.
+    pub report_usage: bool,
+    /// Answer every request with this HTTP status and an OpenAI-style error body.
+    pub fail_with_status: Option<u16>,
+    /// Content pieces per answer (each one stream chunk).
+    pub answer_pieces: usize,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self { latency_ms: 0, chunk_delay_ms: 0, report_usage: true, fail_with_status: None, answer_pieces: 8 }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    behaviour: RwLock<Behaviour>,
+    requests: AtomicU64,
+    /// The last answer sent, byte for byte (a stream's frames concatenated), so tests
+    /// can check that a proxy relayed it unchanged.
+    last_answer: RwLock<Vec<u8>>,
+}
+
+/// A running simulator.
+pub struct Simulator {
+    state: Arc<State>,
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Simulator {
+    /// Starts the simulator on `listener` in the current runtime.
+    pub fn start(listener: std::net::TcpListener, behaviour: Behaviour) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State { behaviour: RwLock::new(behaviour), ..State::default() });
+        let server = build_server(listener, state.clone(), None)?;
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self { state, addr, handle })
+    }
+
+    /// The OpenAI-style base URL (`http://host:port/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Chat completion requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// The last answer sent, byte for byte.
+    pub fn last_answer(&self) -> Vec<u8> {
+        self.state.last_answer.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    pub fn configure(&self, change: impl FnOnce(&mut Behaviour)) {
+        if let Ok(mut b) = self.state.behaviour.write() {
+            change(&mut b);
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// Builds the server for the binary (which runs it with signal handling on).
+pub fn serve(listener: std::net::TcpListener, behaviour: Behaviour, workers: Option<usize>) -> std::io::Result<Server> {
+    let state = Arc::new(State { behaviour: RwLock::new(behaviour), ..State::default() });
+    build_server(listener, state, workers)
+}
+
+fn build_server(listener: std::net::TcpListener, state: Arc<State>, workers: Option<usize>) -> std::io::Result<Server> {
+    let data = web::Data::from(state);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+            .route("/v1/chat/completions", web::post().to(chat_completions))
+            .route("/v1/models", web::get().to(models))
+            .route("/simulator/stats", web::get().to(stats))
+            .route("/simulator/behaviour", web::put().to(set_behaviour))
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
+    })
+    .backlog(4096);
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
+fn remember(state: &State, answer: Vec<u8>) {
+    if let Ok(mut last) = state.last_answer.write() {
+        *last = answer;
+    }
+}
+
+fn behaviour(state: &State) -> Behaviour {
+    state.behaviour.read().map(|b| b.clone()).unwrap_or_default()
+}
+
+async fn stats(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"requests": state.requests.load(Ordering::SeqCst), "behaviour": behaviour(&state)}))
+}
+
+async fn set_behaviour(state: web::Data<State>, body: web::Json<Behaviour>) -> HttpResponse {
+    if let Ok(mut b) = state.behaviour.write() {
+        *b = body.into_inner();
+    }
+    HttpResponse::Ok().json(behaviour(&state))
+}
+
+async fn models() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "simulator"}]
+    }))
+}
+
+fn error_body(status: u16, message: &str) -> Value {
+    let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
+    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+}
+
+/// Rough token count: one token per four bytes of text, at least one.
+fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4).max(1)
+}
+
+async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes) -> HttpResponse {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let b = behaviour(&state);
+    if b.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
+    }
+    if let Some(status) = b.fail_with_status {
+        let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = error_body(status, "simulated failure").to_string().into_bytes();
+        remember(&state, body.clone());
+        return HttpResponse::build(code).content_type("application/json").body(body);
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().json(error_body(400, "request body is not valid JSON"));
+    };
+    if req.headers().get("authorization").is_none() {
+        return HttpResponse::Unauthorized().json(error_body(401, "missing API key"));
+    }
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("gpt-4o-mini").to_owned();
+    let prompt: String = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|msgs| msgs.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let last = prompt.split_whitespace().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ");
+    let pieces: Vec<String> = (0..b.answer_pieces.max(1))
+        .map(|i| if i == 0 { format!("Simulated answer to \"{last}\"") } else { format!(" part{i}") })
+        .collect();
+    let prompt_tokens = estimate_tokens(&prompt);
+    let completion_tokens = pieces.len() as u64;
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens
+    });
+    let id = format!("chatcmpl-sim{}", state.requests.load(Ordering::SeqCst));
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        let include_usage = b.report_usage
+            && request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events: Vec<Value> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        events.extend(pieces.iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+        events.push(chunk(json!({}), json!("stop")));
+        if include_usage {
+            events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                               "choices": [], "usage": usage}));
+        }
+        let mut frames: Vec<Bytes> = events.iter().map(|e| Bytes::from(format!("data: {e}\n\n"))).collect();
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        remember(&state, frames.concat());
+        let delay = Duration::from_millis(b.chunk_delay_ms);
+        let body = stream::unfold((frames.into_iter(), true), move |(mut frames, first)| async move {
+            let frame = frames.next()?;
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, actix_web::Error>(frame), (frames, false)))
+        });
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("cache-control", "no-cache"))
+            .streaming(body);
+    }
+
+    let mut answer = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": pieces.concat()}, "finish_reason": "stop"}],
+    });
+    if b.report_usage {
+        answer["usage"] = usage;
+    }
+    let bytes = answer.to_string().into_bytes();
+    remember(&state, bytes.clone());
+    HttpResponse::Ok().content_type("application/json").body(bytes)
+}

@@ -1,0 +1,131 @@
+//! The OpenAI-compatible LLM endpoint: `POST /v1/chat/completions`, forwarded to the
+//! configured upstream, answered with exactly what the upstream sent, and logged
+//! (through the log publisher, never waiting on it).
+
+pub mod pricing;
+pub mod record;
+pub mod request;
+pub mod stream;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use common_models::events::LlmErrorType;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::state::{AppState, RequestId};
+use record::{CallGuard, CallRecord};
+use request::{CallContext, ChatRequest};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(chat_completions));
+}
+
+async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate(&req).await?;
+    req.extensions_mut().insert(caller);
+    let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
+    let chat = ChatRequest::parse(&body, state.settings.max_tokens_cap)?;
+    let context = CallContext::from_headers(&req)?;
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+
+    let record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
+    let mut guard = CallGuard::new(record, state.call_logger());
+    let streaming = chat.stream;
+    let upstream_body = chat.upstream_body()?;
+
+    let mut upstream_req = state
+        .http
+        .post(state.settings.chat_completions_url())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(upstream_body);
+    if !state.settings.llm_api_key.is_empty() {
+        upstream_req = upstream_req.bearer_auth(&state.settings.llm_api_key);
+    }
+    let response = match upstream_req.send().await {
+        Ok(r) => r,
+        Err(err) => return Err(upstream_failure(&mut guard, &err)),
+    };
+
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    if streaming && status.is_success() {
+        if let Some(record) = guard.record() {
+            record.http_status = Some(status.as_u16());
+        }
+        let relayed = stream::RelayedStream::new(Box::pin(response.bytes_stream()), guard);
+        return Ok(HttpResponse::build(status)
+            .content_type(content_type.unwrap_or_else(|| "text/event-stream".to_owned()))
+            .insert_header(("cache-control", "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .streaming(relayed));
+    }
+
+    let bytes = match response.bytes().await {
+        Ok(b) => b,
+        Err(err) => return Err(upstream_failure(&mut guard, &err)),
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if let Some(record) = guard.record() {
+        record.observe_status(status.as_u16(), parsed.as_ref());
+        match &parsed {
+            Some(answer) if status.is_success() => record.observe_answer(answer),
+            None if status.is_success() => {
+                record.fail(LlmErrorType::UpstreamProtocolError, "upstream answer is not JSON");
+            }
+            _ => {}
+        }
+    }
+    guard.finish();
+    let mut out = HttpResponse::build(status);
+    if let Some(ct) = content_type {
+        out.content_type(ct);
+    }
+    Ok(out.body(bytes))
+}
+
+/// The upstream gave no answer at all: log it, and tell the client 504 or 502.
+fn upstream_failure(guard: &mut CallGuard, err: &reqwest::Error) -> ApiError {
+    let (kind, status, message) = if err.is_timeout() {
+        (LlmErrorType::UpstreamTimeout, StatusCode::GATEWAY_TIMEOUT, "the upstream LLM did not answer in time")
+    } else {
+        (LlmErrorType::UpstreamUnavailable, StatusCode::BAD_GATEWAY, "the upstream LLM could not be reached")
+    };
+    if let Some(record) = guard.record() {
+        record.fail(kind, format!("{message}: {err}"));
+    }
+    guard.finish();
+    ApiError::Upstream { status, message: message.to_owned() }
+}
+
+/// Reads the body up to `limit` bytes; 413 beyond it (checked against Content-Length
+/// first, so an oversize upload is refused before it is read).
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_body("invalid_body", format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

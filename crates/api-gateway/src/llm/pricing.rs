@@ -1,0 +1,81 @@
+//! Cost of a call from its token counts and the configured price table.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PriceTable {
+    /// Stored with every row priced from this table.
+    pub version: String,
+    pub models: Vec<ModelPrice>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelPrice {
+    pub name: String,
+    /// USD per million input (prompt) tokens.
+    pub input_per_million: f64,
+    /// USD per million output (completion) tokens.
+    pub output_per_million: f64,
+}
+
+impl PriceTable {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for m in &self.models {
+            anyhow::ensure!(
+                m.input_per_million >= 0.0 && m.output_per_million >= 0.0,
+                "pricing for {} must not be negative",
+                m.name
+            );
+        }
+        Ok(())
+    }
+
+    /// The entry for `model`: exact, else the longest entry that prefixes it.
+    pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
+        self.models
+            .iter()
+            .find(|m| m.name == model)
+            .or_else(|| self.models.iter().filter(|m| model.starts_with(&m.name)).max_by_key(|m| m.name.len()))
+    }
+
+    /// Cost in USD, when both the price and the token counts are known.
+    pub fn cost(&self, models: &[&str], input_tokens: Option<i32>, output_tokens: Option<i32>) -> Option<f64> {
+        let price = models.iter().find_map(|m| self.lookup(m))?;
+        let (input, output) = (f64::from(input_tokens?), f64::from(output_tokens?));
+        Some((input * price.input_per_million + output * price.output_per_million) / 1_000_000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PriceTable {
+        PriceTable {
+            version: "t".into(),
+            models: vec![
+                ModelPrice { name: "gpt-4o".into(), input_per_million: 2.5, output_per_million: 10.0 },
+                ModelPrice { name: "gpt-4o-mini".into(), input_per_million: 0.15, output_per_million: 0.6 },
+            ],
+        }
+    }
+
+    #[test]
+    fn dated_model_names_use_the_longest_prefix() {
+        let t = table();
+        assert_eq!(t.lookup("gpt-4o-mini-2024-07-18").map(|m| m.name.as_str()), Some("gpt-4o-mini"));
+        assert_eq!(t.lookup("gpt-4o-2024-08-06").map(|m| m.name.as_str()), Some("gpt-4o"));
+        assert!(t.lookup("claude").is_none());
+    }
+
+    #[test]
+    fn cost_needs_price_and_tokens() {
+        let t = table();
+        let c = t.cost(&["gpt-4o-mini"], Some(1_000_000), Some(1_000_000));
+        assert!(c.is_some_and(|c| (c - 0.75).abs() < 1e-12));
+        assert_eq!(t.cost(&["gpt-4o-mini"], None, Some(3)), None);
+        assert_eq!(t.cost(&["unknown"], Some(1), Some(1)), None);
+        // Falls through to the second name (the upstream's reported model).
+        assert!(t.cost(&["alias", "gpt-4o"], Some(1), Some(0)).is_some());
+    }
+}

@@ -1,0 +1,225 @@
+//! What the gateway learns about one LLM call while it happens, and the one log
+//! event it turns into. A [`CallGuard`] owns the record: whichever way the call ends
+//! (answer, upstream error, timeout, or the client going away, which drops the guard)
+//! exactly one event is published.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use common_models::events::{LlmCallEvent, LlmErrorType, LogEvent, new_event_id};
+use serde_json::{Map, Value, json};
+
+use crate::auth::Caller;
+use crate::llm::request::CallContext;
+use crate::metrics::GatewayMetrics;
+use crate::publisher::LogPublisher;
+use crate::settings::GatewaySettings;
+
+/// Usage as the upstream reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: i32,
+    pub output: i32,
+    pub total: i32,
+}
+
+impl Usage {
+    /// Reads an OpenAI `usage` object; `None` unless it holds the token counts.
+    pub fn from_json(usage: &Value) -> Option<Self> {
+        let n = |k: &str| usage.get(k).and_then(Value::as_i64).and_then(|v| i32::try_from(v).ok());
+        let input = n("prompt_tokens")?;
+        let output = n("completion_tokens")?;
+        Some(Self { input, output, total: n("total_tokens").unwrap_or(input.saturating_add(output)) })
+    }
+}
+
+pub struct CallRecord {
+    event_id: uuid::Uuid,
+    created_at: DateTime<Utc>,
+    started: Instant,
+    caller: Caller,
+    context: CallContext,
+    request_id: String,
+    model: String,
+    pub streaming: bool,
+    pub response_model: Option<String>,
+    pub upstream_id: Option<String>,
+    pub finish_reason: Option<String>,
+    pub first_token_at: Option<Instant>,
+    pub usage: Option<Usage>,
+    pub http_status: Option<u16>,
+    pub error: Option<(LlmErrorType, String)>,
+}
+
+impl CallRecord {
+    pub fn new(caller: Caller, context: CallContext, request_id: String, model: String, streaming: bool) -> Self {
+        Self {
+            event_id: new_event_id(),
+            created_at: Utc::now(),
+            started: Instant::now(),
+            caller,
+            context,
+            request_id,
+            model,
+            streaming,
+            response_model: None,
+            upstream_id: None,
+            finish_reason: None,
+            first_token_at: None,
+            usage: None,
+            http_status: None,
+            error: None,
+        }
+    }
+
+    /// Notes what a complete (non-streamed) upstream answer says.
+    pub fn observe_answer(&mut self, body: &Value) {
+        self.usage = body.get("usage").and_then(Usage::from_json);
+        self.response_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
+        self.upstream_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
+        self.finish_reason = body.pointer("/choices/0/finish_reason").and_then(Value::as_str).map(str::to_owned);
+    }
+
+    /// Records the outcome of an upstream HTTP status (and the error body's message).
+    pub fn observe_status(&mut self, status: u16, body: Option<&Value>) {
+        self.http_status = Some(status);
+        let kind = match status {
+            400..=499 => LlmErrorType::UpstreamClientError,
+            500..=599 => LlmErrorType::UpstreamServerError,
+            _ => return,
+        };
+        let message = body
+            .and_then(|b| b.pointer("/error/message"))
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("upstream answered HTTP {status}"), str::to_owned);
+        self.error = Some((kind, message));
+    }
+
+    pub fn fail(&mut self, kind: LlmErrorType, message: impl Into<String>) {
+        if self.error.is_none() {
+            self.error = Some((kind, message.into()));
+        }
+    }
+
+    fn ms_since_start(&self, at: Instant) -> i32 {
+        i32::try_from(at.duration_since(self.started).as_millis()).unwrap_or(i32::MAX)
+    }
+
+    fn into_event(self, settings: &GatewaySettings) -> LlmCallEvent {
+        let pricing = &settings.pricing;
+        let (tokens_input, tokens_output, tokens_total) = match self.usage {
+            Some(u) => (Some(u.input), Some(u.output), Some(u.total)),
+            None => (None, None, None),
+        };
+        let mut names = vec![self.model.as_str()];
+        if let Some(m) = &self.response_model {
+            names.push(m);
+        }
+        let cost_usd = pricing.cost(&names, tokens_input, tokens_output);
+        let mut metadata = Map::new();
+        if let Some(v) = &self.upstream_id {
+            metadata.insert("upstream_id".into(), json!(v));
+        }
+        if let Some(v) = &self.response_model {
+            metadata.insert("response_model".into(), json!(v));
+        }
+        if let Some(v) = &self.finish_reason {
+            metadata.insert("finish_reason".into(), json!(v));
+        }
+        metadata.insert("api_key_id".into(), json!(self.caller.api_key_id.0));
+        if self.usage.is_some() && cost_usd.is_none() {
+            metadata.insert("unpriced_model".into(), json!(true));
+        }
+        let latency_ms = Some(self.ms_since_start(Instant::now()));
+        let time_to_first_token_ms = self.first_token_at.map(|t| self.ms_since_start(t));
+        let (error_type, error_message) = match self.error {
+            Some((kind, message)) => (Some(kind.as_str().to_owned()), Some(message)),
+            None => (None, None),
+        };
+        LlmCallEvent {
+            event_id: self.event_id,
+            created_at: self.created_at,
+            action: self.context.action,
+            message: None,
+            company_id: Some(self.caller.company_id),
+            user_id: self.caller.user_id,
+            interview_id: self.context.interview_id,
+            request_id: Some(self.request_id),
+            model: Some(self.model),
+            tokens_input,
+            tokens_output,
+            tokens_total,
+            usage_reported: self.usage.is_some(),
+            cost_usd,
+            price_table_version: cost_usd.map(|_| pricing.version.clone()),
+            latency_ms,
+            time_to_first_token_ms,
+            streaming: self.streaming,
+            http_status: self.http_status.and_then(|s| i16::try_from(s).ok()),
+            error_type,
+            error_message,
+            metadata: Some(Value::Object(metadata)),
+            deployment_version: Some(settings.deployment_version.clone()),
+            deployment_environment: Some(settings.deployment_environment.clone()),
+        }
+    }
+}
+
+/// Where finished records go.
+#[derive(Clone)]
+pub struct CallLogger {
+    pub publisher: LogPublisher,
+    pub settings: Arc<GatewaySettings>,
+    pub metrics: GatewayMetrics,
+}
+
+impl CallLogger {
+    fn log(&self, record: CallRecord) {
+        let event = record.into_event(&self.settings);
+        let m = &self.metrics;
+        m.llm_calls.with_label_values(&[event.error_type.as_deref().unwrap_or("ok")]).inc();
+        if let (Some(i), Some(o)) = (event.tokens_input, event.tokens_output) {
+            m.llm_tokens.with_label_values(&["input"]).inc_by(u64::try_from(i).unwrap_or(0));
+            m.llm_tokens.with_label_values(&["output"]).inc_by(u64::try_from(o).unwrap_or(0));
+        }
+        if let (Some(cost), Some(model)) = (event.cost_usd, event.model.as_deref()) {
+            let priced_as = self.settings.pricing.lookup(model).map_or("other", |p| p.name.as_str());
+            m.llm_cost_usd.with_label_values(&[priced_as]).inc_by(cost);
+        }
+        self.publisher.publish(LogEvent::LlmCall(event));
+    }
+}
+
+/// Owns a [`CallRecord`] until the call ends; dropping it unfinished logs the call
+/// as abandoned by the client.
+pub struct CallGuard {
+    record: Option<CallRecord>,
+    logger: CallLogger,
+}
+
+impl CallGuard {
+    pub fn new(record: CallRecord, logger: CallLogger) -> Self {
+        Self { record: Some(record), logger }
+    }
+
+    pub fn record(&mut self) -> Option<&mut CallRecord> {
+        self.record.as_mut()
+    }
+
+    /// Publishes the record now.
+    pub fn finish(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.logger.log(record);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.as_mut() {
+            record.fail(LlmErrorType::ClientDisconnected, "the client closed the connection before the answer was complete");
+        }
+        self.finish();
+    }
+}

@@ -1,0 +1,79 @@
+//! Per-request middleware: assigns the request id, measures the request, and emits
+//! one `system_logs` event per API request (probes — `/healthz`, `/readyz`,
+//! `/metrics` — are counted in metrics but not logged, or they would drown the table).
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use common_models::events::{LogEvent, SystemLogEvent, new_event_id};
+
+use crate::auth::Caller;
+use crate::state::{AppState, RequestId};
+
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const PROBES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let started = Instant::now();
+    let created_at = chrono::Utc::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| new_event_id().to_string(), str::to_owned);
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+
+    let mut res = next.call(req).await?;
+
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    let Some(state) = state else { return Ok(res) };
+    let status = res.status();
+    let elapsed = started.elapsed();
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    state.metrics.http_requests.with_label_values(&[&method, &route, status.as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+    if PROBES.contains(&path.as_str()) {
+        return Ok(res);
+    }
+    let caller = res.request().extensions().get::<Caller>().copied();
+    let level = match status.as_u16() {
+        500.. => "error",
+        400..=499 => "warning",
+        _ => "info",
+    };
+    let error_type = match status.as_u16() {
+        500.. => Some("server_error".to_owned()),
+        400..=499 => Some("client_error".to_owned()),
+        _ => None,
+    };
+    state.publisher.publish(LogEvent::SystemLog(SystemLogEvent {
+        event_id: new_event_id(),
+        created_at,
+        level: level.to_owned(),
+        component: "api-gateway".to_owned(),
+        message: format!("{method} {path} {}", status.as_u16()),
+        request_method: Some(method),
+        request_path: Some(path),
+        status_code: i16::try_from(status.as_u16()).ok(),
+        latency_ms: Some(elapsed.as_secs_f64() * 1000.0),
+        company_id: caller.map(|c| c.company_id),
+        user_id: caller.and_then(|c| c.user_id),
+        request_id: Some(request_id),
+        error_type,
+        metadata: None,
+    }));
+    Ok(res)
+}

@@ -1,0 +1,163 @@
+//! Chat completions through the gateway, against the upstream simulator, with the log
+//! worker writing to a real analytics database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (company, key) = stack.create_company("Acme Recruiting").await?;
+
+    // Plain.
+    let res = stack.chat(&key, &chat_body(false)).header("x-interview-id", "42").header("x-action", "cv_summary").send().await?;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let plain = res.bytes().await?;
+    assert_eq!(plain.as_ref(), stack.sim.last_answer().as_slice(), "the plain answer was altered");
+    let answer: Value = serde_json::from_slice(&plain)?;
+    let usage = answer["usage"].clone();
+
+    // Streamed.
+    let res = stack.chat(&key, &chat_body(true)).send().await?;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str()?.starts_with("text/event-stream"));
+    let streamed = res.bytes().await?;
+    assert_eq!(streamed.as_ref(), stack.sim.last_answer().as_slice(), "the stream was altered");
+    assert!(streamed.ends_with(b"data: [DONE]\n\n"));
+
+    stack.wait_llm_rows(2).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (p, s) = (&rows[0], &rows[1]);
+    for row in [p, s] {
+        assert_eq!(row.company_id, Some(company));
+        assert_eq!(row.http_status, Some(200));
+        assert_eq!(row.error_type, None);
+        assert!(row.usage_reported);
+        assert_eq!(row.model.as_deref(), Some("gpt-4o-mini"));
+        assert!(row.latency_ms.is_some());
+        assert_eq!(row.price_table_version.as_deref(), Some("2026-11-01"));
+        let (i, o) = (f64::from(row.tokens_input.unwrap_or(-1)), f64::from(row.tokens_output.unwrap_or(-1)));
+        let expected = (i * 0.15 + o * 0.60) / 1_000_000.0;
+        assert!(row.cost.is_some_and(|c| (c - expected).abs() < 1e-9), "cost {:?} != {expected}", row.cost);
+    }
+    assert!(!p.streaming && s.streaming);
+    assert_eq!(p.tokens_input, usage["prompt_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
+    assert_eq!(p.tokens_output, usage["completion_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
+    assert_eq!(p.tokens_used, usage["total_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
+    assert_eq!((p.interview_id, p.action.as_str()), (Some(42), "cv_summary"));
+    assert_eq!((s.interview_id, s.action.as_str()), (None, "chat_completion"));
+    assert!(p.time_to_first_token_ms.is_none());
+    assert!(s.time_to_first_token_ms.is_some());
+
+    // The main database never sees LLM logs.
+    let in_main = test_support::query_count(
+        &stack.main_db.url,
+        "SELECT count(*) AS n FROM pg_tables WHERE tablename IN ('llm_logs', 'system_logs')",
+    )
+    .await?;
+    assert_eq!(in_main, 0);
+
+    // Every API request became a system log row, with its tenant.
+    test_support::wait_for(Duration::from_secs(10), "system log rows", || async {
+        test_support::query_count(
+            &stack.analytics_db.url,
+            &format!("SELECT count(*) AS n FROM system_logs WHERE request_path = '/v1/chat/completions' AND company_id = {company}"),
+        )
+        .await
+        .ok()
+        .filter(|n| *n == 2)
+    })
+    .await?;
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_usage_stores_null_tokens_never_zero() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (_, key) = stack.create_company("No Usage Ltd").await?;
+    stack.sim.configure(|b| b.report_usage = false);
+    let res = stack.chat(&key, &chat_body(true)).send().await?;
+    assert_eq!(res.status(), 200);
+    res.bytes().await?;
+    stack.wait_llm_rows(1).await?;
+    let row = &llm_rows(&stack.analytics_db).await?[0];
+    assert!(!row.usage_reported);
+    assert_eq!((row.tokens_input, row.tokens_output, row.tokens_used, row.cost), (None, None, None, None));
+    assert!(row.streaming);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_are_relayed_and_logged_with_their_type() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (_, key) = stack.create_company("Errors Inc").await?;
+
+    stack.sim.configure(|b| b.fail_with_status = Some(503));
+    let res = stack.chat(&key, &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 503);
+    let body = res.bytes().await?;
+    assert_eq!(body.as_ref(), stack.sim.last_answer().as_slice());
+
+    stack.sim.configure(|b| b.fail_with_status = Some(429));
+    let res = stack.chat(&key, &chat_body(true)).send().await?;
+    assert_eq!(res.status(), 429);
+
+    stack.wait_llm_rows(2).await?;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows[0].error_type.as_deref(), Some("upstream_server_error"));
+    assert_eq!(rows[0].http_status, Some(503));
+    assert_eq!(rows[1].error_type.as_deref(), Some("upstream_client_error"));
+    assert_eq!(rows[1].http_status, Some(429));
+    assert!(rows.iter().all(|r| !r.usage_reported && r.cost.is_none()));
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_timeout_is_a_504_and_one_row() -> anyhow::Result<()> {
+    let stack = Stack::start(Options { tweak: Box::new(|s| s.llm_timeout_secs = 1), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Slow Upstream plc").await?;
+    stack.sim.configure(|b| b.latency_ms = 2500);
+    let res = stack.chat(&key, &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 504);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["type"], "upstream_error");
+    stack.wait_llm_rows(1).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].error_type.as_deref(), Some("upstream_timeout"));
+    assert_eq!(rows[0].http_status, None);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_is_one_row() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (_, key) = stack.create_company("Impatient GmbH").await?;
+    stack.sim.configure(|b| {
+        b.chunk_delay_ms = 200;
+        b.answer_pieces = 30;
+    });
+    let res = stack.chat(&key, &chat_body(true)).send().await?;
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let first = body.next().await.ok_or_else(|| anyhow::anyhow!("no first chunk"))??;
+    assert!(first.starts_with(b"data: "));
+    drop(body); // hang up
+
+    stack.wait_llm_rows(1).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].error_type.as_deref(), Some("client_disconnected"));
+    assert!(rows[0].streaming);
+    stack.stop().await
+}
