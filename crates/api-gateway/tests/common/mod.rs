@@ -134,6 +134,12 @@ impl Stack {
         test_support::query_count(&self.analytics_db.url, "SELECT count(*) AS n FROM llm_logs").await
     }
 
+    /// Counts rows without waiting for locks; `None` when the table is locked.
+    pub async fn llm_rows_nowait(&self) -> Option<i64> {
+        let url = format!("{}?options=-c%20lock_timeout%3D100", self.analytics_db.url);
+        test_support::query_count(&url, "SELECT count(*) AS n FROM llm_logs").await.ok()
+    }
+
     pub async fn wait_llm_rows(&self, n: i64) -> anyhow::Result<()> {
         test_support::wait_for(Duration::from_secs(30), &format!("{n} llm_logs rows"), || async {
             self.llm_rows().await.ok().filter(|c| *c >= n).map(|_| ())
