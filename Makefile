@@ -1,0 +1,43 @@
+# headhunter: local run, tests and benchmarks.
+#   make run-all   start Redis/PostgreSQL if needed, the databases, the simulator,
+#                  api-gateway and llm-log-worker (logs and pids under .run/)
+#   make stop-all  stop what run-all started
+#   make test      every test, against real Redis and PostgreSQL
+#   make bench     benchmarks (release build); prints figures
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help services databases build build-release run-all stop-all test lint bench
+
+help:
+	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+
+services:
+	@scripts/ensure-services.sh
+
+databases: services
+	@scripts/create-databases.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+build-release:
+	$(CARGO) build --release --workspace --bins
+
+run-all: databases build
+	@scripts/run-all.sh
+
+stop-all:
+	@scripts/stop-all.sh
+
+test: services
+	@command -v cargo-nextest >/dev/null 2>&1 || { echo "==> installing cargo-nextest"; $(CARGO) install cargo-nextest --locked; }
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: services build-release
+	@scripts/bench.sh

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Starts the upstream simulator, llm-log-worker and api-gateway in the background
+# (debug build), waits until they answer, and prints a first request to paste.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN_DIR=.run
+BIN=${BIN_DIR:-target/debug}
+mkdir -p "$RUN_DIR"
+scripts/stop-all.sh --quiet
+
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/headhunter}
+export ANALYTICS_DATABASE_URL=${ANALYTICS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/headhunter_analytics}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
+export LLM_BASE_URL=${LLM_BASE_URL:-http://127.0.0.1:8090/v1}
+export LLM_API_KEY=${LLM_API_KEY:-sk-simulated}
+export LOG_FORMAT=${LOG_FORMAT:-text}
+GATEWAY_PORT=${PORT:-8080}
+WORKER_PORT=${WORKER_PORT:-9091}
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+  printf '==> %-15s pid %-7s log %s\n' "$name" "$!" "$RUN_DIR/$name.log"
+}
+
+wait_http() { # name, url
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "$2" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "$1 did not come up; last lines of its log:" >&2
+  tail -n 20 "$RUN_DIR/$1.log" >&2
+  exit 1
+}
+
+echo "==> applying main database migrations"
+"$BIN/api-gateway" migrate
+
+start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
+PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
+PORT=$GATEWAY_PORT start api-gateway "$BIN/api-gateway"
+wait_http llm-simulator http://127.0.0.1:8090/healthz
+wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
+wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
+
+cat <<MSG
+
+headhunter is running (stop it with: make stop-all)
+  api-gateway     http://127.0.0.1:$GATEWAY_PORT   (/metrics /healthz /readyz)
+  llm-log-worker  http://127.0.0.1:$WORKER_PORT   (/metrics /healthz /readyz)
+  llm-simulator   http://127.0.0.1:8090/v1   (stands in for the LLM provider)
+
+1. Create a company; the answer holds its API key, shown once:
+
+  curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
+    -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \\
+    -d '{"name": "Acme Recruiting"}'
+
+2. Call the LLM with that key (add "stream": true for server-sent events):
+
+  curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions \\
+    -H "Authorization: Bearer <api_key.key from step 1>" -H 'Content-Type: application/json' \\
+    -H 'X-Interview-Id: 42' -H 'X-Action: cv_summary' \\
+    -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
+
+3. Watch it land in the analytics database and the pipeline's health:
+
+  psql postgres://postgres@127.0.0.1:5432/headhunter_analytics \\
+    -c 'SELECT created_at, company_id, model, tokens_used, cost_usd, latency_ms FROM llm_logs ORDER BY created_at DESC LIMIT 5'
+  curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/health -H "Authorization: Bearer $ADMIN_API_KEY"
+MSG
