@@ -1,0 +1,196 @@
+//! Ingest throughput: the real publisher, Redis, and the real worker, against a raw
+//! `COPY` (psql, CSV) of the same rows into a second database with the same schema.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use api_gateway::metrics::GatewayMetrics;
+use api_gateway::publisher::LogPublisher;
+use chrono::Utc;
+use common_models::db::{Database, run_migrations};
+use common_models::events::{LlmCallEvent, LogEvent, new_event_id};
+use common_models::ids::{CompanyId, InterviewId, UserId};
+use common_models::queue::QueueKeys;
+use common_models::redis_pool::{ReplyTimeout, build_pool};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+use crate::{clear_redis, count, create_database, drop_database, redis_url};
+
+const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, \
+    model, tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
+    time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, deployment_version, \
+    deployment_environment";
+
+fn event(i: usize) -> LlmCallEvent {
+    let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
+    let failed = i % 50 == 0;
+    LlmCallEvent {
+        event_id: new_event_id(),
+        created_at: Utc::now(),
+        action: ["chat_completion", "cv_summary", "match_explain"][i % 3].to_owned(),
+        message: None,
+        company_id: Some(CompanyId((i % 200) as i64 + 1)),
+        user_id: Some(UserId((i % 5000) as i64 + 1)),
+        interview_id: (i % 4 == 0).then_some(InterviewId(i as i64)),
+        request_id: Some(format!("req-{i:08}")),
+        model: Some(models[i % models.len()].to_owned()),
+        tokens_input: Some(400 + (i % 700) as i32),
+        tokens_output: Some(50 + (i % 300) as i32),
+        tokens_total: Some(450 + (i % 700) as i32 + (i % 300) as i32),
+        usage_reported: true,
+        cost_usd: Some(0.000_123 + (i % 97) as f64 * 1e-6),
+        price_table_version: Some("2026-11-01".to_owned()),
+        latency_ms: Some(200 + (i % 1500) as i32),
+        time_to_first_token_ms: (i % 2 == 0).then_some(80 + (i % 300) as i32),
+        streaming: i % 2 == 0,
+        http_status: Some(if failed { 500 } else { 200 }),
+        error_type: failed.then(|| "upstream_server_error".to_owned()),
+        error_message: failed.then(|| "upstream answered HTTP 500".to_owned()),
+        metadata: Some(serde_json::json!({"upstream_id": format!("chatcmpl-{i}"), "finish_reason": "stop", "api_key_id": i % 300})),
+        deployment_version: Some("bench".to_owned()),
+        deployment_environment: Some("bench".to_owned()),
+    }
+}
+
+fn csv_text(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn csv_opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn csv_row(e: &LlmCallEvent) -> String {
+    let text = |v: &Option<String>| v.as_deref().map(csv_text).unwrap_or_default();
+    [
+        e.event_id.to_string(),
+        e.created_at.to_rfc3339(),
+        csv_text(&e.action),
+        text(&e.message),
+        csv_opt(e.user_id.map(|v| v.0)),
+        csv_opt(e.company_id.map(|v| v.0)),
+        csv_opt(e.interview_id.map(|v| v.0)),
+        text(&e.request_id),
+        text(&e.model),
+        csv_opt(e.tokens_total),
+        csv_opt(e.tokens_input),
+        csv_opt(e.tokens_output),
+        e.usage_reported.to_string(),
+        csv_opt(e.cost_usd),
+        text(&e.price_table_version),
+        csv_opt(e.latency_ms),
+        csv_opt(e.time_to_first_token_ms),
+        e.streaming.to_string(),
+        csv_opt(e.http_status),
+        text(&e.error_type),
+        text(&e.error_message),
+        e.metadata.as_ref().map(|m| csv_text(&m.to_string())).unwrap_or_default(),
+        text(&e.deployment_version),
+        text(&e.deployment_environment),
+    ]
+    .join(",")
+}
+
+async fn prepare(url: &str) -> anyhow::Result<()> {
+    run_migrations(url, Database::Analytics).await?;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute("SELECT ensure_monthly_partition('llm_logs', now()::date)").await?;
+    Ok(())
+}
+
+pub async fn run(n: usize) -> anyhow::Result<()> {
+    println!("== ingest: {n} llm_logs events ==");
+    let events: Vec<LlmCallEvent> = (0..n).map(event).collect();
+
+    // Raw COPY of the same rows.
+    let (copy_url, copy_name) = create_database("copy").await?;
+    prepare(&copy_url).await?;
+    let csv_path = std::env::temp_dir().join(format!("{copy_name}.csv"));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
+        for e in &events {
+            writeln!(f, "{}", csv_row(e))?;
+        }
+    }
+    print!("raw COPY (psql \\copy, CSV) ... ");
+    std::io::stdout().flush()?;
+    let started = Instant::now();
+    let status = std::process::Command::new("psql")
+        .arg(&copy_url)
+        .arg("-qc")
+        .arg(format!("\\copy llm_logs ({COLUMNS}) FROM '{}' WITH (FORMAT csv)", csv_path.display()))
+        .status()?;
+    let copy_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "psql \\copy failed");
+    std::fs::remove_file(&csv_path).ok();
+    let copied = count(&copy_url, "SELECT count(*) AS n FROM llm_logs").await?;
+    anyhow::ensure!(copied == n as i64, "COPY wrote {copied} rows, expected {n}");
+    let copy_rate = n as f64 / copy_secs;
+    println!("{copy_secs:.2} s, {copy_rate:.0} rows/s");
+
+    // The pipeline.
+    let (pipe_url, pipe_name) = create_database("pipeline").await?;
+    let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut settings = llm_log_worker::WorkerSettings::defaults()?;
+    settings.analytics_database_url = pipe_url.clone();
+    settings.redis_url = redis_url();
+    settings.redis_key_prefix = prefix.clone();
+    settings.consumer_name = format!("{prefix}worker");
+    settings.log_format = "text".into();
+    settings.log_level = "warn".into();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let worker_addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(llm_log_worker::run(settings.clone(), listener, stop_rx));
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    while http.get(format!("http://{worker_addr}/healthz")).send().await.is_err() {
+        anyhow::ensure!(ready.elapsed() < Duration::from_secs(30), "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let metrics = GatewayMetrics::new()?;
+    let redis = build_pool(&redis_url(), 4, ReplyTimeout::After(Duration::from_secs(2)))?;
+    let (publisher, publisher_stop) = LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512);
+    println!(
+        "pipeline (publisher → Redis → llm-log-worker, {} write loops, batches of {}) ...",
+        settings.write_loops, settings.batch_size
+    );
+    let started = Instant::now();
+    for e in events {
+        publisher.publish(LogEvent::LlmCall(e));
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let mut last_report = Instant::now();
+    loop {
+        let rows = count(&pipe_url, "SELECT count(*) AS n FROM llm_logs").await.unwrap_or(0);
+        if rows >= n as i64 {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            println!("  {rows}/{n} rows committed after {:.1} s", started.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the pipeline stalled at {rows} rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pipe_secs = started.elapsed().as_secs_f64();
+    let pipe_rate = n as f64 / pipe_secs;
+    let distinct = count(&pipe_url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
+    let dropped: u64 = ["llm_logs", "system_logs"]
+        .iter()
+        .flat_map(|s| ["buffer_full", "shutdown", "encode"].map(|r| metrics.log_events_dropped.with_label_values(&[*s, r]).get()))
+        .sum();
+    println!("  all {n} rows committed ({distinct} distinct, {dropped} dropped); publishing itself took {publish_secs:.2} s");
+    println!("pipeline: {pipe_secs:.2} s, {pipe_rate:.0} rows/s");
+    println!();
+    println!("ingest   raw COPY {copy_rate:>8.0} rows/s   pipeline {pipe_rate:>8.0} rows/s   ratio {:.2} (target ≥ 0.60)", pipe_rate / copy_rate);
+
+    publisher_stop.flush_and_stop(Duration::from_secs(5)).await;
+    stop_tx.send_replace(true);
+    worker.await??;
+    clear_redis(&prefix).await?;
+    drop_database(&copy_name).await?;
+    drop_database(&pipe_name).await?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# make bench: ingest throughput vs raw COPY, and gateway overhead vs the upstream alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v oha >/dev/null 2>&1; then
+  echo "==> installing oha (HTTP load generator) from crates.io"
+  cargo +stable install oha --locked
+fi
+cargo build --release -p bench
+target/release/headhunter-bench ingest --events "${BENCH_EVENTS:-200000}"
+echo
+target/release/headhunter-bench gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}"
