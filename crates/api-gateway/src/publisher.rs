@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use common_models::events::LogEvent;
-use common_models::queue::{self, EVENT_FIELD, LogStream, QueueKeys};
+use common_models::queue::{self, EVENT_FIELD, LogStream, QueueKeys, TYPE_FIELD};
 use deadpool_redis::Pool as RedisPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -148,8 +148,9 @@ async fn send(redis: &RedisPool, keys: &QueueKeys, batch: &[LogEvent], metrics: 
     for event in batch {
         let stream = LogStream::of(event);
         match queue::encode(event) {
-            Ok(payload) => {
-                pipe.xadd(keys.stream(stream), "*", &[(EVENT_FIELD, payload)]).ignore();
+            Ok((tag, payload)) => {
+                pipe.xadd(keys.stream(stream), "*", &[(TYPE_FIELD, tag.as_bytes()), (EVENT_FIELD, payload.as_slice())])
+                    .ignore();
                 per_stream[usize::from(stream == LogStream::SystemLogs)] += 1;
             }
             Err(err) => {

@@ -60,7 +60,7 @@ fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurem
         "temperature": 0
     });
     let output = Command::new("oha")
-        .args(["--no-tui", "--output-format", "json", "-z", &format!("{seconds}s"), "-q", &rate.to_string()])
+        .args(["--no-tui", "--latency-correction", "--output-format", "json", "-z", &format!("{seconds}s"), "-q", &rate.to_string()])
         .args(["-c", "64", "-m", "POST", "-H", "content-type: application/json"])
         .args(["-H", &format!("authorization: Bearer {key}"), "-d", &body.to_string(), url])
         .stderr(Stdio::inherit())

@@ -131,7 +131,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     // The pipeline.
     let (pipe_url, pipe_name) = create_database("pipeline").await?;
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut settings = llm_log_worker::WorkerSettings::defaults()?;
+    // Worker tuning (WRITE_LOOPS, BATCH_SIZE, …) can be varied from the environment.
+    let mut settings = llm_log_worker::WorkerSettings::load(None, common_models::settings::process_env())?;
     settings.analytics_database_url = pipe_url.clone();
     settings.redis_url = redis_url();
     settings.redis_key_prefix = prefix.clone();

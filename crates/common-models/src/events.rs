@@ -10,18 +10,24 @@ use uuid::Uuid;
 
 use crate::ids::{CompanyId, InterviewId, UserId};
 
-/// One message on a log stream. The tag carries the payload's version, so a new
-/// shape can be introduced as `llm_call.v2` while old entries still decode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
+/// One message on a log stream. On the wire (see `queue`) its type tag travels in a
+/// field of its own and names the payload's version, so a new shape can be introduced
+/// as `llm_call.v2` while old entries still decode.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LogEvent {
-    #[serde(rename = "llm_call.v1")]
     LlmCall(LlmCallEvent),
-    #[serde(rename = "system_log.v1")]
     SystemLog(SystemLogEvent),
 }
 
 impl LogEvent {
+    /// The wire tag: payload type and version.
+    pub fn type_tag(&self) -> &'static str {
+        match self {
+            Self::LlmCall(_) => LLM_CALL_V1,
+            Self::SystemLog(_) => SYSTEM_LOG_V1,
+        }
+    }
+
     pub fn event_id(&self) -> Uuid {
         match self {
             Self::LlmCall(e) => e.event_id,
@@ -29,6 +35,11 @@ impl LogEvent {
         }
     }
 }
+
+/// Wire tag of [`LlmCallEvent`], version 1.
+pub const LLM_CALL_V1: &str = "llm_call.v1";
+/// Wire tag of [`SystemLogEvent`], version 1.
+pub const SYSTEM_LOG_V1: &str = "system_log.v1";
 
 /// Why an LLM call did not produce a normal answer. Stored as `error_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,34 +127,4 @@ pub struct SystemLogEvent {
 /// A new time-ordered event id (UUIDv7), so ids of one day sit together in indexes.
 pub fn new_event_id() -> Uuid {
     Uuid::now_v7()
-}
-
-#[cfg(test)]
-mod tests {
-    #![expect(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn payload_names_its_type_and_version() {
-        let event = LogEvent::SystemLog(SystemLogEvent {
-            event_id: new_event_id(),
-            created_at: Utc::now(),
-            level: "info".into(),
-            component: "api".into(),
-            message: "GET /healthz".into(),
-            request_method: None,
-            request_path: None,
-            status_code: Some(200),
-            latency_ms: Some(0.4),
-            company_id: None,
-            user_id: None,
-            request_id: None,
-            error_type: None,
-            metadata: None,
-        });
-        let json = serde_json::to_value(&event).unwrap();
-        assert_eq!(json["type"], "system_log.v1");
-        let back: LogEvent = serde_json::from_value(json).unwrap();
-        assert_eq!(back, event);
-    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common_models::events::{LlmCallEvent, LogEvent, SystemLogEvent};
-use common_models::queue::{self, CONSUMER_GROUP, EVENT_FIELD, LogStream, MAX_WRITE_ATTEMPTS, QueueKeys};
+use common_models::queue::{self, CONSUMER_GROUP, EVENT_FIELD, LogStream, MAX_WRITE_ATTEMPTS, QueueKeys, TYPE_FIELD};
 use deadpool_redis::Pool as RedisPool;
 use redis::AsyncCommands;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
@@ -40,6 +40,8 @@ pub struct Shared {
 pub struct Entry {
     pub stream: LogStream,
     pub id: String,
+    /// The `type` field; `None` when the entry lacks it.
+    pub type_tag: Option<Vec<u8>>,
     /// The `event` field; `None` when the entry lacks it.
     pub payload: Option<Vec<u8>>,
 }
@@ -156,17 +158,12 @@ impl ConsumerLoop {
         let mut decoded: Vec<(Entry, LogEvent)> = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
         for entry in entries {
-            match entry.payload.as_deref().map(queue::decode) {
-                Some(Ok(event)) => decoded.push((entry, event)),
-                Some(Err(err)) => {
+            match queue::decode(entry.type_tag.as_deref(), entry.payload.as_deref()) {
+                Ok(event) => decoded.push((entry, event)),
+                Err(err) => {
                     let detail = err.to_string();
                     dead.push(DeadLetter { entry, reason: "undecodable", detail });
                 }
-                None => dead.push(DeadLetter {
-                    entry,
-                    reason: "undecodable",
-                    detail: format!("entry has no `{EVENT_FIELD}` field"),
-                }),
             }
         }
 
@@ -274,6 +271,9 @@ impl ConsumerLoop {
                 ("detail", d.detail.clone().into_bytes()),
                 ("dead_at_ms", now_ms.to_string().into_bytes()),
             ];
+            if let Some(tag) = &d.entry.type_tag {
+                fields.push((TYPE_FIELD, tag.clone()));
+            }
             if let Some(payload) = &d.entry.payload {
                 fields.push((EVENT_FIELD, payload.clone()));
             }
@@ -338,13 +338,15 @@ impl ConsumerLoop {
     }
 }
 
-fn to_entry(stream: LogStream, id: StreamId) -> Entry {
-    let payload = match id.map.get(EVENT_FIELD) {
-        Some(redis::Value::BulkString(bytes)) => Some(bytes.clone()),
-        Some(redis::Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+fn to_entry(stream: LogStream, mut id: StreamId) -> Entry {
+    let mut field = |name: &str| match id.map.remove(name) {
+        Some(redis::Value::BulkString(bytes)) => Some(bytes),
+        Some(redis::Value::SimpleString(s)) => Some(s.into_bytes()),
         _ => None,
     };
-    Entry { stream, id: id.id, payload }
+    let type_tag = field(TYPE_FIELD);
+    let payload = field(EVENT_FIELD);
+    Entry { stream, id: id.id, type_tag, payload }
 }
 
 fn split<'a>(events: impl Iterator<Item = &'a LogEvent>) -> (Vec<&'a LlmCallEvent>, Vec<&'a SystemLogEvent>) {

@@ -4,6 +4,7 @@
 //! DO NOTHING` per table, both in one transaction: one statement and one round trip
 //! whatever the batch size, with every value sent as a typed binary array.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -171,15 +172,22 @@ fn describe(err: &DieselError) -> String {
 /// Cuts `s` to at most `max` characters and drops NUL bytes, which PostgreSQL text
 /// cannot hold. Column limits are a storage detail: a long model name must not cost
 /// the whole row.
-fn fit(s: &str, max: usize) -> String {
-    let clean: String = if s.contains('\0') { s.replace('\0', "") } else { s.to_owned() };
+/// Borrows when nothing needs changing, which is almost always.
+fn fit(s: &str, max: usize) -> Cow<'_, str> {
+    let clean: Cow<'_, str> = if s.contains('\0') { Cow::Owned(s.replace('\0', "")) } else { Cow::Borrowed(s) };
+    if clean.len() <= max {
+        return clean; // a string of at most `max` bytes has at most `max` characters
+    }
     match clean.char_indices().nth(max) {
-        Some((cut, _)) => clean[..cut].to_owned(),
+        Some((cut, _)) => match clean {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..cut]),
+            Cow::Owned(o) => Cow::Owned(o[..cut].to_owned()),
+        },
         None => clean,
     }
 }
 
-fn fit_opt(s: Option<&String>, max: usize) -> Option<String> {
+fn fit_opt(s: Option<&String>, max: usize) -> Option<Cow<'_, str>> {
     s.map(|s| fit(s, max))
 }
 
@@ -198,35 +206,35 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
 ON CONFLICT DO NOTHING";
 
 /// One batch of `llm_logs` rows, column by column.
-struct LlmColumns {
+struct LlmColumns<'a> {
     event_id: Vec<uuid::Uuid>,
     created_at: Vec<DateTime<Utc>>,
-    action: Vec<String>,
-    message: Vec<Option<String>>,
+    action: Vec<Cow<'a, str>>,
+    message: Vec<Option<Cow<'a, str>>>,
     user_id: Vec<Option<i64>>,
     company_id: Vec<Option<i64>>,
     interview_id: Vec<Option<i64>>,
-    request_id: Vec<Option<String>>,
-    model: Vec<Option<String>>,
+    request_id: Vec<Option<Cow<'a, str>>>,
+    model: Vec<Option<Cow<'a, str>>>,
     tokens_used: Vec<Option<i32>>,
     tokens_input: Vec<Option<i32>>,
     tokens_output: Vec<Option<i32>>,
     usage_reported: Vec<bool>,
     cost_usd: Vec<Option<f64>>,
-    price_table_version: Vec<Option<String>>,
+    price_table_version: Vec<Option<Cow<'a, str>>>,
     latency_ms: Vec<Option<i32>>,
     time_to_first_token_ms: Vec<Option<i32>>,
     streaming: Vec<bool>,
     http_status: Vec<Option<i16>>,
-    error_type: Vec<Option<String>>,
-    error_message: Vec<Option<String>>,
-    metadata: Vec<Option<serde_json::Value>>,
-    deployment_version: Vec<Option<String>>,
-    deployment_environment: Vec<Option<String>>,
+    error_type: Vec<Option<Cow<'a, str>>>,
+    error_message: Vec<Option<Cow<'a, str>>>,
+    metadata: Vec<Option<&'a serde_json::Value>>,
+    deployment_version: Vec<Option<Cow<'a, str>>>,
+    deployment_environment: Vec<Option<Cow<'a, str>>>,
 }
 
-impl LlmColumns {
-    fn from_events(events: &[&LlmCallEvent]) -> Option<Self> {
+impl<'a> LlmColumns<'a> {
+    fn from_events(events: &[&'a LlmCallEvent]) -> Option<Self> {
         if events.is_empty() {
             return None;
         }
@@ -252,7 +260,7 @@ impl LlmColumns {
             http_status: events.iter().map(|e| e.http_status).collect(),
             error_type: events.iter().map(|e| fit_opt(e.error_type.as_ref(), 100)).collect(),
             error_message: events.iter().map(|e| fit_opt(e.error_message.as_ref(), UNBOUNDED)).collect(),
-            metadata: events.iter().map(|e| e.metadata.clone()).collect(),
+            metadata: events.iter().map(|e| e.metadata.as_ref()).collect(),
             deployment_version: events.iter().map(|e| fit_opt(e.deployment_version.as_ref(), 50)).collect(),
             deployment_environment: events
                 .iter()
@@ -301,25 +309,25 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::
 ON CONFLICT DO NOTHING";
 
 /// One batch of `system_logs` rows, column by column.
-struct SystemColumns {
+struct SystemColumns<'a> {
     event_id: Vec<uuid::Uuid>,
     created_at: Vec<DateTime<Utc>>,
-    level: Vec<String>,
-    component: Vec<String>,
-    message: Vec<String>,
-    request_method: Vec<Option<String>>,
-    request_path: Vec<Option<String>>,
+    level: Vec<Cow<'a, str>>,
+    component: Vec<Cow<'a, str>>,
+    message: Vec<Cow<'a, str>>,
+    request_method: Vec<Option<Cow<'a, str>>>,
+    request_path: Vec<Option<Cow<'a, str>>>,
     status_code: Vec<Option<i16>>,
     latency_ms: Vec<Option<f64>>,
     company_id: Vec<Option<i64>>,
     user_id: Vec<Option<i64>>,
-    request_id: Vec<Option<String>>,
-    error_type: Vec<Option<String>>,
-    metadata: Vec<Option<serde_json::Value>>,
+    request_id: Vec<Option<Cow<'a, str>>>,
+    error_type: Vec<Option<Cow<'a, str>>>,
+    metadata: Vec<Option<&'a serde_json::Value>>,
 }
 
-impl SystemColumns {
-    fn from_events(events: &[&SystemLogEvent]) -> Option<Self> {
+impl<'a> SystemColumns<'a> {
+    fn from_events(events: &[&'a SystemLogEvent]) -> Option<Self> {
         if events.is_empty() {
             return None;
         }
@@ -337,7 +345,7 @@ impl SystemColumns {
             user_id: events.iter().map(|e| e.user_id.map(|v| v.0)).collect(),
             request_id: events.iter().map(|e| fit_opt(e.request_id.as_ref(), 64)).collect(),
             error_type: events.iter().map(|e| fit_opt(e.error_type.as_ref(), 100)).collect(),
-            metadata: events.iter().map(|e| e.metadata.clone()).collect(),
+            metadata: events.iter().map(|e| e.metadata.as_ref()).collect(),
         })
     }
 

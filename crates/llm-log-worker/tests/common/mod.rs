@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common_models::events::{LlmCallEvent, LogEvent, SystemLogEvent, new_event_id};
 use common_models::ids::CompanyId;
-use common_models::queue::{self, CONSUMER_GROUP, EVENT_FIELD, LogStream, QueueKeys};
+use common_models::queue::{self, CONSUMER_GROUP, EVENT_FIELD, LogStream, QueueKeys, TYPE_FIELD};
 use llm_log_worker::WorkerSettings;
 use test_support::{TestDb, TestRedis};
 use tokio::sync::watch;
@@ -104,7 +104,9 @@ pub async fn publish(redis: &TestRedis, events: &[LogEvent]) -> anyhow::Result<(
     for chunk in events.chunks(500) {
         let mut pipe = redis::pipe();
         for e in chunk {
-            pipe.xadd(keys.stream(LogStream::of(e)), "*", &[(EVENT_FIELD, queue::encode(e)?)]).ignore();
+            let (tag, payload) = queue::encode(e)?;
+            pipe.xadd(keys.stream(LogStream::of(e)), "*", &[(TYPE_FIELD, tag.as_bytes()), (EVENT_FIELD, payload.as_slice())])
+                .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
     }
@@ -114,7 +116,19 @@ pub async fn publish(redis: &TestRedis, events: &[LogEvent]) -> anyhow::Result<(
 pub async fn publish_raw(redis: &TestRedis, stream: LogStream, payload: &[u8]) -> anyhow::Result<()> {
     let keys = QueueKeys::new(redis.prefix.clone());
     let mut conn = redis.connection().await?;
-    redis::cmd("XADD").arg(keys.stream(stream)).arg("*").arg(EVENT_FIELD).arg(payload).query_async::<String>(&mut conn).await?;
+    let tag = match stream {
+        LogStream::LlmLogs => common_models::events::LLM_CALL_V1,
+        LogStream::SystemLogs => common_models::events::SYSTEM_LOG_V1,
+    };
+    redis::cmd("XADD")
+        .arg(keys.stream(stream))
+        .arg("*")
+        .arg(TYPE_FIELD)
+        .arg(tag)
+        .arg(EVENT_FIELD)
+        .arg(payload)
+        .query_async::<String>(&mut conn)
+        .await?;
     Ok(())
 }
 
