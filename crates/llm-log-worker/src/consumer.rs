@@ -18,6 +18,7 @@ use redis::AsyncCommands;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use tokio::sync::watch;
 
+use crate::copy::{CopyFailure, CopyWriter};
 use crate::metrics::WorkerMetrics;
 use crate::writer::{AnalyticsWriter, Inserted, WriteError};
 
@@ -33,6 +34,9 @@ pub struct Shared {
     pub reclaim_interval: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    pub analytics_url: String,
+    pub lock_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
 }
 
 /// A stream entry as read, before decoding.
@@ -55,6 +59,7 @@ struct DeadLetter {
 
 pub struct ConsumerLoop {
     shared: Arc<Shared>,
+    copy: CopyWriter,
     consumer: String,
     shutdown: watch::Receiver<bool>,
     last_reclaim: Option<Instant>,
@@ -62,7 +67,8 @@ pub struct ConsumerLoop {
 
 impl ConsumerLoop {
     pub fn new(shared: Arc<Shared>, consumer: String, shutdown: watch::Receiver<bool>) -> Self {
-        Self { shared, consumer, shutdown, last_reclaim: None }
+        let copy = CopyWriter::new(&shared.analytics_url, shared.lock_timeout_ms, shared.statement_timeout_ms);
+        Self { shared, copy, consumer, shutdown, last_reclaim: None }
     }
 
     fn stopping(&self) -> bool {
@@ -175,7 +181,7 @@ impl ConsumerLoop {
 
     /// Writes `decoded`; rows the database keeps refusing move from `decoded` to `dead`.
     async fn write_with_retries(
-        &self,
+        &mut self,
         decoded: &mut Vec<(Entry, LogEvent)>,
         dead: &mut Vec<DeadLetter>,
     ) -> Option<Inserted> {
@@ -186,7 +192,7 @@ impl ConsumerLoop {
             }
             let started = Instant::now();
             let (llm, system) = split(decoded.iter().map(|(_, e)| e));
-            match self.shared.writer.write(&llm, &system).await {
+            match self.write_batch(&llm, &system).await {
                 Ok(inserted) => {
                     self.shared.metrics.write_seconds.with_label_values(&["committed"]).observe(started.elapsed().as_secs_f64());
                     return Some(inserted);
@@ -211,6 +217,25 @@ impl ConsumerLoop {
             }
             self.pause(backoff).await;
             backoff = (backoff * 2).min(self.shared.retry_max);
+        }
+    }
+
+    /// COPY first; the idempotent INSERT when the batch holds a row already stored
+    /// (redelivery) or a row the database refuses (which that path then isolates).
+    async fn write_batch(&mut self, llm: &[&LlmCallEvent], system: &[&SystemLogEvent]) -> Result<Inserted, WriteError> {
+        self.shared.writer.ensure_partitions_for(llm, system).await?;
+        match self.copy.write(llm, system).await {
+            Ok(inserted) => Ok(inserted),
+            Err(CopyFailure::Transient(msg)) => Err(WriteError::Transient(msg)),
+            Err(CopyFailure::Duplicate) => {
+                self.shared.metrics.copy_fallbacks.with_label_values(&["duplicate"]).inc();
+                self.shared.writer.write(llm, system).await
+            }
+            Err(CopyFailure::Rejected(msg)) => {
+                self.shared.metrics.copy_fallbacks.with_label_values(&["rejected"]).inc();
+                tracing::debug!(consumer = %self.consumer, error = %msg, "COPY refused a batch, inserting instead");
+                self.shared.writer.write(llm, system).await
+            }
         }
     }
 

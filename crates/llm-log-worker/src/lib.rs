@@ -3,6 +3,7 @@
 //! batches, idempotently, acknowledging entries only after their rows are committed.
 
 pub mod consumer;
+pub mod copy;
 pub mod http;
 pub mod metrics;
 pub mod settings;
@@ -73,6 +74,9 @@ pub async fn run(
         reclaim_interval: Duration::from_millis(settings.reclaim_interval_ms),
         retry_initial: Duration::from_millis(settings.retry_initial_ms),
         retry_max: Duration::from_millis(settings.retry_max_ms),
+        analytics_url: analytics_url.clone(),
+        lock_timeout_ms: settings.lock_timeout_ms,
+        statement_timeout_ms: settings.statement_timeout_ms,
     });
 
     let server = http::serve(listener, shared.clone())?;

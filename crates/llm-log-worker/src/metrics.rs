@@ -18,6 +18,9 @@ pub struct WorkerMetrics {
     /// Failed write attempts, by kind: `transient` (database down, locked, timed out)
     /// or `rejected` (the database refused a row).
     pub write_errors: IntCounterVec,
+    /// Batches written by INSERT instead of COPY, by reason (`duplicate`: a redelivered
+    /// row was already stored; `rejected`: the database refused a row).
+    pub copy_fallbacks: IntCounterVec,
     /// Entries moved to a dead-letter stream, per stream and reason.
     pub dead_lettered: IntCounterVec,
     /// Entries taken over from other consumers (XAUTOCLAIM), per stream.
@@ -57,6 +60,10 @@ impl WorkerMetrics {
                 Opts::new("write_errors_total", "Failed write attempts by kind"),
                 &["kind"],
             )?,
+            copy_fallbacks: IntCounterVec::new(
+                Opts::new("copy_fallbacks_total", "Batches written by INSERT instead of COPY"),
+                &["reason"],
+            )?,
             dead_lettered: IntCounterVec::new(
                 Opts::new("dead_lettered_total", "Entries moved to a dead-letter stream"),
                 &["stream", "reason"],
@@ -86,7 +93,8 @@ impl WorkerMetrics {
     }
 
     fn register(&self) -> prometheus::Result<()> {
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(self.copy_fallbacks.clone()),
             Box::new(self.rows_written.clone()),
             Box::new(self.duplicates_ignored.clone()),
             Box::new(self.batch_size.clone()),

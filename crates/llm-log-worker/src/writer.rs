@@ -48,10 +48,27 @@ impl AnalyticsWriter {
         Self {
             pool,
             known_partitions: Mutex::new(HashSet::new()),
-            session_limits: format!(
-                "SET LOCAL lock_timeout = {lock_timeout_ms}; SET LOCAL statement_timeout = {statement_timeout_ms}"
-            ),
+            session_limits: limits(lock_timeout_ms, statement_timeout_ms),
         }
+    }
+
+    /// Creates the partitions the events need, unless known to exist.
+    pub async fn ensure_partitions_for(
+        &self,
+        llm: &[&LlmCallEvent],
+        system: &[&SystemLogEvent],
+    ) -> Result<(), WriteError> {
+        let mut months: HashSet<(LogStream, NaiveDate)> = HashSet::new();
+        months.extend(llm.iter().map(|e| (LogStream::LlmLogs, month_of(e.created_at))));
+        months.extend(system.iter().map(|e| (LogStream::SystemLogs, month_of(e.created_at))));
+        if let Ok(known) = self.known_partitions.lock() {
+            months.retain(|p| !known.contains(p));
+        }
+        if months.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await.map_err(|e| WriteError::Transient(e.to_string()))?;
+        self.ensure_partitions(&mut conn, months).await
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -60,11 +77,8 @@ impl AnalyticsWriter {
 
     /// Writes both slices in one transaction. Rows already present are skipped.
     pub async fn write(&self, llm: &[&LlmCallEvent], system: &[&SystemLogEvent]) -> Result<Inserted, WriteError> {
-        let mut months: HashSet<(LogStream, NaiveDate)> = HashSet::new();
-        months.extend(llm.iter().map(|e| (LogStream::LlmLogs, month_of(e.created_at))));
-        months.extend(system.iter().map(|e| (LogStream::SystemLogs, month_of(e.created_at))));
+        self.ensure_partitions_for(llm, system).await?;
         let mut conn = self.pool.get().await.map_err(|e| WriteError::Transient(e.to_string()))?;
-        self.ensure_partitions(&mut conn, months).await?;
 
         let llm_rows = LlmColumns::from_events(llm);
         let system_rows = SystemColumns::from_events(system);
@@ -172,8 +186,13 @@ fn describe(err: &DieselError) -> String {
 /// Cuts `s` to at most `max` characters and drops NUL bytes, which PostgreSQL text
 /// cannot hold. Column limits are a storage detail: a long model name must not cost
 /// the whole row.
+/// The per-transaction limits every write sets first.
+pub fn limits(lock_timeout_ms: u64, statement_timeout_ms: u64) -> String {
+    format!("SET LOCAL lock_timeout = {lock_timeout_ms}; SET LOCAL statement_timeout = {statement_timeout_ms}")
+}
+
 /// Borrows when nothing needs changing, which is almost always.
-fn fit(s: &str, max: usize) -> Cow<'_, str> {
+pub fn fit(s: &str, max: usize) -> Cow<'_, str> {
     let clean: Cow<'_, str> = if s.contains('\0') { Cow::Owned(s.replace('\0', "")) } else { Cow::Borrowed(s) };
     if clean.len() <= max {
         return clean; // a string of at most `max` bytes has at most `max` characters
@@ -187,23 +206,32 @@ fn fit(s: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-fn fit_opt(s: Option<&String>, max: usize) -> Option<Cow<'_, str>> {
+pub fn fit_opt(s: Option<&String>, max: usize) -> Option<Cow<'_, str>> {
     s.map(|s| fit(s, max))
 }
 
 /// Unbounded text columns: only NUL bytes are removed.
 const UNBOUNDED: usize = usize::MAX;
 
-const INSERT_LLM_LOGS: &str = "\
-INSERT INTO llm_logs (event_id, created_at, action, message, user_id, company_id, interview_id,
-    request_id, model, tokens_used, tokens_input, tokens_output, usage_reported, cost_usd,
-    price_table_version, latency_ms, time_to_first_token_ms, streaming, http_status, error_type,
-    error_message, metadata, deployment_version, deployment_environment)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[],
-    $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[],
-    $14::float8[], $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[],
-    $21::text[], $22::jsonb[], $23::text[], $24::text[])
-ON CONFLICT DO NOTHING";
+/// The `llm_logs` columns every write path fills, in this order.
+macro_rules! llm_columns {
+    () => {
+        "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, model, \
+         tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
+         time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, \
+         deployment_version, deployment_environment"
+    };
+}
+pub const LLM_COLUMNS: &str = llm_columns!();
+
+const INSERT_LLM_LOGS: &str = concat!(
+    "INSERT INTO llm_logs (",
+    llm_columns!(),
+    ") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+     $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::float8[], \
+     $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[], $21::text[], $22::jsonb[], \
+     $23::text[], $24::text[]) ON CONFLICT DO NOTHING"
+);
 
 /// One batch of `llm_logs` rows, column by column.
 struct LlmColumns<'a> {
@@ -300,13 +328,22 @@ impl<'a> LlmColumns<'a> {
     }
 }
 
-const INSERT_SYSTEM_LOGS: &str = "\
-INSERT INTO system_logs (event_id, created_at, level, component, message, request_method,
-    request_path, status_code, latency_ms, company_id, user_id, request_id, error_type, metadata)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::text[], $8::int2[], $9::float8[], $10::int8[], $11::int8[], $12::text[], $13::text[],
-    $14::jsonb[])
-ON CONFLICT DO NOTHING";
+/// The `system_logs` columns every write path fills, in this order.
+macro_rules! system_columns {
+    () => {
+        "event_id, created_at, level, component, message, request_method, request_path, status_code, \
+         latency_ms, company_id, user_id, request_id, error_type, metadata"
+    };
+}
+pub const SYSTEM_COLUMNS: &str = system_columns!();
+
+const INSERT_SYSTEM_LOGS: &str = concat!(
+    "INSERT INTO system_logs (",
+    system_columns!(),
+    ") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[], $8::int2[], $9::float8[], $10::int8[], $11::int8[], $12::text[], $13::text[], $14::jsonb[]) \
+     ON CONFLICT DO NOTHING"
+);
 
 /// One batch of `system_logs` rows, column by column.
 struct SystemColumns<'a> {
