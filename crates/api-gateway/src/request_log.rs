@@ -22,7 +22,7 @@ pub async fn log_request(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let started = Instant::now();
-    let created_at = chrono::Utc::now();
+    let created_at = common_models::events::event_time();
     let request_id = req
         .headers()
         .get(REQUEST_ID_HEADER)

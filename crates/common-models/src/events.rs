@@ -4,7 +4,7 @@
 //! never invents either. That is what makes redelivery harmless: the same event
 //! always lands on the same `(event_id, created_at)` key.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -122,6 +122,14 @@ pub struct SystemLogEvent {
     pub request_id: Option<String>,
     pub error_type: Option<String>,
     pub metadata: Option<serde_json::Value>,
+}
+
+/// The current time at the precision PostgreSQL stores (microseconds). Events carry
+/// their `created_at` from the producer, and it is half of the idempotency key: every
+/// write path must store exactly this value, so it holds no finer digits to round.
+pub fn event_time() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
 }
 
 /// A new time-ordered event id (UUIDv7), so ids of one day sit together in indexes.

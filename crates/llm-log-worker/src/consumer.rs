@@ -186,9 +186,16 @@ impl ConsumerLoop {
         dead: &mut Vec<DeadLetter>,
     ) -> Option<Inserted> {
         let mut backoff = self.shared.retry_initial;
+        let mut claimed_at = Instant::now();
         loop {
             if decoded.is_empty() {
                 return Some(Inserted::default());
+            }
+            // A batch held through a long outage would look abandoned to other
+            // consumers; renewing the claim keeps them from taking it over.
+            if claimed_at.elapsed() >= self.shared.reclaim_idle / 2 {
+                self.renew_claim(decoded.iter().map(|(e, _)| e)).await;
+                claimed_at = Instant::now();
             }
             let started = Instant::now();
             let (llm, system) = split(decoded.iter().map(|(_, e)| e));
@@ -217,6 +224,33 @@ impl ConsumerLoop {
             }
             self.pause(backoff).await;
             backoff = (backoff * 2).min(self.shared.retry_max);
+        }
+    }
+
+    /// Resets the idle time of entries this consumer holds (XCLAIM to itself).
+    async fn renew_claim<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
+        let mut ids_by_stream: HashMap<LogStream, Vec<&str>> = HashMap::new();
+        for entry in entries {
+            ids_by_stream.entry(entry.stream).or_default().push(&entry.id);
+        }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in &ids_by_stream {
+            pipe.cmd("XCLAIM")
+                .arg(self.shared.keys.stream(*stream))
+                .arg(CONSUMER_GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .ignore();
+        }
+        let result: redis::RedisResult<()> = match self.shared.redis.get().await {
+            Ok(mut conn) => pipe.query_async(&mut *conn).await,
+            Err(err) => Err(pool_error(err)),
+        };
+        if let Err(err) = result {
+            self.shared.metrics.redis_errors.inc();
+            tracing::warn!(consumer = %self.consumer, error = %err, "renewing the claim on a held batch failed");
         }
     }
 

@@ -136,6 +136,12 @@ fn num<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
     out.push(',');
 }
 
+/// Microseconds, cut (not rounded) as the binary INSERT path stores them, so both
+/// paths write the same idempotency key for the same event.
+fn timestamp(out: &mut String, at: chrono::DateTime<chrono::Utc>) {
+    let _ = write!(out, "{},", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+}
+
 fn end_row(out: &mut String) {
     out.pop();
     out.push('\n');
@@ -145,7 +151,7 @@ fn llm_csv(events: &[&LlmCallEvent]) -> String {
     let mut out = String::with_capacity(events.len() * 512);
     for e in events {
         num(&mut out, Some(e.event_id));
-        num(&mut out, Some(e.created_at.to_rfc3339()));
+        timestamp(&mut out, e.created_at);
         text(&mut out, Some(&fit(&e.action, 100)));
         text(&mut out, fit_opt(e.message.as_ref(), usize::MAX).as_deref());
         num(&mut out, e.user_id.map(|v| v.0));
@@ -177,7 +183,7 @@ fn system_csv(events: &[&SystemLogEvent]) -> String {
     let mut out = String::with_capacity(events.len() * 256);
     for e in events {
         num(&mut out, Some(e.event_id));
-        num(&mut out, Some(e.created_at.to_rfc3339()));
+        timestamp(&mut out, e.created_at);
         text(&mut out, Some(&fit(&e.level, 10)));
         text(&mut out, Some(&fit(&e.component, 50)));
         text(&mut out, Some(&fit(&e.message, usize::MAX)));
@@ -208,5 +214,15 @@ mod tests {
         num::<i32>(&mut out, None);
         end_row(&mut out);
         assert_eq!(out, "\"say \"\"hi\"\", then\nleave\",,3,\n");
+    }
+
+    #[test]
+    fn timestamps_are_cut_to_microseconds() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456999Z").map(|d| d.with_timezone(&chrono::Utc));
+        let mut out = String::new();
+        if let Ok(at) = at {
+            timestamp(&mut out, at);
+        }
+        assert_eq!(out, "2026-11-23T10:00:00.123456Z,");
     }
 }

@@ -50,6 +50,29 @@ async fn events_land_once_and_nothing_stays_pending() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_redelivered_after_a_copy_are_not_stored_twice() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_redelivery").await?;
+    let redis = TestRedis::new();
+    let worker = start(settings(&db, &redis)).await?;
+    // Nanosecond timestamps, as any producer may send: both write paths must cut
+    // them to the same stored key.
+    let events: Vec<LogEvent> = (0..20).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &events).await?;
+    wait_rows(&db, "llm_logs", 20, Duration::from_secs(30)).await?;
+    // The same events again, as after a crash between commit and acknowledgement.
+    publish(&redis, &events).await?;
+    test_support::wait_for(Duration::from_secs(10), "the redelivery to be settled", || async {
+        (pending(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
+    assert!(metrics.contains("headhunter_log_worker_duplicates_ignored_total{table=\"llm_logs\"} 20"), "{metrics}");
+    assert!(metrics.contains("copy_fallbacks_total{reason=\"duplicate\"}"), "{metrics}");
+    assert_eq!(counts(&db, "llm_logs").await?, (20, 20));
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Result<()> {
     let db = TestDb::empty("worker_poison").await?;
     let redis = TestRedis::new();

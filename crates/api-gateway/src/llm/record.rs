@@ -56,7 +56,7 @@ impl CallRecord {
     pub fn new(caller: Caller, context: CallContext, request_id: String, model: String, streaming: bool) -> Self {
         Self {
             event_id: new_event_id(),
-            created_at: Utc::now(),
+            created_at: common_models::events::event_time(),
             started: Instant::now(),
             caller,
             context,
