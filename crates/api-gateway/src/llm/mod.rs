@@ -11,11 +11,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use common_models::events::LlmErrorType;
 use futures_util::StreamExt;
-use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::state::{AppState, RequestId};
-use record::{CallGuard, CallRecord};
+use record::{AnswerView, CallGuard, CallRecord};
 use request::{CallContext, ChatRequest};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -30,7 +29,7 @@ async fn chat_completions(
     let caller = state.auth.authenticate(&req).await?;
     req.extensions_mut().insert(caller);
     let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
-    let chat = ChatRequest::parse(&body, state.settings.max_tokens_cap)?;
+    let chat = ChatRequest::parse(body.freeze(), state.settings.max_tokens_cap)?;
     let context = CallContext::from_headers(&req)?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
 
@@ -75,12 +74,12 @@ async fn chat_completions(
         Ok(b) => b,
         Err(err) => return Err(upstream_failure(&mut guard, &err)),
     };
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let answer: Option<AnswerView> = serde_json::from_slice(&bytes).ok();
     if let Some(record) = guard.record() {
-        record.observe_status(status.as_u16(), parsed.as_ref());
-        match &parsed {
+        record.observe_status(status.as_u16(), answer.as_ref().and_then(AnswerView::error_message));
+        match answer {
             Some(answer) if status.is_success() => record.observe_answer(answer),
-            None if status.is_success() => {
+            None if status.is_success() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {
                 record.fail(LlmErrorType::UpstreamProtocolError, "upstream answer is not JSON");
             }
             _ => {}

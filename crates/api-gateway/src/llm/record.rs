@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use common_models::events::{LlmCallEvent, LlmErrorType, LogEvent, new_event_id};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
@@ -24,13 +25,49 @@ pub struct Usage {
     pub total: i32,
 }
 
+/// An OpenAI `usage` object, as sent.
+#[derive(Debug, Deserialize)]
+pub struct UsageView {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+}
+
 impl Usage {
-    /// Reads an OpenAI `usage` object; `None` unless it holds the token counts.
-    pub fn from_json(usage: &Value) -> Option<Self> {
-        let n = |k: &str| usage.get(k).and_then(Value::as_i64).and_then(|v| i32::try_from(v).ok());
-        let input = n("prompt_tokens")?;
-        let output = n("completion_tokens")?;
-        Some(Self { input, output, total: n("total_tokens").unwrap_or(input.saturating_add(output)) })
+    /// `None` unless the object holds the input and output counts.
+    pub fn from_view(view: &UsageView) -> Option<Self> {
+        let n = |v: Option<i64>| v.and_then(|v| i32::try_from(v).ok());
+        let input = n(view.prompt_tokens)?;
+        let output = n(view.completion_tokens)?;
+        Some(Self { input, output, total: n(view.total_tokens).unwrap_or(input.saturating_add(output)) })
+    }
+}
+
+/// What the gateway reads from a complete upstream answer (or error body); the
+/// rest of the body is skipped, not copied.
+#[derive(Debug, Deserialize)]
+pub struct AnswerView {
+    id: Option<String>,
+    model: Option<String>,
+    usage: Option<UsageView>,
+    #[serde(default)]
+    choices: Vec<FinishView>,
+    error: Option<ErrorView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FinishView {
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorView {
+    message: Option<String>,
+}
+
+impl AnswerView {
+    pub fn error_message(&self) -> Option<&str> {
+        self.error.as_ref()?.message.as_deref()
     }
 }
 
@@ -74,25 +111,22 @@ impl CallRecord {
     }
 
     /// Notes what a complete (non-streamed) upstream answer says.
-    pub fn observe_answer(&mut self, body: &Value) {
-        self.usage = body.get("usage").and_then(Usage::from_json);
-        self.response_model = body.get("model").and_then(Value::as_str).map(str::to_owned);
-        self.upstream_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
-        self.finish_reason = body.pointer("/choices/0/finish_reason").and_then(Value::as_str).map(str::to_owned);
+    pub fn observe_answer(&mut self, answer: AnswerView) {
+        self.usage = answer.usage.as_ref().and_then(Usage::from_view);
+        self.response_model = answer.model;
+        self.upstream_id = answer.id;
+        self.finish_reason = answer.choices.into_iter().next().and_then(|c| c.finish_reason);
     }
 
     /// Records the outcome of an upstream HTTP status (and the error body's message).
-    pub fn observe_status(&mut self, status: u16, body: Option<&Value>) {
+    pub fn observe_status(&mut self, status: u16, error_message: Option<&str>) {
         self.http_status = Some(status);
         let kind = match status {
             400..=499 => LlmErrorType::UpstreamClientError,
             500..=599 => LlmErrorType::UpstreamServerError,
             _ => return,
         };
-        let message = body
-            .and_then(|b| b.pointer("/error/message"))
-            .and_then(Value::as_str)
-            .map_or_else(|| format!("upstream answered HTTP {status}"), str::to_owned);
+        let message = error_message.map_or_else(|| format!("upstream answered HTTP {status}"), str::to_owned);
         self.error = Some((kind, message));
     }
 

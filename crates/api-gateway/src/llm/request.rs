@@ -2,6 +2,8 @@
 
 use actix_web::HttpRequest;
 use common_models::ids::InterviewId;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -11,55 +13,97 @@ pub const INTERVIEW_ID_HEADER: &str = "x-interview-id";
 pub const ACTION_HEADER: &str = "x-action";
 pub const DEFAULT_ACTION: &str = "chat_completion";
 
-/// A validated request, still as JSON: the gateway forwards what it does not understand.
+/// A validated request. The body is forwarded as the client sent it; only a stream
+/// request is rewritten (to ask for usage).
 pub struct ChatRequest {
-    pub body: Map<String, Value>,
+    body: bytes::Bytes,
     pub model: String,
     pub stream: bool,
 }
 
+/// The fields the gateway checks, read without building the whole JSON tree: message
+/// contents (the bulk of a request) are skipped, not copied.
+#[derive(Deserialize)]
+struct RequestView<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+}
+
+fn is_json_string(v: &RawValue) -> bool {
+    v.get().starts_with('"')
+}
+
 impl ChatRequest {
-    pub fn parse(bytes: &[u8], max_tokens_cap: u64) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::bad_body("invalid_json", format!("request body is not valid JSON: {e}")))?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::bad_body("invalid_body", "request body must be a JSON object"));
-        };
-        let model = match body.get("model") {
-            Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-            Some(Value::String(_)) => return Err(ApiError::bad_request("model", "invalid_value", "`model` must not be empty")),
-            Some(_) => return Err(ApiError::bad_request("model", "invalid_type", "`model` must be a string")),
-            None => return Err(ApiError::bad_request("model", "missing_field", "`model` is required")),
-        };
-        match body.get("messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                for (i, m) in messages.iter().enumerate() {
-                    if !m.get("role").is_some_and(Value::is_string) {
-                        return Err(ApiError::bad_request(
-                            format!("messages[{i}].role"),
-                            "missing_field",
-                            format!("`messages[{i}]` must be an object with a string `role`"),
-                        ));
-                    }
-                }
+    pub fn parse(body: bytes::Bytes, max_tokens_cap: u64) -> Result<Self, ApiError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            // Valid JSON or not, anything but an object is the wrong shape.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+                return Err(ApiError::bad_body("invalid_body", "request body must be a JSON object"));
             }
-            Some(Value::Array(_)) => {
-                return Err(ApiError::bad_request("messages", "invalid_value", "`messages` must not be empty"));
-            }
-            Some(_) => return Err(ApiError::bad_request("messages", "invalid_type", "`messages` must be an array")),
-            None => return Err(ApiError::bad_request("messages", "missing_field", "`messages` is required")),
         }
-        let stream = match body.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
+        let view: RequestView<'_> = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_body("invalid_json", format!("request body is not valid JSON: {e}")))?;
+        let model = match view.model {
+            Some(v) if is_json_string(v) => {
+                let m: String = serde_json::from_str(v.get()).map_err(|e| ApiError::Internal(e.into()))?;
+                if m.trim().is_empty() {
+                    return Err(ApiError::bad_request("model", "invalid_value", "`model` must not be empty"));
+                }
+                m
+            }
+            Some(v) if v.get() != "null" => {
+                return Err(ApiError::bad_request("model", "invalid_type", "`model` must be a string"));
+            }
+            _ => return Err(ApiError::bad_request("model", "missing_field", "`model` is required")),
+        };
+        let Some(messages) = view.messages.filter(|v| v.get() != "null") else {
+            return Err(ApiError::bad_request("messages", "missing_field", "`messages` is required"));
+        };
+        if !messages.get().starts_with('[') {
+            return Err(ApiError::bad_request("messages", "invalid_type", "`messages` must be an array"));
+        }
+        let messages: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(|e| ApiError::Internal(e.into()))?;
+        if messages.is_empty() {
+            return Err(ApiError::bad_request("messages", "invalid_value", "`messages` must not be empty"));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let role = serde_json::from_str::<MessageView<'_>>(m.get()).ok().and_then(|v| v.role);
+            if !role.is_some_and(is_json_string) {
+                return Err(ApiError::bad_request(
+                    format!("messages[{i}].role"),
+                    "missing_field",
+                    format!("`messages[{i}]` must be an object with a string `role`"),
+                ));
+            }
+        }
+        let stream = match view.stream.map(RawValue::get) {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
             Some(_) => return Err(ApiError::bad_request("stream", "invalid_type", "`stream` must be a boolean")),
         };
-        for field in ["max_tokens", "max_completion_tokens"] {
-            match body.get(field) {
-                None | Some(Value::Null) => {}
-                Some(v) => match v.as_u64() {
-                    Some(n) if (1..=max_tokens_cap).contains(&n) => {}
-                    Some(_) | None => {
+        for (field, value) in [("max_tokens", view.max_tokens), ("max_completion_tokens", view.max_completion_tokens)] {
+            match value.map(RawValue::get) {
+                None | Some("null") => {}
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if (1..=max_tokens_cap).contains(&n) => {}
+                    _ => {
                         return Err(ApiError::bad_request(
                             field,
                             "invalid_value",
@@ -69,27 +113,30 @@ impl ChatRequest {
                 },
             }
         }
-        if let Some(opts) = body.get("stream_options")
-            && !opts.is_object()
-            && !opts.is_null()
+        if let Some(opts) = view.stream_options.map(RawValue::get)
+            && opts != "null"
+            && !opts.starts_with('{')
         {
             return Err(ApiError::bad_request("stream_options", "invalid_type", "`stream_options` must be an object"));
         }
         Ok(Self { body, model, stream })
     }
 
-    /// The body sent upstream. Streams ask for usage, so tokens and cost can be logged;
-    /// the client then sees the usage chunk too, as the upstream sends it.
-    pub fn upstream_body(mut self) -> Result<Vec<u8>, ApiError> {
-        if self.stream {
-            let opts = self.body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(o) = opts {
-                o.insert("include_usage".into(), Value::Bool(true));
-            } else {
-                *opts = serde_json::json!({"include_usage": true});
-            }
+    /// The body sent upstream: the client's own bytes, except that a stream asks for
+    /// usage, so tokens and cost can be logged (the client then sees the usage chunk
+    /// too, as the upstream sends it).
+    pub fn upstream_body(self) -> Result<bytes::Bytes, ApiError> {
+        if !self.stream {
+            return Ok(self.body);
         }
-        serde_json::to_vec(&self.body).map_err(|e| ApiError::Internal(e.into()))
+        let mut body: Map<String, Value> = serde_json::from_slice(&self.body).map_err(|e| ApiError::Internal(e.into()))?;
+        let opts = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
+        } else {
+            *opts = serde_json::json!({"include_usage": true});
+        }
+        serde_json::to_vec(&body).map(bytes::Bytes::from).map_err(|e| ApiError::Internal(e.into()))
     }
 }
 
@@ -157,18 +204,31 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let p = |body: &str| ChatRequest::parse(body.as_bytes(), 100).err().and_then(param_of);
+        let p = |body: &str| ChatRequest::parse(bytes::Bytes::from(body.to_owned()), 100).err().and_then(param_of);
         assert_eq!(p(r#"{"messages":[{"role":"user","content":"hi"}]}"#), Some("model".into()));
         assert_eq!(p(r#"{"model":"m"}"#), Some("messages".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"content":"x"}]}"#), Some("messages[0].role".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#), Some("stream".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":101}"#), Some("max_tokens".into()));
         assert_eq!(p("[1]"), None);
+        assert_eq!(p(r#"{"model":7,"messages":[{"role":"user"}]}"#), Some("model".into()));
+        assert_eq!(p(r#"{"model":"m","messages":{"role":"user"}}"#), Some("messages".into()));
+        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#), Some("max_tokens".into()));
+        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":1}"#), Some("stream_options".into()));
+    }
+
+    #[test]
+    fn plain_requests_are_forwarded_byte_for_byte() -> Result<(), ApiError> {
+        let raw = br#"{ "model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0 }"#;
+        let req = ChatRequest::parse(bytes::Bytes::from_static(raw), 10)?;
+        assert!(!req.stream);
+        assert_eq!(req.upstream_body()?.as_ref(), raw);
+        Ok(())
     }
 
     #[test]
     fn streams_ask_for_usage() -> Result<(), ApiError> {
-        let req = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#, 10)?;
+        let req = ChatRequest::parse(bytes::Bytes::from_static(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#), 10)?;
         assert!(req.stream);
         let body: Value = serde_json::from_slice(&req.upstream_body()?).map_err(|e| ApiError::Internal(e.into()))?;
         assert_eq!(body["stream_options"]["include_usage"], Value::Bool(true));

@@ -11,7 +11,7 @@ use common_models::events::LlmErrorType;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use crate::llm::record::{CallGuard, CallRecord, Usage};
+use crate::llm::record::{CallGuard, CallRecord, Usage, UsageView};
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -51,7 +51,7 @@ struct ChunkView {
     model: Option<String>,
     #[serde(default)]
     choices: Vec<ChoiceView>,
-    usage: Option<serde_json::Value>,
+    usage: Option<UsageView>,
 }
 
 #[derive(Deserialize)]
@@ -91,7 +91,7 @@ fn observe_line(record: &mut CallRecord, line: &[u8]) {
             record.finish_reason = Some(reason.clone());
         }
     }
-    if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_json) {
+    if let Some(usage) = chunk.usage.as_ref().and_then(Usage::from_view) {
         record.usage = Some(usage);
     }
 }
