@@ -59,6 +59,7 @@ pub async fn run(
         metrics.clone(),
         settings.log_buffer_capacity,
         settings.log_batch_size,
+        Duration::from_millis(settings.log_linger_ms),
     );
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(settings.llm_connect_timeout_secs))

@@ -19,7 +19,7 @@ pub struct GatewayMetrics {
     pub log_events_published: IntCounterVec,
     /// Log events given up, per stream and reason (`buffer_full`, `shutdown`, `encode`).
     pub log_events_dropped: IntCounterVec,
-    /// Log events waiting in memory for Redis.
+    /// Log events in memory not yet accepted by Redis (waiting, or in the batch being sent).
     pub log_events_buffered: IntGauge,
     /// Failed XADD round trips.
     pub log_publish_errors: IntCounterVec,

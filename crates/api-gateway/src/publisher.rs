@@ -1,8 +1,9 @@
 //! The log publisher: hands log events to Redis without ever making a request wait.
 //!
 //! `publish` is a non-blocking push onto a bounded in-memory buffer. One background
-//! task drains it in batches of up to `log_batch_size` and sends each batch as one
-//! pipelined `XADD` round trip. While Redis is unreachable the task retries the batch
+//! task drains it in batches of up to `log_batch_size`, waiting at most
+//! `log_linger_ms` for a batch to fill, and sends each batch as one pipelined `XADD`
+//! round trip. While Redis is unreachable the task retries the batch
 //! in hand with backoff and the buffer fills; once it is full, new events are dropped
 //! and counted (`headhunter_gateway_log_events_dropped_total{reason="buffer_full"}`).
 //! On shutdown the buffer is flushed for up to `flush_deadline`; what is still left
@@ -46,10 +47,11 @@ impl LogPublisher {
         metrics: GatewayMetrics,
         capacity: usize,
         batch_size: usize,
+        linger: Duration,
     ) -> (Self, PublisherShutdown) {
         let (tx, rx) = mpsc::channel(capacity);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(drain(rx, stop_rx, redis, keys, metrics.clone(), batch_size));
+        let task = tokio::spawn(drain(rx, stop_rx, redis, keys, metrics.clone(), batch_size, linger));
         (Self { tx, metrics }, PublisherShutdown { stop: stop_tx, task })
     }
 
@@ -75,6 +77,7 @@ async fn drain(
     keys: QueueKeys,
     metrics: GatewayMetrics,
     batch_size: usize,
+    linger: Duration,
 ) {
     let mut batch: Vec<LogEvent> = Vec::with_capacity(batch_size);
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -100,21 +103,31 @@ async fn drain(
                         continue;
                     }
                 }
+                // Let a batch fill for a moment: one round trip for many events costs
+                // Redis and this process far less than one per request.
+                let flush_at = tokio::time::Instant::now() + linger;
+                while batch.len() < batch_size {
+                    let room = batch_size - batch.len();
+                    match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
             }
-            metrics.log_events_buffered.sub(batch.len() as i64);
         }
 
         match send(&redis, &keys, &batch, &metrics).await {
-            Ok(()) => batch.clear(),
+            Ok(()) => {
+                metrics.log_events_buffered.sub(batch.len() as i64);
+                batch.clear();
+            }
             Err(err) => {
                 metrics.log_publish_errors.with_label_values(&["redis"]).inc();
                 tracing::warn!(error = %err, events = batch.len(), "publishing log events to Redis failed, will retry");
                 let pause = tokio::time::sleep(Duration::from_millis(250));
                 match deadline {
                     Some(d) if tokio::time::Instant::now() >= d => {
-                        give_up(&mut batch, &metrics);
                         while let Ok(e) = rx.try_recv() {
-                            metrics.log_events_buffered.dec();
                             batch.push(e);
                         }
                         give_up(&mut batch, &metrics);
@@ -137,6 +150,7 @@ async fn drain(
 }
 
 fn give_up(batch: &mut Vec<LogEvent>, metrics: &GatewayMetrics) {
+    metrics.log_events_buffered.sub(batch.len() as i64);
     for e in batch.drain(..) {
         metrics.log_events_dropped.with_label_values(&[LogStream::of(&e).name(), "shutdown"]).inc();
     }

@@ -29,6 +29,7 @@ pub struct GatewaySettings {
     pub admin_api_key: String,
     pub log_buffer_capacity: usize,
     pub log_batch_size: usize,
+    pub log_linger_ms: u64,
     pub auth_cache_ttl_secs: u64,
     pub deployment_version: String,
     pub deployment_environment: String,

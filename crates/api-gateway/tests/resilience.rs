@@ -71,6 +71,7 @@ async fn redis_unreachable_keeps_answering_and_counts_drops() -> anyhow::Result<
         tweak: Box::new(move |s| {
             s.redis_url = format!("redis://127.0.0.1:{dead_port}/0");
             s.log_buffer_capacity = 10;
+            s.log_batch_size = 10;
         }),
     })
     .await?;
@@ -87,6 +88,11 @@ async fn redis_unreachable_keeps_answering_and_counts_drops() -> anyhow::Result<
     // 30 LLM events + 31 system events (30 calls, 1 company creation); at most 10 wait
     // in the buffer and 10 in the publisher's hands.
     assert!(dropped >= 41.0, "dropped {dropped}: {metrics}");
+    let buffered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("headhunter_gateway_log_events_buffered "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(buffered.map(|b| b + dropped), Some(61.0), "every event is either held or counted as dropped");
 
     // Still ready: a logging outage must not become an API outage.
     let ready = stack.http.get(format!("{}/readyz", stack.url)).send().await?;

@@ -152,7 +152,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
 
     let metrics = GatewayMetrics::new()?;
     let redis = build_pool(&redis_url(), 4, ReplyTimeout::After(Duration::from_secs(2)))?;
-    let (publisher, publisher_stop) = LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512);
+    let (publisher, publisher_stop) = LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512, Duration::from_millis(5));
     println!(
         "pipeline (publisher → Redis → llm-log-worker, {} write loops, batches of {}) ...",
         settings.write_loops, settings.batch_size

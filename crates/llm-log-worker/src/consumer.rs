@@ -34,6 +34,8 @@ pub struct Shared {
     pub reclaim_interval: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Pause after a small batch, so light traffic is written in fewer transactions.
+    pub linger: Duration,
     pub analytics_url: String,
     pub lock_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -95,7 +97,15 @@ impl ConsumerLoop {
             };
             match round {
                 Ok(entries) if entries.is_empty() => {}
-                Ok(entries) => self.process(entries).await,
+                Ok(entries) => {
+                    let small = entries.len() < self.shared.batch_size / 4;
+                    self.process(entries).await;
+                    if small && own_pending_done {
+                        // Light traffic: let entries gather instead of committing a
+                        // transaction for every few rows.
+                        self.pause(self.shared.linger).await;
+                    }
+                }
                 Err(err) => {
                     self.shared.metrics.redis_errors.inc();
                     tracing::warn!(consumer = %self.consumer, error = %err, "reading the log streams failed");

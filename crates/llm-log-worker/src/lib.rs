@@ -74,6 +74,7 @@ pub async fn run(
         reclaim_interval: Duration::from_millis(settings.reclaim_interval_ms),
         retry_initial: Duration::from_millis(settings.retry_initial_ms),
         retry_max: Duration::from_millis(settings.retry_max_ms),
+        linger: Duration::from_millis(settings.linger_ms),
         analytics_url: analytics_url.clone(),
         lock_timeout_ms: settings.lock_timeout_ms,
         statement_timeout_ms: settings.statement_timeout_ms,

@@ -21,6 +21,7 @@ pub struct WorkerSettings {
     pub write_loops: usize,
     pub batch_size: usize,
     pub block_ms: u64,
+    pub linger_ms: u64,
     pub reclaim_idle_ms: u64,
     pub reclaim_interval_ms: u64,
     pub migrate_attempts: u32,

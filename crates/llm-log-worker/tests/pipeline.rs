@@ -62,7 +62,7 @@ async fn events_redelivered_after_a_copy_are_not_stored_twice() -> anyhow::Resul
     // The same events again, as after a crash between commit and acknowledgement.
     publish(&redis, &events).await?;
     test_support::wait_for(Duration::from_secs(10), "the redelivery to be settled", || async {
-        (pending(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
+        (unsettled(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
     })
     .await?;
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;

@@ -140,6 +140,20 @@ pub async fn pending(redis: &TestRedis, stream: LogStream) -> anyhow::Result<usi
     Ok(reply.count())
 }
 
+/// Entries not yet written and acknowledged: pending plus not yet delivered.
+pub async fn unsettled(redis: &TestRedis, stream: LogStream) -> anyhow::Result<usize> {
+    let keys = QueueKeys::new(redis.prefix.clone());
+    let mut conn = redis.connection().await?;
+    let groups: redis::streams::StreamInfoGroupsReply =
+        redis::cmd("XINFO").arg("GROUPS").arg(keys.stream(stream)).query_async(&mut conn).await?;
+    let group = groups
+        .groups
+        .into_iter()
+        .find(|g| g.name == CONSUMER_GROUP)
+        .ok_or_else(|| anyhow::anyhow!("no consumer group yet"))?;
+    Ok(group.pending + group.lag.unwrap_or(usize::MAX))
+}
+
 pub async fn stream_len(redis: &TestRedis, key: &str) -> anyhow::Result<usize> {
     let mut conn = redis.connection().await?;
     Ok(redis::cmd("XLEN").arg(key).query_async(&mut conn).await?)
