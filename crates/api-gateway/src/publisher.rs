@@ -104,13 +104,15 @@ async fn drain(
                     }
                 }
                 // Let a batch fill for a moment: one round trip for many events costs
-                // Redis and this process far less than one per request.
-                let flush_at = tokio::time::Instant::now() + linger;
-                while batch.len() < batch_size {
-                    let room = batch_size - batch.len();
-                    match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                // Redis and this process far less than one per request. Sleeping
+                // (rather than waiting on the channel) means publishers wake no one.
+                if batch.len() < batch_size && !linger.is_zero() {
+                    tokio::time::sleep(linger).await;
+                    while batch.len() < batch_size {
+                        match rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
                     }
                 }
             }
