@@ -46,7 +46,9 @@ async fn create_company(
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state.settings.admin_api_key)?;
     let name = match &body.name {
-        Some(Value::String(n)) if !n.trim().is_empty() && n.trim().chars().count() <= COMPANY_NAME_MAX => n.trim().to_owned(),
+        Some(Value::String(n)) if !n.trim().is_empty() && n.trim().chars().count() <= COMPANY_NAME_MAX => {
+            n.trim().to_owned()
+        }
         Some(Value::String(_)) => {
             return Err(ApiError::bad_request(
                 "name",

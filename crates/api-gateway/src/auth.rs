@@ -31,10 +31,13 @@ const KEY_PREFIX: &str = "hh_";
 const CACHE_LIMIT: usize = 100_000;
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// Key digest → the caller it resolved to (`None`: unknown key) and when.
+type KeyCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
+
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
-    cache: RwLock<HashMap<[u8; 32], (Option<Caller>, Instant)>>,
+    cache: RwLock<KeyCache>,
 }
 
 impl Authenticator {

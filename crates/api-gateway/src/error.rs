@@ -104,7 +104,9 @@ pub fn json_config(limit: usize) -> actix_web::web::JsonConfig {
             JsonPayloadError::ContentType => {
                 ApiError::bad_body("invalid_content_type", "Content-Type must be application/json")
             }
-            JsonPayloadError::Deserialize(e) => ApiError::bad_body("invalid_json", format!("invalid request body: {e}")),
+            JsonPayloadError::Deserialize(e) => {
+                ApiError::bad_body("invalid_json", format!("invalid request body: {e}"))
+            }
             other => ApiError::bad_body("invalid_body", format!("invalid request body: {other}")),
         };
         actix_web::error::InternalError::from_response(err, api.error_response()).into()

@@ -36,11 +36,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // is reported but does not take the gateway out of rotation: that would turn a
     // logging outage into an API outage.
     let body = json!({"main_db": db_ok, "redis": redis_ok});
-    if db_ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    if db_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -65,11 +65,7 @@ impl GatewaySettings {
     }
 
     pub fn analytics_url(&self) -> &str {
-        if self.analytics_database_url.trim().is_empty() {
-            &self.database_url
-        } else {
-            &self.analytics_database_url
-        }
+        if self.analytics_database_url.trim().is_empty() { &self.database_url } else { &self.analytics_database_url }
     }
 
     pub fn chat_completions_url(&self) -> String {
@@ -93,7 +89,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_nested_pricing_version() {
-        let env = HashMap::from([("PRICING__VERSION".to_owned(), "v9".to_owned()), ("PORT".to_owned(), "9000".to_owned())]);
+        let env =
+            HashMap::from([("PRICING__VERSION".to_owned(), "v9".to_owned()), ("PORT".to_owned(), "9000".to_owned())]);
         let s = GatewaySettings::load(None, env).unwrap();
         assert_eq!(s.pricing.version, "v9");
         assert_eq!(s.port, 9000);

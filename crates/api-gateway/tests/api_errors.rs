@@ -48,7 +48,14 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
         assert_eq!(err["error"]["param"], field, "{err}");
         assert_eq!(err["error"]["type"], "invalid_request_error");
     }
-    let res = stack.http.post(&url).bearer_auth(&key).header("content-type", "application/json").body("{\"model\": ").send().await?;
+    let res = stack
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await?;
     assert_eq!(res.status(), 400);
     assert_eq!(res.json::<Value>().await?["error"]["code"], "invalid_json");
     let res = stack.chat(&key, &chat_body(false)).header("x-interview-id", "abc").send().await?;
@@ -77,7 +84,14 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
     assert_eq!(res.json::<Value>().await?["error"]["param"], "name");
     let res = stack.http.post(&admin).bearer_auth(ADMIN_KEY).json(&json!({})).send().await?;
     assert_eq!(res.status(), 400);
-    let res = stack.http.post(&admin).bearer_auth(ADMIN_KEY).header("content-type", "application/json").body("nope").send().await?;
+    let res = stack
+        .http
+        .post(&admin)
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("nope")
+        .send()
+        .await?;
     assert_eq!(res.status(), 400);
     let res = stack.http.get(format!("{}/nowhere", stack.url)).send().await?;
     assert_eq!(res.status(), 404);
@@ -86,7 +100,8 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_is_off_without_an_admin_key() -> anyhow::Result<()> {
-    let stack = Stack::start(Options { with_worker: false, tweak: Box::new(|s| s.admin_api_key = String::new()) }).await?;
+    let stack =
+        Stack::start(Options { with_worker: false, tweak: Box::new(|s| s.admin_api_key = String::new()) }).await?;
     let res = stack
         .http
         .post(format!("{}/api/v1/admin/companies", stack.url))

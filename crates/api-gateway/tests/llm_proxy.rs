@@ -15,7 +15,12 @@ async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> a
     let (company, key) = stack.create_company("Acme Recruiting").await?;
 
     // Plain.
-    let res = stack.chat(&key, &chat_body(false)).header("x-interview-id", "42").header("x-action", "cv_summary").send().await?;
+    let res = stack
+        .chat(&key, &chat_body(false))
+        .header("x-interview-id", "42")
+        .header("x-action", "cv_summary")
+        .send()
+        .await?;
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("x-request-id"));
     let plain = res.bytes().await?;

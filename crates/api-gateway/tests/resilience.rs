@@ -50,14 +50,21 @@ async fn analytics_outages_do_not_slow_the_api_and_every_row_lands_once() -> any
 
     // A request holding out for seconds would show here; none may take over a second
     // (the lock and the outage each lasted over a second).
-    eprintln!("slowest call: baseline {:?}, table locked {:?}, db refusing {:?}", slowest(&baseline), slowest(&locked), slowest(&refused));
+    eprintln!(
+        "slowest call: baseline {:?}, table locked {:?}, db refusing {:?}",
+        slowest(&baseline),
+        slowest(&locked),
+        slowest(&refused)
+    );
     assert!(slowest(&locked) < Duration::from_secs(1), "{locked:?}");
     assert!(slowest(&refused) < Duration::from_secs(1), "{refused:?}");
 
     stack.wait_llm_rows(80).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let total = test_support::query_count(&stack.analytics_db.url, "SELECT count(*) AS n FROM llm_logs").await?;
-    let distinct = test_support::query_count(&stack.analytics_db.url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
+    let distinct =
+        test_support::query_count(&stack.analytics_db.url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs")
+            .await?;
     assert_eq!((total, distinct), (80, 80));
     stack.stop().await
 }
@@ -108,7 +115,8 @@ async fn admin_health_reports_the_pipeline() -> anyhow::Result<()> {
     timed_calls(&stack, &key, 3).await?;
     stack.wait_llm_rows(3).await?;
     let health: Value = test_support::wait_for(Duration::from_secs(10), "a healthy report", || async {
-        let res = stack.http.get(format!("{}/api/v1/admin/health", stack.url)).bearer_auth(ADMIN_KEY).send().await.ok()?;
+        let res =
+            stack.http.get(format!("{}/api/v1/admin/health", stack.url)).bearer_auth(ADMIN_KEY).send().await.ok()?;
         let body: Value = res.json().await.ok()?;
         (body["status"] == "ok" && body["last_analytics_write"].is_string()).then_some(body)
     })

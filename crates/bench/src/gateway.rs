@@ -60,7 +60,16 @@ fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurem
         "temperature": 0
     });
     let output = Command::new("oha")
-        .args(["--no-tui", "--latency-correction", "--output-format", "json", "-z", &format!("{seconds}s"), "-q", &rate.to_string()])
+        .args([
+            "--no-tui",
+            "--latency-correction",
+            "--output-format",
+            "json",
+            "-z",
+            &format!("{seconds}s"),
+            "-q",
+            &rate.to_string(),
+        ])
         .args(["-c", "64", "-m", "POST", "-H", "content-type: application/json"])
         .args(["-H", &format!("authorization: Bearer {key}"), "-d", &body.to_string(), url])
         .stderr(Stdio::inherit())
@@ -68,10 +77,8 @@ fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurem
     anyhow::ensure!(output.status.success(), "oha failed");
     let report: Value = serde_json::from_slice(&output.stdout)?;
     let secs = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 1000.0;
-    let requests: u64 = report["statusCodeDistribution"]
-        .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
+    let requests: u64 =
+        report["statusCodeDistribution"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
     let ok: u64 = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
     Ok(Measurement {
         rate,
@@ -184,7 +191,8 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
     }
 
     // Every answered call must become a row.
-    let warmup_calls = u64::try_from(count(&analytics_url, "SELECT count(*) AS n FROM llm_logs").await.unwrap_or(0)).unwrap_or(0);
+    let warmup_calls =
+        u64::try_from(count(&analytics_url, "SELECT count(*) AS n FROM llm_logs").await.unwrap_or(0)).unwrap_or(0);
     let started = Instant::now();
     let mut rows = 0;
     while started.elapsed() < Duration::from_secs(120) {
@@ -194,7 +202,9 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("logging  {rows} llm_logs rows for ≥ {gateway_ok} measured successful calls through the gateway (warm-up included: {warmup_calls} seen mid-way)");
+    println!(
+        "logging  {rows} llm_logs rows for ≥ {gateway_ok} measured successful calls through the gateway (warm-up included: {warmup_calls} seen mid-way)"
+    );
 
     drop(processes);
     clear_redis(&prefix).await?;

@@ -23,7 +23,7 @@ const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_i
 
 fn event(i: usize) -> LlmCallEvent {
     let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
-    let failed = i % 50 == 0;
+    let failed = i.is_multiple_of(50);
     LlmCallEvent {
         event_id: new_event_id(),
         created_at: Utc::now(),
@@ -31,7 +31,7 @@ fn event(i: usize) -> LlmCallEvent {
         message: None,
         company_id: Some(CompanyId((i % 200) as i64 + 1)),
         user_id: Some(UserId((i % 5000) as i64 + 1)),
-        interview_id: (i % 4 == 0).then_some(InterviewId(i as i64)),
+        interview_id: i.is_multiple_of(4).then_some(InterviewId(i as i64)),
         request_id: Some(format!("req-{i:08}")),
         model: Some(models[i % models.len()].to_owned()),
         tokens_input: Some(400 + (i % 700) as i32),
@@ -41,12 +41,14 @@ fn event(i: usize) -> LlmCallEvent {
         cost_usd: Some(0.000_123 + (i % 97) as f64 * 1e-6),
         price_table_version: Some("2026-11-01".to_owned()),
         latency_ms: Some(200 + (i % 1500) as i32),
-        time_to_first_token_ms: (i % 2 == 0).then_some(80 + (i % 300) as i32),
-        streaming: i % 2 == 0,
+        time_to_first_token_ms: i.is_multiple_of(2).then_some(80 + (i % 300) as i32),
+        streaming: i.is_multiple_of(2),
         http_status: Some(if failed { 500 } else { 200 }),
         error_type: failed.then(|| "upstream_server_error".to_owned()),
         error_message: failed.then(|| "upstream answered HTTP 500".to_owned()),
-        metadata: Some(serde_json::json!({"upstream_id": format!("chatcmpl-{i}"), "finish_reason": "stop", "api_key_id": i % 300})),
+        metadata: Some(
+            serde_json::json!({"upstream_id": format!("chatcmpl-{i}"), "finish_reason": "stop", "api_key_id": i % 300}),
+        ),
         deployment_version: Some("bench".to_owned()),
         deployment_environment: Some("bench".to_owned()),
     }
@@ -152,7 +154,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
 
     let metrics = GatewayMetrics::new()?;
     let redis = build_pool(&redis_url(), 4, ReplyTimeout::After(Duration::from_secs(2)))?;
-    let (publisher, publisher_stop) = LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512, Duration::from_millis(5));
+    let (publisher, publisher_stop) =
+        LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512, Duration::from_millis(5));
     println!(
         "pipeline (publisher → Redis → llm-log-worker, {} write loops, batches of {}) ...",
         settings.write_loops, settings.batch_size
@@ -180,12 +183,19 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let distinct = count(&pipe_url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
     let dropped: u64 = ["llm_logs", "system_logs"]
         .iter()
-        .flat_map(|s| ["buffer_full", "shutdown", "encode"].map(|r| metrics.log_events_dropped.with_label_values(&[*s, r]).get()))
+        .flat_map(|s| {
+            ["buffer_full", "shutdown", "encode"].map(|r| metrics.log_events_dropped.with_label_values(&[*s, r]).get())
+        })
         .sum();
-    println!("  all {n} rows committed ({distinct} distinct, {dropped} dropped); publishing itself took {publish_secs:.2} s");
+    println!(
+        "  all {n} rows committed ({distinct} distinct, {dropped} dropped); publishing itself took {publish_secs:.2} s"
+    );
     println!("pipeline: {pipe_secs:.2} s, {pipe_rate:.0} rows/s");
     println!();
-    println!("ingest   raw COPY {copy_rate:>8.0} rows/s   pipeline {pipe_rate:>8.0} rows/s   ratio {:.2} (target ≥ 0.60)", pipe_rate / copy_rate);
+    println!(
+        "ingest   raw COPY {copy_rate:>8.0} rows/s   pipeline {pipe_rate:>8.0} rows/s   ratio {:.2} (target ≥ 0.60)",
+        pipe_rate / copy_rate
+    );
 
     publisher_stop.flush_and_stop(Duration::from_secs(5)).await;
     stop_tx.send_replace(true);

@@ -55,9 +55,8 @@ pub async fn run_migrations(url: &str, db: Database) -> anyhow::Result<Vec<Strin
     let url = postgres_url_for(url, "headhunter-migrate");
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
-        let applied = conn
-            .run_pending_migrations(db.migrations())
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        let applied =
+            conn.run_pending_migrations(db.migrations()).map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
         Ok(applied.iter().map(ToString::to_string).collect())
     })
     .await?
@@ -68,9 +67,8 @@ pub async fn revert_migrations(url: &str, db: Database) -> anyhow::Result<Vec<St
     let url = postgres_url_for(url, "headhunter-migrate");
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
-        let reverted = conn
-            .revert_all_migrations(db.migrations())
-            .map_err(|e| anyhow::anyhow!("migration revert failed: {e}"))?;
+        let reverted =
+            conn.revert_all_migrations(db.migrations()).map_err(|e| anyhow::anyhow!("migration revert failed: {e}"))?;
         Ok(reverted.iter().map(ToString::to_string).collect())
     })
     .await?

@@ -51,10 +51,7 @@ pub fn load<T: DeserializeOwned>(
     if let Some(path) = file {
         builder = builder.add_source(File::from(path).required(true));
     }
-    builder
-        .add_source(Environment::default().separator("__").source(Some(env)))
-        .build()?
-        .try_deserialize()
+    builder.add_source(Environment::default().separator("__").source(Some(env))).build()?.try_deserialize()
 }
 
 /// Adds `application_name` and a connect timeout to a PostgreSQL URL unless it names them.
@@ -75,12 +72,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }

@@ -8,11 +8,8 @@ use tracing_subscriber::EnvFilter;
 pub fn init_tracing(json: bool, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
-    let result = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
-    } else {
-        builder.try_init()
-    };
+    let result =
+        if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.try_init() };
     // A second initialisation (tests start several services in one process) is not an error.
     drop(result);
 }

@@ -126,9 +126,7 @@ impl ConsumerLoop {
 
     async fn read_group(&self, ids: &[&str; 2], block: Option<Duration>) -> redis::RedisResult<Vec<Entry>> {
         let keys: Vec<String> = LogStream::ALL.iter().map(|s| self.shared.keys.stream(*s)).collect();
-        let mut opts = StreamReadOptions::default()
-            .group(CONSUMER_GROUP, &self.consumer)
-            .count(self.shared.batch_size);
+        let mut opts = StreamReadOptions::default().group(CONSUMER_GROUP, &self.consumer).count(self.shared.batch_size);
         if let Some(block) = block {
             opts = opts.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         }
@@ -211,7 +209,11 @@ impl ConsumerLoop {
             let (llm, system) = split(decoded.iter().map(|(_, e)| e));
             match self.write_batch(&llm, &system).await {
                 Ok(inserted) => {
-                    self.shared.metrics.write_seconds.with_label_values(&["committed"]).observe(started.elapsed().as_secs_f64());
+                    self.shared
+                        .metrics
+                        .write_seconds
+                        .with_label_values(&["committed"])
+                        .observe(started.elapsed().as_secs_f64());
                     return Some(inserted);
                 }
                 Err(WriteError::Transient(msg)) => {
@@ -225,7 +227,9 @@ impl ConsumerLoop {
                         "analytics database rejected a batch, writing its rows one by one");
                     match self.isolate_rejected(decoded, dead).await {
                         Ok(inserted) => return Some(inserted),
-                        Err(msg) => tracing::warn!(consumer = %self.consumer, error = %msg, "analytics write failed, will retry"),
+                        Err(msg) => {
+                            tracing::warn!(consumer = %self.consumer, error = %msg, "analytics write failed, will retry")
+                        }
                     }
                 }
             }
@@ -383,7 +387,9 @@ impl ConsumerLoop {
         });
         m.rows_written.with_label_values(&["llm_logs"]).inc_by(inserted.llm_logs as u64);
         m.rows_written.with_label_values(&["system_logs"]).inc_by(inserted.system_logs as u64);
-        m.duplicates_ignored.with_label_values(&["llm_logs"]).inc_by(llm_count.saturating_sub(inserted.llm_logs) as u64);
+        m.duplicates_ignored
+            .with_label_values(&["llm_logs"])
+            .inc_by(llm_count.saturating_sub(inserted.llm_logs) as u64);
         m.duplicates_ignored
             .with_label_values(&["system_logs"])
             .inc_by(system_count.saturating_sub(inserted.system_logs) as u64);

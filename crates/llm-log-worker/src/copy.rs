@@ -46,9 +46,8 @@ impl CopyWriter {
 
     async fn client(&mut self) -> Result<&mut Client, CopyFailure> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-                .await
-                .map_err(|e| CopyFailure::Transient(e.to_string()))?;
+            let (client, connection) =
+                tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| CopyFailure::Transient(e.to_string()))?;
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "copy connection ended");
@@ -85,11 +84,14 @@ impl CopyWriter {
     }
 }
 
-async fn copy(tx: &tokio_postgres::Transaction<'_>, table: &str, columns: &str, csv: String) -> Result<usize, CopyFailure> {
-    let sink = tx
-        .copy_in::<_, Bytes>(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)"))
-        .await
-        .map_err(classify)?;
+async fn copy(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    columns: &str,
+    csv: String,
+) -> Result<usize, CopyFailure> {
+    let sink =
+        tx.copy_in::<_, Bytes>(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)")).await.map_err(classify)?;
     futures_util::pin_mut!(sink);
     sink.send(Bytes::from(csv)).await.map_err(classify)?;
     let rows = sink.finish().await.map_err(classify)?;
@@ -107,11 +109,7 @@ fn classify(err: tokio_postgres::Error) -> CopyFailure {
     // (57), lock waits (55P03), serialisation and deadlocks (40).
     let transient = ["08", "53", "57", "40"].iter().any(|class| code.code().starts_with(class))
         || *code == SqlState::LOCK_NOT_AVAILABLE;
-    if transient {
-        CopyFailure::Transient(err.to_string())
-    } else {
-        CopyFailure::Rejected(err.to_string())
-    }
+    if transient { CopyFailure::Transient(err.to_string()) } else { CopyFailure::Rejected(err.to_string()) }
 }
 
 /// Appends a CSV field: NULL is an empty unquoted field, text is always quoted.
@@ -218,7 +216,8 @@ mod tests {
 
     #[test]
     fn timestamps_are_cut_to_microseconds() {
-        let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456999Z").map(|d| d.with_timezone(&chrono::Utc));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456999Z")
+            .map(|d| d.with_timezone(&chrono::Utc));
         let mut out = String::new();
         if let Ok(at) = at {
             timestamp(&mut out, at);

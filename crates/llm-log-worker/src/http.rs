@@ -28,9 +28,7 @@ pub fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::R
 }
 
 async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(METRICS_CONTENT_TYPE)
-        .body(render_metrics(&shared.metrics.registry))
+    HttpResponse::Ok().content_type(METRICS_CONTENT_TYPE).body(render_metrics(&shared.metrics.registry))
 }
 
 async fn healthz() -> HttpResponse {
@@ -52,9 +50,5 @@ async fn readyz(shared: web::Data<Shared>) -> HttpResponse {
     let redis_ok = matches!(redis_ok, Ok(Some(_)));
     let db_ok = matches!(db_ok, Ok(Some(_)));
     let body = json!({"redis": redis_ok, "analytics_db": db_ok});
-    if redis_ok && db_ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    if redis_ok && db_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

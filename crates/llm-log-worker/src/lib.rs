@@ -135,7 +135,8 @@ async fn try_ensure_groups(redis: &deadpool_redis::Pool, keys: &QueueKeys) -> re
     let mut conn = redis.get().await.map_err(pool_error)?;
     for stream in LogStream::ALL {
         // "0": entries published before the group existed are consumed too.
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(keys.stream(stream), CONSUMER_GROUP, "0").await;
+        let created: redis::RedisResult<()> =
+            conn.xgroup_create_mkstream(keys.stream(stream), CONSUMER_GROUP, "0").await;
         match created {
             Ok(()) => {}
             Err(err) if err.code() == Some("BUSYGROUP") => {}

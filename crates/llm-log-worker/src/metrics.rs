@@ -1,8 +1,6 @@
 //! The worker's Prometheus metrics, all under `headhunter_log_worker_`.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -78,14 +76,8 @@ impl WorkerMetrics {
                 Opts::new("pending_entries", "Delivered but unacknowledged entries"),
                 &["stream"],
             )?,
-            lag: IntGaugeVec::new(
-                Opts::new("lag_entries", "Entries not yet delivered to the group"),
-                &["stream"],
-            )?,
-            stream_length: IntGaugeVec::new(
-                Opts::new("stream_length", "Entries in the stream"),
-                &["stream"],
-            )?,
+            lag: IntGaugeVec::new(Opts::new("lag_entries", "Entries not yet delivered to the group"), &["stream"])?,
+            stream_length: IntGaugeVec::new(Opts::new("stream_length", "Entries in the stream"), &["stream"])?,
             registry,
         };
         m.register()?;

@@ -41,8 +41,7 @@ impl WorkerSettings {
     pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> anyhow::Result<Self> {
         let mut settings: Self = common_models::settings::load(DEFAULTS, file, env)?;
         if settings.consumer_name.trim().is_empty() {
-            settings.consumer_name =
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "llm-log-worker".to_owned());
+            settings.consumer_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "llm-log-worker".to_owned());
         }
         settings.validate()?;
         Ok(settings)
@@ -55,10 +54,7 @@ impl WorkerSettings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.write_loops >= 1, "write_loops must be at least 1");
-        anyhow::ensure!(
-            (1..=10_000).contains(&self.batch_size),
-            "batch_size must be between 1 and 10000"
-        );
+        anyhow::ensure!((1..=10_000).contains(&self.batch_size), "batch_size must be between 1 and 10000");
         anyhow::ensure!(self.block_ms >= 1, "block_ms must be at least 1");
         anyhow::ensure!(!self.analytics_url().is_empty(), "analytics_database_url (or database_url) must be set");
         Ok(())
@@ -66,11 +62,7 @@ impl WorkerSettings {
 
     /// The analytics database, falling back to the main one.
     pub fn analytics_url(&self) -> &str {
-        if self.analytics_database_url.trim().is_empty() {
-            &self.database_url
-        } else {
-            &self.analytics_database_url
-        }
+        if self.analytics_database_url.trim().is_empty() { &self.database_url } else { &self.analytics_database_url }
     }
 
     pub fn block(&self) -> Duration {

@@ -102,10 +102,7 @@ impl AnalyticsWriter {
     pub async fn ensure_partitions_ahead(&self, now: DateTime<Utc>) -> Result<(), WriteError> {
         let this_month = month_of(now);
         let next_month = this_month.checked_add_months(Months::new(1)).unwrap_or(this_month);
-        let wanted = LogStream::ALL
-            .into_iter()
-            .flat_map(|s| [(s, this_month), (s, next_month)])
-            .collect();
+        let wanted = LogStream::ALL.into_iter().flat_map(|s| [(s, this_month), (s, next_month)]).collect();
         let mut conn = self.pool.get().await.map_err(|e| WriteError::Transient(e.to_string()))?;
         self.ensure_partitions(&mut conn, wanted).await
     }
@@ -290,10 +287,7 @@ impl<'a> LlmColumns<'a> {
             error_message: events.iter().map(|e| fit_opt(e.error_message.as_ref(), UNBOUNDED)).collect(),
             metadata: events.iter().map(|e| e.metadata.as_ref()).collect(),
             deployment_version: events.iter().map(|e| fit_opt(e.deployment_version.as_ref(), 50)).collect(),
-            deployment_environment: events
-                .iter()
-                .map(|e| fit_opt(e.deployment_environment.as_ref(), 50))
-                .collect(),
+            deployment_environment: events.iter().map(|e| fit_opt(e.deployment_environment.as_ref(), 50)).collect(),
         })
     }
 

@@ -111,11 +111,7 @@ async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Resu
     let mut conn = redis.connection().await?;
     let dead: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(keys.dead_letter(LogStream::LlmLogs)).arg("-").arg("+").query_async(&mut conn).await?;
-    let reasons: Vec<String> = dead
-        .ids
-        .iter()
-        .filter_map(|e| e.get::<String>("reason"))
-        .collect();
+    let reasons: Vec<String> = dead.ids.iter().filter_map(|e| e.get::<String>("reason")).collect();
     assert_eq!(reasons, vec!["undecodable".to_owned(), "rejected".to_owned()]);
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
     assert!(metrics.contains("dead_lettered_total{reason=\"rejected\",stream=\"llm_logs\"} 1"), "{metrics}");

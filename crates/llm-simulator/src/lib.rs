@@ -161,7 +161,8 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
         tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
     }
     if let Some(status) = b.fail_with_status {
-        let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let code =
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
         let body = error_body(status, "simulated failure").to_string().into_bytes();
         remember(&state, body.clone());
         return HttpResponse::build(code).content_type("application/json").body(body);
@@ -178,7 +179,8 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
         .and_then(Value::as_array)
         .map(|msgs| msgs.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
-    let last = prompt.split_whitespace().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ");
+    let last =
+        prompt.split_whitespace().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ");
     let pieces: Vec<String> = (0..b.answer_pieces.max(1))
         .map(|i| if i == 0 { format!("Simulated answer to \"{last}\"") } else { format!(" part{i}") })
         .collect();
@@ -193,8 +195,8 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
 
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        let include_usage = b.report_usage
-            && request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+        let include_usage =
+            b.report_usage && request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
         let chunk = |delta: Value, finish: Value| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})

@@ -252,7 +252,10 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(record) = self.record.as_mut() {
-            record.fail(LlmErrorType::ClientDisconnected, "the client closed the connection before the answer was complete");
+            record.fail(
+                LlmErrorType::ClientDisconnected,
+                "the client closed the connection before the answer was complete",
+            );
         }
         self.finish();
     }

@@ -79,7 +79,8 @@ impl ChatRequest {
         if !messages.get().starts_with('[') {
             return Err(ApiError::bad_request("messages", "invalid_type", "`messages` must be an array"));
         }
-        let messages: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(|e| ApiError::Internal(e.into()))?;
+        let messages: Vec<&RawValue> =
+            serde_json::from_str(messages.get()).map_err(|e| ApiError::Internal(e.into()))?;
         if messages.is_empty() {
             return Err(ApiError::bad_request("messages", "invalid_value", "`messages` must not be empty"));
         }
@@ -129,7 +130,8 @@ impl ChatRequest {
         if !self.stream {
             return Ok(self.body);
         }
-        let mut body: Map<String, Value> = serde_json::from_slice(&self.body).map_err(|e| ApiError::Internal(e.into()))?;
+        let mut body: Map<String, Value> =
+            serde_json::from_slice(&self.body).map_err(|e| ApiError::Internal(e.into()))?;
         let opts = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(o) = opts {
             o.insert("include_usage".into(), Value::Bool(true));
@@ -151,10 +153,9 @@ impl CallContext {
         let header = |name: &str| -> Result<Option<&str>, ApiError> {
             match req.headers().get(name) {
                 None => Ok(None),
-                Some(v) => v
-                    .to_str()
-                    .map(|s| Some(s.trim()))
-                    .map_err(|_| ApiError::bad_request(name, "invalid_header", format!("`{name}` must be visible ASCII"))),
+                Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
+                    ApiError::bad_request(name, "invalid_header", format!("`{name}` must be visible ASCII"))
+                }),
             }
         };
         let interview_id = match header(INTERVIEW_ID_HEADER)? {
@@ -214,7 +215,10 @@ mod tests {
         assert_eq!(p(r#"{"model":7,"messages":[{"role":"user"}]}"#), Some("model".into()));
         assert_eq!(p(r#"{"model":"m","messages":{"role":"user"}}"#), Some("messages".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#), Some("max_tokens".into()));
-        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":1}"#), Some("stream_options".into()));
+        assert_eq!(
+            p(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":1}"#),
+            Some("stream_options".into())
+        );
     }
 
     #[test]
@@ -228,7 +232,10 @@ mod tests {
 
     #[test]
     fn streams_ask_for_usage() -> Result<(), ApiError> {
-        let req = ChatRequest::parse(bytes::Bytes::from_static(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#), 10)?;
+        let req = ChatRequest::parse(
+            bytes::Bytes::from_static(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#),
+            10,
+        )?;
         assert!(req.stream);
         let body: Value = serde_json::from_slice(&req.upstream_body()?).map_err(|e| ApiError::Internal(e.into()))?;
         assert_eq!(body["stream_options"]["include_usage"], Value::Bool(true));

@@ -106,11 +106,8 @@ impl Stream for RelayedStream {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => {
-                let kind = if err.is_timeout() {
-                    LlmErrorType::UpstreamTimeout
-                } else {
-                    LlmErrorType::UpstreamProtocolError
-                };
+                let kind =
+                    if err.is_timeout() { LlmErrorType::UpstreamTimeout } else { LlmErrorType::UpstreamProtocolError };
                 if let Some(record) = self.guard.record() {
                     record.fail(kind, format!("upstream stream broke off: {err}"));
                 }

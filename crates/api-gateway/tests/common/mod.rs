@@ -89,10 +89,13 @@ impl Stack {
         if stack.worker.is_some() {
             // The worker has migrated the analytics database once the tables exist.
             test_support::wait_for(Duration::from_secs(20), "the worker to migrate", || async {
-                test_support::query_count(&stack.analytics_db.url, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'llm_logs'")
-                    .await
-                    .ok()
-                    .filter(|n| *n == 1)
+                test_support::query_count(
+                    &stack.analytics_db.url,
+                    "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'llm_logs'",
+                )
+                .await
+                .ok()
+                .filter(|n| *n == 1)
             })
             .await?;
         }

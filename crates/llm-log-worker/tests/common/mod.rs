@@ -105,8 +105,12 @@ pub async fn publish(redis: &TestRedis, events: &[LogEvent]) -> anyhow::Result<(
         let mut pipe = redis::pipe();
         for e in chunk {
             let (tag, payload) = queue::encode(e)?;
-            pipe.xadd(keys.stream(LogStream::of(e)), "*", &[(TYPE_FIELD, tag.as_bytes()), (EVENT_FIELD, payload.as_slice())])
-                .ignore();
+            pipe.xadd(
+                keys.stream(LogStream::of(e)),
+                "*",
+                &[(TYPE_FIELD, tag.as_bytes()), (EVENT_FIELD, payload.as_slice())],
+            )
+            .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
     }
@@ -162,7 +166,8 @@ pub async fn stream_len(redis: &TestRedis, key: &str) -> anyhow::Result<usize> {
 /// (rows, distinct event ids) of a table.
 pub async fn counts(db: &TestDb, table: &str) -> anyhow::Result<(i64, i64)> {
     let total = test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}")).await?;
-    let distinct = test_support::query_count(&db.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
+    let distinct =
+        test_support::query_count(&db.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
     Ok((total, distinct))
 }
 
