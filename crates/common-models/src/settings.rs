@@ -54,6 +54,12 @@ pub fn load<T: DeserializeOwned>(
     builder.add_source(Environment::default().separator("__").source(Some(env))).build()?.try_deserialize()
 }
 
+/// The analytics database URL: its own setting, or the main database's when empty
+/// (the seeds' one-database setup).
+pub fn analytics_url_or_main<'a>(analytics: &'a str, main: &'a str) -> &'a str {
+    if analytics.trim().is_empty() { main } else { analytics }
+}
+
 /// Adds `application_name` and a connect timeout to a PostgreSQL URL unless it names them.
 pub fn postgres_url_for(url: &str, application_name: &str) -> String {
     let mut url = url.to_owned();
