@@ -65,7 +65,7 @@ impl GatewaySettings {
     }
 
     pub fn analytics_url(&self) -> &str {
-        if self.analytics_database_url.trim().is_empty() { &self.database_url } else { &self.analytics_database_url }
+        common_models::settings::analytics_url_or_main(&self.analytics_database_url, &self.database_url)
     }
 
     pub fn chat_completions_url(&self) -> String {

@@ -62,7 +62,7 @@ impl WorkerSettings {
 
     /// The analytics database, falling back to the main one.
     pub fn analytics_url(&self) -> &str {
-        if self.analytics_database_url.trim().is_empty() { &self.database_url } else { &self.analytics_database_url }
+        common_models::settings::analytics_url_or_main(&self.analytics_database_url, &self.database_url)
     }
 
     pub fn block(&self) -> Duration {

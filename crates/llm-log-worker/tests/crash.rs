@@ -93,3 +93,37 @@ async fn sigkill_mid_flow_then_restart_writes_every_event_exactly_once() -> anyh
     assert!(status.success(), "graceful shutdown failed: {status}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_and_acknowledges_the_batch_in_hand() -> anyhow::Result<()> {
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let redis = TestRedis::new();
+    let mut worker = spawn_worker(&db, &redis, "graceful")?;
+    publish(&redis, &[LogEvent::LlmCall(llm_event(0))]).await?;
+    wait_rows(&db, "llm_logs", 1, Duration::from_secs(30)).await?;
+
+    // Catch the worker mid-write: the table is held, so its batch waits on the lock.
+    let mut locker = db.connect().await?;
+    locker.batch_execute("BEGIN; LOCK TABLE llm_logs IN ACCESS EXCLUSIVE MODE").await?;
+    let batch: Vec<LogEvent> = (1..301).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
+    publish(&redis, &batch).await?;
+    test_support::wait_for(Duration::from_secs(30), "a batch in the worker's hands", || async {
+        (pending(&redis, LogStream::LlmLogs).await.ok()? > 0).then_some(())
+    })
+    .await?;
+    let pid = worker.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    // The lock goes away well within the worker's lock timeout; the write completes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    locker.batch_execute("COMMIT").await?;
+
+    let status = tokio::time::timeout(Duration::from_secs(15), worker.wait()).await??;
+    assert!(status.success(), "graceful shutdown failed: {status}");
+    // Everything the worker had taken is committed and acknowledged; anything it had
+    // not yet read is still waiting in the stream, not lost.
+    assert_eq!(pending(&redis, LogStream::LlmLogs).await?, 0, "the worker left its batch unacknowledged");
+    let written = counts(&db, "llm_logs").await?;
+    assert_eq!(written.0, written.1);
+    assert_eq!(written.0 as usize + unsettled(&redis, LogStream::LlmLogs).await?, 301);
+    Ok(())
+}
