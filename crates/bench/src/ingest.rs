@@ -19,7 +19,7 @@ use crate::{clear_redis, count, create_database, drop_database, redis_url};
 const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, \
     model, tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
     time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, deployment_version, \
-    deployment_environment";
+    deployment_environment, cache_hit, cost_saved_usd";
 
 fn event(i: usize) -> LlmCallEvent {
     let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
@@ -51,6 +51,8 @@ fn event(i: usize) -> LlmCallEvent {
         ),
         deployment_version: Some("bench".to_owned()),
         deployment_environment: Some("bench".to_owned()),
+        cache_hit: false,
+        cost_saved_usd: None,
     }
 }
 
@@ -89,6 +91,8 @@ fn csv_row(e: &LlmCallEvent) -> String {
         e.metadata.as_ref().map(|m| csv_text(&m.to_string())).unwrap_or_default(),
         text(&e.deployment_version),
         text(&e.deployment_environment),
+        e.cache_hit.to_string(),
+        csv_opt(e.cost_saved_usd),
     ]
     .join(",")
 }

@@ -103,6 +103,12 @@ pub struct LlmCallEvent {
     pub metadata: Option<serde_json::Value>,
     pub deployment_version: Option<String>,
     pub deployment_environment: Option<String>,
+    /// Answered from the LLM results cache: no upstream call, `cost_usd` 0.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// For a cache hit, what the call would have cost.
+    #[serde(default)]
+    pub cost_saved_usd: Option<f64>,
 }
 
 /// One API request or operational message: a row of `system_logs`.

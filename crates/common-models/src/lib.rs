@@ -3,6 +3,7 @@
 //! database and Redis pool builders, configuration loading and telemetry set-up.
 //! Nothing here knows about an HTTP framework.
 
+pub mod cache_wire;
 pub mod events;
 pub mod ids;
 pub mod queue;

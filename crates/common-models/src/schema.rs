@@ -70,6 +70,8 @@ pub mod analytics {
             metadata -> Nullable<Jsonb>,
             deployment_version -> Nullable<Varchar>,
             deployment_environment -> Nullable<Varchar>,
+            cache_hit -> Bool,
+            cost_saved_usd -> Nullable<Numeric>,
         }
     }
 

@@ -172,6 +172,8 @@ fn llm_csv(events: &[&LlmCallEvent]) -> String {
         text(&mut out, e.metadata.as_ref().map(|m| m.to_string()).as_deref());
         text(&mut out, fit_opt(e.deployment_version.as_ref(), 50).as_deref());
         text(&mut out, fit_opt(e.deployment_environment.as_ref(), 50).as_deref());
+        num(&mut out, Some(e.cache_hit));
+        num(&mut out, e.cost_saved_usd.filter(|c| c.is_finite()));
         end_row(&mut out);
     }
     out

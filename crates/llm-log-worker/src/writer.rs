@@ -216,7 +216,7 @@ macro_rules! llm_columns {
         "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, model, \
          tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
          time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, \
-         deployment_version, deployment_environment"
+         deployment_version, deployment_environment, cache_hit, cost_saved_usd"
     };
 }
 pub const LLM_COLUMNS: &str = llm_columns!();
@@ -227,7 +227,7 @@ const INSERT_LLM_LOGS: &str = concat!(
     ") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
      $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::float8[], \
      $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[], $21::text[], $22::jsonb[], \
-     $23::text[], $24::text[]) ON CONFLICT DO NOTHING"
+     $23::text[], $24::text[], $25::bool[], $26::float8[]) ON CONFLICT DO NOTHING"
 );
 
 /// One batch of `llm_logs` rows, column by column.
@@ -256,6 +256,8 @@ struct LlmColumns<'a> {
     metadata: Vec<Option<&'a serde_json::Value>>,
     deployment_version: Vec<Option<Cow<'a, str>>>,
     deployment_environment: Vec<Option<Cow<'a, str>>>,
+    cache_hit: Vec<bool>,
+    cost_saved_usd: Vec<Option<f64>>,
 }
 
 impl<'a> LlmColumns<'a> {
@@ -288,6 +290,8 @@ impl<'a> LlmColumns<'a> {
             metadata: events.iter().map(|e| e.metadata.as_ref()).collect(),
             deployment_version: events.iter().map(|e| fit_opt(e.deployment_version.as_ref(), 50)).collect(),
             deployment_environment: events.iter().map(|e| fit_opt(e.deployment_environment.as_ref(), 50)).collect(),
+            cache_hit: events.iter().map(|e| e.cache_hit).collect(),
+            cost_saved_usd: events.iter().map(|e| e.cost_saved_usd.filter(|c| c.is_finite())).collect(),
         })
     }
 
@@ -317,6 +321,8 @@ impl<'a> LlmColumns<'a> {
             .bind::<Array<Nullable<Jsonb>>, _>(self.metadata)
             .bind::<Array<Nullable<Text>>, _>(self.deployment_version)
             .bind::<Array<Nullable<Text>>, _>(self.deployment_environment)
+            .bind::<Array<Bool>, _>(self.cache_hit)
+            .bind::<Array<Nullable<Float8>>, _>(self.cost_saved_usd)
             .execute(conn)
             .await
     }

@@ -196,6 +196,8 @@ impl CallRecord {
             metadata: Some(Value::Object(metadata)),
             deployment_version: Some(settings.deployment_version.clone()),
             deployment_environment: Some(settings.deployment_environment.clone()),
+            cache_hit: false,
+            cost_saved_usd: None,
         }
     }
 }

@@ -76,6 +76,8 @@ pub fn llm_event(i: usize) -> LlmCallEvent {
         metadata: Some(serde_json::json!({"i": i})),
         deployment_version: Some("test".into()),
         deployment_environment: Some("test".into()),
+        cache_hit: false,
+        cost_saved_usd: None,
     }
 }
 

@@ -1,0 +1,3 @@
+ALTER TABLE llm_logs
+    DROP COLUMN cost_saved_usd,
+    DROP COLUMN cache_hit;
