@@ -1,0 +1,62 @@
+//! Background tasks: the invalidation subscriber and the Redis health monitor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::store::CacheStore;
+
+/// Subscribes to the invalidation channel and applies what other replicas publish,
+/// resubscribing after any break. L1 is not cleared on a break: it is what serves
+/// while Redis is down, and what a missed message leaves stale is bounded by
+/// `l1_max_ttl_secs`.
+pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, mut shutdown: watch::Receiver<bool>) {
+    let channel = store.channel();
+    loop {
+        let session = async {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            tracing::debug!(channel = %channel, "listening for invalidations");
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                store.apply_invalidation(msg.get_payload_bytes());
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            result = session => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "invalidation subscription unavailable");
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// While degraded, pings Redis twice a second and turns the store back to both
+/// tiers when it answers.
+pub async fn redis_monitor(store: Arc<CacheStore>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if store.is_degraded() {
+            let ping = async {
+                let mut conn = store.redis().get().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut *conn).await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(1), ping).await.ok().flatten().is_some() {
+                store.note_redis_back();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

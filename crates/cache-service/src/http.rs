@@ -1,0 +1,323 @@
+//! The HTTP API. Values are raw bytes (`application/octet-stream`) both ways.
+//!
+//! - `GET /v1/cache/{namespace}/{key}`: 200 with the value (header `x-cache-tier`:
+//!   `l1` or `redis`), 404 on a miss.
+//! - `PUT /v1/cache/{namespace}/{key}?ttl=SECONDS`: stores the body; 204.
+//! - `DELETE /v1/cache/{namespace}/{key}`: 204.
+//! - `POST /v1/cache/{namespace}/_batch/get` with `{"keys": [...]}`: the values framed
+//!   as in `common_models::cache_wire`, in request order, misses marked.
+//! - `POST /v1/cache/{namespace}/_batch/put?ttl=SECONDS` with a framed body; 204.
+//! - `DELETE /v1/cache/{namespace}` (admin key): flushes the namespace everywhere.
+//! - `GET /v1/stats`, `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use common_models::cache_wire;
+use common_models::telemetry::{METRICS_CONTENT_TYPE, render_metrics};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::settings::CacheSettings;
+use crate::store::CacheStore;
+
+pub struct AppState {
+    pub store: Arc<CacheStore>,
+    pub settings: Arc<CacheSettings>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/cache/{namespace}/_batch/get", web::post().to(batch_get))
+        .route("/v1/cache/{namespace}/_batch/put", web::post().to(batch_put))
+        .route("/v1/cache/{namespace}/{key}", web::get().to(get))
+        .route("/v1/cache/{namespace}/{key}", web::put().to(put))
+        .route("/v1/cache/{namespace}/{key}", web::delete().to(delete))
+        .route("/v1/cache/{namespace}", web::delete().to(flush))
+        .route("/v1/stats", web::get().to(stats))
+        .route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+#[derive(Deserialize)]
+struct TtlQuery {
+    ttl: Option<String>,
+}
+
+impl AppState {
+    /// The namespace's default TTL, or 404 naming the known ones.
+    fn namespace_ttl(&self, namespace: &str) -> Result<u64, ApiError> {
+        self.settings.namespaces.get(namespace).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.settings.namespaces.keys().map(String::as_str).collect();
+            ApiError::NotFound(format!("unknown namespace `{namespace}`; known: {}", known.join(", ")))
+        })
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), ApiError> {
+        if key.is_empty() || key.len() > self.settings.max_key_bytes {
+            return Err(ApiError::bad(
+                "key",
+                "invalid_key",
+                format!("keys are 1-{} bytes", self.settings.max_key_bytes),
+            ));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+            return Err(ApiError::bad("key", "invalid_key", "keys are visible ASCII characters other than `/`"));
+        }
+        Ok(())
+    }
+
+    fn ttl(&self, namespace: &str, query: &TtlQuery) -> Result<Duration, ApiError> {
+        let default = self.namespace_ttl(namespace)?;
+        let secs = match &query.ttl {
+            None => default,
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(t) if (1..=self.settings.max_ttl_secs).contains(&t) => t,
+                _ => {
+                    return Err(ApiError::bad(
+                        "ttl",
+                        "invalid_ttl",
+                        format!("`ttl` must be whole seconds between 1 and {}", self.settings.max_ttl_secs),
+                    ));
+                }
+            },
+        };
+        Ok(Duration::from_secs(secs))
+    }
+}
+
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    param: &'static str,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge { param, message: format!("the body exceeds the limit of {limit} bytes") };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad("body", "invalid_body", format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+async fn get(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (namespace, key) = path.into_inner();
+    state.namespace_ttl(&namespace)?;
+    state.check_key(&key)?;
+    match state.store.get(&namespace, &key).await {
+        Some((bytes, tier)) => Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header(("x-cache-tier", tier.as_str()))
+            .body(bytes)),
+        None => Err(ApiError::NotFound(format!("`{namespace}:{key}` is not cached"))),
+    }
+}
+
+async fn put(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<TtlQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (namespace, key) = path.into_inner();
+    let ttl = state.ttl(&namespace, &query)?;
+    state.check_key(&key)?;
+    let value = read_limited(&req, payload, state.settings.max_value_bytes, "body").await?;
+    state.store.put_many(&namespace, vec![(key, value)], ttl).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn delete(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (namespace, key) = path.into_inner();
+    state.namespace_ttl(&namespace)?;
+    state.check_key(&key)?;
+    state.store.delete(&namespace, &key).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct BatchGet {
+    keys: Vec<String>,
+}
+
+async fn batch_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let namespace = path.into_inner();
+    state.namespace_ttl(&namespace)?;
+    let body = read_limited(&req, payload, state.settings.max_batch_bytes, "body").await?;
+    let request: BatchGet = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("keys", "invalid_body", format!("expected {{\"keys\": [...]}}: {e}")))?;
+    if request.keys.len() > state.settings.max_batch_keys {
+        return Err(ApiError::bad(
+            "keys",
+            "too_many_keys",
+            format!("at most {} keys per batch", state.settings.max_batch_keys),
+        ));
+    }
+    for key in &request.keys {
+        state.check_key(key)?;
+    }
+    let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
+    let found = state.store.get_many(&namespace, &keys).await;
+    let values: Vec<Option<Bytes>> = found.into_iter().map(|f| f.map(|(b, _)| b)).collect();
+    let framed = cache_wire::encode_values(&values).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(framed))
+}
+
+async fn batch_put(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<TtlQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let namespace = path.into_inner();
+    let ttl = state.ttl(&namespace, &query)?;
+    let body = read_limited(&req, payload, state.settings.max_batch_bytes, "body").await?;
+    let entries =
+        cache_wire::decode_entries(&body).map_err(|e| ApiError::bad("body", "invalid_frame", e.to_string()))?;
+    if entries.len() > state.settings.max_batch_keys {
+        return Err(ApiError::bad(
+            "body",
+            "too_many_keys",
+            format!("at most {} entries per batch", state.settings.max_batch_keys),
+        ));
+    }
+    let mut owned = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        state.check_key(&key)?;
+        if value.len() > state.settings.max_value_bytes {
+            return Err(ApiError::TooLarge {
+                param: "body",
+                message: format!("the value of `{key}` exceeds the limit of {} bytes", state.settings.max_value_bytes),
+            });
+        }
+        owned.push((key, body.slice_ref(value)));
+    }
+    state.store.put_many(&namespace, owned, ttl).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn flush(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let namespace = path.into_inner();
+    let admin = &state.settings.admin_api_key;
+    if admin.is_empty() {
+        return Err(ApiError::Forbidden("flushing is disabled: set ADMIN_API_KEY to enable it".into()));
+    }
+    let token = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token != Some(admin.as_str()) {
+        return Err(ApiError::Unauthorized("a valid admin key is required to flush".into()));
+    }
+    state.namespace_ttl(&namespace)?;
+    let removed = state.store.flush(&namespace).await.map_err(ApiError::Unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({"namespace": namespace, "removed": removed})))
+}
+
+/// Reads Redis INFO into the gauges; `None` when Redis does not answer.
+async fn refresh_redis_gauges(store: &CacheStore) -> Option<String> {
+    let info = async {
+        let mut conn = store.redis().get().await.ok()?;
+        redis::cmd("INFO").arg("memory").arg("stats").query_async::<String>(&mut *conn).await.ok()
+    };
+    let info = tokio::time::timeout(Duration::from_secs(1), info).await.ok().flatten()?;
+    let field =
+        |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_owned());
+    let number = |name: &str| field(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    store.metrics.redis_used_memory.set(number("used_memory"));
+    store.metrics.redis_maxmemory.set(number("maxmemory"));
+    store.metrics.redis_evicted_keys.set(number("evicted_keys"));
+    field("maxmemory_policy")
+}
+
+fn refresh_l1_gauges(store: &CacheStore) {
+    let (entries, bytes) = store.l1_size();
+    store.metrics.l1_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    store.metrics.l1_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+async fn stats(state: web::Data<AppState>) -> HttpResponse {
+    let store = &state.store;
+    refresh_l1_gauges(store);
+    let policy = refresh_redis_gauges(store).await;
+    let m = &store.metrics;
+    let count = |ns: &str, tier: &str, result: &str| m.lookups.with_label_values(&[ns, tier, result]).get();
+    let mut namespaces = serde_json::Map::new();
+    for (ns, ttl) in &state.settings.namespaces {
+        let (l1_hits, l1_misses) = (count(ns, "l1", "hit"), count(ns, "l1", "miss"));
+        let (redis_hits, redis_misses) = (count(ns, "redis", "hit"), count(ns, "redis", "miss"));
+        let lookups = l1_hits + l1_misses.max(redis_hits + redis_misses);
+        let hits = l1_hits + redis_hits;
+        namespaces.insert(
+            ns.clone(),
+            json!({
+                "default_ttl_secs": ttl,
+                "l1": {"hits": l1_hits, "misses": l1_misses},
+                "redis": {"hits": redis_hits, "misses": redis_misses},
+                "hit_rate": if lookups == 0 { None } else { Some(hits as f64 / lookups as f64) },
+            }),
+        );
+    }
+    HttpResponse::Ok().json(json!({
+        "namespaces": namespaces,
+        "l1": {
+            "entries": m.l1_entries.get(),
+            "bytes": m.l1_bytes.get(),
+            "max_bytes": state.settings.l1_max_bytes,
+            "max_ttl_secs": state.settings.l1_max_ttl_secs,
+        },
+        "redis": {
+            "reachable": policy.is_some(),
+            "used_memory": m.redis_used_memory.get(),
+            "maxmemory": m.redis_maxmemory.get(),
+            "maxmemory_policy": policy,
+            "evicted_keys": m.redis_evicted_keys.get(),
+        },
+        "fallback_active": store.is_degraded(),
+    }))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    refresh_l1_gauges(&state.store);
+    refresh_redis_gauges(&state.store).await;
+    HttpResponse::Ok().content_type(METRICS_CONTENT_TYPE).body(render_metrics(&state.store.metrics.registry))
+}
+
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let status = if state.store.is_degraded() { "degraded" } else { "ok" };
+    HttpResponse::Ok().json(json!({"status": status, "fallback_active": state.store.is_degraded()}))
+}
+
+/// Always ready: with Redis down, L1 still serves (and health says degraded).
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"ready": true, "redis": !state.store.is_degraded()}))
+}

@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+use cache_service::CacheSettings;
+use clap::{Parser, Subcommand};
+
+/// The headhunter cache: namespaced, two-tier, shared by every service.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Settings file (TOML) layered between the defaults and the environment.
+    #[arg(long, global = true, env = "HEADHUNTER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the cache API (the default).
+    Serve,
+    /// Exit 0 when this service's /healthz answers.
+    Healthcheck,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = CacheSettings::load(cli.config.as_deref(), common_models::settings::process_env())?;
+    common_models::telemetry::init_tracing(settings.log_format == "json", &settings.log_level);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = std::net::TcpListener::bind((settings.bind_host.as_str(), settings.port))?;
+            cache_service::run(settings, listener, common_models::telemetry::shutdown_signal()).await
+        }
+        Command::Healthcheck => common_models::telemetry::healthcheck(settings.port).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,66 @@
+//! cache-service metrics, under `headhunter_cache_`.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub registry: Registry,
+    /// Look-ups by namespace, tier (`l1`, `redis`) and result (`hit`, `miss`).
+    pub lookups: IntCounterVec,
+    /// Entries written, by namespace and where (`both`, `l1_only` while Redis is down).
+    pub writes: IntCounterVec,
+    /// Entries in L1, and their weight (key + value bytes).
+    pub l1_entries: IntGauge,
+    pub l1_bytes: IntGauge,
+    /// Redis memory, as INFO reports it (refreshed on each scrape).
+    pub redis_used_memory: IntGauge,
+    pub redis_maxmemory: IntGauge,
+    pub redis_evicted_keys: IntGauge,
+    /// 1 while Redis is unreachable and L1 alone serves.
+    pub fallback_active: IntGauge,
+    /// Failed Redis commands.
+    pub redis_errors: IntCounter,
+    /// Invalidations received from other replicas.
+    pub invalidations_received: IntCounter,
+}
+
+impl CacheMetrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("headhunter_cache".into()), None)?;
+        let m = Self {
+            lookups: IntCounterVec::new(
+                Opts::new("lookups_total", "Cache look-ups by namespace, tier and result"),
+                &["namespace", "tier", "result"],
+            )?,
+            writes: IntCounterVec::new(Opts::new("writes_total", "Entries written"), &["namespace", "stored_in"])?,
+            l1_entries: IntGauge::new("l1_entries", "Entries in the in-process L1")?,
+            l1_bytes: IntGauge::new("l1_bytes", "Weight of the L1 entries in bytes")?,
+            redis_used_memory: IntGauge::new("redis_used_memory_bytes", "Redis used_memory")?,
+            redis_maxmemory: IntGauge::new("redis_maxmemory_bytes", "Redis maxmemory (0: unlimited)")?,
+            redis_evicted_keys: IntGauge::new("redis_evicted_keys", "Keys Redis evicted since it started")?,
+            fallback_active: IntGauge::new("fallback_active", "1 while L1 alone serves (Redis down)")?,
+            redis_errors: IntCounter::new("redis_errors_total", "Failed Redis commands")?,
+            invalidations_received: IntCounter::new(
+                "invalidations_received_total",
+                "Invalidations from other replicas",
+            )?,
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(m.lookups.clone()),
+            Box::new(m.writes.clone()),
+            Box::new(m.l1_entries.clone()),
+            Box::new(m.l1_bytes.clone()),
+            Box::new(m.redis_used_memory.clone()),
+            Box::new(m.redis_maxmemory.clone()),
+            Box::new(m.redis_evicted_keys.clone()),
+            Box::new(m.fallback_active.clone()),
+            Box::new(m.redis_errors.clone()),
+            Box::new(m.invalidations_received.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c)?;
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,351 @@
+//! The two tiers: an in-process L1 (bounded in bytes, TTL respected) in front of Redis.
+//!
+//! Redis keys are `{prefix}{namespace}:{key}` (the seeds' `embedding:{hash}`,
+//! `llm:{hash}`, …); L1 uses the same strings. When a Redis command fails or times
+//! out, the store turns *degraded*: reads and writes use L1 alone, callers see no
+//! error, and a monitor pings Redis until it answers again.
+//!
+//! Coherence between replicas: every write or delete also publishes the key on the
+//! channel `{prefix}cache:invalidate`; each replica drops those keys from its L1.
+//! Staleness is bounded by pub/sub delivery while the link is up (well under a
+//! millisecond locally) and by `l1_max_ttl_secs` if a replica misses a message: L1
+//! keeps an entry read from or written to Redis no longer than that. An entry written
+//! while Redis is down exists nowhere else, so L1 keeps it for its full TTL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_redis::Pool as RedisPool;
+use moka::Expiry;
+use moka::sync::Cache;
+
+use crate::metrics::CacheMetrics;
+
+/// Where a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    L1,
+    Redis,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct L1Value {
+    bytes: Bytes,
+    expires_at: Instant,
+}
+
+struct ExpireAt;
+
+impl Expiry<String, L1Value> for ExpireAt {
+    fn expire_after_create(&self, _key: &String, value: &L1Value, created_at: Instant) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &L1Value,
+        updated_at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(updated_at))
+    }
+}
+
+const OP_DELETE: &str = "del";
+const OP_FLUSH: &str = "flush";
+
+pub struct CacheStore {
+    l1: Option<Cache<String, L1Value>>,
+    redis: RedisPool,
+    prefix: String,
+    l1_max_ttl: Duration,
+    degraded: AtomicBool,
+    replica_id: String,
+    pub metrics: CacheMetrics,
+}
+
+impl CacheStore {
+    pub fn new(
+        redis: RedisPool,
+        prefix: String,
+        l1_max_bytes: u64,
+        l1_max_ttl: Duration,
+        metrics: CacheMetrics,
+    ) -> anyhow::Result<Arc<Self>> {
+        let l1 = (l1_max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(l1_max_bytes)
+                .weigher(|k: &String, v: &L1Value| u32::try_from(k.len() + v.bytes.len() + 64).unwrap_or(u32::MAX))
+                .expire_after(ExpireAt)
+                .build()
+        });
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let replica_id = id.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Arc::new(Self { l1, redis, prefix, l1_max_ttl, degraded: AtomicBool::new(false), replica_id, metrics }))
+    }
+
+    pub fn channel(&self) -> String {
+        format!("{}cache:invalidate", self.prefix)
+    }
+
+    fn full_key(&self, namespace: &str, key: &str) -> String {
+        format!("{}{namespace}:{key}", self.prefix)
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn note_redis_error(&self, err: &dyn std::fmt::Display) {
+        self.metrics.redis_errors.inc();
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.fallback_active.set(1);
+            tracing::warn!(error = %err, "Redis unreachable: serving from L1 alone until it answers again");
+        }
+    }
+
+    /// The monitor's verdict: Redis answers again.
+    pub fn note_redis_back(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            self.metrics.fallback_active.set(0);
+            tracing::info!("Redis answers again: both tiers in use");
+        }
+    }
+
+    fn l1_get(&self, full: &str) -> Option<Bytes> {
+        let v = self.l1.as_ref()?.get(full)?;
+        (v.expires_at > Instant::now()).then_some(v.bytes)
+    }
+
+    /// `shared`: the value is (or will be) in Redis too, so other replicas may change
+    /// it and L1 holds it at most `l1_max_ttl`.
+    fn l1_put(&self, full: String, bytes: Bytes, ttl: Duration, shared: bool) {
+        if let Some(l1) = &self.l1 {
+            let keep = if shared { ttl.min(self.l1_max_ttl) } else { ttl };
+            l1.insert(full, L1Value { bytes, expires_at: Instant::now() + keep });
+        }
+    }
+
+    fn count(&self, namespace: &str, tier: Tier, hit: bool) {
+        self.metrics.lookups.with_label_values(&[namespace, tier.as_str(), if hit { "hit" } else { "miss" }]).inc();
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, String> {
+        self.redis.get().await.map_err(|e| e.to_string())
+    }
+
+    /// Looks a key up in L1, then Redis (refilling L1 from Redis with the key's
+    /// remaining TTL).
+    pub async fn get(&self, namespace: &str, key: &str) -> Option<(Bytes, Tier)> {
+        self.get_many(namespace, &[key]).await.pop().flatten()
+    }
+
+    /// Looks up several keys: L1 first, the rest in one Redis round trip.
+    pub async fn get_many(&self, namespace: &str, keys: &[&str]) -> Vec<Option<(Bytes, Tier)>> {
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(namespace, k)).collect();
+        let mut found: Vec<Option<(Bytes, Tier)>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, k) in full.iter().enumerate() {
+            match self.l1_get(k) {
+                Some(b) => {
+                    self.count(namespace, Tier::L1, true);
+                    found.push(Some((b, Tier::L1)));
+                }
+                None => {
+                    if self.l1.is_some() {
+                        self.count(namespace, Tier::L1, false);
+                    }
+                    found.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if missing.is_empty() || self.is_degraded() {
+            return found;
+        }
+        let mut pipe = redis::pipe();
+        for i in &missing {
+            pipe.cmd("GET").arg(&full[*i]).cmd("PTTL").arg(&full[*i]);
+        }
+        let reply: Result<Vec<(Option<Vec<u8>>, i64)>, String> = match self.conn().await {
+            Ok(mut conn) => {
+                pipe.query_async::<Vec<redis::Value>>(&mut *conn).await.map_err(|e| e.to_string()).and_then(|values| {
+                    values
+                        .chunks(2)
+                        .map(|pair| {
+                            let v: Option<Vec<u8>> =
+                                redis::from_redis_value_ref(&pair[0]).map_err(|e| e.to_string())?;
+                            let ttl: i64 = redis::from_redis_value_ref(&pair[1]).map_err(|e| e.to_string())?;
+                            Ok((v, ttl))
+                        })
+                        .collect()
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(values) => {
+                for (i, (value, pttl)) in missing.into_iter().zip(values) {
+                    match value {
+                        Some(v) => {
+                            self.count(namespace, Tier::Redis, true);
+                            let bytes = Bytes::from(v);
+                            let ttl = u64::try_from(pttl).map_or(self.l1_max_ttl, Duration::from_millis);
+                            self.l1_put(full[i].clone(), bytes.clone(), ttl, true);
+                            found[i] = Some((bytes, Tier::Redis));
+                        }
+                        None => self.count(namespace, Tier::Redis, false),
+                    }
+                }
+            }
+            Err(err) => self.note_redis_error(&err),
+        }
+        found
+    }
+
+    /// Stores entries in both tiers (L1 alone while Redis is down) and tells the other
+    /// replicas to drop their copies.
+    pub async fn put_many(&self, namespace: &str, entries: Vec<(String, Bytes)>, ttl: Duration) {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(entries.len());
+        let shared = !self.is_degraded();
+        for (key, value) in entries {
+            let full = self.full_key(namespace, &key);
+            pipe.cmd("SET").arg(&full).arg(value.as_ref()).arg("PX").arg(ttl_ms).ignore();
+            self.l1_put(full.clone(), value, ttl, shared);
+            keys.push(full);
+        }
+        let stored = self.redis_write(pipe, OP_DELETE, &keys).await;
+        let label = if stored { "both" } else { "l1_only" };
+        self.metrics.writes.with_label_values(&[namespace, label]).inc_by(keys.len() as u64);
+    }
+
+    /// Removes a key from both tiers, here and in every replica's L1.
+    pub async fn delete(&self, namespace: &str, key: &str) {
+        let full = self.full_key(namespace, key);
+        if let Some(l1) = &self.l1 {
+            l1.invalidate(&full);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&full).ignore();
+        self.redis_write(pipe, OP_DELETE, &[full]).await;
+    }
+
+    /// Empties a namespace in both tiers and every replica; returns the Redis keys removed.
+    pub async fn flush(&self, namespace: &str) -> Result<u64, String> {
+        let pattern_prefix = self.full_key(namespace, "");
+        self.l1_drop_prefix(&pattern_prefix);
+        let mut conn = self.conn().await?;
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{pattern_prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !keys.is_empty() {
+                removed +=
+                    redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut *conn).await.map_err(|e| e.to_string())?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let message = format!("{}\n{OP_FLUSH}\n{pattern_prefix}", self.replica_id);
+        redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(message)
+            .query_async::<i64>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(removed)
+    }
+
+    /// Runs a write pipeline plus the invalidation message; false if Redis was not
+    /// written (degraded).
+    async fn redis_write(&self, mut pipe: redis::Pipeline, op: &str, keys: &[String]) -> bool {
+        if self.is_degraded() {
+            return false;
+        }
+        let message = format!("{}\n{op}\n{}", self.replica_id, keys.join("\n"));
+        pipe.cmd("PUBLISH").arg(self.channel()).arg(message).ignore();
+        let result = match self.conn().await {
+            Ok(mut conn) => pipe.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => true,
+            Err(err) => {
+                self.note_redis_error(&err);
+                false
+            }
+        }
+    }
+
+    fn l1_drop_prefix(&self, prefix: &str) {
+        if let Some(l1) = &self.l1 {
+            let doomed: Vec<Arc<String>> = l1.iter().map(|(k, _)| k).filter(|k| k.starts_with(prefix)).collect();
+            for k in doomed {
+                l1.invalidate(k.as_str());
+            }
+        }
+    }
+
+    /// Applies an invalidation published by a replica (our own are ignored).
+    pub fn apply_invalidation(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else { return };
+        let mut lines = text.split('\n');
+        let (Some(replica), Some(op)) = (lines.next(), lines.next()) else { return };
+        if replica == self.replica_id {
+            return;
+        }
+        self.metrics.invalidations_received.inc();
+        match op {
+            OP_DELETE => {
+                if let Some(l1) = &self.l1 {
+                    for key in lines {
+                        l1.invalidate(key);
+                    }
+                }
+            }
+            OP_FLUSH => {
+                if let Some(prefix) = lines.next() {
+                    self.l1_drop_prefix(prefix);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// (entries, weighted bytes) of L1.
+    pub fn l1_size(&self) -> (u64, u64) {
+        self.l1.as_ref().map_or((0, 0), |l1| {
+            l1.run_pending_tasks();
+            (l1.entry_count(), l1.weighted_size())
+        })
+    }
+
+    pub fn redis(&self) -> &RedisPool {
+        &self.redis
+    }
+}

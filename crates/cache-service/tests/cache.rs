@@ -1,0 +1,320 @@
+//! cache-service against real Redis: TTLs in both tiers, binary values, batches,
+//! Redis dying and coming back, replica coherence, bad input.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cache_client::CacheClient;
+use cache_service::CacheSettings;
+use serde_json::Value;
+use test_support::TestRedis;
+use tokio::sync::watch;
+
+struct Running {
+    url: String,
+    http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(redis_url: &str, prefix: &str, tweak: impl FnOnce(&mut CacheSettings)) -> anyhow::Result<Self> {
+        let mut s = CacheSettings::defaults()?;
+        s.redis_url = redis_url.to_owned();
+        s.redis_key_prefix = prefix.to_owned();
+        s.workers = 1;
+        s.admin_api_key = "cache-admin".into();
+        s.log_format = "text".into();
+        tweak(&mut s);
+        let listener = test_support::local_listener()?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(cache_service::run(s, listener, rx));
+        let http = reqwest::Client::new();
+        let probe = format!("{url}/healthz");
+        test_support::wait_for(Duration::from_secs(10), "cache-service", || async {
+            http.get(&probe).send().await.ok().map(|_| ())
+        })
+        .await?;
+        // Give the invalidation subscriber a moment to subscribe.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Self { url, http, stop, task })
+    }
+
+    fn client(&self) -> anyhow::Result<CacheClient> {
+        Ok(CacheClient::new(&self.url, Duration::from_secs(2))?)
+    }
+
+    async fn get(&self, ns: &str, key: &str) -> anyhow::Result<(u16, Option<String>, Vec<u8>)> {
+        let res = self.http.get(format!("{}/v1/cache/{ns}/{key}", self.url)).send().await?;
+        let tier = res.headers().get("x-cache-tier").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok((res.status().as_u16(), tier, res.bytes().await?.to_vec()))
+    }
+
+    async fn put(&self, ns: &str, key: &str, value: &[u8], ttl: Option<&str>) -> anyhow::Result<u16> {
+        let mut url = format!("{}/v1/cache/{ns}/{key}", self.url);
+        if let Some(t) = ttl {
+            url.push_str(&format!("?ttl={t}"));
+        }
+        Ok(self.http.put(url).body(value.to_vec()).send().await?.status().as_u16())
+    }
+
+    async fn json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.http.get(format!("{}{path}", self.url)).send().await?.json().await?)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(15), self.task).await???;
+        Ok(())
+    }
+}
+
+async fn pttl(redis: &TestRedis, key: &str) -> anyhow::Result<i64> {
+    let mut conn = redis.connection().await?;
+    Ok(redis::cmd("PTTL").arg(format!("{}{key}", redis.prefix)).query_async(&mut conn).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_per_namespace_hold_in_both_tiers() -> anyhow::Result<()> {
+    let redis = TestRedis::new();
+    let svc = Running::start(&redis.url, &redis.prefix, |_| {}).await?;
+
+    // Namespace defaults reach Redis.
+    for (ns, secs) in
+        [("embedding", 3600), ("match", 1800), ("llm", 7200), ("analysis", 604_800), ("session", 3600), ("api", 300)]
+    {
+        assert_eq!(svc.put(ns, "k", b"v", None).await?, 204);
+        let ttl = pttl(&redis, &format!("{ns}:k")).await?;
+        assert!((secs * 1000 - 5000..=secs * 1000).contains(&ttl), "{ns}: PTTL {ttl}");
+    }
+
+    // An override of 1 s: served from L1 at first, gone from both tiers after it.
+    assert_eq!(svc.put("embedding", "short", b"soon gone", Some("1")).await?, 204);
+    let ttl = pttl(&redis, "embedding:short").await?;
+    assert!((1..=1000).contains(&ttl), "PTTL {ttl}");
+    assert_eq!(svc.get("embedding", "short").await?, (200, Some("l1".into()), b"soon gone".to_vec()));
+
+    // L1 honours the TTL by itself: with the Redis copy removed behind its back, L1
+    // still answers until the TTL, then not.
+    let mut conn = redis.connection().await?;
+    redis::cmd("DEL").arg(format!("{}embedding:short", redis.prefix)).query_async::<()>(&mut conn).await?;
+    assert_eq!(svc.get("embedding", "short").await?.1.as_deref(), Some("l1"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(svc.get("embedding", "short").await?.0, 404);
+
+    // And Redis by itself: a value only Redis has is read from it, then from L1.
+    redis::cmd("SET")
+        .arg(format!("{}session:abc", redis.prefix))
+        .arg("from redis")
+        .arg("PX")
+        .arg(800)
+        .query_async::<()>(&mut conn)
+        .await?;
+    assert_eq!(svc.get("session", "abc").await?.1.as_deref(), Some("redis"));
+    assert_eq!(svc.get("session", "abc").await?.1.as_deref(), Some("l1"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(svc.get("session", "abc").await?.0, 404, "L1 kept a value past its Redis TTL");
+    svc.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_values_round_trip_and_batches_work() -> anyhow::Result<()> {
+    let redis = TestRedis::new();
+    let svc = Running::start(&redis.url, &redis.prefix, |_| {}).await?;
+    let client = svc.client()?;
+
+    // An embedding: 384 f32, every byte pattern allowed.
+    let embedding: Vec<u8> = (0..384).flat_map(|i| (i as f32 * 0.37 - 50.0).to_le_bytes()).collect();
+    let all_bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    assert!(client.put("embedding", "cv42:chunk0", embedding.clone().into(), None).await);
+    assert!(client.put("analysis", "raw", all_bytes.clone().into(), None).await);
+    assert_eq!(client.get("embedding", "cv42:chunk0").await.as_deref(), Some(embedding.as_slice()));
+    assert_eq!(client.get("analysis", "raw").await.as_deref(), Some(all_bytes.as_slice()));
+    let floats: Vec<f32> = embedding.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(floats[10], 10.0 * 0.37 - 50.0);
+
+    // A CV's 32 chunk embeddings at once, then read back with one key missing.
+    let values: Vec<(String, Vec<u8>)> = (0..32).map(|i| (format!("cv7:chunk{i}"), vec![i as u8; 1536])).collect();
+    let entries: Vec<(&str, &[u8])> = values.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    assert!(client.put_many("embedding", &entries, None).await);
+    let mut keys: Vec<&str> = values.iter().map(|(k, _)| k.as_str()).collect();
+    keys.insert(5, "cv7:missing");
+    let got = client.get_many("embedding", &keys).await;
+    assert_eq!(got.len(), 33);
+    assert_eq!(got[5], None);
+    assert_eq!(got[0].as_deref(), Some(&[0u8; 1536][..]));
+    assert_eq!(got[32].as_deref(), Some(&[31u8; 1536][..]));
+
+    // Delete.
+    assert!(client.delete("embedding", "cv42:chunk0").await);
+    assert_eq!(client.get("embedding", "cv42:chunk0").await, None);
+
+    // Statistics saw it all.
+    let stats = svc.json("/v1/stats").await?;
+    assert!(stats["namespaces"]["embedding"]["l1"]["hits"].as_u64().is_some_and(|h| h >= 32), "{stats}");
+    assert!(stats["namespaces"]["embedding"]["redis"]["misses"].as_u64().is_some_and(|m| m >= 1), "{stats}");
+    assert!(stats["l1"]["entries"].as_u64().is_some_and(|e| e >= 30), "{stats}");
+    assert!(stats["redis"]["used_memory"].as_u64().is_some_and(|m| m > 0), "{stats}");
+    assert_eq!(stats["fallback_active"], false);
+    let metrics = svc.http.get(format!("{}/metrics", svc.url)).send().await?.text().await?;
+    assert!(metrics.contains("headhunter_cache_lookups_total{namespace=\"embedding\",result=\"hit\",tier=\"l1\"}"));
+    svc.stop().await
+}
+
+/// A Redis of the test's own, which it can stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> anyhow::Result<Self> {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { port, child })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn wait_up(&self) -> anyhow::Result<()> {
+        let url = self.url();
+        test_support::wait_for(Duration::from_secs(10), "redis-server", || async {
+            let client = redis::Client::open(url.as_str()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.ok().map(|_| ())
+        })
+        .await
+    }
+
+    async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Result<()> {
+    let port = test_support::local_listener()?.local_addr()?.port();
+    let redis = OwnRedis::start(port)?;
+    redis.wait_up().await?;
+    let url = redis.url();
+    let svc = Running::start(&url, "", |_| {}).await?;
+    assert_eq!(svc.put("match", "cv1:job1", b"score 0.87", None).await?, 204);
+
+    redis.kill().await?;
+    // Reads keep being served from L1; writes keep working (into L1); no errors.
+    assert_eq!(svc.get("match", "cv1:job1").await?, (200, Some("l1".into()), b"score 0.87".to_vec()));
+    assert_eq!(svc.put("match", "cv2:job1", b"score 0.42", None).await?, 204);
+    assert_eq!(svc.get("match", "cv2:job1").await?.0, 200);
+    assert_eq!(svc.get("match", "never-stored").await?.0, 404);
+    let health = svc.json("/healthz").await?;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(svc.json("/v1/stats").await?["fallback_active"], true);
+
+    // Redis comes back: the service notices by itself and writes reach Redis again.
+    let redis = OwnRedis::start(port)?;
+    redis.wait_up().await?;
+    test_support::wait_for(Duration::from_secs(10), "the service to leave fallback", || async {
+        let h = svc.json("/healthz").await.ok()?;
+        (h["status"] == "ok").then_some(())
+    })
+    .await?;
+    assert_eq!(svc.put("match", "cv3:job1", b"after recovery", None).await?, 204);
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("match:cv3:job1").query_async(&mut conn).await?;
+    assert_eq!(stored.as_deref(), Some(&b"after recovery"[..]));
+    svc.stop().await?;
+    redis.kill().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_stay_coherent() -> anyhow::Result<()> {
+    let redis = TestRedis::new();
+    let a = Running::start(&redis.url, &redis.prefix, |_| {}).await?;
+    let b = Running::start(&redis.url, &redis.prefix, |_| {}).await?;
+
+    assert_eq!(a.put("llm", "q1", b"first answer", None).await?, 204);
+    assert_eq!(b.get("llm", "q1").await?.2, b"first answer"); // now in B's L1 too
+
+    assert_eq!(a.put("llm", "q1", b"second answer", None).await?, 204);
+    let started = Instant::now();
+    test_support::wait_for(Duration::from_secs(1), "B to see the new value", || async {
+        (b.get("llm", "q1").await.ok()?.2 == b"second answer").then_some(())
+    })
+    .await?;
+    eprintln!("B saw the new value {:?} after A's put returned", started.elapsed());
+
+    a.http.delete(format!("{}/v1/cache/llm/q1", a.url)).send().await?;
+    test_support::wait_for(Duration::from_secs(1), "B to miss after the delete", || async {
+        (b.get("llm", "q1").await.ok()?.0 == 404).then_some(())
+    })
+    .await?;
+
+    // A flush on A empties B's L1 as well.
+    assert_eq!(a.put("api", "docs:list:1", b"page", None).await?, 204);
+    assert_eq!(b.get("api", "docs:list:1").await?.0, 200);
+    let res = a.http.delete(format!("{}/v1/cache/api", a.url)).bearer_auth("cache-admin").send().await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await?["removed"], 1);
+    test_support::wait_for(Duration::from_secs(1), "B to miss after the flush", || async {
+        (b.get("api", "docs:list:1").await.ok()?.0 == 404).then_some(())
+    })
+    .await?;
+    a.stop().await?;
+    b.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_json_errors() -> anyhow::Result<()> {
+    let redis = TestRedis::new();
+    let svc = Running::start(&redis.url, &redis.prefix, |s| {
+        s.max_value_bytes = 1024;
+        s.max_batch_keys = 4;
+    })
+    .await?;
+    let error = |v: &Value| v["error"]["param"].as_str().map(str::to_owned);
+
+    let res = svc.http.put(format!("{}/v1/cache/nope/k", svc.url)).body("x").send().await?;
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await?;
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("unknown namespace")), "{body}");
+
+    for ttl in ["0", "abc", "99999999999", "-5"] {
+        let res = svc.http.put(format!("{}/v1/cache/llm/k?ttl={ttl}", svc.url)).body("x").send().await?;
+        assert_eq!(res.status(), 400, "ttl={ttl}");
+        assert_eq!(error(&res.json().await?).as_deref(), Some("ttl"));
+    }
+
+    let res = svc.http.put(format!("{}/v1/cache/llm/k", svc.url)).body(vec![0u8; 2048]).send().await?;
+    assert_eq!(res.status(), 413);
+    assert_eq!(error(&res.json().await?).as_deref(), Some("body"));
+
+    let res = svc.http.get(format!("{}/v1/cache/llm/{}", svc.url, "k".repeat(600))).send().await?;
+    assert_eq!(res.status(), 400);
+    assert_eq!(error(&res.json().await?).as_deref(), Some("key"));
+
+    let res = svc
+        .http
+        .post(format!("{}/v1/cache/llm/_batch/get", svc.url))
+        .json(&serde_json::json!({"keys": ["a", "b", "c", "d", "e"]}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400);
+    let res =
+        svc.http.post(format!("{}/v1/cache/llm/_batch/put", svc.url)).body(vec![0u8, 0, 0, 9, b'a']).send().await?;
+    assert_eq!(res.status(), 400);
+    assert_eq!(error(&res.json().await?).as_deref(), Some("body"));
+
+    let res = svc.http.delete(format!("{}/v1/cache/llm", svc.url)).send().await?;
+    assert_eq!(res.status(), 401);
+    // Nothing half-written.
+    assert_eq!(svc.get("llm", "k").await?.0, 404);
+    svc.stop().await
+}
