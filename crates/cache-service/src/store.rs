@@ -63,6 +63,9 @@ impl Expiry<String, L1Value> for ExpireAt {
     }
 }
 
+/// A value read from Redis and its remaining TTL in milliseconds.
+type ValueWithTtl = (Option<Vec<u8>>, i64);
+
 const OP_DELETE: &str = "del";
 const OP_FLUSH: &str = "flush";
 
@@ -176,26 +179,8 @@ impl CacheStore {
         if missing.is_empty() || self.is_degraded() {
             return found;
         }
-        let mut pipe = redis::pipe();
-        for i in &missing {
-            pipe.cmd("GET").arg(&full[*i]).cmd("PTTL").arg(&full[*i]);
-        }
-        let reply: Result<Vec<(Option<Vec<u8>>, i64)>, String> = match self.conn().await {
-            Ok(mut conn) => {
-                pipe.query_async::<Vec<redis::Value>>(&mut *conn).await.map_err(|e| e.to_string()).and_then(|values| {
-                    values
-                        .chunks(2)
-                        .map(|pair| {
-                            let v: Option<Vec<u8>> =
-                                redis::from_redis_value_ref(&pair[0]).map_err(|e| e.to_string())?;
-                            let ttl: i64 = redis::from_redis_value_ref(&pair[1]).map_err(|e| e.to_string())?;
-                            Ok((v, ttl))
-                        })
-                        .collect()
-                })
-            }
-            Err(e) => Err(e),
-        };
+        let wanted: Vec<&str> = missing.iter().map(|i| full[*i].as_str()).collect();
+        let reply = self.read_with_ttl(&wanted).await;
         match reply {
             Ok(values) => {
                 for (i, (value, pttl)) in missing.into_iter().zip(values) {
@@ -214,6 +199,24 @@ impl CacheStore {
             Err(err) => self.note_redis_error(&err),
         }
         found
+    }
+
+    /// Values and remaining TTLs (ms; negative when none) of `keys`, one round trip.
+    async fn read_with_ttl(&self, keys: &[&str]) -> Result<Vec<ValueWithTtl>, String> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("GET").arg(*key).cmd("PTTL").arg(*key);
+        }
+        let mut conn = self.conn().await?;
+        let values: Vec<redis::Value> = pipe.query_async(&mut *conn).await.map_err(|e| e.to_string())?;
+        values
+            .chunks(2)
+            .map(|pair| {
+                let value: Option<Vec<u8>> = redis::from_redis_value_ref(&pair[0]).map_err(|e| e.to_string())?;
+                let ttl: i64 = redis::from_redis_value_ref(&pair[1]).map_err(|e| e.to_string())?;
+                Ok((value, ttl))
+            })
+            .collect()
     }
 
     /// Stores entries in both tiers (L1 alone while Redis is down) and tells the other
