@@ -67,7 +67,13 @@ pub async fn run(
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1024)
         .build()?;
+    let llm_cache = if settings.cache_url.trim().is_empty() {
+        None
+    } else {
+        Some(cache_client::CacheClient::new(&settings.cache_url, Duration::from_millis(settings.cache_timeout_ms))?)
+    };
     let state = web::Data::new(AppState {
+        llm_cache,
         auth: Authenticator::new(db.clone(), Duration::from_secs(settings.auth_cache_ttl_secs)),
         settings: settings.clone(),
         db,

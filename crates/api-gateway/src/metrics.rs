@@ -15,6 +15,8 @@ pub struct GatewayMetrics {
     pub llm_tokens: IntCounterVec,
     /// Cost of priced calls in USD.
     pub llm_cost_usd: CounterVec,
+    /// LLM results cache look-ups and stores: `hit`, `miss`, `stored`, `store_failed`.
+    pub llm_cache: IntCounterVec,
     /// Log events handed to Redis, per stream.
     pub log_events_published: IntCounterVec,
     /// Log events given up, per stream and reason (`buffer_full`, `shutdown`, `encode`).
@@ -42,6 +44,7 @@ impl GatewayMetrics {
             llm_calls: IntCounterVec::new(Opts::new("llm_calls_total", "LLM calls by outcome"), &["outcome"])?,
             llm_tokens: IntCounterVec::new(Opts::new("llm_tokens_total", "Tokens reported upstream"), &["direction"])?,
             llm_cost_usd: CounterVec::new(Opts::new("llm_cost_usd_total", "Cost of priced LLM calls"), &["model"])?,
+            llm_cache: IntCounterVec::new(Opts::new("llm_cache_total", "LLM results cache activity"), &["result"])?,
             log_events_published: IntCounterVec::new(
                 Opts::new("log_events_published_total", "Log events handed to Redis"),
                 &["stream"],
@@ -57,7 +60,8 @@ impl GatewayMetrics {
             )?,
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(m.llm_cache.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.llm_calls.clone()),

@@ -26,6 +26,8 @@ pub struct GatewaySettings {
     pub llm_connect_timeout_secs: u64,
     pub max_body_bytes: usize,
     pub max_tokens_cap: u64,
+    pub cache_url: String,
+    pub cache_timeout_ms: u64,
     pub admin_api_key: String,
     pub log_buffer_capacity: usize,
     pub log_batch_size: usize,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub publisher: LogPublisher,
     pub metrics: GatewayMetrics,
     pub auth: Authenticator,
+    /// The LLM results cache (cache-service), when configured.
+    pub llm_cache: Option<cache_client::CacheClient>,
 }
 
 impl AppState {

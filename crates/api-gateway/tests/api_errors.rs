@@ -14,6 +14,7 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
             s.max_body_bytes = 4096;
             s.max_tokens_cap = 1000;
         }),
+        ..Options::default()
     })
     .await?;
     let (_, key) = stack.create_company("Strict Ltd").await?;
@@ -100,8 +101,12 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_is_off_without_an_admin_key() -> anyhow::Result<()> {
-    let stack =
-        Stack::start(Options { with_worker: false, tweak: Box::new(|s| s.admin_api_key = String::new()) }).await?;
+    let stack = Stack::start(Options {
+        with_worker: false,
+        with_cache: false,
+        tweak: Box::new(|s| s.admin_api_key = String::new()),
+    })
+    .await?;
     let res = stack
         .http
         .post(format!("{}/api/v1/admin/companies", stack.url))

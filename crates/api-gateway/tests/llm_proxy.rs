@@ -166,3 +166,58 @@ async fn a_client_leaving_mid_stream_is_one_row() -> anyhow::Result<()> {
     assert!(rows[0].streaming);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_deterministic_request_is_answered_from_the_cache() -> anyhow::Result<()> {
+    let stack = Stack::start(Options { with_cache: true, ..Options::default() }).await?;
+    let (company, key) = stack.create_company("Thrifty Hiring").await?;
+    let body = chat_body(false); // temperature 0, not streamed
+
+    let first = stack.chat(&key, &body).send().await?;
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("x-cache").is_none());
+    let first = first.bytes().await?;
+    // The answer is stored off the response path; wait until the cache has it.
+    test_support::wait_for(Duration::from_secs(5), "the answer to be cached", || async {
+        let m = stack.metrics().await.ok()?;
+        m.contains("headhunter_gateway_llm_cache_total{result=\"stored\"} 1").then_some(())
+    })
+    .await?;
+
+    let second = stack.chat(&key, &body).send().await?;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("hit"));
+    assert_eq!(second.bytes().await?, first, "the cached answer differs");
+    assert_eq!(stack.sim.requests(), 1, "the second call reached the upstream");
+
+    // Not deterministic: always forwarded.
+    let mut warm = body.clone();
+    warm["temperature"] = serde_json::json!(0.7);
+    stack.chat(&key, &warm).send().await?.bytes().await?;
+    stack.chat(&key, &warm).send().await?.bytes().await?;
+    assert_eq!(stack.sim.requests(), 3);
+    // Another tenant never gets this tenant's answer.
+    let (_, other_key) = stack.create_company("Other Tenant").await?;
+    let res = stack.chat(&other_key, &body).send().await?;
+    assert!(res.headers().get("x-cache").is_none());
+    res.bytes().await?;
+    assert_eq!(stack.sim.requests(), 4);
+
+    stack.wait_llm_rows(5).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    let hits: Vec<_> = rows.iter().filter(|r| r.cache_hit).collect();
+    assert_eq!(hits.len(), 1, "{rows:?}");
+    let hit = hits[0];
+    assert_eq!(hit.company_id, Some(company));
+    assert_eq!(hit.cost, Some(0.0));
+    let saved = hit.cost_saved.unwrap_or(0.0);
+    let first_row = &rows[0];
+    assert!(
+        saved > 0.0 && first_row.cost.is_some_and(|c| (c - saved).abs() < 1e-12),
+        "saved {saved} vs {:?}",
+        first_row.cost
+    );
+    assert_eq!(hit.tokens_used, first_row.tokens_used);
+    stack.stop().await
+}

@@ -75,6 +75,7 @@ async fn redis_unreachable_keeps_answering_and_counts_drops() -> anyhow::Result<
     let dead_port = test_support::local_listener()?.local_addr()?.port();
     let stack = Stack::start(Options {
         with_worker: false,
+        with_cache: false,
         tweak: Box::new(move |s| {
             s.redis_url = format!("redis://127.0.0.1:{dead_port}/0");
             s.log_buffer_capacity = 10;

@@ -17,6 +17,9 @@ use crate::state::{AppState, RequestId};
 use record::{AnswerView, CallGuard, CallRecord};
 use request::{CallContext, ChatRequest};
 
+/// The cache-service namespace of LLM results (seed 002's `llm:{hash}`, 2 h by default).
+const LLM_CACHE_NAMESPACE: &str = "llm";
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions));
 }
@@ -36,6 +39,29 @@ async fn chat_completions(
     let record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
     let mut guard = CallGuard::new(record, state.call_logger());
     let streaming = chat.stream;
+
+    // The LLM results cache: a repeated deterministic request is answered from it.
+    let cache = state.llm_cache.as_ref().zip(chat.deterministic.then(|| chat.cache_key(caller.company_id)).flatten());
+    if let Some((client, key)) = &cache {
+        match client.get(LLM_CACHE_NAMESPACE, key).await {
+            Some(cached) => {
+                state.metrics.llm_cache.with_label_values(&["hit"]).inc();
+                if let Some(record) = guard.record() {
+                    record.cache_hit = true;
+                    record.http_status = Some(200);
+                    if let Ok(answer) = serde_json::from_slice::<AnswerView>(&cached) {
+                        record.observe_answer(answer);
+                    }
+                }
+                guard.finish();
+                return Ok(HttpResponse::Ok()
+                    .content_type("application/json")
+                    .insert_header(("x-cache", "hit"))
+                    .body(cached));
+            }
+            None => state.metrics.llm_cache.with_label_values(&["miss"]).inc(),
+        }
+    }
     let upstream_body = chat.upstream_body()?;
 
     let mut upstream_req = state
@@ -72,6 +98,17 @@ async fn chat_completions(
         Err(err) => return Err(upstream_failure(&mut guard, &err)),
     };
     let answer: Option<AnswerView> = serde_json::from_slice(&bytes).ok();
+    if let (Some((client, key)), Some(answer)) = (cache, &answer)
+        && status.is_success()
+        && answer.has_usage()
+    {
+        // Stored off the response path: the client does not wait for the cache.
+        let (client, metrics, bytes) = (client.clone(), state.metrics.clone(), bytes.clone());
+        tokio::spawn(async move {
+            let stored = client.put(LLM_CACHE_NAMESPACE, &key, bytes, None).await;
+            metrics.llm_cache.with_label_values(&[if stored { "stored" } else { "store_failed" }]).inc();
+        });
+    }
     if let Some(record) = guard.record() {
         record.observe_status(status.as_u16(), answer.as_ref().and_then(AnswerView::error_message));
         match answer {

@@ -66,6 +66,11 @@ struct ErrorView {
 }
 
 impl AnswerView {
+    /// A complete answer worth caching reports its usage.
+    pub fn has_usage(&self) -> bool {
+        self.usage.as_ref().and_then(Usage::from_view).is_some()
+    }
+
     pub fn error_message(&self) -> Option<&str> {
         self.error.as_ref()?.message.as_deref()
     }
@@ -87,6 +92,8 @@ pub struct CallRecord {
     pub usage: Option<Usage>,
     pub http_status: Option<u16>,
     pub error: Option<(LlmErrorType, String)>,
+    /// Answered from the LLM results cache.
+    pub cache_hit: bool,
 }
 
 impl CallRecord {
@@ -107,6 +114,7 @@ impl CallRecord {
             usage: None,
             http_status: None,
             error: None,
+            cache_hit: false,
         }
     }
 
@@ -150,7 +158,9 @@ impl CallRecord {
         if let Some(m) = &self.response_model {
             names.push(m);
         }
-        let cost_usd = pricing.cost(&names, tokens_input, tokens_output);
+        let priced = pricing.cost(&names, tokens_input, tokens_output);
+        // A cache hit cost nothing; what it would have cost is kept as the saving.
+        let (cost_usd, cost_saved_usd) = if self.cache_hit { (Some(0.0), priced) } else { (priced, None) };
         let mut metadata = Map::new();
         if let Some(v) = &self.upstream_id {
             metadata.insert("upstream_id".into(), json!(v));
@@ -162,7 +172,7 @@ impl CallRecord {
             metadata.insert("finish_reason".into(), json!(v));
         }
         metadata.insert("api_key_id".into(), json!(self.caller.api_key_id.0));
-        if self.usage.is_some() && cost_usd.is_none() {
+        if self.usage.is_some() && priced.is_none() {
             metadata.insert("unpriced_model".into(), json!(true));
         }
         let latency_ms = Some(self.ms_since_start(Instant::now()));
@@ -186,7 +196,7 @@ impl CallRecord {
             tokens_total,
             usage_reported: self.usage.is_some(),
             cost_usd,
-            price_table_version: cost_usd.map(|_| pricing.version.clone()),
+            price_table_version: priced.map(|_| pricing.version.clone()),
             latency_ms,
             time_to_first_token_ms,
             streaming: self.streaming,
@@ -196,8 +206,8 @@ impl CallRecord {
             metadata: Some(Value::Object(metadata)),
             deployment_version: Some(settings.deployment_version.clone()),
             deployment_environment: Some(settings.deployment_environment.clone()),
-            cache_hit: false,
-            cost_saved_usd: None,
+            cache_hit: self.cache_hit,
+            cost_saved_usd,
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct ChatRequest {
     body: bytes::Bytes,
     pub model: String,
     pub stream: bool,
+    /// Temperature 0, not streamed, one choice: the same request may be answered
+    /// from the LLM results cache.
+    pub deterministic: bool,
 }
 
 /// The fields the gateway checks, read without building the whole JSON tree: message
@@ -37,6 +40,10 @@ struct RequestView<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow)]
+    n: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -120,7 +127,20 @@ impl ChatRequest {
         {
             return Err(ApiError::bad_request("stream_options", "invalid_type", "`stream_options` must be an object"));
         }
-        Ok(Self { body, model, stream })
+        let temperature_zero = view.temperature.and_then(|t| t.get().parse::<f64>().ok()) == Some(0.0);
+        let one_choice = view.n.is_none_or(|n| matches!(n.get(), "1" | "null"));
+        Ok(Self { body, model, stream, deterministic: !stream && temperature_zero && one_choice })
+    }
+
+    /// The LLM results cache key: the company and the whole request, canonical (object
+    /// keys sorted), hashed. The company is part of it so tenants never share answers.
+    pub fn cache_key(&self, company: common_models::ids::CompanyId) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let canonical: Value = serde_json::from_slice(&self.body).ok()?;
+        let mut hasher = Sha256::new();
+        hasher.update(company.0.to_be_bytes());
+        hasher.update(serde_json::to_vec(&canonical).ok()?);
+        Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// The body sent upstream: the client's own bytes, except that a stream asks for
@@ -219,6 +239,24 @@ mod tests {
             p(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":1}"#),
             Some("stream_options".into())
         );
+    }
+
+    #[test]
+    fn only_temperature_zero_single_choice_plain_requests_are_cacheable() -> Result<(), ApiError> {
+        let parse = |b: &'static str| ChatRequest::parse(bytes::Bytes::from_static(b.as_bytes()), 10);
+        assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0}"#)?.deterministic);
+        assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0.0,"n":1}"#)?.deterministic);
+        assert!(!parse(r#"{"model":"m","messages":[{"role":"user"}]}"#)?.deterministic);
+        assert!(!parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0.7}"#)?.deterministic);
+        assert!(!parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0,"n":2}"#)?.deterministic);
+        assert!(!parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0,"stream":true}"#)?.deterministic);
+        // Key order does not matter; the company does.
+        let a = parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0}"#)?;
+        let b = parse(r#"{"temperature":0, "messages":[{"role":"user"}], "model":"m"}"#)?;
+        let c = common_models::ids::CompanyId(1);
+        assert_eq!(a.cache_key(c), b.cache_key(c));
+        assert_ne!(a.cache_key(c), a.cache_key(common_models::ids::CompanyId(2)));
+        Ok(())
     }
 
     #[test]

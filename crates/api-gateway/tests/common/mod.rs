@@ -24,16 +24,19 @@ pub struct Stack {
     gateway: tokio::task::JoinHandle<anyhow::Result<()>>,
     worker_stop: Option<watch::Sender<bool>>,
     worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    cache_stop: Option<watch::Sender<bool>>,
 }
 
 pub struct Options {
     pub with_worker: bool,
+    /// Run a cache-service (own key prefix) and point the gateway at it.
+    pub with_cache: bool,
     pub tweak: Box<dyn FnOnce(&mut GatewaySettings)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { with_worker: true, tweak: Box::new(|_| {}) }
+        Self { with_worker: true, with_cache: false, tweak: Box::new(|_| {}) }
     }
 }
 
@@ -54,6 +57,23 @@ impl Stack {
         settings.admin_api_key = ADMIN_KEY.into();
         settings.workers = 2;
         settings.log_format = "text".into();
+        // Never a cache-service that happens to run on this machine.
+        settings.cache_url = String::new();
+        let cache_stop = if options.with_cache {
+            let mut c = cache_service::CacheSettings::defaults()?;
+            c.redis_url = redis.url.clone();
+            c.redis_key_prefix = format!("{}cache:", redis.prefix);
+            c.workers = 1;
+            c.log_format = "text".into();
+            let listener = test_support::local_listener()?;
+            settings.cache_url = format!("http://{}", listener.local_addr()?);
+            settings.cache_timeout_ms = 1000;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(cache_service::run(c, listener, rx));
+            Some(tx)
+        } else {
+            None
+        };
         (options.tweak)(&mut settings);
 
         let listener = test_support::local_listener()?;
@@ -80,7 +100,19 @@ impl Stack {
         };
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        let stack = Self { url, main_db, analytics_db, redis, sim, http, gateway_stop, gateway, worker_stop, worker };
+        let stack = Self {
+            url,
+            main_db,
+            analytics_db,
+            redis,
+            sim,
+            http,
+            gateway_stop,
+            gateway,
+            worker_stop,
+            worker,
+            cache_stop,
+        };
         let health_url = format!("{}/healthz", stack.url);
         test_support::wait_for(Duration::from_secs(10), "the gateway to answer", || async {
             stack.http.get(&health_url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
@@ -108,6 +140,9 @@ impl Stack {
         if let (Some(tx), Some(task)) = (self.worker_stop, self.worker) {
             tx.send_replace(true);
             tokio::time::timeout(Duration::from_secs(30), task).await???;
+        }
+        if let Some(tx) = self.cache_stop {
+            tx.send_replace(true);
         }
         self.sim.stop().await;
         Ok(())
@@ -198,6 +233,10 @@ pub struct LlmRow {
     pub interview_id: Option<i64>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub request_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub cache_hit: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    pub cost_saved: Option<f64>,
 }
 
 pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
@@ -206,7 +245,7 @@ pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
     Ok(diesel::sql_query(
         "SELECT company_id, tokens_input, tokens_output, tokens_used, usage_reported, cost_usd::float8 AS cost,
                 price_table_version, streaming, latency_ms, time_to_first_token_ms, http_status, error_type,
-                model, action, interview_id, request_id
+                model, action, interview_id, request_id, cache_hit, cost_saved_usd::float8 AS cost_saved
          FROM llm_logs ORDER BY created_at",
     )
     .load(&mut conn)
