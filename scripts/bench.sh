@@ -10,3 +10,5 @@ cargo build --release -p bench
 target/release/headhunter-bench ingest --events "${BENCH_EVENTS:-200000}"
 echo
 target/release/headhunter-bench gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}"
+echo
+target/release/headhunter-bench cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_SECONDS:-10}"

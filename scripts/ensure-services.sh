@@ -34,10 +34,13 @@ postgres_up() {
   command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$PG_HOST" -p "$PG_PORT"
 }
 
+# Tests also start Redis servers of their own (to stop them mid-test), so the
+# binary must be here even when a Redis already answers.
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+
 if redis_up; then
   say "Redis answers on $REDIS_HOST:$REDIS_PORT"
 else
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
   say "starting Redis on $REDIS_HOST:$REDIS_PORT"
   mkdir -p /tmp/headhunter-redis
   redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" --save "" --appendonly no \

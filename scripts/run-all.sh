@@ -18,6 +18,8 @@ export LLM_API_KEY=${LLM_API_KEY:-sk-simulated}
 export LOG_FORMAT=${LOG_FORMAT:-text}
 GATEWAY_PORT=${PORT:-8080}
 WORKER_PORT=${WORKER_PORT:-9091}
+CACHE_PORT=${CACHE_PORT:-8081}
+export CACHE_URL=${CACHE_URL:-http://127.0.0.1:$CACHE_PORT}
 
 start() { # name, command...
   local name=$1; shift
@@ -41,8 +43,10 @@ echo "==> applying main database migrations"
 
 start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
+PORT=$CACHE_PORT start cache-service "$BIN/cache-service"
 PORT=$GATEWAY_PORT start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
+wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
 wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
 wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
 
@@ -51,6 +55,7 @@ cat <<MSG
 headhunter is running (stop it with: make stop-all)
   api-gateway     http://127.0.0.1:$GATEWAY_PORT   (/metrics /healthz /readyz)
   llm-log-worker  http://127.0.0.1:$WORKER_PORT   (/metrics /healthz /readyz)
+  cache-service   http://127.0.0.1:$CACHE_PORT   (/v1/cache/{namespace}/{key}, /v1/stats, /metrics)
   llm-simulator   http://127.0.0.1:8090/v1   (stands in for the LLM provider)
 
 1. Create a company; the answer holds its API key, shown once:

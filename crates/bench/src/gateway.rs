@@ -120,6 +120,8 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
         ("LLM_API_KEY", "sk-simulated"),
         ("LOG_LEVEL", "warn"),
         ("BIND_HOST", "127.0.0.1"),
+        // The proxy's own overhead: no LLM results cache answering in its place.
+        ("CACHE_URL", ""),
     ];
     let redis = redis_url();
     let spawn = |name: &str, port: u16, args: &[&str]| -> anyhow::Result<Child> {

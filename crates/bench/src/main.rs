@@ -6,7 +6,9 @@
 //!   committed rows, against a raw `COPY` of the same rows into the same schema.
 //! - `gateway`: chat completions through api-gateway (logging on) against the upstream
 //!   simulator alone, at the same fixed request rate, measured with oha.
+//! - `cache`: cache-service GET against redis-benchmark GET on the same Redis.
 
+mod cache;
 mod gateway;
 mod ingest;
 
@@ -40,6 +42,15 @@ enum Command {
         #[arg(long)]
         no_max_rate: bool,
     },
+    /// cache-service GET (hot key in L1, and cold through Redis) vs redis-benchmark GET.
+    Cache {
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -49,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
             gateway::run(rate, seconds, &bin_dir, !no_max_rate).await
         }
+        Command::Cache { connections, seconds, bin_dir } => cache::run(connections, seconds, &bin_dir).await,
     }
 }
 

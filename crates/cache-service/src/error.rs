@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{message}")]
@@ -33,6 +35,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -44,6 +47,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { param, code, .. } => ("invalid_request_error", Some(*param), Some(*code)),
             Self::NotFound(_) => ("not_found", None, None),
             Self::Forbidden(_) => ("permission_error", None, None),
+            Self::MethodNotAllowed(_) => ("invalid_request_error", None, Some("method_not_allowed")),
             Self::Unauthorized(_) => ("authentication_error", None, None),
             Self::TooLarge { param, .. } => ("invalid_request_error", Some(*param), Some("too_large")),
             Self::Unavailable(_) => ("service_unavailable", None, None),

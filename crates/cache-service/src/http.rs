@@ -31,12 +31,9 @@ pub struct AppState {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/cache/{namespace}/_batch/get", web::post().to(batch_get))
-        .route("/v1/cache/{namespace}/_batch/put", web::post().to(batch_put))
-        .route("/v1/cache/{namespace}/{key}", web::get().to(get))
-        .route("/v1/cache/{namespace}/{key}", web::put().to(put))
-        .route("/v1/cache/{namespace}/{key}", web::delete().to(delete))
-        .route("/v1/cache/{namespace}", web::delete().to(flush))
+    // Everything under /v1/cache is dispatched by hand: actix matches `{segment}`
+    // patterns with regular expressions, which cost more than the L1 look-up itself.
+    cfg.service(web::scope("/v1/cache").default_service(web::to(dispatch)))
         .route("/v1/stats", web::get().to(stats))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
@@ -117,11 +114,57 @@ async fn read_limited(
     Ok(body.freeze())
 }
 
-async fn get(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
-    let (namespace, key) = path.into_inner();
-    state.namespace_ttl(&namespace)?;
-    state.check_key(&key)?;
-    match state.store.get(&namespace, &key).await {
+/// Routes `/v1/cache/{namespace}[/{key} | /_batch/get | /_batch/put]` by method.
+async fn dispatch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<TtlQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use actix_web::http::Method;
+    let rest = req.path().strip_prefix("/v1/cache/").unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), method) {
+        ([namespace, "_batch", "get"], Method::POST) => batch_get(&req, &state, namespace, payload).await,
+        ([namespace, "_batch", "put"], Method::POST) => batch_put(&req, &state, namespace, &query, payload).await,
+        ([namespace, key], Method::GET) => get(&state, namespace, &percent_decode(key)?).await,
+        ([namespace, key], Method::PUT) => put(&req, &state, namespace, percent_decode(key)?, &query, payload).await,
+        ([namespace, key], Method::DELETE) => delete(&state, namespace, &percent_decode(key)?).await,
+        ([namespace], Method::DELETE) => flush(&req, &state, namespace).await,
+        ([_] | [_, _] | [_, "_batch", _], _) => {
+            Err(ApiError::MethodNotAllowed(format!("{} {}", req.method(), req.path())))
+        }
+        _ => Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))),
+    }
+}
+
+/// Decodes `%XX` escapes in a key taken from the path.
+fn percent_decode(raw: &str) -> Result<String, ApiError> {
+    if !raw.contains('%') {
+        return Ok(raw.to_owned());
+    }
+    let bad = || ApiError::bad("key", "invalid_key", "the key's percent-encoding is malformed");
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, ApiError> {
+    state.namespace_ttl(namespace)?;
+    state.check_key(key)?;
+    match state.store.get(namespace, key).await {
         Some((bytes, tier)) => Ok(HttpResponse::Ok()
             .content_type("application/octet-stream")
             .insert_header(("x-cache-tier", tier.as_str()))
@@ -131,25 +174,24 @@ async fn get(state: web::Data<AppState>, path: web::Path<(String, String)>) -> R
 }
 
 async fn put(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-    query: web::Query<TtlQuery>,
+    req: &HttpRequest,
+    state: &AppState,
+    namespace: &str,
+    key: String,
+    query: &TtlQuery,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (namespace, key) = path.into_inner();
-    let ttl = state.ttl(&namespace, &query)?;
+    let ttl = state.ttl(namespace, query)?;
     state.check_key(&key)?;
-    let value = read_limited(&req, payload, state.settings.max_value_bytes, "body").await?;
-    state.store.put_many(&namespace, vec![(key, value)], ttl).await;
+    let value = read_limited(req, payload, state.settings.max_value_bytes, "body").await?;
+    state.store.put_many(namespace, vec![(key, value)], ttl).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn delete(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
-    let (namespace, key) = path.into_inner();
-    state.namespace_ttl(&namespace)?;
-    state.check_key(&key)?;
-    state.store.delete(&namespace, &key).await;
+async fn delete(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, ApiError> {
+    state.namespace_ttl(namespace)?;
+    state.check_key(key)?;
+    state.store.delete(namespace, key).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -159,14 +201,13 @@ struct BatchGet {
 }
 
 async fn batch_get(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
+    req: &HttpRequest,
+    state: &AppState,
+    namespace: &str,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let namespace = path.into_inner();
-    state.namespace_ttl(&namespace)?;
-    let body = read_limited(&req, payload, state.settings.max_batch_bytes, "body").await?;
+    state.namespace_ttl(namespace)?;
+    let body = read_limited(req, payload, state.settings.max_batch_bytes, "body").await?;
     let request: BatchGet = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("keys", "invalid_body", format!("expected {{\"keys\": [...]}}: {e}")))?;
     if request.keys.len() > state.settings.max_batch_keys {
@@ -180,22 +221,21 @@ async fn batch_get(
         state.check_key(key)?;
     }
     let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
-    let found = state.store.get_many(&namespace, &keys).await;
+    let found = state.store.get_many(namespace, &keys).await;
     let values: Vec<Option<Bytes>> = found.into_iter().map(|f| f.map(|(b, _)| b)).collect();
     let framed = cache_wire::encode_values(&values).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(HttpResponse::Ok().content_type("application/octet-stream").body(framed))
 }
 
 async fn batch_put(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    query: web::Query<TtlQuery>,
+    req: &HttpRequest,
+    state: &AppState,
+    namespace: &str,
+    query: &TtlQuery,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let namespace = path.into_inner();
-    let ttl = state.ttl(&namespace, &query)?;
-    let body = read_limited(&req, payload, state.settings.max_batch_bytes, "body").await?;
+    let ttl = state.ttl(namespace, query)?;
+    let body = read_limited(req, payload, state.settings.max_batch_bytes, "body").await?;
     let entries =
         cache_wire::decode_entries(&body).map_err(|e| ApiError::bad("body", "invalid_frame", e.to_string()))?;
     if entries.len() > state.settings.max_batch_keys {
@@ -216,16 +256,11 @@ async fn batch_put(
         }
         owned.push((key, body.slice_ref(value)));
     }
-    state.store.put_many(&namespace, owned, ttl).await;
+    state.store.put_many(namespace, owned, ttl).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn flush(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let namespace = path.into_inner();
+async fn flush(req: &HttpRequest, state: &AppState, namespace: &str) -> Result<HttpResponse, ApiError> {
     let admin = &state.settings.admin_api_key;
     if admin.is_empty() {
         return Err(ApiError::Forbidden("flushing is disabled: set ADMIN_API_KEY to enable it".into()));
@@ -238,16 +273,16 @@ async fn flush(
     if token != Some(admin.as_str()) {
         return Err(ApiError::Unauthorized("a valid admin key is required to flush".into()));
     }
-    state.namespace_ttl(&namespace)?;
-    let removed = state.store.flush(&namespace).await.map_err(ApiError::Unavailable)?;
+    state.namespace_ttl(namespace)?;
+    let removed = state.store.flush(namespace).await.map_err(ApiError::Unavailable)?;
     Ok(HttpResponse::Ok().json(json!({"namespace": namespace, "removed": removed})))
 }
 
 /// Reads Redis INFO into the gauges; `None` when Redis does not answer.
 async fn refresh_redis_gauges(store: &CacheStore) -> Option<String> {
     let info = async {
-        let mut conn = store.redis().get().await.ok()?;
-        redis::cmd("INFO").arg("memory").arg("stats").query_async::<String>(&mut *conn).await.ok()
+        let mut conn = store.conn().ok()?;
+        redis::cmd("INFO").arg("memory").arg("stats").query_async::<String>(&mut conn).await.ok()
     };
     let info = tokio::time::timeout(Duration::from_secs(1), info).await.ok().flatten()?;
     let field =

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use common_models::redis_pool::{self, ReplyTimeout};
 use common_models::settings::redact_url;
 use tokio::sync::watch;
 
@@ -29,15 +28,18 @@ pub async fn run(
     let settings = Arc::new(settings);
     let redis_url = settings.cache_redis().to_owned();
     tracing::info!(addr = %listener.local_addr()?, redis = %redact_url(&redis_url), "cache-service starting");
-    let redis =
-        redis_pool::build_pool(&redis_url, 32, ReplyTimeout::After(Duration::from_millis(settings.redis_timeout_ms)))?;
     let store = CacheStore::new(
-        redis,
+        &redis_url,
+        Duration::from_millis(settings.redis_timeout_ms),
         settings.redis_key_prefix.clone(),
         settings.l1_max_bytes,
         Duration::from_secs(settings.l1_max_ttl_secs),
         metrics::CacheMetrics::new()?,
     )?;
+    if let Err(err) = store.connect().await {
+        // Serve from L1 alone; the monitor keeps trying.
+        store.note_redis_unreachable(&err);
+    }
     tokio::spawn(background::invalidation_subscriber(store.clone(), redis_url, shutdown.clone()));
     tokio::spawn(background::redis_monitor(store.clone(), shutdown.clone()));
 

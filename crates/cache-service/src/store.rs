@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deadpool_redis::Pool as RedisPool;
 use moka::Expiry;
 use moka::sync::Cache;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::metrics::CacheMetrics;
 
@@ -71,7 +71,11 @@ const OP_FLUSH: &str = "flush";
 
 pub struct CacheStore {
     l1: Option<Cache<String, L1Value>>,
-    redis: RedisPool,
+    /// One multiplexed, self-reconnecting connection: concurrent requests share it
+    /// (pipelined on the wire), with no per-request checkout or health ping.
+    redis: std::sync::RwLock<Option<ConnectionManager>>,
+    client: redis::Client,
+    redis_config: ConnectionManagerConfig,
     prefix: String,
     l1_max_ttl: Duration,
     degraded: AtomicBool,
@@ -81,7 +85,8 @@ pub struct CacheStore {
 
 impl CacheStore {
     pub fn new(
-        redis: RedisPool,
+        redis_url: &str,
+        redis_timeout: Duration,
         prefix: String,
         l1_max_bytes: u64,
         l1_max_ttl: Duration,
@@ -97,7 +102,33 @@ impl CacheStore {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let replica_id = id.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Arc::new(Self { l1, redis, prefix, l1_max_ttl, degraded: AtomicBool::new(false), replica_id, metrics }))
+        let redis_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(redis_timeout))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Arc::new(Self {
+            l1,
+            redis: std::sync::RwLock::new(None),
+            client: redis::Client::open(redis_url)?,
+            redis_config,
+            prefix,
+            l1_max_ttl,
+            degraded: AtomicBool::new(false),
+            replica_id,
+            metrics,
+        }))
+    }
+
+    /// Opens the Redis connection; until it exists the store runs on L1 alone.
+    pub async fn connect(&self) -> Result<(), String> {
+        let manager = ConnectionManager::new_with_config(self.client.clone(), self.redis_config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut slot) = self.redis.write() {
+            *slot = Some(manager);
+        }
+        Ok(())
     }
 
     pub fn channel(&self) -> String {
@@ -110,6 +141,10 @@ impl CacheStore {
 
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn note_redis_unreachable(&self, err: &dyn std::fmt::Display) {
+        self.note_redis_error(err);
     }
 
     fn note_redis_error(&self, err: &dyn std::fmt::Display) {
@@ -146,8 +181,9 @@ impl CacheStore {
         self.metrics.lookups.with_label_values(&[namespace, tier.as_str(), if hit { "hit" } else { "miss" }]).inc();
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, String> {
-        self.redis.get().await.map_err(|e| e.to_string())
+    /// The shared connection (a cheap clone), or an error while there is none.
+    pub fn conn(&self) -> Result<ConnectionManager, String> {
+        self.redis.read().ok().and_then(|slot| slot.clone()).ok_or_else(|| "not connected to Redis".to_owned())
     }
 
     /// Looks a key up in L1, then Redis (refilling L1 from Redis with the key's
@@ -207,8 +243,8 @@ impl CacheStore {
         for key in keys {
             pipe.cmd("GET").arg(*key).cmd("PTTL").arg(*key);
         }
-        let mut conn = self.conn().await?;
-        let values: Vec<redis::Value> = pipe.query_async(&mut *conn).await.map_err(|e| e.to_string())?;
+        let mut conn = self.conn()?;
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
         values
             .chunks(2)
             .map(|pair| {
@@ -252,7 +288,7 @@ impl CacheStore {
     pub async fn flush(&self, namespace: &str) -> Result<u64, String> {
         let pattern_prefix = self.full_key(namespace, "");
         self.l1_drop_prefix(&pattern_prefix);
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn()?;
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
@@ -262,12 +298,12 @@ impl CacheStore {
                 .arg(format!("{pattern_prefix}*"))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
             if !keys.is_empty() {
                 removed +=
-                    redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut *conn).await.map_err(|e| e.to_string())?;
+                    redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut conn).await.map_err(|e| e.to_string())?;
             }
             if next == 0 {
                 break;
@@ -278,7 +314,7 @@ impl CacheStore {
         redis::cmd("PUBLISH")
             .arg(self.channel())
             .arg(message)
-            .query_async::<i64>(&mut *conn)
+            .query_async::<i64>(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(removed)
@@ -292,8 +328,8 @@ impl CacheStore {
         }
         let message = format!("{}\n{op}\n{}", self.replica_id, keys.join("\n"));
         pipe.cmd("PUBLISH").arg(self.channel()).arg(message).ignore();
-        let result = match self.conn().await {
-            Ok(mut conn) => pipe.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string()),
+        let result = match self.conn() {
+            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         match result {
@@ -346,9 +382,5 @@ impl CacheStore {
             l1.run_pending_tasks();
             (l1.entry_count(), l1.weighted_size())
         })
-    }
-
-    pub fn redis(&self) -> &RedisPool {
-        &self.redis
     }
 }
