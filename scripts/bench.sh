@@ -6,6 +6,10 @@ if ! command -v oha >/dev/null 2>&1; then
   echo "==> installing oha (HTTP load generator) from crates.io"
   cargo +stable install oha --locked
 fi
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "==> installing wrk (Debian package)"
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi
+fi
 cargo build --release -p bench
 target/release/headhunter-bench ingest --events "${BENCH_EVENTS:-200000}"
 echo

@@ -117,19 +117,13 @@ pub fn generate_key() -> anyhow::Result<(String, String, [u8; 32])> {
     Ok((key, prefix, digest))
 }
 
-/// Constant-time comparison, for the admin key.
-pub fn same_secret(a: &str, b: &str) -> bool {
-    let (da, db) = (hash_key(a), hash_key(b));
-    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks the admin key: 403 when the admin API is disabled, 401 when the key is wrong.
 pub fn require_admin(req: &HttpRequest, admin_key: &str) -> Result<(), ApiError> {
     if admin_key.is_empty() {
         return Err(ApiError::Forbidden("the admin API is disabled: set ADMIN_API_KEY to enable it".into()));
     }
     match bearer_token(req) {
-        Some(token) if same_secret(token, admin_key) => Ok(()),
+        Some(token) if common_models::settings::same_secret(token, admin_key) => Ok(()),
         Some(_) => Err(ApiError::Unauthorized("invalid admin key".into())),
         None => Err(ApiError::Unauthorized("missing admin key: send it as \"Authorization: Bearer <key>\"".into())),
     }
@@ -148,11 +142,5 @@ mod tests {
         assert!(a.starts_with("hh_") && a.len() == 43);
         assert!(a.starts_with(&prefix));
         assert_eq!(hash_key(&a), digest);
-    }
-
-    #[test]
-    fn secrets_compare_by_value() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
     }
 }

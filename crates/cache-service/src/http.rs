@@ -270,7 +270,7 @@ async fn flush(req: &HttpRequest, state: &AppState, namespace: &str) -> Result<H
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(admin.as_str()) {
+    if !token.is_some_and(|t| common_models::settings::same_secret(t, admin)) {
         return Err(ApiError::Unauthorized("a valid admin key is required to flush".into()));
     }
     state.namespace_ttl(namespace)?;

@@ -72,6 +72,16 @@ pub fn postgres_url_for(url: &str, application_name: &str) -> String {
     url
 }
 
+/// Compares two secrets (admin keys) in time that does not depend on where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 /// Hides the password of a URL for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -139,6 +149,14 @@ mod tests {
         assert_eq!(s.port, 8080);
         assert_eq!(s.name, "a");
         assert_eq!(s.nested.version, "0123");
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "a"));
     }
 
     #[test]
