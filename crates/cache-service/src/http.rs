@@ -118,18 +118,23 @@ async fn read_limited(
 async fn dispatch(
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<TtlQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     use actix_web::http::Method;
+    // Only writes take a query (`ttl`); reads do not pay for parsing one.
+    let query = || {
+        web::Query::<TtlQuery>::from_query(req.query_string())
+            .map(web::Query::into_inner)
+            .map_err(|e| ApiError::bad("ttl", "invalid_query", e.to_string()))
+    };
     let rest = req.path().strip_prefix("/v1/cache/").unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').collect();
     let method = req.method().clone();
     match (segments.as_slice(), method) {
         ([namespace, "_batch", "get"], Method::POST) => batch_get(&req, &state, namespace, payload).await,
-        ([namespace, "_batch", "put"], Method::POST) => batch_put(&req, &state, namespace, &query, payload).await,
+        ([namespace, "_batch", "put"], Method::POST) => batch_put(&req, &state, namespace, &query()?, payload).await,
         ([namespace, key], Method::GET) => get(&state, namespace, &percent_decode(key)?).await,
-        ([namespace, key], Method::PUT) => put(&req, &state, namespace, percent_decode(key)?, &query, payload).await,
+        ([namespace, key], Method::PUT) => put(&req, &state, namespace, percent_decode(key)?, &query()?, payload).await,
         ([namespace, key], Method::DELETE) => delete(&state, namespace, &percent_decode(key)?).await,
         ([namespace], Method::DELETE) => flush(&req, &state, namespace).await,
         ([_] | [_, _] | [_, "_batch", _], _) => {

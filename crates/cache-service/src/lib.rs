@@ -32,6 +32,7 @@ pub async fn run(
         &redis_url,
         Duration::from_millis(settings.redis_timeout_ms),
         settings.redis_key_prefix.clone(),
+        settings.namespaces.keys().cloned(),
         settings.l1_max_bytes,
         Duration::from_secs(settings.l1_max_ttl_secs),
         metrics::CacheMetrics::new()?,

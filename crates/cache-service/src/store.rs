@@ -80,6 +80,8 @@ pub struct CacheStore {
     l1_max_ttl: Duration,
     degraded: AtomicBool,
     replica_id: String,
+    /// Look-up counters per namespace, resolved once: [l1 hit, l1 miss, redis hit, redis miss].
+    lookup_counters: std::collections::HashMap<String, [prometheus::IntCounter; 4]>,
     pub metrics: CacheMetrics,
 }
 
@@ -88,10 +90,19 @@ impl CacheStore {
         redis_url: &str,
         redis_timeout: Duration,
         prefix: String,
+        namespaces: impl IntoIterator<Item = String>,
         l1_max_bytes: u64,
         l1_max_ttl: Duration,
         metrics: CacheMetrics,
     ) -> anyhow::Result<Arc<Self>> {
+        let lookup_counters = namespaces
+            .into_iter()
+            .map(|ns| {
+                let c = |tier: &str, result: &str| metrics.lookups.with_label_values(&[ns.as_str(), tier, result]);
+                let counters = [c("l1", "hit"), c("l1", "miss"), c("redis", "hit"), c("redis", "miss")];
+                (ns, counters)
+            })
+            .collect();
         let l1 = (l1_max_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(l1_max_bytes)
@@ -116,6 +127,7 @@ impl CacheStore {
             l1_max_ttl,
             degraded: AtomicBool::new(false),
             replica_id,
+            lookup_counters,
             metrics,
         }))
     }
@@ -178,7 +190,20 @@ impl CacheStore {
     }
 
     fn count(&self, namespace: &str, tier: Tier, hit: bool) {
-        self.metrics.lookups.with_label_values(&[namespace, tier.as_str(), if hit { "hit" } else { "miss" }]).inc();
+        let slot = match (tier, hit) {
+            (Tier::L1, true) => 0,
+            (Tier::L1, false) => 1,
+            (Tier::Redis, true) => 2,
+            (Tier::Redis, false) => 3,
+        };
+        match self.lookup_counters.get(namespace) {
+            Some(counters) => counters[slot].inc(),
+            None => self
+                .metrics
+                .lookups
+                .with_label_values(&[namespace, tier.as_str(), if hit { "hit" } else { "miss" }])
+                .inc(),
+        }
     }
 
     /// The shared connection (a cheap clone), or an error while there is none.
@@ -189,6 +214,11 @@ impl CacheStore {
     /// Looks a key up in L1, then Redis (refilling L1 from Redis with the key's
     /// remaining TTL).
     pub async fn get(&self, namespace: &str, key: &str) -> Option<(Bytes, Tier)> {
+        // The hot path: one key found in L1, with no allocation beyond the key.
+        if let Some(bytes) = self.l1_get(&self.full_key(namespace, key)) {
+            self.count(namespace, Tier::L1, true);
+            return Some((bytes, Tier::L1));
+        }
         self.get_many(namespace, &[key]).await.pop().flatten()
     }
 
