@@ -58,18 +58,19 @@ headhunter is running (stop it with: make stop-all)
   cache-service   http://127.0.0.1:$CACHE_PORT   (/v1/cache/{namespace}/{key}, /v1/stats, /metrics)
   llm-simulator   http://127.0.0.1:8090/v1   (stands in for the LLM provider)
 
-1. Create a company; the answer holds its API key, shown once:
+1. Create a company and keep its API key (shown once) in KEY:
 
-  curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
+  KEY=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
     -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \\
-    -d '{"name": "Acme Recruiting"}'
+    -d '{"name": "Acme Recruiting"}' | sed -E 's/.*"key":"([^"]+)".*/\\1/'); echo "\$KEY"
 
-2. Call the LLM with that key (add "stream": true for server-sent events):
+2. Call the LLM with it (add "stream": true for server-sent events; send the same
+   temperature-0 request twice and the second is answered from the cache):
 
   curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions \\
-    -H "Authorization: Bearer <api_key.key from step 1>" -H 'Content-Type: application/json' \\
+    -H "Authorization: Bearer \$KEY" -H 'Content-Type: application/json' \\
     -H 'X-Interview-Id: 42' -H 'X-Action: cv_summary' \\
-    -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
+    -d '{"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "Hello"}]}'
 
 3. Watch it land in the analytics database and the pipeline's health:
 
