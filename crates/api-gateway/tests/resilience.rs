@@ -140,3 +140,21 @@ async fn admin_health_reports_the_pipeline() -> anyhow::Result<()> {
     assert_eq!(res.status(), 401);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cache_service_only_costs_a_miss() -> anyhow::Result<()> {
+    let dead_port = test_support::local_listener()?.local_addr()?.port();
+    let stack = Stack::start(Options {
+        with_worker: false,
+        with_cache: false,
+        tweak: Box::new(move |s| s.cache_url = format!("http://127.0.0.1:{dead_port}")),
+    })
+    .await?;
+    let (_, key) = stack.create_company("No Cache GmbH").await?;
+    let times = timed_calls(&stack, &key, 2).await?; // temperature 0: both look the cache up
+    assert!(slowest(&times) < Duration::from_secs(1), "{times:?}");
+    assert_eq!(stack.sim.requests(), 2);
+    let metrics = stack.metrics().await?;
+    assert!(metrics.contains("headhunter_gateway_llm_cache_total{result=\"miss\"} 2"), "{metrics}");
+    stack.stop().await
+}

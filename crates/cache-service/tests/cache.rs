@@ -318,3 +318,32 @@ async fn bad_input_gets_clear_json_errors() -> anyhow::Result<()> {
     assert_eq!(svc.get("llm", "k").await?.0, 404);
     svc.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_hung_cache_service_is_a_miss_for_the_client() -> anyhow::Result<()> {
+    // Dead: nothing listens on the port.
+    let dead_port = test_support::local_listener()?.local_addr()?.port();
+    let dead = CacheClient::new(&format!("http://127.0.0.1:{dead_port}"), Duration::from_millis(50))?;
+    assert_eq!(dead.get("llm", "k").await, None);
+    assert!(!dead.put("llm", "k", bytes_of("v"), None).await);
+    assert_eq!(dead.get_many("llm", &["a", "b"]).await, vec![None, None]);
+
+    // Hung: accepts connections and never answers; the client gives up after its timeout.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hung_addr = hung.local_addr()?;
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let slow = CacheClient::new(&format!("http://{hung_addr}"), Duration::from_millis(50))?;
+    let started = Instant::now();
+    assert_eq!(slow.get("llm", "k").await, None);
+    assert!(started.elapsed() < Duration::from_millis(500), "the client waited {:?}", started.elapsed());
+    Ok(())
+}
+
+fn bytes_of(s: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(s.as_bytes())
+}
