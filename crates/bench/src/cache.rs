@@ -45,7 +45,11 @@ fn redis_benchmark(connections: u32, requests: u32) -> anyhow::Result<(f64, f64)
         .args(["-t", "set,get", "-d", &VALUE_BYTES.to_string(), "--csv", "-q"])
         .output()?;
     anyhow::ensure!(out.status.success(), "redis-benchmark failed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// (requests/s, p99 ms) from redis-benchmark's CSV GET line.
+fn parse_redis_benchmark(text: &str) -> anyhow::Result<(f64, f64)> {
     let line = text.lines().find(|l| l.starts_with("\"GET\"")).ok_or_else(|| anyhow::anyhow!("no GET line: {text}"))?;
     let fields: Vec<f64> = line.split(',').skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
     // rps, avg, min, p50, p95, p99, max
@@ -55,9 +59,21 @@ fn redis_benchmark(connections: u32, requests: u32) -> anyhow::Result<(f64, f64)
 /// (requests/s, p99 ms) of `wrk -t1`: one load-generating thread, as redis-benchmark
 /// uses, so neither side of the comparison pays for a multi-threaded client.
 fn wrk_get(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64)> {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
-        .output()?;
+    wrk_get_on(url, connections, seconds, None)
+}
+
+/// [`wrk_get`], pinned to `core` when given.
+fn wrk_get_on(url: &str, connections: u32, seconds: u64, core: Option<&str>) -> anyhow::Result<(f64, f64)> {
+    let mut cmd = match core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", core, "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    let out =
+        cmd.args(["-t1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", url]).output()?;
     anyhow::ensure!(out.status.success(), "wrk failed");
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
@@ -103,8 +119,74 @@ fn oha_get_at(url: &str, connections: u32, seconds: u64, rate: Option<u32>) -> a
     Ok((rps, p99, ok))
 }
 
+/// Like for like: the server on core 0 and a single-threaded client on core 1, for
+/// Redis (own `redis-server`, `redis-benchmark`) and for cache-service (one worker,
+/// `wrk -t1`). Both servers then have one core and both clients one core.
+async fn pinned_comparison(connections: u32, seconds: u64, bin_dir: &Path) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let redis = Command::new("taskset")
+        .args(["-c", "0", "redis-server", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let _redis = Processes(vec![redis]);
+    let redis_url = format!("redis://127.0.0.1:{port}/0");
+    let started = Instant::now();
+    while redis::Client::open(redis_url.as_str())?.get_multiplexed_async_connection().await.is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = Command::new("taskset")
+        .args(["-c", "1", "redis-benchmark", "-p", &port.to_string(), "-c", &connections.to_string()])
+        .args(["-n", "600000", "-t", "set,get", "-d", &VALUE_BYTES.to_string(), "--csv", "-q"])
+        .output()?;
+    let (redis_rps, redis_p99) = parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))?;
+    println!("  pinned: redis-server core 0, redis-benchmark core 1");
+    println!("    Redis GET                    {redis_rps:>9.0} req/s   p99 {redis_p99:>6.3} ms");
+
+    let spawn = |port: u16, l1_bytes: &str| -> anyhow::Result<Child> {
+        Ok(Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(bin_dir.join("cache-service"))
+            .env("PORT", port.to_string())
+            .env("BIND_HOST", "127.0.0.1")
+            .env("WORKERS", "1")
+            .env("REDIS_URL", &redis_url)
+            .env("L1_MAX_BYTES", l1_bytes)
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()?)
+    };
+    let _services = Processes(vec![spawn(HOT_PORT + 10, "67108864")?, spawn(COLD_PORT + 10, "0")?]);
+    wait_http(&format!("http://127.0.0.1:{}/healthz", HOT_PORT + 10)).await?;
+    wait_http(&format!("http://127.0.0.1:{}/healthz", COLD_PORT + 10)).await?;
+    let url = |p: u16| format!("http://127.0.0.1:{p}/v1/cache/embedding/hot");
+    let put = reqwest::Client::new().put(url(HOT_PORT + 10)).body(vec![7u8; VALUE_BYTES]).send().await?;
+    anyhow::ensure!(put.status().is_success(), "PUT failed: {}", put.status());
+    let (hot_rps, hot_p99) = wrk_get_on(&url(HOT_PORT + 10), connections, seconds, Some("1"))?;
+    println!("  pinned: cache-service (1 worker) core 0, wrk -t1 core 1");
+    println!("    hot key (L1)                 {hot_rps:>9.0} req/s   p99 {hot_p99:>6.3} ms");
+    let (cold_rps, cold_p99) = wrk_get_on(&url(COLD_PORT + 10), connections, seconds, Some("1"))?;
+    println!("    cold (L1 off; Redis on core 0 too) {cold_rps:>9.0} req/s   p99 {cold_p99:>6.3} ms");
+    println!();
+    println!(
+        "cache    like for like (one server core, one client core): hot {:.2}× Redis GET, p99 {hot_p99:.3} ms vs \
+         {redis_p99:.3} ms (targets ≥ 1.0×, ≤ 1 ms); cold {:.2}×, p99 {cold_p99:.3} ms",
+        hot_rps / redis_rps,
+        cold_rps / redis_rps
+    );
+    println!();
+    Ok(())
+}
+
 pub async fn run(connections: u32, seconds: u64, bin_dir: &Path) -> anyhow::Result<()> {
-    println!("== cache GET: {VALUE_BYTES}-byte values, {connections} connections ==");
+    if Command::new("taskset").arg("-V").output().is_ok()
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+    {
+        println!("== cache GET, pinned: {VALUE_BYTES}-byte values, {connections} connections ==");
+        pinned_comparison(connections, seconds, bin_dir).await?;
+    }
+    println!("== cache GET, unpinned (shared Redis, clients and servers on any core) ==");
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let spawn = |port: u16, l1_bytes: &str| -> anyhow::Result<Child> {
         Ok(Command::new(bin_dir.join("cache-service"))
