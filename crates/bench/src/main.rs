@@ -92,18 +92,8 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-pub async fn count(url: &str, sql: &str) -> anyhow::Result<i64> {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    let mut conn = AsyncPgConnection::establish(url).await?;
-    let row: Count = diesel::sql_query(sql).get_result(&mut conn).await?;
-    Ok(row.n)
-}
+/// Runs a query returning one `bigint` column `n`.
+pub use test_support::query_count as count;
 
 /// Deletes every Redis key under `prefix`.
 pub async fn clear_redis(prefix: &str) -> anyhow::Result<()> {
