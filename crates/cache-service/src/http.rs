@@ -17,7 +17,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use common_models::cache_wire;
 use common_models::telemetry::{METRICS_CONTENT_TYPE, render_metrics};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -87,31 +86,17 @@ impl AppState {
     }
 }
 
+/// Reads a body of at most `limit` bytes; errors name `param`.
 async fn read_limited(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
     param: &'static str,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::TooLarge { param, message: format!("the body exceeds the limit of {limit} bytes") };
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad("body", "invalid_body", format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+    web_support::read_limited(req, payload, limit).await.map_err(|e| match e {
+        web_support::BodyError::TooLarge { .. } => ApiError::TooLarge { param, message: e.to_string() },
+        other => ApiError::bad(param, "invalid_body", other.to_string()),
+    })
 }
 
 /// Routes `/v1/cache/{namespace}[/{key} | /_batch/get | /_batch/put]` by method.

@@ -10,7 +10,6 @@ pub mod stream;
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use common_models::events::LlmErrorType;
-use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use crate::state::{AppState, RequestId};
@@ -31,8 +30,11 @@ async fn chat_completions(
 ) -> Result<HttpResponse, ApiError> {
     let caller = state.auth.authenticate(&req).await?;
     req.extensions_mut().insert(caller);
-    let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
-    let chat = ChatRequest::parse(body.freeze(), state.settings.max_tokens_cap)?;
+    let body = web_support::read_limited(&req, payload, state.settings.max_body_bytes).await.map_err(|e| match e {
+        web_support::BodyError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+        other => ApiError::bad_body("invalid_body", other.to_string()),
+    })?;
+    let chat = ChatRequest::parse(body, state.settings.max_tokens_cap)?;
     let context = CallContext::from_headers(&req)?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
 
@@ -139,27 +141,4 @@ fn upstream_failure(guard: &mut CallGuard, err: &reqwest::Error) -> ApiError {
     }
     guard.finish();
     ApiError::Upstream { status, message: message.to_owned() }
-}
-
-/// Reads the body up to `limit` bytes; 413 beyond it (checked against Content-Length
-/// first, so an oversize upload is refused before it is read).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_body("invalid_body", format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

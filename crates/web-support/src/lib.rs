@@ -1,0 +1,38 @@
+//! Pieces every actix-web service of the workspace shares (common-models stays free
+//! of HTTP frameworks).
+
+use actix_web::{HttpRequest, web};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    #[error("the body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the body: {0}")]
+    Unreadable(String),
+}
+
+/// Reads a request body of at most `limit` bytes. A declared `Content-Length` over the
+/// limit is refused before anything is read; a streamed body is counted as it comes.
+pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
