@@ -215,11 +215,17 @@ impl CacheStore {
     /// remaining TTL).
     pub async fn get(&self, namespace: &str, key: &str) -> Option<(Bytes, Tier)> {
         // The hot path: one key found in L1, with no allocation beyond the key.
-        if let Some(bytes) = self.l1_get(&self.full_key(namespace, key)) {
+        let full = self.full_key(namespace, key);
+        if let Some(bytes) = self.l1_get(&full) {
             self.count(namespace, Tier::L1, true);
             return Some((bytes, Tier::L1));
         }
-        self.get_many(namespace, &[key]).await.pop().flatten()
+        if self.l1.is_some() {
+            self.count(namespace, Tier::L1, false);
+        }
+        let mut found = vec![None];
+        self.fill_from_redis(namespace, &[full], vec![0], &mut found).await;
+        found.pop().flatten()
     }
 
     /// Looks up several keys: L1 first, the rest in one Redis round trip.
@@ -242,8 +248,21 @@ impl CacheStore {
                 }
             }
         }
+        self.fill_from_redis(namespace, &full, missing, &mut found).await;
+        found
+    }
+
+    /// Reads the `missing` positions of `full` from Redis in one round trip into
+    /// `found`, refilling L1 with each key's remaining TTL.
+    async fn fill_from_redis(
+        &self,
+        namespace: &str,
+        full: &[String],
+        missing: Vec<usize>,
+        found: &mut [Option<(Bytes, Tier)>],
+    ) {
         if missing.is_empty() || self.is_degraded() {
-            return found;
+            return;
         }
         let wanted: Vec<&str> = missing.iter().map(|i| full[*i].as_str()).collect();
         let reply = self.read_with_ttl(&wanted).await;
@@ -264,7 +283,6 @@ impl CacheStore {
             }
             Err(err) => self.note_redis_error(&err),
         }
-        found
     }
 
     /// Values and remaining TTLs (ms; negative when none) of `keys`, one round trip.
