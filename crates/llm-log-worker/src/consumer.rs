@@ -243,10 +243,7 @@ impl ConsumerLoop {
 
     /// Resets the idle time of entries this consumer holds (XCLAIM to itself).
     async fn renew_claim<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
-        let mut ids_by_stream: HashMap<LogStream, Vec<&str>> = HashMap::new();
-        for entry in entries {
-            ids_by_stream.entry(entry.stream).or_default().push(&entry.id);
-        }
+        let ids_by_stream = ids_by_stream(entries);
         let mut pipe = redis::pipe();
         for (stream, ids) in &ids_by_stream {
             pipe.cmd("XCLAIM")
@@ -330,10 +327,7 @@ impl ConsumerLoop {
 
     /// Dead-letters and acknowledges a settled batch, retrying Redis until it answers.
     async fn settle(&self, decoded: &[(Entry, LogEvent)], dead: &[DeadLetter], inserted: Inserted) {
-        let mut ids_by_stream: HashMap<LogStream, Vec<&str>> = HashMap::new();
-        for entry in decoded.iter().map(|(e, _)| e).chain(dead.iter().map(|d| &d.entry)) {
-            ids_by_stream.entry(entry.stream).or_default().push(&entry.id);
-        }
+        let ids_by_stream = ids_by_stream(decoded.iter().map(|(e, _)| e).chain(dead.iter().map(|d| &d.entry)));
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -411,6 +405,15 @@ impl ConsumerLoop {
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     }
+}
+
+/// Entry ids grouped by the stream they came from (one XACK or XCLAIM per stream).
+fn ids_by_stream<'a>(entries: impl Iterator<Item = &'a Entry>) -> HashMap<LogStream, Vec<&'a str>> {
+    let mut ids: HashMap<LogStream, Vec<&str>> = HashMap::new();
+    for entry in entries {
+        ids.entry(entry.stream).or_default().push(&entry.id);
+    }
+    ids
 }
 
 fn to_entry(stream: LogStream, mut id: StreamId) -> Entry {
