@@ -10,9 +10,11 @@
 //! - `DELETE /v1/cache/{namespace}` (admin key): flushes the namespace everywhere.
 //! - `GET /v1/stats`, `/metrics`, `/healthz`, `/readyz`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use common_models::cache_wire;
@@ -23,6 +25,10 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::settings::CacheSettings;
 use crate::store::CacheStore;
+
+/// Header names and values built once, not parsed per response.
+const X_CACHE_TIER: HeaderName = HeaderName::from_static("x-cache-tier");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 
 pub struct AppState {
     pub store: Arc<CacheStore>,
@@ -113,13 +119,24 @@ async fn dispatch(
             .map_err(|e| ApiError::bad("ttl", "invalid_query", e.to_string()))
     };
     let rest = req.path().strip_prefix("/v1/cache/").unwrap_or_default();
-    let segments: Vec<&str> = rest.split('/').collect();
+    // At most three segments are meaningful; a fourth marks the path as unknown.
+    let mut segments = [""; 4];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if count == segments.len() {
+            return Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())));
+        }
+        segments[count] = segment;
+        count += 1;
+    }
     let method = req.method().clone();
-    match (segments.as_slice(), method) {
+    match (&segments[..count], method) {
         ([namespace, "_batch", "get"], Method::POST) => batch_get(&req, &state, namespace, payload).await,
         ([namespace, "_batch", "put"], Method::POST) => batch_put(&req, &state, namespace, &query()?, payload).await,
         ([namespace, key], Method::GET) => get(&state, namespace, &percent_decode(key)?).await,
-        ([namespace, key], Method::PUT) => put(&req, &state, namespace, percent_decode(key)?, &query()?, payload).await,
+        ([namespace, key], Method::PUT) => {
+            put(&req, &state, namespace, percent_decode(key)?.into_owned(), &query()?, payload).await
+        }
         ([namespace, key], Method::DELETE) => delete(&state, namespace, &percent_decode(key)?).await,
         ([namespace], Method::DELETE) => flush(&req, &state, namespace).await,
         ([_] | [_, _] | [_, "_batch", _], _) => {
@@ -130,9 +147,9 @@ async fn dispatch(
 }
 
 /// Decodes `%XX` escapes in a key taken from the path.
-fn percent_decode(raw: &str) -> Result<String, ApiError> {
+fn percent_decode(raw: &str) -> Result<Cow<'_, str>, ApiError> {
     if !raw.contains('%') {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
     let bad = || ApiError::bad("key", "invalid_key", "the key's percent-encoding is malformed");
     let bytes = raw.as_bytes();
@@ -148,7 +165,7 @@ fn percent_decode(raw: &str) -> Result<String, ApiError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| bad())
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| bad())
 }
 
 async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, ApiError> {
@@ -156,8 +173,8 @@ async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpRespons
     state.check_key(key)?;
     match state.store.get(namespace, key).await {
         Some((bytes, tier)) => Ok(HttpResponse::Ok()
-            .content_type("application/octet-stream")
-            .insert_header(("x-cache-tier", tier.as_str()))
+            .insert_header((CONTENT_TYPE, OCTET_STREAM))
+            .insert_header((X_CACHE_TIER, HeaderValue::from_static(tier.as_str())))
             .body(bytes)),
         None => Err(ApiError::NotFound(format!("`{namespace}:{key}` is not cached"))),
     }
@@ -214,7 +231,7 @@ async fn batch_get(
     let found = state.store.get_many(namespace, &keys).await;
     let values: Vec<Option<Bytes>> = found.into_iter().map(|f| f.map(|(b, _)| b)).collect();
     let framed = cache_wire::encode_values(&values).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(framed))
+    Ok(HttpResponse::Ok().insert_header((CONTENT_TYPE, OCTET_STREAM)).body(framed))
 }
 
 async fn batch_put(

@@ -81,7 +81,8 @@ pub struct CacheStore {
     degraded: AtomicBool,
     replica_id: String,
     /// Look-up counters per namespace, resolved once: [l1 hit, l1 miss, redis hit, redis miss].
-    lookup_counters: std::collections::HashMap<String, [prometheus::IntCounter; 4]>,
+    /// A handful of namespaces: a scan beats hashing the name.
+    lookup_counters: Vec<(String, [prometheus::IntCounter; 4])>,
     pub metrics: CacheMetrics,
 }
 
@@ -148,7 +149,12 @@ impl CacheStore {
     }
 
     fn full_key(&self, namespace: &str, key: &str) -> String {
-        format!("{}{namespace}:{key}", self.prefix)
+        let mut full = String::with_capacity(self.prefix.len() + namespace.len() + 1 + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(namespace);
+        full.push(':');
+        full.push_str(key);
+        full
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -196,8 +202,8 @@ impl CacheStore {
             (Tier::Redis, true) => 2,
             (Tier::Redis, false) => 3,
         };
-        match self.lookup_counters.get(namespace) {
-            Some(counters) => counters[slot].inc(),
+        match self.lookup_counters.iter().find(|(ns, _)| ns == namespace) {
+            Some((_, counters)) => counters[slot].inc(),
             None => self
                 .metrics
                 .lookups
