@@ -1,88 +1,116 @@
-//! cache-service GET against `redis-benchmark` GET on the same Redis, at the same
-//! concurrency, in one run: a hot key (served by L1) and a cold path (L1 off, every
-//! GET goes to Redis).
+//! cache-service GET against Redis GET on the same Redis, at the same concurrency, in
+//! one run: a hot key (served by L1) and a cold path (L1 off: every GET goes to Redis).
+//!
+//! Like for like on two cores: the servers on core 0 (a redis-server started for the
+//! benchmark, and cache-service with one worker, as Redis has one thread), one
+//! single-threaded client at a time on core 1. Each server is loaded by its standard
+//! tool (redis-benchmark, `wrk -t1`) and by `headhunter-bench load`, which speaks both
+//! protocols and so measures both with one meaning of latency. Rounds interleave the
+//! measurements and the figures are medians over rounds, because this machine's speed
+//! drifts by tens of percent within a minute. A sweep over concurrency follows.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crate::loadgen::{Protocol, Report};
+use crate::{Processes, wait_http};
 
-use crate::{clear_redis, redis_url};
-
-const HOT_PORT: u16 = 18081;
-const COLD_PORT: u16 = 18082;
 const VALUE_BYTES: usize = 1536; // a 384-d f32 embedding
+/// The key redis-benchmark's GET reads (it substitutes nothing without `-r`).
+const REDIS_KEY: &str = "key:__rand_int__";
+const HOT_PATH: &str = "/v1/cache/embedding/hot";
+const SWEEP: [u32; 5] = [1, 8, 32, 64, 128];
 
-struct Processes(Vec<Child>);
+/// One measurement: throughput, latency, and requests in flight (throughput × mean).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    in_flight: f64,
+}
 
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            drop(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status());
-            drop(child.wait());
+impl From<Report> for Sample {
+    fn from(r: Report) -> Self {
+        Self { rps: r.rps, p50_ms: r.p50_ms, p99_ms: r.p99_ms, in_flight: r.in_flight }
+    }
+}
+
+/// Where the servers and the clients run: cores 0 and 1 when `taskset` and two cores
+/// are there, anywhere otherwise.
+#[derive(Clone, Copy)]
+struct Placement {
+    server: Option<&'static str>,
+    client: Option<&'static str>,
+}
+
+impl Placement {
+    fn detect() -> Self {
+        let pinned = Command::new("taskset").arg("-V").output().is_ok_and(|o| o.status.success())
+            && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+        if pinned { Self { server: Some("0"), client: Some("1") } } else { Self { server: None, client: None } }
+    }
+
+    fn command(core: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+        match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core).arg(program);
+                c
+            }
+            None => Command::new(program),
         }
     }
-}
 
-async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while !client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    fn server(&self, program: impl AsRef<OsStr>) -> Command {
+        Self::command(self.server, program)
     }
-    Ok(())
+
+    fn client(&self, program: impl AsRef<OsStr>) -> Command {
+        Self::command(self.client, program)
+    }
 }
 
-/// (requests/s, p99 ms) of `redis-benchmark` GET.
-fn redis_benchmark(connections: u32, requests: u32) -> anyhow::Result<(f64, f64)> {
-    let url = redis_url();
-    let host_port = url.trim_start_matches("redis://").split('/').next().unwrap_or("127.0.0.1:6379").to_owned();
-    let (host, port) = host_port.split_once(':').unwrap_or(("127.0.0.1", "6379"));
-    let out = Command::new("redis-benchmark")
-        .args(["-h", host, "-p", port, "-c", &connections.to_string(), "-n", &requests.to_string()])
-        .args(["-t", "set,get", "-d", &VALUE_BYTES.to_string(), "--csv", "-q"])
+/// redis-benchmark GET, `requests` of them.
+fn redis_benchmark(at: Placement, port: u16, connections: u32, requests: u64) -> anyhow::Result<Sample> {
+    let out = at
+        .client("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &connections.to_string(), "-n", &requests.to_string()])
+        .args(["-t", "get", "-d", &VALUE_BYTES.to_string(), "--csv", "-q"])
         .output()?;
-    anyhow::ensure!(out.status.success(), "redis-benchmark failed");
+    anyhow::ensure!(out.status.success(), "redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
     parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// (requests/s, p99 ms) from redis-benchmark's CSV GET line.
-fn parse_redis_benchmark(text: &str) -> anyhow::Result<(f64, f64)> {
+/// redis-benchmark's CSV GET line: rps, avg, min, p50, p95, p99, max.
+fn parse_redis_benchmark(text: &str) -> anyhow::Result<Sample> {
     let line = text.lines().find(|l| l.starts_with("\"GET\"")).ok_or_else(|| anyhow::anyhow!("no GET line: {text}"))?;
-    let fields: Vec<f64> = line.split(',').skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
-    // rps, avg, min, p50, p95, p99, max
-    Ok((fields.first().copied().unwrap_or(0.0), fields.get(5).copied().unwrap_or(f64::NAN)))
+    let f: Vec<f64> = line.split(',').skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
+    anyhow::ensure!(f.len() >= 6, "short GET line: {line}");
+    Ok(Sample { rps: f[0], p50_ms: f[3], p99_ms: f[5], in_flight: f[0] * f[1] / 1000.0 })
 }
 
-/// (requests/s, p99 ms) of `wrk -t1`: one load-generating thread, as redis-benchmark
-/// uses, so neither side of the comparison pays for a multi-threaded client.
-fn wrk_get(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64)> {
-    wrk_get_on(url, connections, seconds, None)
-}
-
-/// [`wrk_get`], pinned to `core` when given.
-fn wrk_get_on(url: &str, connections: u32, seconds: u64, core: Option<&str>) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = match core {
-        Some(core) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", core, "wrk"]);
-            c
-        }
-        None => Command::new("wrk"),
-    };
-    let out =
-        cmd.args(["-t1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", url]).output()?;
+/// `wrk -t1`: one load-generating thread, as redis-benchmark has.
+fn wrk(at: Placement, url: &str, connections: u32, seconds: u64) -> anyhow::Result<Sample> {
+    let out = at
+        .client("wrk")
+        .args(["-t1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
+        .output()?;
     anyhow::ensure!(out.status.success(), "wrk failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map_or(f64::NAN, |v| millis(v.trim()));
-    Ok((rps, p99))
+    let line = |prefix: &str| text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix)).map(str::trim);
+    let non_2xx = line("Non-2xx or 3xx responses:").unwrap_or("0");
+    anyhow::ensure!(non_2xx == "0", "wrk saw {non_2xx} failed answers from {url}");
+    let rps = line("Requests/sec:").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let mean_ms = line("Latency").and_then(|v| v.split_whitespace().next()).map_or(f64::NAN, millis);
+    Ok(Sample {
+        rps,
+        p50_ms: line("50%").map_or(f64::NAN, millis),
+        p99_ms: line("99%").map_or(f64::NAN, millis),
+        in_flight: rps * mean_ms / 1000.0,
+    })
 }
 
 /// wrk's durations ("781.00us", "1.20ms", "2.01s") in milliseconds.
@@ -99,55 +127,89 @@ fn millis(v: &str) -> f64 {
     number.parse::<f64>().map_or(f64::NAN, |n| n * scale)
 }
 
-/// (requests/s, p99 ms, success ratio) of oha GETs: at full speed, or at `rate`.
-fn oha_get(url: &str, connections: u32, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
-    oha_get_at(url, connections, seconds, None)
+/// `headhunter-bench load` on the client core.
+fn same_client(
+    at: Placement,
+    port: u16,
+    protocol: Protocol,
+    target: &str,
+    connections: u32,
+    seconds: u64,
+) -> anyhow::Result<Sample> {
+    let protocol = match protocol {
+        Protocol::Redis => "redis",
+        Protocol::Http => "http",
+    };
+    let out = at
+        .client(std::env::current_exe()?)
+        .args(["load", "--addr", &format!("127.0.0.1:{port}"), "--protocol", protocol, "--target", target])
+        .args(["--connections", &connections.to_string(), "--seconds", &seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "the load client failed against {protocol} port {port}");
+    Ok(serde_json::from_slice::<Report>(&out.stdout)?.into())
 }
 
-fn oha_get_at(url: &str, connections: u32, seconds: u64, rate: Option<u32>) -> anyhow::Result<(f64, f64, f64)> {
-    let mut cmd = Command::new("oha");
-    cmd.args(["--no-tui", "--output-format", "json", "-z", &format!("{seconds}s"), "-c", &connections.to_string()]);
-    if let Some(rate) = rate {
-        cmd.args(["-q", &rate.to_string(), "--latency-correction"]);
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-    let out = cmd.arg(url).stderr(Stdio::inherit()).output()?;
-    anyhow::ensure!(out.status.success(), "oha failed");
-    let report: Value = serde_json::from_slice(&out.stdout)?;
-    let rps = report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
-    let p99 = report["latencyPercentiles"]["p99"].as_f64().unwrap_or(f64::NAN) * 1000.0;
-    let ok = report["summary"]["successRate"].as_f64().unwrap_or(0.0);
-    Ok((rps, p99, ok))
 }
 
-/// Like for like: the server on core 0 and a single-threaded client on core 1, for
-/// Redis (own `redis-server`, `redis-benchmark`) and for cache-service (one worker,
-/// `wrk -t1`). Both servers then have one core and both clients one core.
-async fn pinned_comparison(connections: u32, seconds: u64, bin_dir: &Path) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let redis = Command::new("taskset")
-        .args(["-c", "0", "redis-server", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+fn median_sample(samples: &[Sample]) -> Sample {
+    Sample {
+        rps: median(samples.iter().map(|s| s.rps)),
+        p50_ms: median(samples.iter().map(|s| s.p50_ms)),
+        p99_ms: median(samples.iter().map(|s| s.p99_ms)),
+        in_flight: median(samples.iter().map(|s| s.in_flight)),
+    }
+}
+
+fn print_sample(label: &str, s: &Sample) {
+    println!(
+        "  {label:<34} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  in flight {:>5.1}",
+        s.rps, s.p50_ms, s.p99_ms, s.in_flight
+    );
+}
+
+/// The rows of the main comparison, in the order they are measured each round.
+const ROWS: [&str; 6] = [
+    "Redis GET, redis-benchmark",
+    "Redis GET, same client",
+    "hot key (L1), wrk -t1",
+    "hot key (L1), same client",
+    "cold (Redis), wrk -t1",
+    "cold (Redis), same client",
+];
+
+pub async fn run(connections: u32, seconds: u64, rounds: u32, bin_dir: &Path) -> anyhow::Result<()> {
+    let at = Placement::detect();
+    let port = free_port()?;
+    let redis = at
+        .server("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()?;
     let _redis = Processes(vec![redis]);
     let redis_url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(redis_url.as_str())?;
     let started = Instant::now();
-    while redis::Client::open(redis_url.as_str())?.get_multiplexed_async_connection().await.is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+    let mut conn = loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(conn) => break conn,
+            Err(e) => anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "redis-server did not start: {e}"),
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = Command::new("taskset")
-        .args(["-c", "1", "redis-benchmark", "-p", &port.to_string(), "-c", &connections.to_string()])
-        .args(["-n", "600000", "-t", "set,get", "-d", &VALUE_BYTES.to_string(), "--csv", "-q"])
-        .output()?;
-    let (redis_rps, redis_p99) = parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))?;
-    println!("  pinned: redis-server core 0, redis-benchmark core 1");
-    println!("    Redis GET                    {redis_rps:>9.0} req/s   p99 {redis_p99:>6.3} ms");
+    };
+    redis::cmd("SET").arg(REDIS_KEY).arg(vec![7u8; VALUE_BYTES]).query_async::<()>(&mut conn).await?;
 
-    let spawn = |port: u16, l1_bytes: &str| -> anyhow::Result<Child> {
-        Ok(Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(bin_dir.join("cache-service"))
+    let (hot_port, cold_port) = (free_port()?, free_port()?);
+    let spawn = |port: u16, l1_bytes: &str| {
+        at.server(bin_dir.join("cache-service"))
             .env("PORT", port.to_string())
             .env("BIND_HOST", "127.0.0.1")
             .env("WORKERS", "1")
@@ -155,105 +217,91 @@ async fn pinned_comparison(connections: u32, seconds: u64, bin_dir: &Path) -> an
             .env("L1_MAX_BYTES", l1_bytes)
             .env("LOG_LEVEL", "warn")
             .stdout(Stdio::null())
-            .spawn()?)
+            .spawn()
     };
-    let _services = Processes(vec![spawn(HOT_PORT + 10, "67108864")?, spawn(COLD_PORT + 10, "0")?]);
-    wait_http(&format!("http://127.0.0.1:{}/healthz", HOT_PORT + 10)).await?;
-    wait_http(&format!("http://127.0.0.1:{}/healthz", COLD_PORT + 10)).await?;
-    let url = |p: u16| format!("http://127.0.0.1:{p}/v1/cache/embedding/hot");
-    let put = reqwest::Client::new().put(url(HOT_PORT + 10)).body(vec![7u8; VALUE_BYTES]).send().await?;
+    let _services = Processes(vec![spawn(hot_port, "67108864")?, spawn(cold_port, "0")?]);
+    wait_http(&format!("http://127.0.0.1:{hot_port}/healthz")).await?;
+    wait_http(&format!("http://127.0.0.1:{cold_port}/healthz")).await?;
+    let url = |p: u16, path: &str| format!("http://127.0.0.1:{p}{path}");
+    let put = reqwest::Client::new().put(url(hot_port, HOT_PATH)).body(vec![7u8; VALUE_BYTES]).send().await?;
     anyhow::ensure!(put.status().is_success(), "PUT failed: {}", put.status());
-    let (hot_rps, hot_p99) = wrk_get_on(&url(HOT_PORT + 10), connections, seconds, Some("1"))?;
-    println!("  pinned: cache-service (1 worker) core 0, wrk -t1 core 1");
-    println!("    hot key (L1)                 {hot_rps:>9.0} req/s   p99 {hot_p99:>6.3} ms");
-    let (cold_rps, cold_p99) = wrk_get_on(&url(COLD_PORT + 10), connections, seconds, Some("1"))?;
-    println!("    cold (L1 off; Redis on core 0 too) {cold_rps:>9.0} req/s   p99 {cold_p99:>6.3} ms");
+
+    match at.server {
+        Some(_) => {
+            println!("servers on core 0 (redis-server; cache-service with one worker), clients one at a time on core 1")
+        }
+        None => println!("unpinned (no taskset or one core): servers and clients share the cores"),
+    }
+    println!(
+        "== cache GET: {VALUE_BYTES}-byte values, {connections} connections, {rounds} interleaved rounds of {seconds} s =="
+    );
+    let mut table: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
+    let mut redis_rps = 100_000.0;
+    for round in 1..=rounds {
+        println!("round {round}");
+        let requests = (redis_rps * seconds as f64) as u64;
+        let samples = [
+            redis_benchmark(at, port, connections, requests)?,
+            same_client(at, port, Protocol::Redis, REDIS_KEY, connections, seconds)?,
+            wrk(at, &url(hot_port, HOT_PATH), connections, seconds)?,
+            same_client(at, hot_port, Protocol::Http, HOT_PATH, connections, seconds)?,
+            wrk(at, &url(cold_port, HOT_PATH), connections, seconds)?,
+            same_client(at, cold_port, Protocol::Http, HOT_PATH, connections, seconds)?,
+        ];
+        redis_rps = samples[0].rps;
+        for ((label, sample), column) in ROWS.iter().zip(samples).zip(&mut table) {
+            print_sample(label, &sample);
+            column.push(sample);
+        }
+    }
+    let m: Vec<Sample> = table.iter().map(|c| median_sample(c)).collect();
+    println!("medians over {rounds} rounds");
+    for (label, sample) in ROWS.iter().zip(&m) {
+        print_sample(label, sample);
+    }
+    let floor = same_client(at, hot_port, Protocol::Http, "/healthz", connections, seconds)?;
+    print_sample("HTTP floor: bare /healthz, same client", &floor);
+
+    println!();
+    println!("concurrency sweep, same client for both, {} s each", seconds.min(3));
+    println!("  {:>5}  {:>24}  {:>24}  {:>6}", "conns", "Redis GET  req/s  p99 ms", "hot key  req/s  p99 ms", "ratio");
+    for c in SWEEP {
+        let r = same_client(at, port, Protocol::Redis, REDIS_KEY, c, seconds.min(3))?;
+        let h = same_client(at, hot_port, Protocol::Http, HOT_PATH, c, seconds.min(3))?;
+        println!(
+            "  {c:>5}  {:>14.0} {:>9.3}  {:>14.0} {:>9.3}  {:>5.2}×",
+            r.rps,
+            r.p99_ms,
+            h.rps,
+            h.p99_ms,
+            h.rps / r.rps
+        );
+    }
+
+    let (rb, redis_same, hot_wrk, hot_same, cold_wrk, cold_same) = (m[0], m[1], m[2], m[3], m[4], m[5]);
     println!();
     println!(
-        "cache    like for like (one server core, one client core): hot {:.2}× Redis GET, p99 {hot_p99:.3} ms vs \
-         {redis_p99:.3} ms (targets ≥ 1.0×, ≤ 1 ms); cold {:.2}×, p99 {cold_p99:.3} ms",
-        hot_rps / redis_rps,
-        cold_rps / redis_rps
+        "cache    hot key vs redis-benchmark GET at {connections} connections (medians): wrk -t1 {:.2}×, p99 {:.3} ms \
+         (redis-benchmark p99 {:.3} ms with {:.0} requests in flight, wrk {:.0})",
+        hot_wrk.rps / rb.rps,
+        hot_wrk.p99_ms,
+        rb.p99_ms,
+        rb.in_flight,
+        hot_wrk.in_flight
     );
-    println!();
+    println!(
+        "cache    same client for both: hot {:.2}× Redis GET, p99 {:.3} ms vs {:.3} ms; cold {:.2}× (wrk {:.2}× \
+         redis-benchmark), p99 {:.3} ms (targets: hot ≥ 1.0×, p99 ≤ 1 ms)",
+        hot_same.rps / redis_same.rps,
+        hot_same.p99_ms,
+        redis_same.p99_ms,
+        cold_same.rps / redis_same.rps,
+        cold_wrk.rps / rb.rps,
+        cold_same.p99_ms
+    );
     Ok(())
 }
 
-pub async fn run(connections: u32, seconds: u64, bin_dir: &Path) -> anyhow::Result<()> {
-    if Command::new("taskset").arg("-V").output().is_ok()
-        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-    {
-        println!("== cache GET, pinned: {VALUE_BYTES}-byte values, {connections} connections ==");
-        pinned_comparison(connections, seconds, bin_dir).await?;
-    }
-    println!("== cache GET, unpinned (shared Redis, clients and servers on any core) ==");
-    let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let spawn = |port: u16, l1_bytes: &str| -> anyhow::Result<Child> {
-        Ok(Command::new(bin_dir.join("cache-service"))
-            .env("PORT", port.to_string())
-            .env("BIND_HOST", "127.0.0.1")
-            .env("REDIS_URL", redis_url())
-            .env("REDIS_KEY_PREFIX", &prefix)
-            .env("L1_MAX_BYTES", l1_bytes)
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()?)
-    };
-    let processes = Processes(vec![spawn(HOT_PORT, "67108864")?, spawn(COLD_PORT, "0")?]);
-    wait_http(&format!("http://127.0.0.1:{HOT_PORT}/healthz")).await?;
-    wait_http(&format!("http://127.0.0.1:{COLD_PORT}/healthz")).await?;
-    let value = vec![7u8; VALUE_BYTES];
-    let client = reqwest::Client::new();
-    let put = client.put(format!("http://127.0.0.1:{HOT_PORT}/v1/cache/embedding/hot")).body(value).send().await?;
-    anyhow::ensure!(put.status().is_success(), "PUT failed: {}", put.status());
-
-    let hot_url = format!("http://127.0.0.1:{HOT_PORT}/v1/cache/embedding/hot");
-    let cold_url = format!("http://127.0.0.1:{COLD_PORT}/v1/cache/embedding/hot");
-    oha_get(&hot_url, connections, 2)?; // warm-up
-    let (redis_rps, redis_p99) = redis_benchmark(connections, 400_000)?;
-    println!("  redis-benchmark GET            {redis_rps:>9.0} req/s   p99 {redis_p99:>6.3} ms");
-    let (wrk_rps, wrk_p99) = wrk_get(&hot_url, connections, seconds)?;
-    println!("  cache-service GET, hot, wrk -t1{wrk_rps:>9.0} req/s   p99 {wrk_p99:>6.3} ms");
-    let (wrk_cold_rps, wrk_cold_p99) = wrk_get(&cold_url, connections, seconds)?;
-    println!("  cache-service GET, cold, wrk   {wrk_cold_rps:>9.0} req/s   p99 {wrk_cold_p99:>6.3} ms");
-    let (hot_rps, hot_p99, hot_ok) = oha_get(&hot_url, connections, seconds)?;
-    println!(
-        "  cache-service GET, hot (L1)    {hot_rps:>9.0} req/s   p99 {hot_p99:>6.3} ms   ok {:.2}%",
-        hot_ok * 100.0
-    );
-    let (cold_rps, cold_p99, cold_ok) = oha_get(&cold_url, connections, seconds)?;
-    println!(
-        "  cache-service GET, cold (Redis){cold_rps:>9.0} req/s   p99 {cold_p99:>6.3} ms   ok {:.2}%",
-        cold_ok * 100.0
-    );
-    // At saturation p99 measures the HTTP server and the load generator fighting for
-    // two cores (a bare /healthz shows the same); below saturation it measures us.
-    let (_, floor_p99, _) = oha_get(&format!("http://127.0.0.1:{HOT_PORT}/healthz"), connections, seconds)?;
-    println!("  bare /healthz, same server     (saturated)          p99 {floor_p99:>6.3} ms");
-    let rate = u32::try_from((redis_rps * 0.25) as u64).unwrap_or(u32::MAX).max(1000);
-    let (hot_fixed_rps, hot_fixed_p99, _) = oha_get_at(&hot_url, connections, seconds, Some(rate))?;
-    println!(
-        "  cache-service GET, hot, fixed  {hot_fixed_rps:>9.0} req/s   p99 {hot_fixed_p99:>6.3} ms   (asked {rate})"
-    );
-    let cold_rate = u32::try_from((cold_rps * 0.25) as u64).unwrap_or(u32::MAX).max(1000);
-    let (cold_fixed_rps, cold_fixed_p99, _) = oha_get_at(&cold_url, connections, seconds, Some(cold_rate))?;
-    println!(
-        "  cache-service GET, cold, fixed {cold_fixed_rps:>9.0} req/s   p99 {cold_fixed_p99:>6.3} ms   (asked {cold_rate})"
-    );
-    println!();
-    println!(
-        "cache    single-threaded clients (wrk -t1 vs redis-benchmark): hot {:.2}× raw Redis GET, p99 {wrk_p99:.3} ms \
-         vs {redis_p99:.3} ms; cold {:.2}×, p99 {wrk_cold_p99:.3} ms",
-        wrk_rps / redis_rps,
-        wrk_cold_rps / redis_rps
-    );
-    println!(
-        "cache    oha: hot {:.2}×, p99 {hot_p99:.3} ms saturated, {hot_fixed_p99:.3} ms at {rate} req/s; cold {:.2}×, \
-         p99 {cold_fixed_p99:.3} ms at {cold_rate} req/s (targets: hot ≥ 1.0×, p99 ≤ 1 ms)",
-        hot_rps / redis_rps,
-        cold_rps / redis_rps
-    );
-    drop(processes);
-    clear_redis(&prefix).await?;
-    Ok(())
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -9,28 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{clear_redis, count, create_database, drop_database, redis_url};
+use crate::{Processes, clear_redis, count, create_database, drop_database, redis_url, wait_http};
 
 const SIMULATOR_PORT: u16 = 18090;
 const GATEWAY_PORT: u16 = 18080;
 const WORKER_PORT: u16 = 19091;
 const ADMIN_KEY: &str = "bench-admin-key";
-
-/// Kills the child processes when the benchmark ends, however it ends.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                drop(Command::new("kill").arg("-TERM").arg(pid.to_string()).status());
-            }
-        }
-        for child in &mut self.0 {
-            drop(child.wait());
-        }
-    }
-}
 
 struct Measurement {
     rate: u32,
@@ -39,18 +23,6 @@ struct Measurement {
     p50_ms: f64,
     p99_ms: f64,
     requests: u64,
-}
-
-async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurement> {

@@ -6,11 +6,17 @@
 //!   committed rows, against a raw `COPY` of the same rows into the same schema.
 //! - `gateway`: chat completions through api-gateway (logging on) against the upstream
 //!   simulator alone, at the same fixed request rate, measured with oha.
-//! - `cache`: cache-service GET against redis-benchmark GET on the same Redis.
+//! - `cache`: cache-service GET against Redis GET on the same Redis, at the same
+//!   concurrency (redis-benchmark, wrk and one client that speaks both).
+//! - `load`: that client, alone (the `cache` benchmark runs it pinned to a core).
 
 mod cache;
 mod gateway;
 mod ingest;
+mod loadgen;
+
+use std::process::{Child, Command as Process};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -42,26 +48,93 @@ enum Command {
         #[arg(long)]
         no_max_rate: bool,
     },
-    /// cache-service GET (hot key in L1, and cold through Redis) vs redis-benchmark GET.
+    /// cache-service GET (hot key in L1, and cold through Redis) vs Redis GET.
     Cache {
+        /// Connections of every client in the main comparison.
         #[arg(long, default_value_t = 64)]
         connections: u32,
-        #[arg(long, default_value_t = 10)]
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Interleaved rounds of the main comparison (figures are medians).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         #[arg(long, default_value = "target/release")]
         bin_dir: std::path::PathBuf,
     },
+    /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
+    Load {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, value_enum)]
+        protocol: loadgen::Protocol,
+        /// The Redis key, or the HTTP path.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Seconds run before measuring.
+        #[arg(long, default_value_t = 1)]
+        warmup_secs: u64,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Ingest { events } => ingest::run(events).await,
-        Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
-            gateway::run(rate, seconds, &bin_dir, !no_max_rate).await
-        }
-        Command::Cache { connections, seconds, bin_dir } => cache::run(connections, seconds, &bin_dir).await,
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    if let Command::Load { addr, protocol, target, connections, seconds, warmup_secs } = command {
+        // Its own single-threaded runtime: the client must not be spread over cores.
+        let report = loadgen::run(
+            addr,
+            protocol,
+            &target,
+            connections,
+            Duration::from_secs(warmup_secs),
+            Duration::from_secs(seconds),
+        )?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            Command::Ingest { events } => ingest::run(events).await,
+            Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
+                gateway::run(rate, seconds, &bin_dir, !no_max_rate).await
+            }
+            Command::Cache { connections, seconds, rounds, bin_dir } => {
+                cache::run(connections, seconds, rounds, &bin_dir).await
+            }
+            Command::Load { .. } => Ok(()),
+        }
+    })
+}
+
+/// Child processes, stopped (SIGTERM, then waited for) when the benchmark ends, however
+/// it ends.
+pub struct Processes(pub Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            drop(Process::new("kill").arg("-TERM").arg(child.id().to_string()).status());
+        }
+        for child in &mut self.0 {
+            drop(child.wait());
+        }
+    }
+}
+
+/// Waits up to 30 s for `url` to answer 2xx.
+pub async fn wait_http(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while !client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "{url} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL server the benchmarks create their databases on.
