@@ -41,18 +41,13 @@ pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, 
     }
 }
 
-/// Opens the Redis connection when there is none, and while degraded pings Redis
-/// twice a second, turning the store back to both tiers when it answers.
+/// While degraded, pings Redis twice a second, turning the store back to both tiers
+/// when it answers.
 pub async fn redis_monitor(store: Arc<CacheStore>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        if store.conn().is_err()
-            && let Err(err) = store.connect().await
-        {
-            store.note_redis_unreachable(&err);
-        }
         if store.is_degraded() {
             let ping = async {
-                let mut conn = store.conn().ok()?;
+                let mut conn = store.conn().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
             };
             if tokio::time::timeout(Duration::from_secs(1), ping).await.ok().flatten().is_some() {

@@ -288,7 +288,7 @@ async fn flush(req: &HttpRequest, state: &AppState, namespace: &str) -> Result<H
 /// Reads Redis INFO into the gauges; `None` when Redis does not answer.
 async fn refresh_redis_gauges(store: &CacheStore) -> Option<String> {
     let info = async {
-        let mut conn = store.conn().ok()?;
+        let mut conn = store.conn().await.ok()?;
         redis::cmd("INFO").arg("memory").arg("stats").query_async::<String>(&mut conn).await.ok()
     };
     let info = tokio::time::timeout(Duration::from_secs(1), info).await.ok().flatten()?;

@@ -37,7 +37,7 @@ pub async fn run(
         Duration::from_secs(settings.l1_max_ttl_secs),
         metrics::CacheMetrics::new()?,
     )?;
-    if let Err(err) = store.connect().await {
+    if let Err(err) = store.conn().await {
         // Serve from L1 alone; the monitor keeps trying.
         store.note_redis_unreachable(&err);
     }

@@ -5,6 +5,12 @@
 //! out, the store turns *degraded*: reads and writes use L1 alone, callers see no
 //! error, and a monitor pings Redis until it answers again.
 //!
+//! Each thread that talks to Redis (every HTTP worker, and the background runtime's
+//! threads) opens its own multiplexed, self-reconnecting connection on first use. A
+//! connection's driver task runs on the runtime that opened it, so a worker's commands
+//! are written and their replies read on the worker's own thread, with no hand-over
+//! to another thread per command.
+//!
 //! Coherence between replicas: every write or delete also publishes the key on the
 //! channel `{prefix}cache:invalidate`; each replica drops those keys from its L1.
 //! Staleness is bounded by pub/sub delivery while the link is up (well under a
@@ -12,8 +18,10 @@
 //! keeps an entry read from or written to Redis no longer than that. An entry written
 //! while Redis is down exists nowhere else, so L1 keeps it for its full TTL.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,11 +79,12 @@ const OP_FLUSH: &str = "flush";
 
 pub struct CacheStore {
     l1: Option<Cache<String, L1Value>>,
-    /// One multiplexed, self-reconnecting connection: concurrent requests share it
-    /// (pipelined on the wire), with no per-request checkout or health ping.
-    redis: std::sync::RwLock<Option<ConnectionManager>>,
+    /// One connection per thread (see the module comment); concurrent requests on a
+    /// thread share it, pipelined on the wire, with no checkout or health ping.
+    connections: RwLock<HashMap<ThreadId, ConnectionManager>>,
     client: redis::Client,
     redis_config: ConnectionManagerConfig,
+    redis_timeout: Duration,
     prefix: String,
     l1_max_ttl: Duration,
     degraded: AtomicBool,
@@ -121,9 +130,10 @@ impl CacheStore {
             .set_max_delay(Duration::from_millis(500));
         Ok(Arc::new(Self {
             l1,
-            redis: std::sync::RwLock::new(None),
+            connections: RwLock::new(HashMap::new()),
             client: redis::Client::open(redis_url)?,
             redis_config,
+            redis_timeout,
             prefix,
             l1_max_ttl,
             degraded: AtomicBool::new(false),
@@ -133,15 +143,23 @@ impl CacheStore {
         }))
     }
 
-    /// Opens the Redis connection; until it exists the store runs on L1 alone.
-    pub async fn connect(&self) -> Result<(), String> {
-        let manager = ConnectionManager::new_with_config(self.client.clone(), self.redis_config.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Ok(mut slot) = self.redis.write() {
-            *slot = Some(manager);
+    /// This thread's Redis connection (a cheap clone), opened on first use within
+    /// `redis_timeout`.
+    pub async fn conn(&self) -> Result<ConnectionManager, String> {
+        let thread = std::thread::current().id();
+        if let Some(conn) = self.connections.read().ok().and_then(|c| c.get(&thread).cloned()) {
+            return Ok(conn);
         }
-        Ok(())
+        let open = ConnectionManager::new_with_config(self.client.clone(), self.redis_config.clone());
+        let conn = match tokio::time::timeout(self.redis_timeout, open).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no connection to Redis within {:?}", self.redis_timeout)),
+        };
+        if let Ok(mut connections) = self.connections.write() {
+            connections.insert(thread, conn.clone());
+        }
+        Ok(conn)
     }
 
     pub fn channel(&self) -> String {
@@ -173,8 +191,12 @@ impl CacheStore {
         }
     }
 
-    /// The monitor's verdict: Redis answers again.
+    /// The monitor's verdict: Redis answers again. Every thread opens a fresh
+    /// connection on its next command rather than finding out that its old one broke.
     pub fn note_redis_back(&self) {
+        if let Ok(mut connections) = self.connections.write() {
+            connections.clear();
+        }
         if self.degraded.swap(false, Ordering::Relaxed) {
             self.metrics.fallback_active.set(0);
             tracing::info!("Redis answers again: both tiers in use");
@@ -210,11 +232,6 @@ impl CacheStore {
                 .with_label_values(&[namespace, tier.as_str(), if hit { "hit" } else { "miss" }])
                 .inc(),
         }
-    }
-
-    /// The shared connection (a cheap clone), or an error while there is none.
-    pub fn conn(&self) -> Result<ConnectionManager, String> {
-        self.redis.read().ok().and_then(|slot| slot.clone()).ok_or_else(|| "not connected to Redis".to_owned())
     }
 
     /// Looks a key up in L1, then Redis (refilling L1 from Redis with the key's
@@ -297,7 +314,7 @@ impl CacheStore {
         for key in keys {
             pipe.cmd("GET").arg(*key).cmd("PTTL").arg(*key);
         }
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let values: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
         values
             .chunks(2)
@@ -342,7 +359,7 @@ impl CacheStore {
     pub async fn flush(&self, namespace: &str) -> Result<u64, String> {
         let pattern_prefix = self.full_key(namespace, "");
         self.l1_drop_prefix(&pattern_prefix);
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let mut cursor: u64 = 0;
         let mut removed = 0u64;
         loop {
@@ -382,7 +399,7 @@ impl CacheStore {
         }
         let message = format!("{}\n{op}\n{}", self.replica_id, keys.join("\n"));
         pipe.cmd("PUBLISH").arg(self.channel()).arg(message).ignore();
-        let result = match self.conn() {
+        let result = match self.conn().await {
             Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
