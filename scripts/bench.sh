@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench: ingest throughput vs raw COPY, and gateway overhead vs the upstream alone.
+# make bench: ingest throughput vs raw COPY, gateway overhead vs the upstream alone,
+# and cache-service GET vs Redis GET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v oha >/dev/null 2>&1; then
@@ -15,4 +16,5 @@ target/release/headhunter-bench ingest --events "${BENCH_EVENTS:-200000}"
 echo
 target/release/headhunter-bench gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}"
 echo
-target/release/headhunter-bench cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_SECONDS:-10}"
+target/release/headhunter-bench cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
+  --rounds "${BENCH_CACHE_ROUNDS:-3}"

@@ -82,33 +82,29 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let command = Cli::parse().command;
-    if let Command::Load { addr, protocol, target, connections, seconds, warmup_secs } = command {
-        // Its own single-threaded runtime: the client must not be spread over cores.
-        let report = loadgen::run(
-            addr,
-            protocol,
-            &target,
-            connections,
-            Duration::from_secs(warmup_secs),
-            Duration::from_secs(seconds),
-        )?;
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match command {
-            Command::Ingest { events } => ingest::run(events).await,
-            Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
-                gateway::run(rate, seconds, &bin_dir, !no_max_rate).await
-            }
-            Command::Cache { connections, seconds, rounds, bin_dir } => {
-                cache::run(connections, seconds, rounds, &bin_dir).await
-            }
-            Command::Load { .. } => Ok(()),
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match Cli::parse().command {
+        Command::Ingest { events } => runtime()?.block_on(ingest::run(events)),
+        Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
+            runtime()?.block_on(gateway::run(rate, seconds, &bin_dir, !no_max_rate))
         }
-    })
+        Command::Cache { connections, seconds, rounds, bin_dir } => {
+            runtime()?.block_on(cache::run(connections, seconds, rounds, &bin_dir))
+        }
+        Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
+            // Its own single-threaded runtime: the client must not spread over cores.
+            let report = loadgen::run(
+                addr,
+                protocol,
+                &target,
+                connections,
+                Duration::from_secs(warmup_secs),
+                Duration::from_secs(seconds),
+            )?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+    }
 }
 
 /// Child processes, stopped (SIGTERM, then waited for) when the benchmark ends, however
