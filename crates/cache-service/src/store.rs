@@ -13,13 +13,17 @@
 //!
 //! Coherence between replicas: every write or delete also publishes the key on the
 //! channel `{prefix}cache:invalidate`; each replica drops those keys from its L1.
+//! A value read from Redis goes into L1 only if no write, delete or invalidation of
+//! its key happened while the read was in flight (a generation counter per stripe of
+//! keys tells), so a read that raced a newer write never brings the older value back.
 //! Staleness is bounded by pub/sub delivery while the link is up (well under a
 //! millisecond locally) and by `l1_max_ttl_secs` if a replica misses a message: L1
 //! keeps an entry read from or written to Redis no longer than that. An entry written
 //! while Redis is down exists nowhere else, so L1 keeps it for its full TTL.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -74,6 +78,10 @@ impl Expiry<String, L1Value> for ExpireAt {
 /// A value read from Redis and its remaining TTL in milliseconds.
 type ValueWithTtl = (Option<Vec<u8>>, i64);
 
+/// Stripes of the write generations: keys share a counter when their hashes collide,
+/// which costs a skipped L1 fill, never a stale one.
+const GENERATION_STRIPES: usize = 256;
+
 const OP_DELETE: &str = "del";
 const OP_FLUSH: &str = "flush";
 
@@ -88,6 +96,9 @@ pub struct CacheStore {
     prefix: String,
     l1_max_ttl: Duration,
     degraded: AtomicBool,
+    /// Bumped before every change to a key in L1 (see the module comment).
+    generations: Box<[AtomicU64]>,
+    stripe_hasher: std::hash::RandomState,
     replica_id: String,
     /// Look-up counters per namespace, resolved once: [l1 hit, l1 miss, redis hit, redis miss].
     /// A handful of namespaces: a scan beats hashing the name.
@@ -137,6 +148,8 @@ impl CacheStore {
             prefix,
             l1_max_ttl,
             degraded: AtomicBool::new(false),
+            generations: (0..GENERATION_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripe_hasher: std::hash::RandomState::new(),
             replica_id,
             lookup_counters,
             metrics,
@@ -200,6 +213,22 @@ impl CacheStore {
         if self.degraded.swap(false, Ordering::Relaxed) {
             self.metrics.fallback_active.set(0);
             tracing::info!("Redis answers again: both tiers in use");
+        }
+    }
+
+    fn generation(&self, full: &str) -> &AtomicU64 {
+        let stripe = self.stripe_hasher.hash_one(full) as usize % GENERATION_STRIPES;
+        &self.generations[stripe]
+    }
+
+    /// Marks `full` as changing: a Redis read of it now in flight will not fill L1.
+    fn bump(&self, full: &str) {
+        self.generation(full).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn bump_all(&self) {
+        for g in &*self.generations {
+            g.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -288,16 +317,17 @@ impl CacheStore {
             return;
         }
         let wanted: Vec<&str> = missing.iter().map(|i| full[*i].as_str()).collect();
+        let before: Vec<u64> = wanted.iter().map(|k| self.generation(k).load(Ordering::SeqCst)).collect();
         let reply = self.read_with_ttl(&wanted).await;
         match reply {
             Ok(values) => {
-                for (i, (value, pttl)) in missing.into_iter().zip(values) {
+                for ((i, (value, pttl)), before) in missing.into_iter().zip(values).zip(before) {
                     match value {
                         Some(v) => {
                             self.count(namespace, Tier::Redis, true);
                             let bytes = Bytes::from(v);
                             let ttl = u64::try_from(pttl).map_or(self.l1_max_ttl, Duration::from_millis);
-                            self.l1_put(full[i].clone(), bytes.clone(), ttl, true);
+                            self.l1_fill(&full[i], bytes.clone(), ttl, before);
                             found[i] = Some((bytes, Tier::Redis));
                         }
                         None => self.count(namespace, Tier::Redis, false),
@@ -305,6 +335,22 @@ impl CacheStore {
                 }
             }
             Err(err) => self.note_redis_error(&err),
+        }
+    }
+
+    /// Puts a value read from Redis into L1 unless its key changed since `before`.
+    /// Checked after the insert, so a change that lands between check and insert is
+    /// caught too; undoing the insert may then drop a newer value, which only costs a
+    /// miss.
+    fn l1_fill(&self, full: &str, bytes: Bytes, ttl: Duration, before: u64) {
+        if self.generation(full).load(Ordering::SeqCst) != before {
+            return;
+        }
+        self.l1_put(full.to_owned(), bytes, ttl, true);
+        if self.generation(full).load(Ordering::SeqCst) != before
+            && let Some(l1) = &self.l1
+        {
+            l1.invalidate(full);
         }
     }
 
@@ -336,6 +382,7 @@ impl CacheStore {
         for (key, value) in entries {
             let full = self.full_key(namespace, &key);
             pipe.cmd("SET").arg(&full).arg(value.as_ref()).arg("PX").arg(ttl_ms).ignore();
+            self.bump(&full);
             self.l1_put(full.clone(), value, ttl, shared);
             keys.push(full);
         }
@@ -347,6 +394,7 @@ impl CacheStore {
     /// Removes a key from both tiers, here and in every replica's L1.
     pub async fn delete(&self, namespace: &str, key: &str) {
         let full = self.full_key(namespace, key);
+        self.bump(&full);
         if let Some(l1) = &self.l1 {
             l1.invalidate(&full);
         }
@@ -413,6 +461,7 @@ impl CacheStore {
     }
 
     fn l1_drop_prefix(&self, prefix: &str) {
+        self.bump_all();
         if let Some(l1) = &self.l1 {
             let doomed: Vec<Arc<String>> = l1.iter().map(|(k, _)| k).filter(|k| k.starts_with(prefix)).collect();
             for k in doomed {
@@ -432,8 +481,9 @@ impl CacheStore {
         self.metrics.invalidations_received.inc();
         match op {
             OP_DELETE => {
-                if let Some(l1) = &self.l1 {
-                    for key in lines {
+                for key in lines {
+                    self.bump(key);
+                    if let Some(l1) = &self.l1 {
                         l1.invalidate(key);
                     }
                 }

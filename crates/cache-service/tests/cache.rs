@@ -234,6 +234,37 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
     redis.kill().await
 }
 
+/// A read from Redis still in flight when the same key is written must not put what it
+/// read into L1: the write is newer. Redis is paused so that the two overlap for sure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Result<()> {
+    let port = test_support::local_listener()?.local_addr()?.port();
+    let redis = OwnRedis::start(port)?;
+    redis.wait_up().await?;
+    let url = redis.url();
+    // The pause must not count as Redis being down.
+    let svc = Running::start(&url, "", |s| s.redis_timeout_ms = 5000).await?;
+    let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+    // Stored behind the service's back, so its L1 does not have it and a GET reads Redis.
+    redis::cmd("SET").arg("analysis:report-7").arg("old").query_async::<()>(&mut conn).await?;
+
+    redis::cmd("CLIENT").arg("PAUSE").arg(600).arg("ALL").query_async::<()>(&mut conn).await?;
+    let read = tokio::spawn({
+        let (http, url) = (svc.http.clone(), format!("{}/v1/cache/analysis/report-7", svc.url));
+        async move { anyhow::Ok(http.get(url).send().await?.bytes().await?) }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await; // the GET now waits in Redis
+    let (read, written) = tokio::join!(read, svc.put("analysis", "report-7", b"new", None));
+    assert_eq!(read??, "old", "the GET was answered with what Redis held when it asked");
+    assert_eq!(written?, 204);
+
+    assert_eq!(svc.get("analysis", "report-7").await?, (200, Some("l1".into()), b"new".to_vec()));
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("analysis:report-7").query_async(&mut conn).await?;
+    assert_eq!(stored.as_deref(), Some(&b"new"[..]));
+    svc.stop().await?;
+    redis.kill().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_stay_coherent() -> anyhow::Result<()> {
     let redis = TestRedis::new();
