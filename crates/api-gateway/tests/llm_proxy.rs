@@ -219,5 +219,14 @@ async fn a_repeated_deterministic_request_is_answered_from_the_cache() -> anyhow
         first_row.cost
     );
     assert_eq!(hit.tokens_used, first_row.tokens_used);
+    // The token counters say what the upstream consumed: the hit adds nothing.
+    let metrics = stack.metrics().await?;
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("headhunter_gateway_llm_tokens_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let upstream: i64 = rows.iter().filter(|r| !r.cache_hit).filter_map(|r| r.tokens_used).map(i64::from).sum();
+    assert_eq!(i64::try_from(counted)?, upstream, "{metrics}");
     stack.stop().await
 }

@@ -225,7 +225,10 @@ impl CallLogger {
         let event = record.into_event(&self.settings);
         let m = &self.metrics;
         m.llm_calls.with_label_values(&[event.error_type.as_deref().unwrap_or("ok")]).inc();
-        if let (Some(i), Some(o)) = (event.tokens_input, event.tokens_output) {
+        // A cache hit carries the answer's usage in its row but consumed nothing upstream.
+        if !event.cache_hit
+            && let (Some(i), Some(o)) = (event.tokens_input, event.tokens_output)
+        {
             m.llm_tokens.with_label_values(&["input"]).inc_by(u64::try_from(i).unwrap_or(0));
             m.llm_tokens.with_label_values(&["output"]).inc_by(u64::try_from(o).unwrap_or(0));
         }
