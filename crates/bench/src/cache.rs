@@ -259,8 +259,10 @@ pub async fn run(connections: u32, seconds: u64, rounds: u32, bin_dir: &Path) ->
     for (label, sample) in ROWS.iter().zip(&m) {
         print_sample(label, sample);
     }
+    // What any answer costs on this server and client: the HTTP floor under the cache.
+    print_sample("HTTP floor: /healthz, wrk -t1", &wrk(at, &url(hot_port, "/healthz"), connections, seconds)?);
     let floor = same_client(at, hot_port, Protocol::Http, "/healthz", connections, seconds)?;
-    print_sample("HTTP floor: bare /healthz, same client", &floor);
+    print_sample("HTTP floor: /healthz, same client", &floor);
 
     println!();
     println!("concurrency sweep, same client for both, {} s each", seconds.min(3));
