@@ -41,8 +41,8 @@ pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, 
     }
 }
 
-/// While degraded, pings Redis twice a second, turning the store back to both tiers
-/// when it answers.
+/// While degraded, pings Redis twice a second; when it answers, the store replays the
+/// writes made meanwhile and turns back to both tiers.
 pub async fn redis_monitor(store: Arc<CacheStore>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if store.is_degraded() {
@@ -50,8 +50,10 @@ pub async fn redis_monitor(store: Arc<CacheStore>, mut shutdown: watch::Receiver
                 let mut conn = store.conn().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
             };
-            if tokio::time::timeout(Duration::from_secs(1), ping).await.ok().flatten().is_some() {
-                store.note_redis_back();
+            if tokio::time::timeout(Duration::from_secs(1), ping).await.ok().flatten().is_some()
+                && let Err(err) = store.recover().await
+            {
+                tracing::debug!(error = %err, "Redis stopped answering during the replay");
             }
         }
         tokio::select! {

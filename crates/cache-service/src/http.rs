@@ -70,7 +70,17 @@ impl AppState {
         if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
             return Err(ApiError::bad("key", "invalid_key", "keys are visible ASCII characters other than `/`"));
         }
+        // URL parsers fold these path segments away, so no HTTP client could reach them.
+        if key == "." || key == ".." {
+            return Err(ApiError::bad("key", "invalid_key", "`.` and `..` cannot be keys"));
+        }
         Ok(())
+    }
+
+    /// A batch get body holds at most `max_batch_keys` JSON strings of `max_key_bytes`
+    /// (each escape doubling a character at most); anything longer is refused unread.
+    fn batch_get_body_limit(&self) -> usize {
+        self.settings.max_batch_keys * (2 * self.settings.max_key_bytes + 3) + 64
     }
 
     fn ttl(&self, namespace: &str, query: &TtlQuery) -> Result<Duration, ApiError> {
@@ -214,7 +224,7 @@ async fn batch_get(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     state.namespace_ttl(namespace)?;
-    let body = read_limited(req, payload, state.settings.max_batch_bytes, "body").await?;
+    let body = read_limited(req, payload, state.batch_get_body_limit(), "body").await?;
     let request: BatchGet = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("keys", "invalid_body", format!("expected {{\"keys\": [...]}}: {e}")))?;
     if request.keys.len() > state.settings.max_batch_keys {
@@ -243,15 +253,12 @@ async fn batch_put(
 ) -> Result<HttpResponse, ApiError> {
     let ttl = state.ttl(namespace, query)?;
     let body = read_limited(req, payload, state.settings.max_batch_bytes, "body").await?;
-    let entries =
-        cache_wire::decode_entries(&body).map_err(|e| ApiError::bad("body", "invalid_frame", e.to_string()))?;
-    if entries.len() > state.settings.max_batch_keys {
-        return Err(ApiError::bad(
-            "body",
-            "too_many_keys",
-            format!("at most {} entries per batch", state.settings.max_batch_keys),
-        ));
-    }
+    let entries = cache_wire::decode_entries(&body, state.settings.max_batch_keys).map_err(|e| match e {
+        cache_wire::FrameError::TooManyEntries(max) => {
+            ApiError::bad("body", "too_many_keys", format!("at most {max} entries per batch"))
+        }
+        other => ApiError::bad("body", "invalid_frame", other.to_string()),
+    })?;
     let mut owned = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         state.check_key(&key)?;
@@ -261,7 +268,9 @@ async fn batch_put(
                 message: format!("the value of `{key}` exceeds the limit of {} bytes", state.settings.max_value_bytes),
             });
         }
-        owned.push((key, body.slice_ref(value)));
+        // A copy, not a slice: a slice would keep the whole body alive in L1 while
+        // L1 counts only the value's bytes.
+        owned.push((key, Bytes::copy_from_slice(value)));
     }
     state.store.put_many(namespace, owned, ttl).await;
     Ok(HttpResponse::NoContent().finish())
@@ -345,6 +354,7 @@ async fn stats(state: web::Data<AppState>) -> HttpResponse {
             "evicted_keys": m.redis_evicted_keys.get(),
         },
         "fallback_active": store.is_degraded(),
+        "fallback_writes_pending": m.fallback_writes_pending.get(),
     }))
 }
 

@@ -4,13 +4,15 @@
 
 pub mod background;
 pub mod error;
+pub mod fallback;
+pub mod generations;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use common_models::settings::redact_url;
@@ -28,15 +30,7 @@ pub async fn run(
     let settings = Arc::new(settings);
     let redis_url = settings.cache_redis().to_owned();
     tracing::info!(addr = %listener.local_addr()?, redis = %redact_url(&redis_url), "cache-service starting");
-    let store = CacheStore::new(
-        &redis_url,
-        Duration::from_millis(settings.redis_timeout_ms),
-        settings.redis_key_prefix.clone(),
-        settings.namespaces.keys().cloned(),
-        settings.l1_max_bytes,
-        Duration::from_secs(settings.l1_max_ttl_secs),
-        metrics::CacheMetrics::new()?,
-    )?;
+    let store = CacheStore::new(&settings, metrics::CacheMetrics::new()?)?;
     if let Err(err) = store.conn().await {
         // Serve from L1 alone; the monitor keeps trying.
         store.note_redis_unreachable(&err);

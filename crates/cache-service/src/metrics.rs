@@ -7,7 +7,8 @@ pub struct CacheMetrics {
     pub registry: Registry,
     /// Look-ups by namespace, tier (`l1`, `redis`) and result (`hit`, `miss`).
     pub lookups: IntCounterVec,
-    /// Entries written, by namespace and where (`both`, `l1_only` while Redis is down).
+    /// Entries written, by namespace and where: `both`; `deferred` (L1 now, Redis when
+    /// it answers again); `l1_only` (Redis refused it, or the fallback log was full).
     pub writes: IntCounterVec,
     /// Entries in L1, and their weight (key + value bytes).
     pub l1_entries: IntGauge,
@@ -18,8 +19,16 @@ pub struct CacheMetrics {
     pub redis_evicted_keys: IntGauge,
     /// 1 while Redis is unreachable and L1 alone serves.
     pub fallback_active: IntGauge,
-    /// Failed Redis commands.
-    pub redis_errors: IntCounter,
+    /// Failed Redis commands by kind: `outage` (no answer; fallback follows) or
+    /// `refused` (Redis answered with an error).
+    pub redis_errors: IntCounterVec,
+    /// Writes waiting in the fallback log for Redis to answer.
+    pub fallback_writes_pending: IntGauge,
+    /// Writes from the fallback log that reached Redis.
+    pub fallback_writes_replayed: IntCounter,
+    /// Writes made while Redis was down that will never reach it (the log was full, or
+    /// Redis refused them at the replay).
+    pub fallback_writes_unreplayed: IntCounter,
     /// Invalidations received from other replicas.
     pub invalidations_received: IntCounter,
 }
@@ -39,14 +48,29 @@ impl CacheMetrics {
             redis_maxmemory: IntGauge::new("redis_maxmemory_bytes", "Redis maxmemory (0: unlimited)")?,
             redis_evicted_keys: IntGauge::new("redis_evicted_keys", "Keys Redis evicted since it started")?,
             fallback_active: IntGauge::new("fallback_active", "1 while L1 alone serves (Redis down)")?,
-            redis_errors: IntCounter::new("redis_errors_total", "Failed Redis commands")?,
+            redis_errors: IntCounterVec::new(
+                Opts::new("redis_errors_total", "Failed Redis commands by kind (outage, refused)"),
+                &["kind"],
+            )?,
+            fallback_writes_pending: IntGauge::new(
+                "fallback_writes_pending",
+                "Writes made while Redis was down, waiting to be replayed",
+            )?,
+            fallback_writes_replayed: IntCounter::new(
+                "fallback_writes_replayed_total",
+                "Writes made while Redis was down that reached it when it answered again",
+            )?,
+            fallback_writes_unreplayed: IntCounter::new(
+                "fallback_writes_unreplayed_total",
+                "Writes made while Redis was down that will not reach it (log full, or refused)",
+            )?,
             invalidations_received: IntCounter::new(
                 "invalidations_received_total",
                 "Invalidations from other replicas",
             )?,
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(m.lookups.clone()),
             Box::new(m.writes.clone()),
             Box::new(m.l1_entries.clone()),
@@ -56,6 +80,9 @@ impl CacheMetrics {
             Box::new(m.redis_evicted_keys.clone()),
             Box::new(m.fallback_active.clone()),
             Box::new(m.redis_errors.clone()),
+            Box::new(m.fallback_writes_pending.clone()),
+            Box::new(m.fallback_writes_replayed.clone()),
+            Box::new(m.fallback_writes_unreplayed.clone()),
             Box::new(m.invalidations_received.clone()),
         ];
         for c in collectors {

@@ -18,6 +18,7 @@ pub struct CacheSettings {
     pub redis_timeout_ms: u64,
     pub l1_max_bytes: u64,
     pub l1_max_ttl_secs: u64,
+    pub fallback_log_max_bytes: usize,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_ttl_secs: u64,

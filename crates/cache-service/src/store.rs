@@ -1,39 +1,39 @@
 //! The two tiers: an in-process L1 (bounded in bytes, TTL respected) in front of Redis.
 //!
 //! Redis keys are `{prefix}{namespace}:{key}` (the seeds' `embedding:{hash}`,
-//! `llm:{hash}`, …); L1 uses the same strings. When a Redis command fails or times
-//! out, the store turns *degraded*: reads and writes use L1 alone, callers see no
-//! error, and a monitor pings Redis until it answers again.
+//! `llm:{hash}`, …); L1 uses the same strings. When Redis does not answer (connection
+//! refused or dropped, or no reply within `redis_timeout`), the store turns
+//! *degraded*: reads use L1 alone, writes go to L1 and to the fallback log (see
+//! `fallback`), callers see no error, and a monitor pings Redis until it answers, then
+//! replays the log before leaving fallback. An error Redis answers with (out of memory,
+//! say) fails that command only: it is counted, and Redis stays in use.
 //!
-//! Each thread that talks to Redis (every HTTP worker, and the background runtime's
-//! threads) opens its own multiplexed, self-reconnecting connection on first use. A
-//! connection's driver task runs on the runtime that opened it, so a worker's commands
-//! are written and their replies read on the worker's own thread, with no hand-over
-//! to another thread per command.
+//! Redis is reached through `link` (a connection per thread).
 //!
 //! Coherence between replicas: every write or delete also publishes the key on the
 //! channel `{prefix}cache:invalidate`; each replica drops those keys from its L1.
 //! A value read from Redis goes into L1 only if no write, delete or invalidation of
-//! its key happened while the read was in flight (a generation counter per stripe of
-//! keys tells), so a read that raced a newer write never brings the older value back.
+//! its key happened while the read was in flight (see `generations`), so a read that
+//! raced a newer write never brings the older value back.
 //! Staleness is bounded by pub/sub delivery while the link is up (well under a
 //! millisecond locally) and by `l1_max_ttl_secs` if a replica misses a message: L1
 //! keeps an entry read from or written to Redis no longer than that. An entry written
-//! while Redis is down exists nowhere else, so L1 keeps it for its full TTL.
+//! while Redis is down keeps its full TTL in L1 until the replay puts it in Redis.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::thread::ThreadId;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::Expiry;
 use moka::sync::Cache;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
+use crate::fallback::{FallbackLog, Write};
+use crate::generations::Generations;
+use crate::link::{Failure, RedisLink};
 use crate::metrics::CacheMetrics;
+use crate::settings::CacheSettings;
 
 /// Where a value was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,27 +78,49 @@ impl Expiry<String, L1Value> for ExpireAt {
 /// A value read from Redis and its remaining TTL in milliseconds.
 type ValueWithTtl = (Option<Vec<u8>>, i64);
 
-/// Stripes of the write generations: keys share a counter when their hashes collide,
-/// which costs a skipped L1 fill, never a stale one.
-const GENERATION_STRIPES: usize = 256;
+/// PTTL's answer for a key that does not exist (it expired after the GET).
+const PTTL_NO_KEY: i64 = -2;
+
+/// Writes replayed per round trip when Redis answers again: up to this many, and about
+/// this many bytes, so that one round trip fits in `redis_timeout`.
+const REPLAY_BATCH: usize = 500;
+const REPLAY_BATCH_BYTES: usize = 4 << 20;
+
+/// Where a write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// L1 and Redis.
+    Both,
+    /// L1 now, Redis when it answers again (the fallback log).
+    Deferred,
+    /// L1 only: Redis refused it, or the fallback log was full.
+    L1Only,
+}
+
+impl Stored {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Deferred => "deferred",
+            Self::L1Only => "l1_only",
+        }
+    }
+}
 
 const OP_DELETE: &str = "del";
 const OP_FLUSH: &str = "flush";
 
 pub struct CacheStore {
     l1: Option<Cache<String, L1Value>>,
-    /// One connection per thread (see the module comment); concurrent requests on a
-    /// thread share it, pipelined on the wire, with no checkout or health ping.
-    connections: RwLock<HashMap<ThreadId, ConnectionManager>>,
-    client: redis::Client,
-    redis_config: ConnectionManagerConfig,
-    redis_timeout: Duration,
+    redis: RedisLink,
     prefix: String,
     l1_max_ttl: Duration,
     degraded: AtomicBool,
-    /// Bumped before every change to a key in L1 (see the module comment).
-    generations: Box<[AtomicU64]>,
-    stripe_hasher: std::hash::RandomState,
+    /// Writes made while degraded, replayed when Redis answers again. Writers check
+    /// `degraded` under its lock, and the replay clears `degraded` under it, so no
+    /// write is left behind in the log.
+    fallback_log: Mutex<FallbackLog>,
+    generations: Generations,
     replica_id: String,
     /// Look-up counters per namespace, resolved once: [l1 hit, l1 miss, redis hit, redis miss].
     /// A handful of namespaces: a scan beats hashing the name.
@@ -107,15 +129,8 @@ pub struct CacheStore {
 }
 
 impl CacheStore {
-    pub fn new(
-        redis_url: &str,
-        redis_timeout: Duration,
-        prefix: String,
-        namespaces: impl IntoIterator<Item = String>,
-        l1_max_bytes: u64,
-        l1_max_ttl: Duration,
-        metrics: CacheMetrics,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub fn new(settings: &CacheSettings, metrics: CacheMetrics) -> anyhow::Result<Arc<Self>> {
+        let namespaces = settings.namespaces.keys().cloned();
         let lookup_counters = namespaces
             .into_iter()
             .map(|ns| {
@@ -124,9 +139,9 @@ impl CacheStore {
                 (ns, counters)
             })
             .collect();
-        let l1 = (l1_max_bytes > 0).then(|| {
+        let l1 = (settings.l1_max_bytes > 0).then(|| {
             Cache::builder()
-                .max_capacity(l1_max_bytes)
+                .max_capacity(settings.l1_max_bytes)
                 .weigher(|k: &String, v: &L1Value| u32::try_from(k.len() + v.bytes.len() + 64).unwrap_or(u32::MAX))
                 .expire_after(ExpireAt)
                 .build()
@@ -134,45 +149,23 @@ impl CacheStore {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let replica_id = id.iter().map(|b| format!("{b:02x}")).collect();
-        let redis_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(redis_timeout))
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
         Ok(Arc::new(Self {
             l1,
-            connections: RwLock::new(HashMap::new()),
-            client: redis::Client::open(redis_url)?,
-            redis_config,
-            redis_timeout,
-            prefix,
-            l1_max_ttl,
+            redis: RedisLink::new(settings.cache_redis(), Duration::from_millis(settings.redis_timeout_ms))?,
+            prefix: settings.redis_key_prefix.clone(),
+            l1_max_ttl: Duration::from_secs(settings.l1_max_ttl_secs),
             degraded: AtomicBool::new(false),
-            generations: (0..GENERATION_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            stripe_hasher: std::hash::RandomState::new(),
+            fallback_log: Mutex::new(FallbackLog::new(settings.fallback_log_max_bytes)),
+            generations: Generations::default(),
             replica_id,
             lookup_counters,
             metrics,
         }))
     }
 
-    /// This thread's Redis connection (a cheap clone), opened on first use within
-    /// `redis_timeout`.
+    /// This thread's Redis connection (see `link`).
     pub async fn conn(&self) -> Result<ConnectionManager, String> {
-        let thread = std::thread::current().id();
-        if let Some(conn) = self.connections.read().ok().and_then(|c| c.get(&thread).cloned()) {
-            return Ok(conn);
-        }
-        let open = ConnectionManager::new_with_config(self.client.clone(), self.redis_config.clone());
-        let conn = match tokio::time::timeout(self.redis_timeout, open).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no connection to Redis within {:?}", self.redis_timeout)),
-        };
-        if let Ok(mut connections) = self.connections.write() {
-            connections.insert(thread, conn.clone());
-        }
-        Ok(conn)
+        self.redis.conn().await
     }
 
     pub fn channel(&self) -> String {
@@ -192,43 +185,78 @@ impl CacheStore {
         self.degraded.load(Ordering::Relaxed)
     }
 
+    /// Redis could not be reached (at start-up, or by the monitor).
     pub fn note_redis_unreachable(&self, err: &dyn std::fmt::Display) {
-        self.note_redis_error(err);
+        self.note_failure(&Failure::Outage(err.to_string()));
     }
 
-    fn note_redis_error(&self, err: &dyn std::fmt::Display) {
-        self.metrics.redis_errors.inc();
-        if !self.degraded.swap(true, Ordering::Relaxed) {
-            self.metrics.fallback_active.set(1);
-            tracing::warn!(error = %err, "Redis unreachable: serving from L1 alone until it answers again");
+    fn note_failure(&self, failure: &Failure) {
+        match failure {
+            Failure::Outage(err) => {
+                self.metrics.redis_errors.with_label_values(&["outage"]).inc();
+                if !self.degraded.swap(true, Ordering::SeqCst) {
+                    self.metrics.fallback_active.set(1);
+                    tracing::warn!(error = %err, "Redis unreachable: serving from L1 alone until it answers again");
+                }
+            }
+            Failure::Refused(err) => {
+                self.metrics.redis_errors.with_label_values(&["refused"]).inc();
+                tracing::debug!(error = %err, "Redis refused a command");
+            }
         }
     }
 
-    /// The monitor's verdict: Redis answers again. Every thread opens a fresh
-    /// connection on its next command rather than finding out that its old one broke.
-    pub fn note_redis_back(&self) {
-        if let Ok(mut connections) = self.connections.write() {
-            connections.clear();
+    fn fallback_log(&self) -> std::sync::MutexGuard<'_, FallbackLog> {
+        self.fallback_log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The monitor's verdict: Redis answers again. Replays the writes made meanwhile
+    /// (each replica replays its own), then leaves fallback; an error if Redis stops
+    /// answering during the replay (the rest waits for the next try).
+    pub async fn recover(&self) -> Result<(), String> {
+        self.redis.reset();
+        let mut replayed = 0usize;
+        loop {
+            let batch = {
+                let mut log = self.fallback_log();
+                if log.is_empty() {
+                    if self.degraded.swap(false, Ordering::SeqCst) {
+                        self.metrics.fallback_active.set(0);
+                        tracing::info!(replayed, "Redis answers again: both tiers in use");
+                    }
+                    self.metrics.fallback_writes_pending.set(0);
+                    return Ok(());
+                }
+                log.take(REPLAY_BATCH, REPLAY_BATCH_BYTES)
+            };
+            match self.send(&batch).await {
+                Ok(()) => {
+                    replayed += batch.len();
+                    self.metrics.fallback_writes_replayed.inc_by(batch.len() as u64);
+                    // Now in Redis, they are shared: L1 refills them with the capped TTL.
+                    for (full, _) in &batch {
+                        self.generations.bump(full);
+                        self.l1_invalidate(full);
+                    }
+                }
+                Err(Failure::Refused(err)) => {
+                    self.metrics.fallback_writes_unreplayed.inc_by(batch.len() as u64);
+                    tracing::warn!(error = %err, writes = batch.len(), "Redis refused replayed writes");
+                }
+                Err(Failure::Outage(err)) => {
+                    let mut log = self.fallback_log();
+                    let lost = log.restore(batch);
+                    self.metrics.fallback_writes_unreplayed.inc_by(lost as u64);
+                    self.metrics.fallback_writes_pending.set(i64::try_from(log.len()).unwrap_or(i64::MAX));
+                    return Err(err);
+                }
+            }
         }
-        if self.degraded.swap(false, Ordering::Relaxed) {
-            self.metrics.fallback_active.set(0);
-            tracing::info!("Redis answers again: both tiers in use");
-        }
     }
 
-    fn generation(&self, full: &str) -> &AtomicU64 {
-        let stripe = self.stripe_hasher.hash_one(full) as usize % GENERATION_STRIPES;
-        &self.generations[stripe]
-    }
-
-    /// Marks `full` as changing: a Redis read of it now in flight will not fill L1.
-    fn bump(&self, full: &str) {
-        self.generation(full).fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn bump_all(&self) {
-        for g in &*self.generations {
-            g.fetch_add(1, Ordering::SeqCst);
+    fn l1_invalidate(&self, full: &str) {
+        if let Some(l1) = &self.l1 {
+            l1.invalidate(full);
         }
     }
 
@@ -317,7 +345,7 @@ impl CacheStore {
             return;
         }
         let wanted: Vec<&str> = missing.iter().map(|i| full[*i].as_str()).collect();
-        let before: Vec<u64> = wanted.iter().map(|k| self.generation(k).load(Ordering::SeqCst)).collect();
+        let before: Vec<u64> = wanted.iter().map(|k| self.generations.current(k)).collect();
         let reply = self.read_with_ttl(&wanted).await;
         match reply {
             Ok(values) => {
@@ -326,15 +354,18 @@ impl CacheStore {
                         Some(v) => {
                             self.count(namespace, Tier::Redis, true);
                             let bytes = Bytes::from(v);
-                            let ttl = u64::try_from(pttl).map_or(self.l1_max_ttl, Duration::from_millis);
-                            self.l1_fill(&full[i], bytes.clone(), ttl, before);
+                            // No TTL (-1): L1's cap; expired since the GET (-2): not kept.
+                            if pttl != PTTL_NO_KEY {
+                                let ttl = u64::try_from(pttl).map_or(self.l1_max_ttl, Duration::from_millis);
+                                self.l1_fill(&full[i], bytes.clone(), ttl, before);
+                            }
                             found[i] = Some((bytes, Tier::Redis));
                         }
                         None => self.count(namespace, Tier::Redis, false),
                     }
                 }
             }
-            Err(err) => self.note_redis_error(&err),
+            Err(failure) => self.note_failure(&failure),
         }
     }
 
@@ -343,64 +374,133 @@ impl CacheStore {
     /// caught too; undoing the insert may then drop a newer value, which only costs a
     /// miss.
     fn l1_fill(&self, full: &str, bytes: Bytes, ttl: Duration, before: u64) {
-        if self.generation(full).load(Ordering::SeqCst) != before {
+        if self.generations.current(full) != before {
             return;
         }
         self.l1_put(full.to_owned(), bytes, ttl, true);
-        if self.generation(full).load(Ordering::SeqCst) != before
-            && let Some(l1) = &self.l1
-        {
-            l1.invalidate(full);
+        if self.generations.current(full) != before {
+            self.l1_invalidate(full);
         }
     }
 
     /// Values and remaining TTLs (ms; negative when none) of `keys`, one round trip.
-    async fn read_with_ttl(&self, keys: &[&str]) -> Result<Vec<ValueWithTtl>, String> {
+    async fn read_with_ttl(&self, keys: &[&str]) -> Result<Vec<ValueWithTtl>, Failure> {
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("GET").arg(*key).cmd("PTTL").arg(*key);
         }
-        let mut conn = self.conn().await?;
-        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        let mut conn = self.conn().await.map_err(Failure::Outage)?;
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         values
             .chunks(2)
             .map(|pair| {
-                let value: Option<Vec<u8>> = redis::from_redis_value_ref(&pair[0]).map_err(|e| e.to_string())?;
-                let ttl: i64 = redis::from_redis_value_ref(&pair[1]).map_err(|e| e.to_string())?;
+                let value: Option<Vec<u8>> =
+                    redis::from_redis_value_ref(&pair[0]).map_err(|e| Failure::Refused(e.to_string()))?;
+                let ttl: i64 = redis::from_redis_value_ref(&pair[1]).map_err(|e| Failure::Refused(e.to_string()))?;
                 Ok((value, ttl))
             })
             .collect()
     }
 
-    /// Stores entries in both tiers (L1 alone while Redis is down) and tells the other
-    /// replicas to drop their copies.
+    /// Stores entries in both tiers and tells the other replicas to drop their copies.
+    /// While Redis is down: in L1, and in Redis once it answers again.
     pub async fn put_many(&self, namespace: &str, entries: Vec<(String, Bytes)>, ttl: Duration) {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        let mut keys = Vec::with_capacity(entries.len());
+        let expires_at = Instant::now() + ttl;
         let shared = !self.is_degraded();
-        for (key, value) in entries {
-            let full = self.full_key(namespace, &key);
-            pipe.cmd("SET").arg(&full).arg(value.as_ref()).arg("PX").arg(ttl_ms).ignore();
-            self.bump(&full);
-            self.l1_put(full.clone(), value, ttl, shared);
-            keys.push(full);
+        let writes: Vec<(String, Write)> = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let full = self.full_key(namespace, &key);
+                self.generations.bump(&full);
+                self.l1_put(full.clone(), value.clone(), ttl, shared);
+                (full, Write::Put { value, expires_at })
+            })
+            .collect();
+        let stored = self.write_through(&writes).await;
+        if stored == Stored::Both {
+            // A read that reached Redis before this write may have put the older value
+            // into L1 in the meantime: ours goes back in.
+            // Its remaining time, so that L1 never outlives the Redis copy.
+            let remaining = expires_at.saturating_duration_since(Instant::now());
+            for (full, write) in &writes {
+                if let Write::Put { value, .. } = write {
+                    self.generations.bump(full);
+                    self.l1_put(full.clone(), value.clone(), remaining, true);
+                }
+            }
         }
-        let stored = self.redis_write(pipe, OP_DELETE, &keys).await;
-        let label = if stored { "both" } else { "l1_only" };
-        self.metrics.writes.with_label_values(&[namespace, label]).inc_by(keys.len() as u64);
+        self.metrics.writes.with_label_values(&[namespace, stored.label()]).inc_by(writes.len() as u64);
     }
 
-    /// Removes a key from both tiers, here and in every replica's L1.
+    /// Removes a key from both tiers, here and in every replica's L1. While Redis is
+    /// down: from L1, and from Redis once it answers again.
     pub async fn delete(&self, namespace: &str, key: &str) {
         let full = self.full_key(namespace, key);
-        self.bump(&full);
-        if let Some(l1) = &self.l1 {
-            l1.invalidate(&full);
+        self.generations.bump(&full);
+        self.l1_invalidate(&full);
+        let writes = [(full, Write::Delete)];
+        if self.write_through(&writes).await == Stored::Both {
+            // A read that reached Redis before the DEL may have refilled L1 meanwhile.
+            self.generations.bump(&writes[0].0);
+            self.l1_invalidate(&writes[0].0);
         }
+    }
+
+    /// Sends `writes` to Redis, or keeps them for the replay while Redis is down.
+    async fn write_through(&self, writes: &[(String, Write)]) -> Stored {
+        {
+            let mut log = self.fallback_log();
+            if self.is_degraded() {
+                return self.defer(&mut log, writes);
+            }
+        }
+        match self.send(writes).await {
+            Ok(()) => Stored::Both,
+            Err(failure @ Failure::Outage(_)) => {
+                // Fallback starts and the writes enter the log under one lock, so the
+                // replay cannot end fallback between the two and strand them.
+                let mut log = self.fallback_log();
+                self.note_failure(&failure);
+                self.defer(&mut log, writes)
+            }
+            Err(failure) => {
+                self.note_failure(&failure);
+                Stored::L1Only
+            }
+        }
+    }
+
+    fn defer(&self, log: &mut FallbackLog, writes: &[(String, Write)]) -> Stored {
+        let refused = writes.iter().filter(|(full, write)| !log.record(full, write)).count();
+        self.metrics.fallback_writes_pending.set(i64::try_from(log.len()).unwrap_or(i64::MAX));
+        if refused > 0 {
+            self.metrics.fallback_writes_unreplayed.inc_by(refused as u64);
+            return Stored::L1Only;
+        }
+        Stored::Deferred
+    }
+
+    /// One round trip: the writes (an expired put deletes: the older value it replaced
+    /// must not come back) and the invalidation of their keys.
+    async fn send(&self, writes: &[(String, Write)]) -> Result<(), Failure> {
+        let now = Instant::now();
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&full).ignore();
-        self.redis_write(pipe, OP_DELETE, &[full]).await;
+        for (full, write) in writes {
+            match write {
+                Write::Put { value, expires_at } if *expires_at > now => {
+                    let ttl_ms = u64::try_from(expires_at.duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                    pipe.cmd("SET").arg(full).arg(value.as_ref()).arg("PX").arg(ttl_ms.max(1)).ignore();
+                }
+                Write::Put { .. } | Write::Delete => {
+                    pipe.cmd("DEL").arg(full).ignore();
+                }
+            }
+        }
+        let keys: Vec<&str> = writes.iter().map(|(k, _)| k.as_str()).collect();
+        let message = format!("{}\n{OP_DELETE}\n{}", self.replica_id, keys.join("\n"));
+        pipe.cmd("PUBLISH").arg(self.channel()).arg(message).ignore();
+        let mut conn = self.conn().await.map_err(Failure::Outage)?;
+        Ok(pipe.query_async::<()>(&mut conn).await?)
     }
 
     /// Empties a namespace in both tiers and every replica; returns the Redis keys removed.
@@ -429,6 +529,8 @@ impl CacheStore {
             }
             cursor = next;
         }
+        // Reads during the scan may have refilled L1 with keys it then removed.
+        self.l1_drop_prefix(&pattern_prefix);
         let message = format!("{}\n{OP_FLUSH}\n{pattern_prefix}", self.replica_id);
         redis::cmd("PUBLISH")
             .arg(self.channel())
@@ -439,29 +541,8 @@ impl CacheStore {
         Ok(removed)
     }
 
-    /// Runs a write pipeline plus the invalidation message; false if Redis was not
-    /// written (degraded).
-    async fn redis_write(&self, mut pipe: redis::Pipeline, op: &str, keys: &[String]) -> bool {
-        if self.is_degraded() {
-            return false;
-        }
-        let message = format!("{}\n{op}\n{}", self.replica_id, keys.join("\n"));
-        pipe.cmd("PUBLISH").arg(self.channel()).arg(message).ignore();
-        let result = match self.conn().await {
-            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => true,
-            Err(err) => {
-                self.note_redis_error(&err);
-                false
-            }
-        }
-    }
-
     fn l1_drop_prefix(&self, prefix: &str) {
-        self.bump_all();
+        self.generations.bump_all();
         if let Some(l1) = &self.l1 {
             let doomed: Vec<Arc<String>> = l1.iter().map(|(k, _)| k).filter(|k| k.starts_with(prefix)).collect();
             for k in doomed {
@@ -482,10 +563,8 @@ impl CacheStore {
         match op {
             OP_DELETE => {
                 for key in lines {
-                    self.bump(key);
-                    if let Some(l1) = &self.l1 {
-                        l1.invalidate(key);
-                    }
+                    self.generations.bump(key);
+                    self.l1_invalidate(key);
                 }
             }
             OP_FLUSH => {

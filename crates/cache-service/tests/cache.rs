@@ -59,6 +59,10 @@ impl Running {
         Ok(self.http.put(url).body(value.to_vec()).send().await?.status().as_u16())
     }
 
+    async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self.http.get(format!("{}/metrics", self.url)).send().await?.text().await?)
+    }
+
     async fn json(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self.http.get(format!("{}{path}", self.url)).send().await?.json().await?)
     }
@@ -157,7 +161,7 @@ async fn binary_values_round_trip_and_batches_work() -> anyhow::Result<()> {
     assert!(stats["l1"]["entries"].as_u64().is_some_and(|e| e >= 30), "{stats}");
     assert!(stats["redis"]["used_memory"].as_u64().is_some_and(|m| m > 0), "{stats}");
     assert_eq!(stats["fallback_active"], false);
-    let metrics = svc.http.get(format!("{}/metrics", svc.url)).send().await?.text().await?;
+    let metrics = svc.metrics().await?;
     assert!(metrics.contains("headhunter_cache_lookups_total{namespace=\"embedding\",result=\"hit\",tier=\"l1\"}"));
     svc.stop().await
 }
@@ -178,8 +182,19 @@ impl OwnRedis {
         Ok(Self { port, child })
     }
 
+    /// On a free port, answering.
+    async fn up() -> anyhow::Result<Self> {
+        let redis = Self::start(test_support::local_listener()?.local_addr()?.port())?;
+        redis.wait_up().await?;
+        Ok(redis)
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
     }
 
     async fn wait_up(&self) -> anyhow::Result<()> {
@@ -200,13 +215,12 @@ impl OwnRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Result<()> {
-    let port = test_support::local_listener()?.local_addr()?.port();
-    let redis = OwnRedis::start(port)?;
-    redis.wait_up().await?;
+    let redis = OwnRedis::up().await?;
     let url = redis.url();
     let svc = Running::start(&url, "", |_| {}).await?;
     assert_eq!(svc.put("match", "cv1:job1", b"score 0.87", None).await?, 204);
 
+    let port = redis.port;
     redis.kill().await?;
     // Reads keep being served from L1; writes keep working (into L1); no errors.
     assert_eq!(svc.get("match", "cv1:job1").await?, (200, Some("l1".into()), b"score 0.87".to_vec()));
@@ -217,7 +231,8 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(svc.json("/v1/stats").await?["fallback_active"], true);
 
-    // Redis comes back: the service notices by itself and writes reach Redis again.
+    // Redis comes back (empty): the service notices by itself, replays what was written
+    // meanwhile, and writes reach Redis again.
     let redis = OwnRedis::start(port)?;
     redis.wait_up().await?;
     test_support::wait_for(Duration::from_secs(10), "the service to leave fallback", || async {
@@ -226,10 +241,82 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
     })
     .await?;
     assert_eq!(svc.put("match", "cv3:job1", b"after recovery", None).await?, 204);
-    let client = redis::Client::open(url.as_str())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("match:cv3:job1").query_async(&mut conn).await?;
-    assert_eq!(stored.as_deref(), Some(&b"after recovery"[..]));
+    let mut conn = redis.conn().await?;
+    for (key, value) in [("match:cv2:job1", "score 0.42"), ("match:cv3:job1", "after recovery")] {
+        let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        assert_eq!(stored.as_deref(), Some(value.as_bytes()), "{key}");
+    }
+    svc.stop().await?;
+    redis.kill().await
+}
+
+/// Writes made while Redis does not answer are kept and replayed when it does, before
+/// fallback ends: Redis, and through its invalidations every other replica, end up with
+/// them. Redis is paused (its data stays) rather than killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() -> anyhow::Result<()> {
+    let redis = OwnRedis::up().await?;
+    let url = redis.url();
+    let a = Running::start(&url, "", |_| {}).await?;
+    let b = Running::start(&url, "", |_| {}).await?;
+    assert_eq!(a.put("session", "s1", b"logged in", None).await?, 204);
+    assert_eq!(b.get("session", "s1").await?.2, b"logged in"); // now in B's L1 too
+    let mut conn = redis.conn().await?;
+
+    redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut conn).await?;
+    // The first write finds Redis silent (its command may still run after the pause).
+    assert_eq!(a.put("session", "probe", b"x", None).await?, 204);
+    assert_eq!(a.json("/healthz").await?["status"], "degraded");
+    // These two reach nothing but A's L1 and its log until Redis answers.
+    assert_eq!(a.http.delete(format!("{}/v1/cache/session/s1", a.url)).send().await?.status(), 204);
+    assert_eq!(a.put("session", "s2", b"new session", None).await?, 204);
+    assert_eq!(a.get("session", "s1").await?.0, 404);
+    assert_eq!(a.get("session", "s2").await?, (200, Some("l1".into()), b"new session".to_vec()));
+
+    test_support::wait_for(Duration::from_secs(10), "A to leave fallback", || async {
+        (a.json("/healthz").await.ok()?["status"] == "ok").then_some(())
+    })
+    .await?;
+    let s1: Option<Vec<u8>> = redis::cmd("GET").arg("session:s1").query_async(&mut conn).await?;
+    assert_eq!(s1, None, "the delete made during the outage reached Redis");
+    let s2: Option<Vec<u8>> = redis::cmd("GET").arg("session:s2").query_async(&mut conn).await?;
+    assert_eq!(s2.as_deref(), Some(&b"new session"[..]));
+    let ttl: i64 = redis::cmd("PTTL").arg("session:s2").query_async(&mut conn).await?;
+    assert!((3_500_000..=3_600_000).contains(&ttl), "session TTL kept, {ttl} ms left");
+    test_support::wait_for(Duration::from_secs(1), "B to drop s1", || async {
+        (b.get("session", "s1").await.ok()?.0 == 404).then_some(())
+    })
+    .await?;
+    assert_eq!(b.get("session", "s2").await?.2, b"new session");
+    let metrics = a.metrics().await?;
+    assert!(metrics.contains("headhunter_cache_fallback_writes_replayed_total 3"), "{metrics}");
+    assert!(metrics.contains("headhunter_cache_fallback_writes_pending 0"), "{metrics}");
+    a.stop().await?;
+    b.stop().await?;
+    redis.kill().await
+}
+
+/// Redis answering with an error (here: out of memory under noeviction) fails that
+/// write only; it does not send the service into fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_counted_without_falling_back() -> anyhow::Result<()> {
+    let redis = OwnRedis::up().await?;
+    let url = redis.url();
+    let svc = Running::start(&url, "", |_| {}).await?;
+    let mut conn = redis.conn().await?;
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async::<()>(&mut conn).await?;
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async::<()>(&mut conn).await?;
+
+    assert_eq!(svc.put("match", "cv9:job2", b"0.71", None).await?, 204);
+    assert_eq!(svc.get("match", "cv9:job2").await?, (200, Some("l1".into()), b"0.71".to_vec()));
+    assert_eq!(svc.json("/healthz").await?["status"], "ok");
+    let metrics = svc.metrics().await?;
+    assert!(metrics.contains("headhunter_cache_redis_errors_total{kind=\"refused\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("headhunter_cache_writes_total{namespace=\"match\",stored_in=\"l1_only\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("kind=\"outage\""), "{metrics}");
     svc.stop().await?;
     redis.kill().await
 }
@@ -238,13 +325,11 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
 /// read into L1: the write is newer. Redis is paused so that the two overlap for sure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Result<()> {
-    let port = test_support::local_listener()?.local_addr()?.port();
-    let redis = OwnRedis::start(port)?;
-    redis.wait_up().await?;
+    let redis = OwnRedis::up().await?;
     let url = redis.url();
     // The pause must not count as Redis being down.
     let svc = Running::start(&url, "", |s| s.redis_timeout_ms = 5000).await?;
-    let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+    let mut conn = redis.conn().await?;
     // Stored behind the service's back, so its L1 does not have it and a GET reads Redis.
     redis::cmd("SET").arg("analysis:report-7").arg("old").query_async::<()>(&mut conn).await?;
 
@@ -342,6 +427,20 @@ async fn bad_input_gets_clear_json_errors() -> anyhow::Result<()> {
         svc.http.post(format!("{}/v1/cache/llm/_batch/put", svc.url)).body(vec![0u8, 0, 0, 9, b'a']).send().await?;
     assert_eq!(res.status(), 400);
     assert_eq!(error(&res.json().await?).as_deref(), Some("body"));
+    // Five tiny entries: refused for their number, the rest of the body never decoded.
+    let five: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("k{i}"), vec![1u8])).collect();
+    let framed = common_models::cache_wire::encode_entries(&five)?;
+    let res = svc.http.post(format!("{}/v1/cache/llm/_batch/put", svc.url)).body(framed).send().await?;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "too_many_keys", "{body}");
+    // A batch get body far beyond what four keys can take is refused unread.
+    let res = svc.http.post(format!("{}/v1/cache/llm/_batch/get", svc.url)).body(vec![b' '; 64 * 1024]).send().await?;
+    assert_eq!(res.status(), 413);
+    // URL parsers fold `.` and `..` away, so no client could read such keys back.
+    let framed = common_models::cache_wire::encode_entries(&[("..", b"x")])?;
+    let res = svc.http.post(format!("{}/v1/cache/llm/_batch/put", svc.url)).body(framed).send().await?;
+    assert_eq!((res.status().as_u16(), error(&res.json().await?).as_deref()), (400, Some("key")));
 
     let res = svc.http.delete(format!("{}/v1/cache/llm", svc.url)).send().await?;
     assert_eq!(res.status(), 401);

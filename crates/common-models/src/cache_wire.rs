@@ -18,6 +18,8 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("key at byte {0} is not UTF-8")]
     KeyNotUtf8(usize),
+    #[error("more than {0} entries")]
+    TooManyEntries(usize),
 }
 
 fn push_len(out: &mut Vec<u8>, len: usize) -> Result<(), FrameError> {
@@ -81,11 +83,15 @@ pub fn encode_entries<K: AsRef<str>, V: AsRef<[u8]>>(entries: &[(K, V)]) -> Resu
     Ok(out)
 }
 
-/// Reads a batch put body.
-pub fn decode_entries(buf: &[u8]) -> Result<Vec<(String, &[u8])>, FrameError> {
+/// Reads a batch put body of at most `max_entries` entries, stopping at the first one
+/// beyond (a body of tiny entries must not cost millions of allocations to refuse).
+pub fn decode_entries(buf: &[u8], max_entries: usize) -> Result<Vec<(String, &[u8])>, FrameError> {
     let mut entries = Vec::new();
     let mut at = 0;
     while at < buf.len() {
+        if entries.len() == max_entries {
+            return Err(FrameError::TooManyEntries(max_entries));
+        }
         let key_len = read_len(buf, at)? as usize;
         at += 4;
         let key = std::str::from_utf8(read_bytes(buf, at, key_len)?).map_err(|_| FrameError::KeyNotUtf8(at))?;
@@ -113,9 +119,10 @@ mod tests {
 
         let entries = vec![("a", vec![1u8, 2]), ("émbed", vec![0u8; 3])];
         let framed = encode_entries(&entries).unwrap();
-        let back = decode_entries(&framed).unwrap();
+        let back = decode_entries(&framed, 2).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!((back[1].0.as_str(), back[1].1), ("émbed", &[0u8, 0, 0][..]));
-        assert!(decode_entries(&framed[..framed.len() - 1]).is_err());
+        assert!(decode_entries(&framed[..framed.len() - 1], 2).is_err());
+        assert_eq!(decode_entries(&framed, 1), Err(FrameError::TooManyEntries(1)));
     }
 }
