@@ -263,7 +263,7 @@ async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() 
     assert_eq!(b.get("session", "s1").await?.2, b"logged in"); // now in B's L1 too
     let mut conn = redis.conn().await?;
 
-    redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query_async::<()>(&mut conn).await?;
+    redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query_async::<()>(&mut conn).await?;
     // The first write finds Redis silent (its command may still run after the pause).
     assert_eq!(a.put("session", "probe", b"x", None).await?, 204);
     assert_eq!(a.json("/healthz").await?["status"], "degraded");
@@ -333,12 +333,12 @@ async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Re
     // Stored behind the service's back, so its L1 does not have it and a GET reads Redis.
     redis::cmd("SET").arg("analysis:report-7").arg("old").query_async::<()>(&mut conn).await?;
 
-    redis::cmd("CLIENT").arg("PAUSE").arg(600).arg("ALL").query_async::<()>(&mut conn).await?;
+    redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("ALL").query_async::<()>(&mut conn).await?;
     let read = tokio::spawn({
         let (http, url) = (svc.http.clone(), format!("{}/v1/cache/analysis/report-7", svc.url));
         async move { anyhow::Ok(http.get(url).send().await?.bytes().await?) }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await; // the GET now waits in Redis
+    tokio::time::sleep(Duration::from_millis(300)).await; // the GET now waits in Redis
     let (read, written) = tokio::join!(read, svc.put("analysis", "report-7", b"new", None));
     assert_eq!(read??, "old", "the GET was answered with what Redis held when it asked");
     assert_eq!(written?, 204);
