@@ -281,25 +281,31 @@ pub async fn run(connections: u32, seconds: u64, rounds: u32, bin_dir: &Path) ->
     }
 
     let (rb, redis_same, hot_wrk, hot_same, cold_wrk, cold_same) = (m[0], m[1], m[2], m[3], m[4], m[5]);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
     println!(
-        "cache    hot key vs redis-benchmark GET at {connections} connections (medians): wrk -t1 {:.2}×, p99 {:.3} ms \
-         (redis-benchmark p99 {:.3} ms with {:.0} requests in flight, wrk {:.0})",
+        "cache    target (hot key ≥ 1.0× redis-benchmark GET at {connections} connections, p99 ≤ 1 ms): {} \
+         (wrk -t1 {:.2}×, p99 {:.3} ms; same client {:.2}× redis-benchmark, p99 {:.3} ms)",
+        verdict(hot_wrk.rps >= rb.rps && hot_wrk.p99_ms <= 1.0),
         hot_wrk.rps / rb.rps,
         hot_wrk.p99_ms,
-        rb.p99_ms,
-        rb.in_flight,
-        hot_wrk.in_flight
+        hot_same.rps / rb.rps,
+        hot_same.p99_ms
     );
     println!(
-        "cache    same client for both: hot {:.2}× Redis GET, p99 {:.3} ms vs {:.3} ms; cold {:.2}× (wrk {:.2}× \
-         redis-benchmark), p99 {:.3} ms (targets: hot ≥ 1.0×, p99 ≤ 1 ms)",
+        "cache    redis-benchmark kept {:.0} of {connections} requests in flight, wrk {:.0}: it is bound by its own \
+         loop, so the same client on both sides gives the per-core cost:",
+        rb.in_flight, hot_wrk.in_flight
+    );
+    println!(
+        "cache    same client: hot {:.2}× Redis GET (p99 {:.3} vs {:.3} ms); cold {:.2}× (p99 {:.3} ms; wrk {:.2}× \
+         redis-benchmark)",
         hot_same.rps / redis_same.rps,
         hot_same.p99_ms,
         redis_same.p99_ms,
         cold_same.rps / redis_same.rps,
-        cold_wrk.rps / rb.rps,
-        cold_same.p99_ms
+        cold_same.p99_ms,
+        cold_wrk.rps / rb.rps
     );
     Ok(())
 }
