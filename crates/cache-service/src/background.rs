@@ -3,28 +3,46 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::store::CacheStore;
 
 /// Subscribes to the invalidation channel and applies what other replicas publish,
-/// resubscribing after any break. L1 is not cleared on a break: it is what serves
-/// while Redis is down, and what a missed message leaves stale is bounded by
+/// resubscribing after any break. After every recovery from fallback it subscribes
+/// afresh (the old connection may hang half-open after an outage, with nothing to
+/// say so): the new subscription is made before the old one is dropped, so no
+/// message falls between them. L1 is not cleared on a break: it is what serves while
+/// Redis is down, and what a missed message leaves stale is bounded by
 /// `l1_max_ttl_secs`.
 pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, mut shutdown: watch::Receiver<bool>) {
     let channel = store.channel();
+    let mut recoveries = store.recoveries();
+    let subscribe = || async {
+        let mut pubsub = redis::Client::open(redis_url.as_str())?.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        tracing::debug!(channel = %channel, "listening for invalidations");
+        anyhow::Ok(pubsub.into_on_message())
+    };
     loop {
         let session = async {
-            let client = redis::Client::open(redis_url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            tracing::debug!(channel = %channel, "listening for invalidations");
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                store.apply_invalidation(msg.get_payload_bytes());
+            let mut messages = subscribe().await?;
+            loop {
+                tokio::select! {
+                    msg = messages.next() => match msg {
+                        Some(msg) => store.apply_invalidation(msg.get_payload_bytes()),
+                        None => return anyhow::Ok(()),
+                    },
+                    _ = recoveries.changed() => {
+                        if let Ok(fresh) = subscribe().await {
+                            while let Some(Some(msg)) = messages.next().now_or_never() {
+                                store.apply_invalidation(msg.get_payload_bytes());
+                            }
+                            messages = fresh;
+                        }
+                    }
+                }
             }
-            anyhow::Ok(())
         };
         tokio::select! {
             result = session => {

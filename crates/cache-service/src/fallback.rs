@@ -87,6 +87,24 @@ impl FallbackLog {
             .collect()
     }
 
+    /// Drops the logged write of `key`, if any: another replica wrote the key to Redis
+    /// after this one logged it, and the newer write wins. True if one was dropped.
+    pub fn forget(&mut self, key: &str) -> bool {
+        match self.writes.remove(key) {
+            Some(w) => {
+                self.bytes -= w.weight(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every logged write whose key starts with `prefix` (a flushed namespace).
+    pub fn forget_prefix(&mut self, prefix: &str) -> usize {
+        let doomed: Vec<String> = self.writes.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        doomed.iter().filter(|k| self.forget(k)).count()
+    }
+
     /// Puts back writes whose replay failed, unless the key was written again since
     /// (the newer write wins). Returns how many did not fit.
     pub fn restore(&mut self, batch: Vec<(String, Write)>) -> usize {
@@ -125,5 +143,18 @@ mod tests {
         kept.sort_by(|x, y| x.0.cmp(&y.0));
         assert!(matches!(&kept[0], (k, Write::Put { value, .. }) if k == "a" && value == "newer"));
         assert_eq!(kept[1].0, "b");
+    }
+
+    #[test]
+    fn forgotten_writes_leave_the_log_and_its_weight() {
+        let mut log = FallbackLog::new(3 * 64 + 30);
+        assert!(log.record("match:a", &put("1")));
+        assert!(log.record("match:b", &put("2")));
+        assert!(log.record("llm:c", &put("3")));
+        assert!(!log.forget("llm:none"));
+        assert!(log.forget("llm:c"));
+        assert_eq!(log.forget_prefix("match:"), 2);
+        assert!(log.is_empty());
+        assert!(log.record("big", &put("fits again once the rest is gone")));
     }
 }

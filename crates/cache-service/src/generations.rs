@@ -10,6 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// a stale one.
 const STRIPES: usize = 256;
 
+/// Where a key's stripe must stand for a write's own value to go back into L1.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    stripe: usize,
+    expect: u64,
+}
+
 pub struct Generations {
     stripes: Box<[AtomicU64]>,
     hasher: std::hash::RandomState,
@@ -22,8 +29,12 @@ impl Default for Generations {
 }
 
 impl Generations {
+    fn index(&self, key: &str) -> usize {
+        self.hasher.hash_one(key) as usize % STRIPES
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
-        &self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
+        &self.stripes[self.index(key)]
     }
 
     pub fn current(&self, key: &str) -> u64 {
@@ -33,6 +44,44 @@ impl Generations {
     /// Marks `key` as changing: a Redis read of it now in flight will not fill L1.
     pub fn bump(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Bumps every key of a write (as `bump`) and remembers where each stripe stood
+    /// after the write's own bumps, so that `settle` can tell whether anything else
+    /// changed a key while the write was in flight.
+    pub fn mark<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Mark> {
+        let mut marks: Vec<Mark> = keys
+            .into_iter()
+            .map(|key| {
+                let stripe = self.index(key);
+                Mark { stripe, expect: self.stripes[stripe].fetch_add(1, Ordering::SeqCst) + 1 }
+            })
+            .collect();
+        // A stripe bumped again later in the same write is expected that much further on.
+        let mut later = [0u64; STRIPES];
+        for m in marks.iter_mut().rev() {
+            m.expect += later[m.stripe];
+            later[m.stripe] += 1;
+        }
+        marks
+    }
+
+    /// For each mark: `Some(generation)` if nothing else moved its stripe since the
+    /// mark (the stripe is then bumped once more, so reads begun before now will not
+    /// fill L1), `None` if something did.
+    pub fn settle(&self, marks: &[Mark]) -> Vec<Option<u64>> {
+        let mut outcome: [Option<Option<u64>>; STRIPES] = [None; STRIPES];
+        marks
+            .iter()
+            .map(|m| {
+                *outcome[m.stripe].get_or_insert_with(|| {
+                    self.stripes[m.stripe]
+                        .compare_exchange(m.expect, m.expect + 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .ok()
+                        .map(|g| g + 1)
+                })
+            })
+            .collect()
     }
 
     pub fn bump_all(&self) {
@@ -54,5 +103,22 @@ mod tests {
         assert_ne!(g.current("embedding:a"), a);
         g.bump_all();
         assert_ne!(g.current("embedding:b"), b);
+    }
+
+    #[test]
+    fn a_write_settles_only_if_nothing_else_moved_its_keys() {
+        let g = Generations::default();
+        // Enough keys that some share a stripe: the write's own bumps never count against it.
+        let keys: Vec<String> = (0..64).map(|i| format!("embedding:cv7:chunk{i}")).collect();
+        let marks = g.mark(keys.iter().map(String::as_str));
+        let settled = g.settle(&marks);
+        assert!(settled.iter().all(Option::is_some), "{settled:?}");
+        // A later write moved each key (and a read begun before it must not fill L1).
+        assert!(settled.iter().zip(&keys).all(|(s, k)| *s == Some(g.current(k))));
+
+        let marks = g.mark(["llm:q", "llm:r"]);
+        g.bump("llm:q"); // someone else's change to one of them
+        let settled = g.settle(&marks);
+        assert_eq!(settled[0], None);
     }
 }

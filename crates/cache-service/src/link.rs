@@ -8,11 +8,12 @@
 //! fallback) and an error Redis answered with (that command failed; Redis is up).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 /// How a Redis command failed.
 #[derive(Debug)]
@@ -42,8 +43,11 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// A thread's connection, opened once however many requests ask for it at the same time.
+type Slot = Arc<OnceCell<ConnectionManager>>;
+
 pub struct RedisLink {
-    connections: RwLock<HashMap<ThreadId, ConnectionManager>>,
+    connections: RwLock<HashMap<ThreadId, Slot>>,
     client: redis::Client,
     config: ConnectionManagerConfig,
     timeout: Duration,
@@ -60,22 +64,30 @@ impl RedisLink {
         Ok(Self { connections: RwLock::new(HashMap::new()), client: redis::Client::open(url)?, config, timeout })
     }
 
-    /// This thread's connection (a cheap clone), opened on first use.
+    /// This thread's connection (a cheap clone), opened on first use. Requests that
+    /// arrive while it opens wait for that one attempt rather than each opening their own.
     pub async fn conn(&self) -> Result<ConnectionManager, String> {
         let thread = std::thread::current().id();
-        if let Some(conn) = self.connections.read().ok().and_then(|c| c.get(&thread).cloned()) {
-            return Ok(conn);
-        }
-        let open = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
-        let conn = match tokio::time::timeout(self.timeout, open).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no connection to Redis within {:?}", self.timeout)),
+        let slot = self.connections.read().ok().and_then(|c| c.get(&thread).cloned());
+        let slot = match slot {
+            Some(slot) => slot,
+            None => match self.connections.write() {
+                Ok(mut connections) => connections.entry(thread).or_default().clone(),
+                Err(_) => Slot::default(),
+            },
         };
-        if let Ok(mut connections) = self.connections.write() {
-            connections.insert(thread, conn.clone());
+        if let Some(conn) = slot.get() {
+            return Ok(conn.clone());
         }
-        Ok(conn)
+        let open = async {
+            let open = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
+            match tokio::time::timeout(self.timeout, open).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no connection to Redis within {:?}", self.timeout)),
+            }
+        };
+        slot.get_or_try_init(|| open).await.cloned()
     }
 
     /// After an outage: every thread opens a fresh connection on its next command

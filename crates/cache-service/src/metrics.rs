@@ -29,6 +29,9 @@ pub struct CacheMetrics {
     /// Writes made while Redis was down that will never reach it (the log was full, or
     /// Redis refused them at the replay).
     pub fallback_writes_unreplayed: IntCounter,
+    /// Writes made while Redis was down and dropped from the log before their replay,
+    /// because another replica changed or flushed their keys in Redis since.
+    pub fallback_writes_superseded: IntCounter,
     /// Invalidations received from other replicas.
     pub invalidations_received: IntCounter,
 }
@@ -64,13 +67,17 @@ impl CacheMetrics {
                 "fallback_writes_unreplayed_total",
                 "Writes made while Redis was down that will not reach it (log full, or refused)",
             )?,
+            fallback_writes_superseded: IntCounter::new(
+                "fallback_writes_superseded_total",
+                "Writes made while Redis was down, dropped before the replay: another replica changed the key since",
+            )?,
             invalidations_received: IntCounter::new(
                 "invalidations_received_total",
                 "Invalidations from other replicas",
             )?,
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(m.lookups.clone()),
             Box::new(m.writes.clone()),
             Box::new(m.l1_entries.clone()),
@@ -83,6 +90,7 @@ impl CacheMetrics {
             Box::new(m.fallback_writes_pending.clone()),
             Box::new(m.fallback_writes_replayed.clone()),
             Box::new(m.fallback_writes_unreplayed.clone()),
+            Box::new(m.fallback_writes_superseded.clone()),
             Box::new(m.invalidations_received.clone()),
         ];
         for c in collectors {

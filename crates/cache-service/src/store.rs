@@ -28,6 +28,7 @@ use bytes::Bytes;
 use moka::Expiry;
 use moka::sync::Cache;
 use redis::aio::ConnectionManager;
+use tokio::sync::watch;
 
 use crate::fallback::{FallbackLog, Write};
 use crate::generations::Generations;
@@ -84,7 +85,7 @@ const PTTL_NO_KEY: i64 = -2;
 /// Writes replayed per round trip when Redis answers again: up to this many, and about
 /// this many bytes, so that one round trip fits in `redis_timeout`.
 const REPLAY_BATCH: usize = 500;
-const REPLAY_BATCH_BYTES: usize = 4 << 20;
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
 
 /// Where a write went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,7 @@ pub struct CacheStore {
     /// write is left behind in the log.
     fallback_log: Mutex<FallbackLog>,
     generations: Generations,
+    recoveries: watch::Sender<u64>,
     replica_id: String,
     /// Look-up counters per namespace, resolved once: [l1 hit, l1 miss, redis hit, redis miss].
     /// A handful of namespaces: a scan beats hashing the name.
@@ -157,6 +159,7 @@ impl CacheStore {
             degraded: AtomicBool::new(false),
             fallback_log: Mutex::new(FallbackLog::new(settings.fallback_log_max_bytes)),
             generations: Generations::default(),
+            recoveries: watch::Sender::new(0),
             replica_id,
             lookup_counters,
             metrics,
@@ -194,8 +197,9 @@ impl CacheStore {
         match failure {
             Failure::Outage(err) => {
                 self.metrics.redis_errors.with_label_values(&["outage"]).inc();
-                if !self.degraded.swap(true, Ordering::SeqCst) {
-                    self.metrics.fallback_active.set(1);
+                let was = self.degraded.swap(true, Ordering::SeqCst);
+                self.sync_fallback_gauge();
+                if !was {
                     tracing::warn!(error = %err, "Redis unreachable: serving from L1 alone until it answers again");
                 }
             }
@@ -204,6 +208,18 @@ impl CacheStore {
                 tracing::debug!(error = %err, "Redis refused a command");
             }
         }
+    }
+
+    /// The gauge is set from the flag as it stands, so that a fall into fallback and a
+    /// recovery racing each other cannot leave it showing the other one.
+    fn sync_fallback_gauge(&self) {
+        self.metrics.fallback_active.set(i64::from(self.is_degraded()));
+    }
+
+    /// Ticks on every recovery from fallback (the invalidation subscriber resubscribes:
+    /// its connection may not have survived the outage).
+    pub fn recoveries(&self) -> watch::Receiver<u64> {
+        self.recoveries.subscribe()
     }
 
     fn fallback_log(&self) -> std::sync::MutexGuard<'_, FallbackLog> {
@@ -220,8 +236,10 @@ impl CacheStore {
             let batch = {
                 let mut log = self.fallback_log();
                 if log.is_empty() {
-                    if self.degraded.swap(false, Ordering::SeqCst) {
-                        self.metrics.fallback_active.set(0);
+                    let was = self.degraded.swap(false, Ordering::SeqCst);
+                    self.sync_fallback_gauge();
+                    if was {
+                        self.recoveries.send_modify(|n| *n += 1);
                         tracing::info!(replayed, "Redis answers again: both tiers in use");
                     }
                     self.metrics.fallback_writes_pending.set(0);
@@ -240,7 +258,13 @@ impl CacheStore {
                     }
                 }
                 Err(Failure::Refused(err)) => {
+                    // A pipeline is not atomic: some of these may be in Redis now. L1
+                    // drops them all (it held them with their full TTL) and reads ask Redis.
                     self.metrics.fallback_writes_unreplayed.inc_by(batch.len() as u64);
+                    for (full, _) in &batch {
+                        self.generations.bump(full);
+                        self.l1_invalidate(full);
+                    }
                     tracing::warn!(error = %err, writes = batch.len(), "Redis refused replayed writes");
                 }
                 Err(Failure::Outage(err)) => {
@@ -409,23 +433,37 @@ impl CacheStore {
         let shared = !self.is_degraded();
         let writes: Vec<(String, Write)> = entries
             .into_iter()
-            .map(|(key, value)| {
-                let full = self.full_key(namespace, &key);
-                self.generations.bump(&full);
-                self.l1_put(full.clone(), value.clone(), ttl, shared);
-                (full, Write::Put { value, expires_at })
-            })
+            .map(|(key, value)| (self.full_key(namespace, &key), Write::Put { value, expires_at }))
             .collect();
+        let marks = self.generations.mark(writes.iter().map(|(full, _)| full.as_str()));
+        for (full, write) in &writes {
+            if let Write::Put { value, .. } = write {
+                self.l1_put(full.clone(), value.clone(), ttl, shared);
+            }
+        }
         let stored = self.write_through(&writes).await;
-        if stored == Stored::Both {
-            // A read that reached Redis before this write may have put the older value
-            // into L1 in the meantime: ours goes back in.
-            // Its remaining time, so that L1 never outlives the Redis copy.
+        // Settle L1 now that the write's fate is known: a read that reached Redis just
+        // before the write may have put the older value in meanwhile, and a write that
+        // found Redis gone keeps its full TTL (until the replay shares it). Its
+        // remaining time, so that L1 never outlives the Redis copy. A key changed by
+        // anything else meanwhile (a newer write or delete here, another replica's
+        // invalidation) leaves L1: which value Redis holds is not known here.
+        let share = match stored {
+            Stored::Both => Some(true),
+            Stored::Deferred if shared => Some(false),
+            Stored::Deferred | Stored::L1Only => None,
+        };
+        if let Some(share) = share {
             let remaining = expires_at.saturating_duration_since(Instant::now());
-            for (full, write) in &writes {
-                if let Write::Put { value, .. } = write {
-                    self.generations.bump(full);
-                    self.l1_put(full.clone(), value.clone(), remaining, true);
+            for ((full, write), settled) in writes.iter().zip(self.generations.settle(&marks)) {
+                match (write, settled) {
+                    (Write::Put { value, .. }, Some(now)) => {
+                        self.l1_put(full.clone(), value.clone(), remaining, share);
+                        if self.generations.current(full) != now {
+                            self.l1_invalidate(full);
+                        }
+                    }
+                    _ => self.l1_invalidate(full),
                 }
             }
         }
@@ -506,6 +544,8 @@ impl CacheStore {
     /// Empties a namespace in both tiers and every replica; returns the Redis keys removed.
     pub async fn flush(&self, namespace: &str) -> Result<u64, String> {
         let pattern_prefix = self.full_key(namespace, "");
+        // Writes kept during an outage would bring flushed keys back when replayed.
+        self.forget_logged(|log| log.forget_prefix(&pattern_prefix));
         self.l1_drop_prefix(&pattern_prefix);
         let mut conn = self.conn().await?;
         let mut cursor: u64 = 0;
@@ -551,6 +591,19 @@ impl CacheStore {
         }
     }
 
+    /// Removes writes from the fallback log (a replica wrote or flushed their keys in
+    /// Redis since: replaying ours would undo that newer change); how many went.
+    fn forget_logged(&self, forget: impl FnOnce(&mut FallbackLog) -> usize) -> usize {
+        let mut log = self.fallback_log();
+        if log.is_empty() {
+            return 0;
+        }
+        let gone = forget(&mut log);
+        self.metrics.fallback_writes_superseded.inc_by(gone as u64);
+        self.metrics.fallback_writes_pending.set(i64::try_from(log.len()).unwrap_or(i64::MAX));
+        gone
+    }
+
     /// Applies an invalidation published by a replica (our own are ignored).
     pub fn apply_invalidation(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else { return };
@@ -562,13 +615,19 @@ impl CacheStore {
         self.metrics.invalidations_received.inc();
         match op {
             OP_DELETE => {
+                let mut superseded = 0;
                 for key in lines {
                     self.generations.bump(key);
                     self.l1_invalidate(key);
+                    superseded += self.forget_logged(|log| usize::from(log.forget(key)));
+                }
+                if superseded > 0 {
+                    tracing::debug!(superseded, "writes kept during fallback were superseded by another replica's");
                 }
             }
             OP_FLUSH => {
                 if let Some(prefix) = lines.next() {
+                    self.forget_logged(|log| log.forget_prefix(prefix));
                     self.l1_drop_prefix(prefix);
                 }
             }

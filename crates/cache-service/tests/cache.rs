@@ -296,6 +296,47 @@ async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() 
     redis.kill().await
 }
 
+/// Keeps Redis busy for ARGV[1] milliseconds: every other client waits, and those with
+/// a short reply timeout give up.
+const BUSY_SCRIPT: &str = "local t = redis.call('TIME') local s = t[1] * 1000 + t[2] / 1000 \
+    repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 - s > tonumber(ARGV[1]) return 1";
+
+/// A replica whose Redis replies came too late falls back alone and keeps its write for
+/// the replay. Another replica, still in touch, writes the key afterwards; that newer
+/// write must survive the first replica's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_does_not_undo_a_newer_write_from_another_replica() -> anyhow::Result<()> {
+    let redis = OwnRedis::up().await?;
+    let url = redis.url();
+    let a = Running::start(&url, "", |s| s.redis_timeout_ms = 50).await?;
+    let b = Running::start(&url, "", |s| s.redis_timeout_ms = 5000).await?;
+
+    let busy = tokio::spawn({
+        let mut conn = redis.conn().await?;
+        async move { redis::cmd("EVAL").arg(BUSY_SCRIPT).arg(0).arg(700).query_async::<i64>(&mut conn).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.put("match", "cv5:job3", b"older", None).await?, 204);
+    assert_eq!(a.json("/healthz").await?["status"], "degraded", "A waited 50 ms for Redis");
+    assert_eq!(b.put("match", "cv5:job3", b"newer", None).await?, 204, "B waits out the busy script");
+    drop(busy.await?); // its own reply may time out; the script ran
+
+    test_support::wait_for(Duration::from_secs(10), "A to leave fallback", || async {
+        (a.json("/healthz").await.ok()?["status"] == "ok").then_some(())
+    })
+    .await?;
+    let mut conn = redis.conn().await?;
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("match:cv5:job3").query_async(&mut conn).await?;
+    assert_eq!(stored.as_deref(), Some(&b"newer"[..]), "B's write is the newer one");
+    assert_eq!(a.get("match", "cv5:job3").await?.2, b"newer");
+    let metrics = a.metrics().await?;
+    assert!(metrics.contains("headhunter_cache_fallback_writes_superseded_total 1"), "{metrics}");
+    assert!(metrics.contains("headhunter_cache_fallback_writes_pending 0"), "{metrics}");
+    a.stop().await?;
+    b.stop().await?;
+    redis.kill().await
+}
+
 /// Redis answering with an error (here: out of memory under noeviction) fails that
 /// write only; it does not send the service into fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
