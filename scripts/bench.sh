@@ -17,4 +17,4 @@ echo
 target/release/headhunter-bench gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}"
 echo
 target/release/headhunter-bench cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
-  --rounds "${BENCH_CACHE_ROUNDS:-3}"
+  --rounds "${BENCH_CACHE_ROUNDS:-5}"
