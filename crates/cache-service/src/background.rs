@@ -34,7 +34,8 @@ pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, 
                         None => return anyhow::Ok(()),
                     },
                     _ = recoveries.changed() => {
-                        if let Ok(fresh) = subscribe().await {
+                        // Bounded: meanwhile the old subscription's messages wait.
+                        if let Ok(Ok(fresh)) = tokio::time::timeout(Duration::from_secs(1), subscribe()).await {
                             while let Some(Some(msg)) = messages.next().now_or_never() {
                                 store.apply_invalidation(msg.get_payload_bytes());
                             }
