@@ -30,7 +30,8 @@ pub struct CacheMetrics {
     /// Redis refused them at the replay).
     pub fallback_writes_unreplayed: IntCounter,
     /// Writes made while Redis was down and dropped from the log before their replay,
-    /// because another replica changed or flushed their keys in Redis since.
+    /// because another replica wrote their keys in Redis since, or their namespace was
+    /// flushed.
     pub fallback_writes_superseded: IntCounter,
     /// Invalidations received from other replicas.
     pub invalidations_received: IntCounter,
@@ -69,7 +70,7 @@ impl CacheMetrics {
             )?,
             fallback_writes_superseded: IntCounter::new(
                 "fallback_writes_superseded_total",
-                "Writes made while Redis was down, dropped before the replay: another replica changed the key since",
+                "Writes made while Redis was down, dropped before the replay: written by another replica since, or flushed",
             )?,
             invalidations_received: IntCounter::new(
                 "invalidations_received_total",

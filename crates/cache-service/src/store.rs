@@ -591,8 +591,9 @@ impl CacheStore {
         }
     }
 
-    /// Removes writes from the fallback log (a replica wrote or flushed their keys in
-    /// Redis since: replaying ours would undo that newer change); how many went.
+    /// Removes writes from the fallback log (another replica wrote their keys in Redis
+    /// since, or their namespace was flushed: replaying them would undo that newer
+    /// change); how many went.
     fn forget_logged(&self, forget: impl FnOnce(&mut FallbackLog) -> usize) -> usize {
         let mut log = self.fallback_log();
         if log.is_empty() {
@@ -615,12 +616,11 @@ impl CacheStore {
         self.metrics.invalidations_received.inc();
         match op {
             OP_DELETE => {
-                let mut superseded = 0;
-                for key in lines {
+                for key in lines.clone() {
                     self.generations.bump(key);
                     self.l1_invalidate(key);
-                    superseded += self.forget_logged(|log| usize::from(log.forget(key)));
                 }
+                let superseded = self.forget_logged(|log| lines.filter(|key| log.forget(key)).count());
                 if superseded > 0 {
                     tracing::debug!(superseded, "writes kept during fallback were superseded by another replica's");
                 }

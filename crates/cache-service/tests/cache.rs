@@ -67,6 +67,14 @@ impl Running {
         Ok(self.http.get(format!("{}{path}", self.url)).send().await?.json().await?)
     }
 
+    /// Waits until the service reports that it left fallback (its replay is done).
+    async fn left_fallback(&self) -> anyhow::Result<()> {
+        test_support::wait_for(Duration::from_secs(10), "the service to leave fallback", || async {
+            (self.json("/healthz").await.ok()?["status"] == "ok").then_some(())
+        })
+        .await
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(15), self.task).await???;
@@ -197,6 +205,11 @@ impl OwnRedis {
         Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
     }
 
+    /// What Redis itself holds under `key`.
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(redis::cmd("GET").arg(key).query_async(&mut self.conn().await?).await?)
+    }
+
     async fn wait_up(&self) -> anyhow::Result<()> {
         let url = self.url();
         test_support::wait_for(Duration::from_secs(10), "redis-server", || async {
@@ -235,16 +248,10 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
     // meanwhile, and writes reach Redis again.
     let redis = OwnRedis::start(port)?;
     redis.wait_up().await?;
-    test_support::wait_for(Duration::from_secs(10), "the service to leave fallback", || async {
-        let h = svc.json("/healthz").await.ok()?;
-        (h["status"] == "ok").then_some(())
-    })
-    .await?;
+    svc.left_fallback().await?;
     assert_eq!(svc.put("match", "cv3:job1", b"after recovery", None).await?, 204);
-    let mut conn = redis.conn().await?;
     for (key, value) in [("match:cv2:job1", "score 0.42"), ("match:cv3:job1", "after recovery")] {
-        let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-        assert_eq!(stored.as_deref(), Some(value.as_bytes()), "{key}");
+        assert_eq!(redis.get(key).await?.as_deref(), Some(value.as_bytes()), "{key}");
     }
     svc.stop().await?;
     redis.kill().await
@@ -273,14 +280,9 @@ async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() 
     assert_eq!(a.get("session", "s1").await?.0, 404);
     assert_eq!(a.get("session", "s2").await?, (200, Some("l1".into()), b"new session".to_vec()));
 
-    test_support::wait_for(Duration::from_secs(10), "A to leave fallback", || async {
-        (a.json("/healthz").await.ok()?["status"] == "ok").then_some(())
-    })
-    .await?;
-    let s1: Option<Vec<u8>> = redis::cmd("GET").arg("session:s1").query_async(&mut conn).await?;
-    assert_eq!(s1, None, "the delete made during the outage reached Redis");
-    let s2: Option<Vec<u8>> = redis::cmd("GET").arg("session:s2").query_async(&mut conn).await?;
-    assert_eq!(s2.as_deref(), Some(&b"new session"[..]));
+    a.left_fallback().await?;
+    assert_eq!(redis.get("session:s1").await?, None, "the delete made during the outage reached Redis");
+    assert_eq!(redis.get("session:s2").await?.as_deref(), Some(&b"new session"[..]));
     let ttl: i64 = redis::cmd("PTTL").arg("session:s2").query_async(&mut conn).await?;
     assert!((3_500_000..=3_600_000).contains(&ttl), "session TTL kept, {ttl} ms left");
     test_support::wait_for(Duration::from_secs(1), "B to drop s1", || async {
@@ -321,13 +323,8 @@ async fn a_replay_does_not_undo_a_newer_write_from_another_replica() -> anyhow::
     assert_eq!(b.put("match", "cv5:job3", b"newer", None).await?, 204, "B waits out the busy script");
     drop(busy.await?); // its own reply may time out; the script ran
 
-    test_support::wait_for(Duration::from_secs(10), "A to leave fallback", || async {
-        (a.json("/healthz").await.ok()?["status"] == "ok").then_some(())
-    })
-    .await?;
-    let mut conn = redis.conn().await?;
-    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("match:cv5:job3").query_async(&mut conn).await?;
-    assert_eq!(stored.as_deref(), Some(&b"newer"[..]), "B's write is the newer one");
+    a.left_fallback().await?;
+    assert_eq!(redis.get("match:cv5:job3").await?.as_deref(), Some(&b"newer"[..]), "B's write is the newer one");
     assert_eq!(a.get("match", "cv5:job3").await?.2, b"newer");
     let metrics = a.metrics().await?;
     assert!(metrics.contains("headhunter_cache_fallback_writes_superseded_total 1"), "{metrics}");
@@ -385,8 +382,7 @@ async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Re
     assert_eq!(written?, 204);
 
     assert_eq!(svc.get("analysis", "report-7").await?, (200, Some("l1".into()), b"new".to_vec()));
-    let stored: Option<Vec<u8>> = redis::cmd("GET").arg("analysis:report-7").query_async(&mut conn).await?;
-    assert_eq!(stored.as_deref(), Some(&b"new"[..]));
+    assert_eq!(redis.get("analysis:report-7").await?.as_deref(), Some(&b"new"[..]));
     svc.stop().await?;
     redis.kill().await
 }
