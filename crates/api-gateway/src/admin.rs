@@ -1,21 +1,24 @@
 //! Admin routes, guarded by `ADMIN_API_KEY`: tenant creation and the health view of
 //! the logging pipeline (seed 004's `/api/v1/admin/health`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, TimeZone, Utc};
-use common_models::queue::{CONSUMER_GROUP, LogStream};
+use common_models::events::LogEvent;
+use common_models::queue::LOG_WORKER_GROUP;
 use common_models::schema::main::{api_keys, companies};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use redis::AsyncCommands;
-use redis::streams::StreamInfoGroupsReply;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use service_kit::AppError;
+use service_kit::auth::require_admin;
+use service_kit::checks::Dependency;
+use task_queue::Message;
+use task_queue::status::GroupStatus;
 
-use crate::auth::{generate_key, require_admin};
-use crate::error::ApiError;
+use crate::auth::generate_key;
 use crate::state::AppState;
 
 /// A worker whose last heartbeat is older than this is reported as not alive.
@@ -43,25 +46,25 @@ async fn create_company(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<NewCompanyRequest>,
-) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state.settings.admin_api_key)?;
+) -> Result<HttpResponse, AppError> {
+    require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let name = match &body.name {
         Some(Value::String(n)) if !n.trim().is_empty() && n.trim().chars().count() <= COMPANY_NAME_MAX => {
             n.trim().to_owned()
         }
         Some(Value::String(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(AppError::bad_request(
                 "name",
                 "invalid_value",
                 format!("`name` must be 1-{COMPANY_NAME_MAX} characters, not blank"),
             ));
         }
-        Some(_) => return Err(ApiError::bad_request("name", "invalid_type", "`name` must be a string")),
-        None => return Err(ApiError::bad_request("name", "missing_field", "`name` is required")),
+        Some(_) => return Err(AppError::bad_request("name", "invalid_type", "`name` must be a string")),
+        None => return Err(AppError::bad_request("name", "missing_field", "`name` is required")),
     };
-    let (key, prefix, digest) = generate_key().map_err(ApiError::Internal)?;
+    let (key, prefix, digest) = generate_key().map_err(AppError::internal)?;
 
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db.get().await.map_err(|e| AppError::unavailable("the main database", e))?;
     let (company, key_id) = conn
         .transaction::<_, diesel::result::Error, _>(async move |conn| {
             let company: (i64, String, DateTime<Utc>) = diesel::insert_into(companies::table)
@@ -94,19 +97,52 @@ async fn create_company(
     })))
 }
 
-async fn health(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state.settings.admin_api_key)?;
-    let (analytics, redis_view) = tokio::join!(analytics_status(&state), redis_status(&state));
-    let analytics_ok = analytics["reachable"] == Value::Bool(true);
-    let (queues, worker, last_write, redis_ok) = match redis_view {
-        Ok(view) => (view.queues, view.worker, view.last_write, true),
+async fn health(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
+    let analytics = Dependency::Postgres { name: "analytics_db", pool: state.analytics.clone() };
+    let (analytics, queue) = tokio::join!(analytics.probe(), queue_status(&state));
+    let (queues, worker, last_write, redis_ok) = match queue {
+        Ok(status) => {
+            let now_ms = Utc::now().timestamp_millis();
+            let stale_ms = i64::try_from(WORKER_STALE_AFTER.as_millis()).unwrap_or(i64::MAX);
+            let latest = status.latest_heartbeat_ms();
+            let queues: serde_json::Map<String, Value> = status
+                .streams
+                .iter()
+                .map(|s| {
+                    (
+                        s.stream.clone(),
+                        json!({
+                            "depth": s.length,
+                            "pending": s.pending,
+                            "lag": s.lag,
+                            "consumers": s.consumers,
+                            "dead_letter": s.dead_letters,
+                        }),
+                    )
+                })
+                .collect();
+            let workers: Vec<Value> = status
+                .heartbeats
+                .iter()
+                .map(|(name, at)| json!({"name": name, "last_heartbeat": ms_to_time(*at), "alive": now_ms - at <= stale_ms}))
+                .collect();
+            let worker = json!({
+                "alive": latest.is_some_and(|at| now_ms - at <= stale_ms),
+                "last_heartbeat": latest.map(ms_to_time),
+                "seconds_since_heartbeat": latest.map(|at| (now_ms - at) as f64 / 1000.0),
+                "workers": workers,
+            });
+            (Value::Object(queues), worker, json!(status.last_success_ms.map(ms_to_time)), true)
+        }
         Err(err) => {
             let unknown = json!({"error": format!("redis unreachable: {err}")});
             (unknown.clone(), unknown, Value::Null, false)
         }
     };
     let worker_ok = worker["alive"] == Value::Bool(true);
-    let status = if analytics_ok && redis_ok && worker_ok { "ok" } else { "degraded" };
+    let status = if analytics.reachable && redis_ok && worker_ok { "ok" } else { "degraded" };
+    let producer = state.producer.metrics();
     Ok(HttpResponse::Ok().json(json!({
         "status": status,
         "analytics_db": analytics,
@@ -114,68 +150,20 @@ async fn health(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         "queues": queues,
         "worker": worker,
         "last_analytics_write": last_write,
-        "publisher": {
-            "buffered": state.metrics.log_events_buffered.get(),
-            "capacity": state.settings.log_buffer_capacity,
+        "producer": {
+            "buffered_events": producer.buffered_entries.get(),
+            "buffered_bytes": producer.buffered_bytes.get(),
+            "buffer_max_bytes": state.settings.producer.buffer_max_bytes,
+            "spooled_events": producer.spool_entries.get(),
+            "spool_bytes": producer.spool_bytes.get(),
         },
     })))
 }
 
-async fn analytics_status(state: &AppState) -> Value {
-    let started = Instant::now();
-    let probe = async {
-        let mut conn = state.analytics.get().await.map_err(|e| e.to_string())?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(_)) => json!({"reachable": true, "latency_ms": started.elapsed().as_secs_f64() * 1000.0}),
-        Ok(Err(err)) => json!({"reachable": false, "error": err}),
-        Err(_) => json!({"reachable": false, "error": "no answer within 2 s"}),
-    }
-}
-
-struct RedisView {
-    queues: Value,
-    worker: Value,
-    last_write: Value,
-}
-
-async fn redis_status(state: &AppState) -> anyhow::Result<RedisView> {
+async fn queue_status(state: &AppState) -> anyhow::Result<GroupStatus> {
     let mut conn = state.redis.get().await?;
-    let mut queues = serde_json::Map::new();
-    for stream in LogStream::ALL {
-        let key = state.keys.stream(stream);
-        let depth: u64 = conn.xlen(&key).await?;
-        let dead: u64 = conn.xlen(state.keys.dead_letter(stream)).await?;
-        let groups: redis::RedisResult<StreamInfoGroupsReply> = conn.xinfo_groups(&key).await;
-        let group = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == CONSUMER_GROUP));
-        queues.insert(
-            stream.name().to_owned(),
-            json!({
-                "depth": depth,
-                "pending": group.as_ref().map(|g| g.pending),
-                "lag": group.as_ref().and_then(|g| g.lag),
-                "consumers": group.as_ref().map(|g| g.consumers),
-                "dead_letter": dead,
-            }),
-        );
-    }
-    let beats: Vec<(String, i64)> = conn.zrange_withscores(state.keys.heartbeats(), 0, -1).await?;
-    let now_ms = Utc::now().timestamp_millis();
-    let stale_ms = i64::try_from(WORKER_STALE_AFTER.as_millis()).unwrap_or(i64::MAX);
-    let latest = beats.iter().map(|(_, at)| *at).max();
-    let consumers: Vec<Value> = beats
-        .iter()
-        .map(|(name, at)| json!({"name": name, "last_heartbeat": ms_to_time(*at), "alive": now_ms - at <= stale_ms}))
-        .collect();
-    let worker = json!({
-        "alive": latest.is_some_and(|at| now_ms - at <= stale_ms),
-        "last_heartbeat": latest.map(ms_to_time),
-        "seconds_since_heartbeat": latest.map(|at| (now_ms - at) as f64 / 1000.0),
-        "workers": consumers,
-    });
-    let last_write: Option<i64> = conn.get(state.keys.last_write_at()).await?;
-    Ok(RedisView { queues: Value::Object(queues), worker, last_write: json!(last_write.map(ms_to_time)) })
+    let streams = LogEvent::streams();
+    Ok(task_queue::status::group_status(&mut *conn, &state.keys, LOG_WORKER_GROUP, &streams).await?)
 }
 
 fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {

@@ -9,14 +9,14 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
-use common_models::db::PgPool;
 use common_models::ids::{ApiKeyId, CompanyId, UserId};
 use common_models::schema::main::api_keys;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use service_kit::AppError;
+use service_kit::auth::bearer_token;
+use service_kit::db::PgPool;
 use sha2::{Digest, Sha256};
-
-use crate::error::ApiError;
 
 /// Who is calling: resolved from the API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +46,14 @@ impl Authenticator {
     }
 
     /// Resolves the request's bearer key, or 401.
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
-        let key = bearer_token(req).ok_or_else(|| {
-            ApiError::Unauthorized("missing API key: send it as \"Authorization: Bearer <key>\"".into())
-        })?;
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, AppError> {
+        let key = bearer_token(req)
+            .ok_or_else(|| AppError::unauthorized("missing API key: send it as \"Authorization: Bearer <key>\""))?;
         let digest = hash_key(key);
         if let Some(hit) = self.cached(&digest) {
             return hit.ok_or_else(unknown_key);
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await.map_err(|e| AppError::unavailable("the main database", e))?;
         let found: Option<(i64, i64, Option<i64>)> = api_keys::table
             .filter(api_keys::key_hash.eq(digest.as_slice()))
             .filter(api_keys::revoked_at.is_null())
@@ -88,16 +87,8 @@ impl Authenticator {
     }
 }
 
-fn unknown_key() -> ApiError {
-    ApiError::Unauthorized("invalid API key".into())
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+fn unknown_key() -> AppError {
+    AppError::unauthorized("invalid API key")
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -115,18 +106,6 @@ pub fn generate_key() -> anyhow::Result<(String, String, [u8; 32])> {
     let prefix = key[..KEY_PREFIX.len() + 6].to_owned();
     let digest = hash_key(&key);
     Ok((key, prefix, digest))
-}
-
-/// Checks the admin key: 403 when the admin API is disabled, 401 when the key is wrong.
-pub fn require_admin(req: &HttpRequest, admin_key: &str) -> Result<(), ApiError> {
-    if admin_key.is_empty() {
-        return Err(ApiError::Forbidden("the admin API is disabled: set ADMIN_API_KEY to enable it".into()));
-    }
-    match bearer_token(req) {
-        Some(token) if common_models::settings::same_secret(token, admin_key) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized("invalid admin key".into())),
-        None => Err(ApiError::Unauthorized("missing admin key: send it as \"Authorization: Bearer <key>\"".into())),
-    }
 }
 
 #[cfg(test)]

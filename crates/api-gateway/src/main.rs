@@ -28,19 +28,19 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = GatewaySettings::load(cli.config.as_deref(), common_models::settings::process_env())?;
-    common_models::telemetry::init_tracing(settings.log_format == "json", &settings.log_level);
+    let settings = GatewaySettings::load(cli.config.as_deref(), service_kit::config::process_env())?;
+    service_kit::telemetry::init_tracing(&settings.logging);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let listener = std::net::TcpListener::bind((settings.bind_host.as_str(), settings.port))?;
-            api_gateway::run(settings, listener, common_models::telemetry::shutdown_signal()).await
+            let listener = std::net::TcpListener::bind((settings.server.bind_host.as_str(), settings.server.port))?;
+            api_gateway::run(settings, listener, service_kit::telemetry::shutdown_signal()).await
         }
         Command::Migrate => {
-            let applied = db::run_migrations(&settings.database_url, Database::Main).await?;
+            let applied = db::run_migrations(settings.database.url.expose(), Database::Main).await?;
             tracing::info!(versions = ?applied, "main migrations applied");
             Ok(())
         }
-        Command::Healthcheck => common_models::telemetry::healthcheck(settings.port).await,
+        Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
     }
 }
 

@@ -1,20 +1,20 @@
-//! Per-request middleware: assigns the request id, measures the request, and emits
-//! one `system_logs` event per API request (probes — `/healthz`, `/readyz`,
-//! `/metrics` — are counted in metrics but not logged, or they would drown the table).
+//! Per-request middleware (inside the request-id layer): measures the request and emits
+//! one `system_logs` event per API request. Probes (`/healthz`, `/readyz`, `/metrics`)
+//! are counted in metrics but not logged, or they would drown the table.
 
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
-use common_models::events::{LogEvent, SystemLogEvent, new_event_id};
+use common_models::events::{SystemLogEvent, new_event_id};
+use service_kit::request_id::RequestId;
 
 use crate::auth::Caller;
-use crate::state::{AppState, RequestId};
+use crate::logged::{MAX_PATH_BYTES, cut};
+use crate::state::AppState;
 
-const REQUEST_ID_HEADER: &str = "x-request-id";
 const PROBES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 pub async fn log_request(
@@ -23,22 +23,12 @@ pub async fn log_request(
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let started = Instant::now();
     let created_at = common_models::events::event_time();
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| new_event_id().to_string(), str::to_owned);
-    req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().to_string();
-    let path = req.path().to_owned();
+    let path = cut(req.path(), MAX_PATH_BYTES);
     let state = req.app_data::<web::Data<AppState>>().cloned();
 
-    let mut res = next.call(req).await?;
+    let res = next.call(req).await?;
 
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
-    }
     let Some(state) = state else { return Ok(res) };
     let status = res.status();
     let elapsed = started.elapsed();
@@ -49,17 +39,13 @@ pub async fn log_request(
         return Ok(res);
     }
     let caller = res.request().extensions().get::<Caller>().copied();
-    let level = match status.as_u16() {
-        500.. => "error",
-        400..=499 => "warning",
-        _ => "info",
+    let request_id = RequestId::of(res.request());
+    let (level, error_type) = match status.as_u16() {
+        500.. => ("error", Some("server_error".to_owned())),
+        400..=499 => ("warning", Some("client_error".to_owned())),
+        _ => ("info", None),
     };
-    let error_type = match status.as_u16() {
-        500.. => Some("server_error".to_owned()),
-        400..=499 => Some("client_error".to_owned()),
-        _ => None,
-    };
-    state.publisher.publish(LogEvent::SystemLog(SystemLogEvent {
+    state.producer.publish(&SystemLogEvent {
         event_id: new_event_id(),
         created_at,
         level: level.to_owned(),
@@ -71,9 +57,9 @@ pub async fn log_request(
         latency_ms: Some(elapsed.as_secs_f64() * 1000.0),
         company_id: caller.map(|c| c.company_id),
         user_id: caller.and_then(|c| c.user_id),
-        request_id: Some(request_id),
+        request_id,
         error_type,
         metadata: None,
-    }));
+    });
     Ok(res)
 }

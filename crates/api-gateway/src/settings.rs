@@ -2,8 +2,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
+use service_kit::config::{
+    ConnectionUrl, DatabaseSection, LoggingSection, RedisSection, Secret, ServerSection, bytes, duration,
+};
+use task_queue::ProducerConfig;
 
 use crate::llm::pricing::PriceTable;
 
@@ -12,38 +17,50 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewaySettings {
-    pub bind_host: String,
-    pub port: u16,
-    pub workers: usize,
-    pub database_url: String,
-    pub db_pool_size: usize,
-    pub analytics_database_url: String,
-    pub redis_url: String,
-    pub redis_key_prefix: String,
+    pub server: ServerSection,
+    /// Main database: tenants and keys.
+    pub database: DatabaseSection,
+    /// Analytics database, for the admin health view only.
+    pub analytics_database: DatabaseSection,
+    /// The queue Redis.
+    pub redis: RedisSection,
+    pub logging: LoggingSection,
+    /// How log events reach the queue, and the spool they wait in while Redis is away.
+    pub producer: ProducerConfig,
+    /// The upstream OpenAI-compatible base URL.
     pub llm_base_url: String,
-    pub llm_api_key: String,
-    pub llm_timeout_secs: u64,
-    pub llm_connect_timeout_secs: u64,
+    /// Sent upstream as a bearer token; empty: none.
+    pub llm_api_key: Secret,
+    /// Whole-call limit of an upstream call, streams included.
+    #[serde(deserialize_with = "duration")]
+    pub llm_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub llm_connect_timeout: Duration,
+    /// Largest accepted request body.
+    #[serde(deserialize_with = "bytes")]
     pub max_body_bytes: usize,
+    /// Largest accepted `max_tokens` / `max_completion_tokens`.
     pub max_tokens_cap: u64,
+    /// cache-service for the LLM results cache; empty: no cache.
     pub cache_url: String,
-    pub cache_timeout_ms: u64,
-    pub admin_api_key: String,
-    pub log_buffer_capacity: usize,
-    pub log_batch_size: usize,
-    pub log_linger_ms: u64,
-    pub auth_cache_ttl_secs: u64,
+    /// A cache slower than this is a miss.
+    #[serde(deserialize_with = "duration")]
+    pub cache_timeout: Duration,
+    /// Guards `/api/v1/admin/*`; empty: the admin API is off (403).
+    pub admin_api_key: Secret,
+    /// How long a validated API key is trusted without asking the database.
+    #[serde(deserialize_with = "duration")]
+    pub auth_cache_ttl: Duration,
+    /// Recorded with every LLM log row.
     pub deployment_version: String,
     pub deployment_environment: String,
-    pub log_format: String,
-    pub log_level: String,
     pub pricing: PriceTable,
 }
 
 impl GatewaySettings {
     /// Defaults → optional file → `env`, then validated.
     pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> anyhow::Result<Self> {
-        let settings: Self = common_models::settings::load(DEFAULTS, file, env)?;
+        let settings: Self = service_kit::config::load(DEFAULTS, file, env)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -58,16 +75,15 @@ impl GatewaySettings {
             self.llm_base_url.starts_with("http://") || self.llm_base_url.starts_with("https://"),
             "llm_base_url must be an http(s) URL"
         );
-        anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024");
-        anyhow::ensure!(self.log_buffer_capacity >= 1, "log_buffer_capacity must be at least 1");
-        anyhow::ensure!(self.log_batch_size >= 1, "log_batch_size must be at least 1");
-        anyhow::ensure!(self.db_pool_size >= 1, "db_pool_size must be at least 1");
+        anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1KiB");
+        anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
+        self.producer.validate()?;
         self.pricing.validate()?;
         Ok(())
     }
 
-    pub fn analytics_url(&self) -> &str {
-        common_models::settings::analytics_url_or_main(&self.analytics_database_url, &self.database_url)
+    pub fn analytics_url(&self) -> &ConnectionUrl {
+        self.analytics_database.url.or(&self.database.url)
     }
 
     pub fn chat_completions_url(&self) -> String {
@@ -83,18 +99,26 @@ mod tests {
     #[test]
     fn shipped_defaults_parse() {
         let s = GatewaySettings::defaults().unwrap();
-        assert_eq!(s.port, 8080);
+        assert_eq!(s.server.port, 8080);
         assert_eq!(s.pricing.version, "2026-11-01");
         assert!(s.pricing.models.iter().any(|m| m.name == "gpt-4.1"));
         assert_eq!(s.chat_completions_url(), "http://127.0.0.1:8090/v1/chat/completions");
+        assert_eq!(s.max_body_bytes, 4 << 20);
+        assert!(s.producer.spool.is_some());
     }
 
     #[test]
-    fn environment_overrides_nested_pricing_version() {
-        let env =
-            HashMap::from([("PRICING__VERSION".to_owned(), "v9".to_owned()), ("PORT".to_owned(), "9000".to_owned())]);
-        let s = GatewaySettings::load(None, env).unwrap();
+    fn environment_overrides_nested_and_flat_names() {
+        let env = HashMap::from([
+            ("PRICING__VERSION".to_owned(), "v9".to_owned()),
+            ("PORT".to_owned(), "9000".to_owned()),
+            ("LLM_TIMEOUT".to_owned(), "90s".to_owned()),
+            ("PRODUCER__SPOOL__DIR".to_owned(), String::new()),
+        ]);
+        let s = GatewaySettings::load(None, service_kit::config::resolve_aliases(env)).unwrap();
         assert_eq!(s.pricing.version, "v9");
-        assert_eq!(s.port, 9000);
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.llm_timeout, Duration::from_secs(90));
+        assert!(s.producer.spool.is_none());
     }
 }

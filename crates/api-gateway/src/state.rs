@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use common_models::db::PgPool;
-use common_models::queue::QueueKeys;
-use deadpool_redis::Pool as RedisPool;
+use service_kit::db::PgPool;
+use task_queue::{Keys, Producer};
 
 use crate::auth::Authenticator;
 use crate::llm::record::CallLogger;
 use crate::metrics::GatewayMetrics;
-use crate::publisher::LogPublisher;
 use crate::settings::GatewaySettings;
 
 pub struct AppState {
@@ -18,11 +16,12 @@ pub struct AppState {
     pub db: PgPool,
     /// Analytics database: read by the admin health view only; never written here.
     pub analytics: PgPool,
-    /// Queue Redis, for health and queue statistics (short reply timeouts).
-    pub redis: RedisPool,
-    pub keys: QueueKeys,
+    /// Queue Redis, for the admin health view (short reply timeouts).
+    pub redis: deadpool_redis::Pool,
+    pub keys: Keys,
     pub http: reqwest::Client,
-    pub publisher: LogPublisher,
+    /// Log events to the queue; never waits.
+    pub producer: Producer,
     pub metrics: GatewayMetrics,
     pub auth: Authenticator,
     /// The LLM results cache (cache-service), when configured.
@@ -31,10 +30,6 @@ pub struct AppState {
 
 impl AppState {
     pub fn call_logger(&self) -> CallLogger {
-        CallLogger { publisher: self.publisher.clone(), settings: self.settings.clone(), metrics: self.metrics.clone() }
+        CallLogger { producer: self.producer.clone(), settings: self.settings.clone(), metrics: self.metrics.clone() }
     }
 }
-
-/// The request's id: the client's `X-Request-Id` when usable, else a new one.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);

@@ -103,8 +103,8 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
 async fn the_admin_api_is_off_without_an_admin_key() -> anyhow::Result<()> {
     let stack = Stack::start(Options {
         with_worker: false,
-        with_cache: false,
-        tweak: Box::new(|s| s.admin_api_key = String::new()),
+        tweak: Box::new(|s| s.admin_api_key = service_kit::config::Secret::default()),
+        ..Options::default()
     })
     .await?;
     let res = stack

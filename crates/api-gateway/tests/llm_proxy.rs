@@ -127,7 +127,9 @@ async fn upstream_errors_are_relayed_and_logged_with_their_type() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_timeout_is_a_504_and_one_row() -> anyhow::Result<()> {
-    let stack = Stack::start(Options { tweak: Box::new(|s| s.llm_timeout_secs = 1), ..Options::default() }).await?;
+    let stack =
+        Stack::start(Options { tweak: Box::new(|s| s.llm_timeout = Duration::from_secs(1)), ..Options::default() })
+            .await?;
     let (_, key) = stack.create_company("Slow Upstream plc").await?;
     stack.sim.configure(|b| b.latency_ms = 2500);
     let res = stack.chat(&key, &chat_body(false)).send().await?;

@@ -84,7 +84,10 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     common_models::db::run_migrations(&main_url, common_models::db::Database::Main).await?;
 
+    let spool_dir = std::env::temp_dir().join(format!("{analytics_name}-spool"));
+    let spool_dir_text = spool_dir.to_string_lossy().into_owned();
     let env = [
+        ("PRODUCER__SPOOL__DIR", spool_dir_text.as_str()),
         ("DATABASE_URL", main_url.as_str()),
         ("ANALYTICS_DATABASE_URL", analytics_url.as_str()),
         ("REDIS_KEY_PREFIX", prefix.as_str()),
@@ -181,6 +184,7 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
     );
 
     drop(processes);
+    std::fs::remove_dir_all(&spool_dir).ok();
     clear_redis(&prefix).await?;
     drop_database(&main_name).await?;
     drop_database(&analytics_name).await?;

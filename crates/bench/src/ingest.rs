@@ -4,15 +4,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use api_gateway::metrics::GatewayMetrics;
-use api_gateway::publisher::LogPublisher;
 use chrono::Utc;
 use common_models::db::{Database, run_migrations};
-use common_models::events::{LlmCallEvent, LogEvent, new_event_id};
+use common_models::events::{LlmCallEvent, new_event_id};
 use common_models::ids::{CompanyId, InterviewId, UserId};
-use common_models::queue::QueueKeys;
-use common_models::redis_pool::{ReplyTimeout, build_pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use service_kit::config::{ConnectionUrl, LogFormat};
+use service_kit::redis::{ReplyTimeout, build_pool};
+use task_queue::{Keys, Producer, ProducerConfig, ProducerMetrics};
 
 use crate::{clear_redis, count, create_database, drop_database, redis_url};
 
@@ -21,7 +20,7 @@ const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_i
     time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, deployment_version, \
     deployment_environment, cache_hit, cost_saved_usd";
 
-fn event(i: usize) -> LlmCallEvent {
+pub fn event(i: usize) -> LlmCallEvent {
     let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
     let failed = i.is_multiple_of(50);
     LlmCallEvent {
@@ -97,6 +96,18 @@ fn csv_row(e: &LlmCallEvent) -> String {
     .join(",")
 }
 
+/// The gateway's producer settings, with a spool in `dir` and a buffer that holds `n`
+/// events published at once (the gateway's 64 MiB is meant for a steady flow).
+pub fn gateway_producer(dir: &std::path::Path, n: usize) -> anyhow::Result<ProducerConfig> {
+    let mut config = api_gateway::GatewaySettings::defaults()?.producer;
+    config.buffer_max_bytes = config.buffer_max_bytes.max(n * 1024);
+    if let Some(spool) = config.spool.as_mut() {
+        spool.dir = dir.to_owned();
+        spool.max_bytes = spool.max_bytes.max(n as u64 * 1024);
+    }
+    Ok(config)
+}
+
 async fn prepare(url: &str) -> anyhow::Result<()> {
     run_migrations(url, Database::Analytics).await?;
     let mut conn = AsyncPgConnection::establish(url).await?;
@@ -138,13 +149,13 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let (pipe_url, pipe_name) = create_database("pipeline").await?;
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Worker tuning (WRITE_LOOPS, BATCH_SIZE, …) can be varied from the environment.
-    let mut settings = llm_log_worker::WorkerSettings::load(None, common_models::settings::process_env())?;
-    settings.analytics_database_url = pipe_url.clone();
-    settings.redis_url = redis_url();
-    settings.redis_key_prefix = prefix.clone();
-    settings.consumer_name = format!("{prefix}worker");
-    settings.log_format = "text".into();
-    settings.log_level = "warn".into();
+    let mut settings = llm_log_worker::WorkerSettings::load(None, service_kit::config::process_env())?;
+    settings.analytics_database.url = ConnectionUrl::new(&pipe_url);
+    settings.redis.url = ConnectionUrl::new(redis_url());
+    settings.redis.key_prefix = prefix.clone();
+    settings.consumer.consumer = format!("{prefix}worker");
+    settings.logging.format = LogFormat::Text;
+    settings.logging.level = "warn".into();
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let worker_addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -156,17 +167,18 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let metrics = GatewayMetrics::new()?;
+    let metrics = ProducerMetrics::register(&prometheus::Registry::new())?;
     let redis = build_pool(&redis_url(), 4, ReplyTimeout::After(Duration::from_secs(2)))?;
-    let (publisher, publisher_stop) =
-        LogPublisher::start(redis, QueueKeys::new(prefix.clone()), metrics.clone(), n, 512, Duration::from_millis(5));
+    let spool_dir = std::env::temp_dir().join(format!("{pipe_name}-spool"));
+    let (producer, producer_task) =
+        Producer::start(redis, Keys::new(prefix.clone()), gateway_producer(&spool_dir, n)?, metrics.clone()).await?;
     println!(
-        "pipeline (publisher → Redis → llm-log-worker, {} write loops, batches of {}) ...",
-        settings.write_loops, settings.batch_size
+        "pipeline (the gateway's producer → Redis → llm-log-worker, {} loops, batches of {}) ...",
+        settings.consumer.concurrency, settings.consumer.batch_size
     );
     let started = Instant::now();
-    for e in events {
-        publisher.publish(LogEvent::LlmCall(e));
+    for e in &events {
+        producer.publish(e);
     }
     let publish_secs = started.elapsed().as_secs_f64();
     let mut last_report = Instant::now();
@@ -185,11 +197,9 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let pipe_secs = started.elapsed().as_secs_f64();
     let pipe_rate = n as f64 / pipe_secs;
     let distinct = count(&pipe_url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
-    let dropped: u64 = ["llm_logs", "system_logs"]
+    let dropped: u64 = ["buffer_full", "spool_full", "spool_error", "rejected", "encode", "shutdown"]
         .iter()
-        .flat_map(|s| {
-            ["buffer_full", "shutdown", "encode"].map(|r| metrics.log_events_dropped.with_label_values(&[*s, r]).get())
-        })
+        .map(|r| metrics.dropped.with_label_values(&["llm_logs", r]).get())
         .sum();
     println!(
         "  all {n} rows committed ({distinct} distinct, {dropped} dropped); publishing itself took {publish_secs:.2} s"
@@ -201,7 +211,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         pipe_rate / copy_rate
     );
 
-    publisher_stop.flush_and_stop(Duration::from_secs(5)).await;
+    producer_task.shutdown().await;
+    std::fs::remove_dir_all(&spool_dir).ok();
     stop_tx.send_replace(true);
     worker.await??;
     clear_redis(&prefix).await?;

@@ -6,6 +6,8 @@
 //!   committed rows, against a raw `COPY` of the same rows into the same schema.
 //! - `gateway`: chat completions through api-gateway (logging on) against the upstream
 //!   simulator alone, at the same fixed request rate, measured with oha.
+//! - `spool`: the gateway's producer writing to its disk spool while Redis is away, and
+//!   replaying it, against sending straight to Redis.
 //! - `cache`: cache-service GET against Redis GET on the same Redis, at the same
 //!   concurrency (redis-benchmark, wrk and one client that speaks both).
 //! - `load`: that client, alone (the `cache` benchmark runs it pinned to a core).
@@ -14,6 +16,7 @@ mod cache;
 mod gateway;
 mod ingest;
 mod loadgen;
+mod spool;
 
 use std::process::{Child, Command as Process};
 use std::time::{Duration, Instant};
@@ -30,6 +33,11 @@ struct Cli {
 enum Command {
     /// Publisher → Redis → worker → committed rows, vs raw COPY.
     Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
+    /// Events/s into the producer's spool (Redis away) and replayed from it, vs straight to Redis.
+    Spool {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
     },
@@ -85,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match Cli::parse().command {
         Command::Ingest { events } => runtime()?.block_on(ingest::run(events)),
+        Command::Spool { events } => runtime()?.block_on(spool::run(events)),
         Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
             runtime()?.block_on(gateway::run(rate, seconds, &bin_dir, !no_max_rate))
         }

@@ -18,11 +18,12 @@ use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use common_models::cache_wire;
-use common_models::telemetry::{METRICS_CONTENT_TYPE, render_metrics};
 use serde::Deserialize;
 use serde_json::json;
+use service_kit::AppError;
+use service_kit::auth::require_admin;
+use service_kit::telemetry::{METRICS_CONTENT_TYPE, render_metrics};
 
-use crate::error::ApiError;
 use crate::settings::CacheSettings;
 use crate::store::CacheStore;
 
@@ -33,6 +34,7 @@ const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-st
 pub struct AppState {
     pub store: Arc<CacheStore>,
     pub settings: Arc<CacheSettings>,
+    pub registry: prometheus::Registry,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -52,27 +54,32 @@ struct TtlQuery {
 
 impl AppState {
     /// The namespace's default TTL, or 404 naming the known ones.
-    fn namespace_ttl(&self, namespace: &str) -> Result<u64, ApiError> {
-        self.settings.namespaces.get(namespace).copied().ok_or_else(|| {
+    fn namespace_ttl(&self, namespace: &str) -> Result<u64, AppError> {
+        self.settings.namespaces.get(namespace).map(Duration::as_secs).ok_or_else(|| {
             let known: Vec<&str> = self.settings.namespaces.keys().map(String::as_str).collect();
-            ApiError::NotFound(format!("unknown namespace `{namespace}`; known: {}", known.join(", ")))
+            AppError::not_found(format!("unknown namespace `{namespace}`; known: {}", known.join(", ")))
+                .with_param("namespace")
         })
     }
 
-    fn check_key(&self, key: &str) -> Result<(), ApiError> {
+    fn check_key(&self, key: &str) -> Result<(), AppError> {
         if key.is_empty() || key.len() > self.settings.max_key_bytes {
-            return Err(ApiError::bad(
+            return Err(AppError::bad_request(
                 "key",
                 "invalid_key",
                 format!("keys are 1-{} bytes", self.settings.max_key_bytes),
             ));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-            return Err(ApiError::bad("key", "invalid_key", "keys are visible ASCII characters other than `/`"));
+            return Err(AppError::bad_request(
+                "key",
+                "invalid_key",
+                "keys are visible ASCII characters other than `/`",
+            ));
         }
         // URL parsers fold these path segments away, so no HTTP client could reach them.
         if key == "." || key == ".." {
-            return Err(ApiError::bad("key", "invalid_key", "`.` and `..` cannot be keys"));
+            return Err(AppError::bad_request("key", "invalid_key", "`.` and `..` cannot be keys"));
         }
         Ok(())
     }
@@ -83,17 +90,17 @@ impl AppState {
         self.settings.max_batch_keys * (2 * self.settings.max_key_bytes + 3) + 64
     }
 
-    fn ttl(&self, namespace: &str, query: &TtlQuery) -> Result<Duration, ApiError> {
+    fn ttl(&self, namespace: &str, query: &TtlQuery) -> Result<Duration, AppError> {
         let default = self.namespace_ttl(namespace)?;
         let secs = match &query.ttl {
             None => default,
             Some(raw) => match raw.parse::<u64>() {
-                Ok(t) if (1..=self.settings.max_ttl_secs).contains(&t) => t,
+                Ok(t) if (1..=self.settings.max_ttl_secs()).contains(&t) => t,
                 _ => {
-                    return Err(ApiError::bad(
+                    return Err(AppError::bad_request(
                         "ttl",
                         "invalid_ttl",
-                        format!("`ttl` must be whole seconds between 1 and {}", self.settings.max_ttl_secs),
+                        format!("`ttl` must be whole seconds between 1 and {}", self.settings.max_ttl_secs()),
                     ));
                 }
             },
@@ -108,10 +115,10 @@ async fn read_limited(
     payload: web::Payload,
     limit: usize,
     param: &'static str,
-) -> Result<Bytes, ApiError> {
-    web_support::read_limited(req, payload, limit).await.map_err(|e| match e {
-        web_support::BodyError::TooLarge { .. } => ApiError::TooLarge { param, message: e.to_string() },
-        other => ApiError::bad(param, "invalid_body", other.to_string()),
+) -> Result<Bytes, AppError> {
+    service_kit::body::read_limited(req, payload, limit).await.map_err(|e| match e {
+        service_kit::body::BodyError::TooLarge { limit } => AppError::too_large(Some(param), limit),
+        other => AppError::bad_request(param, "invalid_body", other.to_string()),
     })
 }
 
@@ -120,13 +127,13 @@ async fn dispatch(
     req: HttpRequest,
     state: web::Data<AppState>,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, AppError> {
     use actix_web::http::Method;
     // Only writes take a query (`ttl`); reads do not pay for parsing one.
     let query = || {
         web::Query::<TtlQuery>::from_query(req.query_string())
             .map(web::Query::into_inner)
-            .map_err(|e| ApiError::bad("ttl", "invalid_query", e.to_string()))
+            .map_err(|e| AppError::bad_request("ttl", "invalid_query", e.to_string()))
     };
     let rest = req.path().strip_prefix("/v1/cache/").unwrap_or_default();
     // At most three segments are meaningful; a fourth marks the path as unknown.
@@ -134,7 +141,7 @@ async fn dispatch(
     let mut count = 0;
     for segment in rest.split('/') {
         if count == segments.len() {
-            return Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())));
+            return Err(service_kit::error::no_route(&req));
         }
         segments[count] = segment;
         count += 1;
@@ -149,19 +156,21 @@ async fn dispatch(
         }
         ([namespace, key], Method::DELETE) => delete(&state, namespace, &percent_decode(key)?).await,
         ([namespace], Method::DELETE) => flush(&req, &state, namespace).await,
-        ([_] | [_, _] | [_, "_batch", _], _) => {
-            Err(ApiError::MethodNotAllowed(format!("{} {}", req.method(), req.path())))
-        }
-        _ => Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))),
+        ([_] | [_, _] | [_, "_batch", _], _) => Err(AppError::new(
+            service_kit::ErrorKind::MethodNotAllowed,
+            format!("method not allowed: {} {}", req.method(), req.path()),
+        )
+        .with_code("method_not_allowed")),
+        _ => Err(service_kit::error::no_route(&req)),
     }
 }
 
 /// Decodes `%XX` escapes in a key taken from the path.
-fn percent_decode(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+fn percent_decode(raw: &str) -> Result<Cow<'_, str>, AppError> {
     if !raw.contains('%') {
         return Ok(Cow::Borrowed(raw));
     }
-    let bad = || ApiError::bad("key", "invalid_key", "the key's percent-encoding is malformed");
+    let bad = || AppError::bad_request("key", "invalid_key", "the key's percent-encoding is malformed");
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -178,7 +187,7 @@ fn percent_decode(raw: &str) -> Result<Cow<'_, str>, ApiError> {
     String::from_utf8(out).map(Cow::Owned).map_err(|_| bad())
 }
 
-async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, ApiError> {
+async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, AppError> {
     state.namespace_ttl(namespace)?;
     state.check_key(key)?;
     match state.store.get(namespace, key).await {
@@ -186,7 +195,7 @@ async fn get(state: &AppState, namespace: &str, key: &str) -> Result<HttpRespons
             .insert_header((CONTENT_TYPE, OCTET_STREAM))
             .insert_header((X_CACHE_TIER, HeaderValue::from_static(tier.as_str())))
             .body(bytes)),
-        None => Err(ApiError::NotFound(format!("`{namespace}:{key}` is not cached"))),
+        None => Err(AppError::not_found(format!("`{namespace}:{key}` is not cached"))),
     }
 }
 
@@ -197,7 +206,7 @@ async fn put(
     key: String,
     query: &TtlQuery,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, AppError> {
     let ttl = state.ttl(namespace, query)?;
     state.check_key(&key)?;
     let value = read_limited(req, payload, state.settings.max_value_bytes, "body").await?;
@@ -205,7 +214,7 @@ async fn put(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn delete(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, ApiError> {
+async fn delete(state: &AppState, namespace: &str, key: &str) -> Result<HttpResponse, AppError> {
     state.namespace_ttl(namespace)?;
     state.check_key(key)?;
     state.store.delete(namespace, key).await;
@@ -222,13 +231,13 @@ async fn batch_get(
     state: &AppState,
     namespace: &str,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, AppError> {
     state.namespace_ttl(namespace)?;
     let body = read_limited(req, payload, state.batch_get_body_limit(), "body").await?;
     let request: BatchGet = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("keys", "invalid_body", format!("expected {{\"keys\": [...]}}: {e}")))?;
+        .map_err(|e| AppError::bad_request("keys", "invalid_body", format!("expected {{\"keys\": [...]}}: {e}")))?;
     if request.keys.len() > state.settings.max_batch_keys {
-        return Err(ApiError::bad(
+        return Err(AppError::bad_request(
             "keys",
             "too_many_keys",
             format!("at most {} keys per batch", state.settings.max_batch_keys),
@@ -240,7 +249,7 @@ async fn batch_get(
     let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
     let found = state.store.get_many(namespace, &keys).await;
     let values: Vec<Option<Bytes>> = found.into_iter().map(|f| f.map(|(b, _)| b)).collect();
-    let framed = cache_wire::encode_values(&values).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let framed = cache_wire::encode_values(&values).map_err(AppError::internal)?;
     Ok(HttpResponse::Ok().insert_header((CONTENT_TYPE, OCTET_STREAM)).body(framed))
 }
 
@@ -250,23 +259,25 @@ async fn batch_put(
     namespace: &str,
     query: &TtlQuery,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, AppError> {
     let ttl = state.ttl(namespace, query)?;
     let body = read_limited(req, payload, state.settings.max_batch_bytes, "body").await?;
     let entries = cache_wire::decode_entries(&body, state.settings.max_batch_keys).map_err(|e| match e {
         cache_wire::FrameError::TooManyEntries(max) => {
-            ApiError::bad("body", "too_many_keys", format!("at most {max} entries per batch"))
+            AppError::bad_request("body", "too_many_keys", format!("at most {max} entries per batch"))
         }
-        other => ApiError::bad("body", "invalid_frame", other.to_string()),
+        other => AppError::bad_request("body", "invalid_frame", other.to_string()),
     })?;
     let mut owned = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         state.check_key(&key)?;
         if value.len() > state.settings.max_value_bytes {
-            return Err(ApiError::TooLarge {
-                param: "body",
-                message: format!("the value of `{key}` exceeds the limit of {} bytes", state.settings.max_value_bytes),
-            });
+            return Err(AppError::new(
+                service_kit::ErrorKind::PayloadTooLarge,
+                format!("the value of `{key}` exceeds the limit of {} bytes", state.settings.max_value_bytes),
+            )
+            .with_param("body")
+            .with_code("too_large"));
         }
         // A copy, not a slice: a slice would keep the whole body alive in L1 while
         // L1 counts only the value's bytes.
@@ -276,21 +287,11 @@ async fn batch_put(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn flush(req: &HttpRequest, state: &AppState, namespace: &str) -> Result<HttpResponse, ApiError> {
-    let admin = &state.settings.admin_api_key;
-    if admin.is_empty() {
-        return Err(ApiError::Forbidden("flushing is disabled: set ADMIN_API_KEY to enable it".into()));
-    }
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !token.is_some_and(|t| common_models::settings::same_secret(t, admin)) {
-        return Err(ApiError::Unauthorized("a valid admin key is required to flush".into()));
-    }
+async fn flush(req: &HttpRequest, state: &AppState, namespace: &str) -> Result<HttpResponse, AppError> {
+    require_admin(req, &state.settings.cache_admin_api_key, "CACHE_ADMIN_API_KEY")?;
     state.namespace_ttl(namespace)?;
-    let removed = state.store.flush(namespace).await.map_err(ApiError::Unavailable)?;
+    let removed =
+        state.store.flush(namespace).await.map_err(|e| AppError::unavailable("the cache Redis", anyhow::anyhow!(e)))?;
     Ok(HttpResponse::Ok().json(json!({"namespace": namespace, "removed": removed})))
 }
 
@@ -344,7 +345,7 @@ async fn stats(state: web::Data<AppState>) -> HttpResponse {
             "entries": m.l1_entries.get(),
             "bytes": m.l1_bytes.get(),
             "max_bytes": state.settings.l1_max_bytes,
-            "max_ttl_secs": state.settings.l1_max_ttl_secs,
+            "max_ttl_secs": state.settings.l1_max_ttl.as_secs(),
         },
         "redis": {
             "reachable": policy.is_some(),
@@ -361,7 +362,7 @@ async fn stats(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     refresh_l1_gauges(&state.store);
     refresh_redis_gauges(&state.store).await;
-    HttpResponse::Ok().content_type(METRICS_CONTENT_TYPE).body(render_metrics(&state.store.metrics.registry))
+    HttpResponse::Ok().content_type(METRICS_CONTENT_TYPE).body(render_metrics(&state.registry))
 }
 
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {

@@ -3,7 +3,6 @@
 //! invalidation across replicas, and the statistics the team watches.
 
 pub mod background;
-pub mod error;
 pub mod fallback;
 pub mod generations;
 pub mod http;
@@ -13,9 +12,10 @@ pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
-use common_models::settings::redact_url;
+use actix_web::{App, web};
+use service_kit::server::{ServerOptions, serve};
 use tokio::sync::watch;
 
 pub use crate::settings::CacheSettings;
@@ -25,42 +25,28 @@ use crate::store::CacheStore;
 pub async fn run(
     settings: CacheSettings,
     listener: std::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let redis_url = settings.cache_redis().to_owned();
-    tracing::info!(addr = %listener.local_addr()?, redis = %redact_url(&redis_url), "cache-service starting");
-    let store = CacheStore::new(&settings, metrics::CacheMetrics::new()?)?;
+    tracing::info!(addr = %listener.local_addr()?, redis = %settings.redis.url, "cache-service starting");
+    let registry = prometheus::Registry::new_custom(Some("headhunter_cache".into()), None)?;
+    let store = CacheStore::new(&settings, metrics::CacheMetrics::register(&registry)?)?;
     if let Err(err) = store.conn().await {
         // Serve from L1 alone; the monitor keeps trying.
         store.note_redis_unreachable(&err);
     }
-    tokio::spawn(background::invalidation_subscriber(store.clone(), redis_url, shutdown.clone()));
+    tokio::spawn(background::invalidation_subscriber(
+        store.clone(),
+        settings.redis.url.expose().to_owned(),
+        shutdown.clone(),
+    ));
     tokio::spawn(background::redis_monitor(store.clone(), shutdown.clone()));
 
-    let server =
-        build_server(web::Data::new(http::AppState { store, settings: settings.clone() }), &settings, listener)?;
-    let handle = server.handle();
-    tokio::spawn(async move {
-        drop(shutdown.wait_for(|s| *s).await);
-        handle.stop(true).await;
-    });
-    server.await?;
+    let state = web::Data::new(http::AppState { store, settings: settings.clone(), registry });
+    let options = ServerOptions { workers: settings.server.workers, shutdown_timeout: Duration::from_secs(10) };
+    // No request-id layer on the hot path: errors here are the caller's (4xx), and the
+    // cache's own failures are fallbacks, not errors.
+    serve(listener, options, shutdown, move || App::new().app_data(state.clone()).configure(http::routes))?.await?;
     tracing::info!("cache-service stopped");
     Ok(())
-}
-
-fn build_server(
-    state: web::Data<http::AppState>,
-    settings: &CacheSettings,
-    listener: std::net::TcpListener,
-) -> std::io::Result<actix_web::dev::Server> {
-    let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-        .backlog(4096)
-        .disable_signals()
-        .shutdown_timeout(10);
-    if settings.workers > 0 {
-        server = server.workers(settings.workers);
-    }
-    Ok(server.listen(listener)?.run())
 }

@@ -25,14 +25,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = CacheSettings::load(cli.config.as_deref(), common_models::settings::process_env())?;
-    common_models::telemetry::init_tracing(settings.log_format == "json", &settings.log_level);
+    let settings = CacheSettings::load(cli.config.as_deref(), service_kit::config::process_env())?;
+    service_kit::telemetry::init_tracing(&settings.logging);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let listener = std::net::TcpListener::bind((settings.bind_host.as_str(), settings.port))?;
-            cache_service::run(settings, listener, common_models::telemetry::shutdown_signal()).await
+            let listener = std::net::TcpListener::bind((settings.server.bind_host.as_str(), settings.server.port))?;
+            cache_service::run(settings, listener, service_kit::telemetry::shutdown_signal()).await
         }
-        Command::Healthcheck => common_models::telemetry::healthcheck(settings.port).await,
+        Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
     }
 }
 

@@ -2,38 +2,66 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use service_kit::config::{LoggingSection, RedisSection, Secret, ServerSection, bytes, duration, parse_duration};
 
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
-    pub bind_host: String,
-    pub port: u16,
-    pub workers: usize,
-    pub cache_redis_url: String,
-    pub redis_url: String,
-    pub redis_key_prefix: String,
-    pub redis_timeout_ms: u64,
+    pub server: ServerSection,
+    /// The cache Redis (`CACHE_REDIS_URL`, else `REDIS_URL`).
+    pub redis: RedisSection,
+    pub logging: LoggingSection,
+    /// A reply slower than this counts as Redis being down.
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+    /// L1 bound in bytes (keys + values); 0: no L1.
+    #[serde(deserialize_with = "bytes")]
     pub l1_max_bytes: u64,
-    pub l1_max_ttl_secs: u64,
+    /// The longest an entry also in Redis stays in L1.
+    #[serde(deserialize_with = "duration")]
+    pub l1_max_ttl: Duration,
+    /// Bound of the writes kept for replay while Redis is down.
+    #[serde(deserialize_with = "bytes")]
     pub fallback_log_max_bytes: usize,
+    #[serde(deserialize_with = "bytes")]
     pub max_key_bytes: usize,
+    #[serde(deserialize_with = "bytes")]
     pub max_value_bytes: usize,
-    pub max_ttl_secs: u64,
+    /// Longest TTL a request may ask for.
+    #[serde(deserialize_with = "duration")]
+    pub max_ttl: Duration,
     pub max_batch_keys: usize,
+    #[serde(deserialize_with = "bytes")]
     pub max_batch_bytes: usize,
-    pub admin_api_key: String,
-    pub log_format: String,
-    pub log_level: String,
-    /// Namespace → default TTL in seconds.
-    pub namespaces: BTreeMap<String, u64>,
+    /// Guards namespace flushes; empty: flushing is off.
+    pub cache_admin_api_key: Secret,
+    /// Namespace → default TTL.
+    #[serde(deserialize_with = "ttl_map")]
+    pub namespaces: BTreeMap<String, Duration>,
+}
+
+fn ttl_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(name, ttl)| {
+            parse_duration(&ttl)
+                .map(|t| (name.clone(), t))
+                .map_err(|e| serde::de::Error::custom(format!("namespace {name}: {e}")))
+        })
+        .collect()
 }
 
 impl CacheSettings {
-    pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> anyhow::Result<Self> {
-        let settings: Self = common_models::settings::load(DEFAULTS, file, env)?;
+    pub fn load(file: Option<&Path>, mut env: HashMap<String, String>) -> anyhow::Result<Self> {
+        // The cache may have a Redis of its own; else it shares the queue Redis.
+        if let Some(url) = env.get("CACHE_REDIS_URL").filter(|u| !u.trim().is_empty()).cloned() {
+            env.insert("REDIS__URL".to_owned(), url);
+        }
+        let settings: Self = service_kit::config::load(DEFAULTS, file, env)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -49,16 +77,19 @@ impl CacheSettings {
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "namespace {name:?} must be lower-case letters, digits or _"
             );
-            anyhow::ensure!((1..=self.max_ttl_secs).contains(ttl), "namespace {name}: TTL must be 1..=max_ttl_secs");
+            anyhow::ensure!(
+                *ttl >= Duration::from_secs(1) && *ttl <= self.max_ttl,
+                "namespace {name}: TTL must be between 1s and max_ttl"
+            );
         }
         anyhow::ensure!(self.max_value_bytes >= 1, "max_value_bytes must be at least 1");
         anyhow::ensure!(self.max_batch_keys >= 1, "max_batch_keys must be at least 1");
         Ok(())
     }
 
-    /// The cache Redis, falling back to the queue Redis.
-    pub fn cache_redis(&self) -> &str {
-        if self.cache_redis_url.trim().is_empty() { &self.redis_url } else { &self.cache_redis_url }
+    /// Longest TTL a request may ask for, in whole seconds.
+    pub fn max_ttl_secs(&self) -> u64 {
+        self.max_ttl.as_secs()
     }
 }
 
@@ -70,14 +101,19 @@ mod tests {
     #[test]
     fn shipped_defaults_parse_with_the_seed_namespaces() {
         let s = CacheSettings::defaults().unwrap();
-        assert_eq!(s.port, 8081);
-        let ttl = |n: &str| s.namespaces.get(n).copied();
+        assert_eq!(s.server.port, 8081);
+        let ttl = |n: &str| s.namespaces.get(n).map(Duration::as_secs);
         assert_eq!(
             (ttl("embedding"), ttl("match"), ttl("llm"), ttl("analysis"), ttl("session"), ttl("api")),
             (Some(3600), Some(1800), Some(7200), Some(604_800), Some(3600), Some(300))
         );
-        assert_eq!(s.cache_redis(), s.redis_url);
-        let env = HashMap::from([("CACHE_REDIS_URL".to_owned(), "redis://cache:6379/0".to_owned())]);
-        assert_eq!(CacheSettings::load(None, env).unwrap().cache_redis(), "redis://cache:6379/0");
+        let env = HashMap::from([
+            ("REDIS__URL".to_owned(), "redis://queue:6379/0".to_owned()),
+            ("CACHE_REDIS_URL".to_owned(), "redis://cache:6379/0".to_owned()),
+        ]);
+        assert_eq!(CacheSettings::load(None, env).unwrap().redis.url.expose(), "redis://cache:6379/0");
+        let env = HashMap::from([("NAMESPACES__LLM".to_owned(), "3600".to_owned())]);
+        let err = CacheSettings::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("namespace llm") && err.contains("needs a unit"), "{err}");
     }
 }

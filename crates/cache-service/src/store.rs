@@ -153,9 +153,9 @@ impl CacheStore {
         let replica_id = id.iter().map(|b| format!("{b:02x}")).collect();
         Ok(Arc::new(Self {
             l1,
-            redis: RedisLink::new(settings.cache_redis(), Duration::from_millis(settings.redis_timeout_ms))?,
-            prefix: settings.redis_key_prefix.clone(),
-            l1_max_ttl: Duration::from_secs(settings.l1_max_ttl_secs),
+            redis: RedisLink::new(settings.redis.url.expose(), settings.redis_timeout)?,
+            prefix: settings.redis.key_prefix.clone(),
+            l1_max_ttl: settings.l1_max_ttl,
             degraded: AtomicBool::new(false),
             fallback_log: Mutex::new(FallbackLog::new(settings.fallback_log_max_bytes)),
             generations: Generations::default(),

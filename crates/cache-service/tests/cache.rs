@@ -1,44 +1,33 @@
 //! cache-service against real Redis: TTLs in both tiers, binary values, batches,
 //! Redis dying and coming back, replica coherence, bad input.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cache_client::CacheClient;
 use cache_service::CacheSettings;
 use serde_json::Value;
-use test_support::TestRedis;
-use tokio::sync::watch;
+use service_kit::config::{ConnectionUrl, LogFormat, Secret};
+use test_support::{RedisServer, Service, TestRedis};
 
 struct Running {
     url: String,
     http: reqwest::Client,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    service: Service,
 }
 
 impl Running {
     async fn start(redis_url: &str, prefix: &str, tweak: impl FnOnce(&mut CacheSettings)) -> anyhow::Result<Self> {
         let mut s = CacheSettings::defaults()?;
-        s.redis_url = redis_url.to_owned();
-        s.redis_key_prefix = prefix.to_owned();
-        s.workers = 1;
-        s.admin_api_key = "cache-admin".into();
-        s.log_format = "text".into();
+        s.redis.url = ConnectionUrl::new(redis_url);
+        s.redis.key_prefix = prefix.to_owned();
+        s.server.workers = 1;
+        s.cache_admin_api_key = Secret::new("cache-admin");
+        s.logging.format = LogFormat::Text;
         tweak(&mut s);
-        let listener = test_support::local_listener()?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(cache_service::run(s, listener, rx));
-        let http = reqwest::Client::new();
-        let probe = format!("{url}/healthz");
-        test_support::wait_for(Duration::from_secs(10), "cache-service", || async {
-            http.get(&probe).send().await.ok().map(|_| ())
-        })
-        .await?;
+        let service = Service::start("cache-service", |l, rx| cache_service::run(s, l, rx)).await?;
         // Give the invalidation subscriber a moment to subscribe.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(Self { url, http, stop, task })
+        Ok(Self { url: service.url.clone(), http: reqwest::Client::new(), service })
     }
 
     fn client(&self) -> anyhow::Result<CacheClient> {
@@ -76,9 +65,7 @@ impl Running {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(15), self.task).await???;
-        Ok(())
+        self.service.stop().await
     }
 }
 
@@ -174,66 +161,18 @@ async fn binary_values_round_trip_and_batches_work() -> anyhow::Result<()> {
     svc.stop().await
 }
 
-/// A Redis of the test's own, which it can stop and start again.
-struct OwnRedis {
-    port: u16,
-    child: tokio::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> anyhow::Result<Self> {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Self { port, child })
-    }
-
-    /// On a free port, answering.
-    async fn up() -> anyhow::Result<Self> {
-        let redis = Self::start(test_support::local_listener()?.local_addr()?.port())?;
-        redis.wait_up().await?;
-        Ok(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
-    }
-
-    /// What Redis itself holds under `key`.
-    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(redis::cmd("GET").arg(key).query_async(&mut self.conn().await?).await?)
-    }
-
-    async fn wait_up(&self) -> anyhow::Result<()> {
-        let url = self.url();
-        test_support::wait_for(Duration::from_secs(10), "redis-server", || async {
-            let client = redis::Client::open(url.as_str()).ok()?;
-            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await.ok().map(|_| ())
-        })
-        .await
-    }
-
-    async fn kill(mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
+/// What Redis itself holds under `key`.
+async fn stored(redis: &RedisServer, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(redis::cmd("GET").arg(key).query_async(&mut redis.connection().await?).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Result<()> {
-    let redis = OwnRedis::up().await?;
+    let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
     let svc = Running::start(&url, "", |_| {}).await?;
     assert_eq!(svc.put("match", "cv1:job1", b"score 0.87", None).await?, 204);
 
-    let port = redis.port;
     redis.kill().await?;
     // Reads keep being served from L1; writes keep working (into L1); no errors.
     assert_eq!(svc.get("match", "cv1:job1").await?, (200, Some("l1".into()), b"score 0.87".to_vec()));
@@ -246,12 +185,11 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
 
     // Redis comes back (empty): the service notices by itself, replays what was written
     // meanwhile, and writes reach Redis again.
-    let redis = OwnRedis::start(port)?;
-    redis.wait_up().await?;
+    redis.restart().await?;
     svc.left_fallback().await?;
     assert_eq!(svc.put("match", "cv3:job1", b"after recovery", None).await?, 204);
     for (key, value) in [("match:cv2:job1", "score 0.42"), ("match:cv3:job1", "after recovery")] {
-        assert_eq!(redis.get(key).await?.as_deref(), Some(value.as_bytes()), "{key}");
+        assert_eq!(stored(&redis, key).await?.as_deref(), Some(value.as_bytes()), "{key}");
     }
     svc.stop().await?;
     redis.kill().await
@@ -262,13 +200,13 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
 /// them. Redis is paused (its data stays) rather than killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() -> anyhow::Result<()> {
-    let redis = OwnRedis::up().await?;
+    let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
     let a = Running::start(&url, "", |_| {}).await?;
     let b = Running::start(&url, "", |_| {}).await?;
     assert_eq!(a.put("session", "s1", b"logged in", None).await?, 204);
     assert_eq!(b.get("session", "s1").await?.2, b"logged in"); // now in B's L1 too
-    let mut conn = redis.conn().await?;
+    let mut conn = redis.connection().await?;
 
     redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query_async::<()>(&mut conn).await?;
     // The first write finds Redis silent (its command may still run after the pause).
@@ -281,8 +219,8 @@ async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() 
     assert_eq!(a.get("session", "s2").await?, (200, Some("l1".into()), b"new session".to_vec()));
 
     a.left_fallback().await?;
-    assert_eq!(redis.get("session:s1").await?, None, "the delete made during the outage reached Redis");
-    assert_eq!(redis.get("session:s2").await?.as_deref(), Some(&b"new session"[..]));
+    assert_eq!(stored(&redis, "session:s1").await?, None, "the delete made during the outage reached Redis");
+    assert_eq!(stored(&redis, "session:s2").await?.as_deref(), Some(&b"new session"[..]));
     let ttl: i64 = redis::cmd("PTTL").arg("session:s2").query_async(&mut conn).await?;
     assert!((3_500_000..=3_600_000).contains(&ttl), "session TTL kept, {ttl} ms left");
     test_support::wait_for(Duration::from_secs(1), "B to drop s1", || async {
@@ -308,13 +246,13 @@ const BUSY_SCRIPT: &str = "local t = redis.call('TIME') local s = t[1] * 1000 + 
 /// write must survive the first replica's return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_does_not_undo_a_newer_write_from_another_replica() -> anyhow::Result<()> {
-    let redis = OwnRedis::up().await?;
+    let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
-    let a = Running::start(&url, "", |s| s.redis_timeout_ms = 50).await?;
-    let b = Running::start(&url, "", |s| s.redis_timeout_ms = 5000).await?;
+    let a = Running::start(&url, "", |s| s.redis_timeout = Duration::from_millis(50)).await?;
+    let b = Running::start(&url, "", |s| s.redis_timeout = Duration::from_secs(5)).await?;
 
     let busy = tokio::spawn({
-        let mut conn = redis.conn().await?;
+        let mut conn = redis.connection().await?;
         async move { redis::cmd("EVAL").arg(BUSY_SCRIPT).arg(0).arg(700).query_async::<i64>(&mut conn).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -324,7 +262,7 @@ async fn a_replay_does_not_undo_a_newer_write_from_another_replica() -> anyhow::
     drop(busy.await?); // its own reply may time out; the script ran
 
     a.left_fallback().await?;
-    assert_eq!(redis.get("match:cv5:job3").await?.as_deref(), Some(&b"newer"[..]), "B's write is the newer one");
+    assert_eq!(stored(&redis, "match:cv5:job3").await?.as_deref(), Some(&b"newer"[..]), "B's write is the newer one");
     assert_eq!(a.get("match", "cv5:job3").await?.2, b"newer");
     let metrics = a.metrics().await?;
     assert!(metrics.contains("headhunter_cache_fallback_writes_superseded_total 1"), "{metrics}");
@@ -338,10 +276,10 @@ async fn a_replay_does_not_undo_a_newer_write_from_another_replica() -> anyhow::
 /// write only; it does not send the service into fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_is_counted_without_falling_back() -> anyhow::Result<()> {
-    let redis = OwnRedis::up().await?;
+    let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
     let svc = Running::start(&url, "", |_| {}).await?;
-    let mut conn = redis.conn().await?;
+    let mut conn = redis.connection().await?;
     redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async::<()>(&mut conn).await?;
     redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async::<()>(&mut conn).await?;
 
@@ -363,11 +301,11 @@ async fn a_refused_write_is_counted_without_falling_back() -> anyhow::Result<()>
 /// read into L1: the write is newer. Redis is paused so that the two overlap for sure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Result<()> {
-    let redis = OwnRedis::up().await?;
+    let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
     // The pause must not count as Redis being down.
-    let svc = Running::start(&url, "", |s| s.redis_timeout_ms = 5000).await?;
-    let mut conn = redis.conn().await?;
+    let svc = Running::start(&url, "", |s| s.redis_timeout = Duration::from_secs(5)).await?;
+    let mut conn = redis.connection().await?;
     // Stored behind the service's back, so its L1 does not have it and a GET reads Redis.
     redis::cmd("SET").arg("analysis:report-7").arg("old").query_async::<()>(&mut conn).await?;
 
@@ -382,7 +320,7 @@ async fn a_read_racing_a_write_does_not_bring_the_old_value_back() -> anyhow::Re
     assert_eq!(written?, 204);
 
     assert_eq!(svc.get("analysis", "report-7").await?, (200, Some("l1".into()), b"new".to_vec()));
-    assert_eq!(redis.get("analysis:report-7").await?.as_deref(), Some(&b"new"[..]));
+    assert_eq!(stored(&redis, "analysis:report-7").await?.as_deref(), Some(&b"new"[..]));
     svc.stop().await?;
     redis.kill().await
 }

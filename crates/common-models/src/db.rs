@@ -1,18 +1,12 @@
-//! PostgreSQL pools and migrations for both databases.
+//! Migrations of both databases.
 
 use std::time::Duration;
 
 use diesel::Connection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-
-use crate::settings::{postgres_url_for, redact_url};
-
-/// A pool of diesel-async PostgreSQL connections.
-pub type PgPool = Pool<AsyncPgConnection>;
+use service_kit::config::{postgres_url_for, redact_url};
 
 /// Migrations of the main (business) database.
 pub const MAIN_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations-main");
@@ -33,21 +27,6 @@ impl Database {
             Self::Analytics => ANALYTICS_MIGRATIONS,
         }
     }
-}
-
-/// Builds a pool with explicit timeouts; connections announce `application_name`.
-/// No connection is opened here: a database that is down at start-up shows as
-/// errors on use (and in readiness), not as a crash.
-pub fn build_pool(url: &str, application_name: &str, max_size: usize) -> anyhow::Result<PgPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(postgres_url_for(url, application_name));
-    let pool = Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .build()?;
-    Ok(pool)
 }
 
 /// Applies every pending migration of `db` at `url`; returns the versions applied.

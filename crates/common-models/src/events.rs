@@ -20,14 +20,6 @@ pub enum LogEvent {
 }
 
 impl LogEvent {
-    /// The wire tag: payload type and version.
-    pub fn type_tag(&self) -> &'static str {
-        match self {
-            Self::LlmCall(_) => LLM_CALL_V1,
-            Self::SystemLog(_) => SYSTEM_LOG_V1,
-        }
-    }
-
     pub fn event_id(&self) -> Uuid {
         match self {
             Self::LlmCall(e) => e.event_id,
@@ -35,11 +27,6 @@ impl LogEvent {
         }
     }
 }
-
-/// Wire tag of [`LlmCallEvent`], version 1.
-pub const LLM_CALL_V1: &str = "llm_call.v1";
-/// Wire tag of [`SystemLogEvent`], version 1.
-pub const SYSTEM_LOG_V1: &str = "system_log.v1";
 
 /// Why an LLM call did not produce a normal answer. Stored as `error_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,15 +1,12 @@
-//! Types and plumbing every headhunter service shares: the log events that travel
-//! through Redis, the queue's key names, the diesel schema of both databases, the
-//! database and Redis pool builders, configuration loading and telemetry set-up.
-//! Nothing here knows about an HTTP framework.
+//! The types every headhunter service shares: the log events and the streams they
+//! travel on, ids, the cache's batch framing, the diesel schema and migrations of both
+//! databases. Nothing here knows about an HTTP framework; service machinery lives in
+//! `service-kit`, the queue's in `task-queue`.
 
 pub mod cache_wire;
 pub mod events;
 pub mod ids;
 pub mod queue;
-pub mod redis_pool;
-pub mod settings;
-pub mod telemetry;
 
 #[cfg(feature = "diesel")]
 pub mod db;

@@ -9,6 +9,7 @@
 //! its own (one per write loop), reconnecting after any connection-level failure.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common_models::events::{LlmCallEvent, SystemLogEvent};
@@ -36,11 +37,11 @@ pub struct CopyWriter {
 }
 
 impl CopyWriter {
-    pub fn new(url: &str, lock_timeout_ms: u64, statement_timeout_ms: u64) -> Self {
+    pub fn new(url: &str, lock_timeout: Duration, statement_timeout: Duration) -> Self {
         Self {
-            url: common_models::settings::postgres_url_for(url, "llm-log-worker-copy"),
+            url: service_kit::config::postgres_url_for(url, "llm-log-worker-copy"),
             client: None,
-            session_limits: limits(lock_timeout_ms, statement_timeout_ms),
+            session_limits: limits(lock_timeout, statement_timeout),
         }
     }
 

@@ -4,45 +4,51 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common_models::queue::LOG_WORKER_GROUP;
 use serde::Deserialize;
+use service_kit::config::{ConnectionUrl, DatabaseSection, LoggingSection, RedisSection, ServerSection, duration};
+use task_queue::ConsumerConfig;
 
 /// The documented defaults, embedded.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
-    pub database_url: String,
-    pub analytics_database_url: String,
-    pub redis_url: String,
-    pub redis_key_prefix: String,
-    pub bind_host: String,
-    pub port: u16,
-    pub consumer_name: String,
-    pub write_loops: usize,
-    pub batch_size: usize,
-    pub block_ms: u64,
-    pub linger_ms: u64,
-    pub reclaim_idle_ms: u64,
-    pub reclaim_interval_ms: u64,
+    /// Where the probes and metrics are served.
+    pub server: ServerSection,
+    /// The queue Redis.
+    pub redis: RedisSection,
+    /// The main database, used only when no analytics database is set.
+    pub database: DatabaseSection,
+    /// The analytics database, the only one written.
+    pub analytics_database: DatabaseSection,
+    pub logging: LoggingSection,
+    /// The consumer runtime.
+    pub consumer: ConsumerConfig,
+    /// Start-up migration attempts, and the pause between two.
     pub migrate_attempts: u32,
-    pub migrate_retry_delay_ms: u64,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
-    pub lock_timeout_ms: u64,
-    pub statement_timeout_ms: u64,
-    pub heartbeat_interval_ms: u64,
-    pub partition_check_interval_secs: u64,
-    pub log_format: String,
-    pub log_level: String,
+    #[serde(deserialize_with = "duration")]
+    pub migrate_retry_delay: Duration,
+    /// Per-transaction `lock_timeout` and `statement_timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub lock_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    /// How often this month's and next month's partitions are checked.
+    #[serde(deserialize_with = "duration")]
+    pub partition_check_interval: Duration,
 }
 
 impl WorkerSettings {
     /// Defaults → optional file → `env`, then validated.
-    pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> anyhow::Result<Self> {
-        let mut settings: Self = common_models::settings::load(DEFAULTS, file, env)?;
-        if settings.consumer_name.trim().is_empty() {
-            settings.consumer_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "llm-log-worker".to_owned());
+    pub fn load(file: Option<&Path>, mut env: HashMap<String, String>) -> anyhow::Result<Self> {
+        // The seeds' name for how many loops write logs.
+        if let Some(n) = env.get("LOG_THREAD_POOL_SIZE").cloned() {
+            env.entry("CONSUMER__CONCURRENCY".to_owned()).or_insert(n);
         }
+        let mut settings: Self = service_kit::config::load(DEFAULTS, file, env)?;
+        settings.consumer.group = LOG_WORKER_GROUP.to_owned();
+        settings.consumer = settings.consumer.with_default_name();
         settings.validate()?;
         Ok(settings)
     }
@@ -53,20 +59,32 @@ impl WorkerSettings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.write_loops >= 1, "write_loops must be at least 1");
-        anyhow::ensure!((1..=10_000).contains(&self.batch_size), "batch_size must be between 1 and 10000");
-        anyhow::ensure!(self.block_ms >= 1, "block_ms must be at least 1");
-        anyhow::ensure!(!self.analytics_url().is_empty(), "analytics_database_url (or database_url) must be set");
+        self.consumer.validate()?;
+        anyhow::ensure!(!self.analytics_url().is_empty(), "analytics_database.url (or database.url) must be set");
+        anyhow::ensure!(self.analytics_database.pool_size >= 1, "analytics_database.pool_size must be at least 1");
         Ok(())
     }
 
-    /// The analytics database, falling back to the main one.
-    pub fn analytics_url(&self) -> &str {
-        common_models::settings::analytics_url_or_main(&self.analytics_database_url, &self.database_url)
+    /// The same settings reacting within a fraction of a second (short block, retry,
+    /// reclaim and heartbeat times), for tests and benchmarks that start a worker next to
+    /// their own databases and Redis prefix.
+    pub fn reacting_fast(mut self) -> Self {
+        let c = &mut self.consumer;
+        c.block = Duration::from_millis(200);
+        c.reclaim_idle = Duration::from_secs(1);
+        c.reclaim_interval = Duration::from_millis(300);
+        c.retry_initial = Duration::from_millis(50);
+        c.retry_max = Duration::from_millis(300);
+        c.heartbeat_interval = Duration::from_millis(200);
+        c.trim_interval = Duration::from_millis(100);
+        self.lock_timeout = Duration::from_millis(500);
+        self.migrate_retry_delay = Duration::from_millis(200);
+        self
     }
 
-    pub fn block(&self) -> Duration {
-        Duration::from_millis(self.block_ms)
+    /// The analytics database, falling back to the main one.
+    pub fn analytics_url(&self) -> &ConnectionUrl {
+        self.analytics_database.url.or(&self.database.url)
     }
 }
 
@@ -78,10 +96,22 @@ mod tests {
     #[test]
     fn shipped_defaults_parse_and_fall_back_to_the_main_database() {
         let s = WorkerSettings::defaults().unwrap();
-        assert_eq!(s.port, 9091);
-        assert_eq!(s.analytics_url(), s.database_url);
-        let env = HashMap::from([("LOGS_DATABASE_URL".to_owned(), "postgres://x/logs".to_owned())]);
-        let s = WorkerSettings::load(None, common_models::settings::resolve_aliases(env)).unwrap();
-        assert_eq!(s.analytics_url(), "postgres://x/logs");
+        assert_eq!(s.server.port, 9091);
+        assert_eq!(s.analytics_url(), &s.database.url);
+        assert_eq!(s.consumer.group, "llm-log-worker");
+        let env = HashMap::from([
+            ("LOGS_DATABASE_URL".to_owned(), "postgres://x/logs".to_owned()),
+            ("LOG_THREAD_POOL_SIZE".to_owned(), "2".to_owned()),
+        ]);
+        let s = WorkerSettings::load(None, service_kit::config::resolve_aliases(env)).unwrap();
+        assert_eq!(s.analytics_url().expose(), "postgres://x/logs");
+        assert_eq!(s.consumer.concurrency, 2);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let env = HashMap::from([("CONSUMER__RECLAIM_IDLE".to_owned(), "1s".to_owned())]);
+        let err = WorkerSettings::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("reclaim_idle"), "{err}");
     }
 }

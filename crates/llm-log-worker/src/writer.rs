@@ -7,15 +7,16 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use common_models::db::PgPool;
 use common_models::events::{LlmCallEvent, SystemLogEvent};
 use common_models::queue::LogStream;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_query;
 use diesel::sql_types::{Array, Bool, Date, Float8, Int2, Int4, Int8, Jsonb, Nullable, Text, Timestamptz, Uuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use service_kit::db::PgPool;
 
 /// Why a write failed, which decides what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,11 @@ pub struct AnalyticsWriter {
 }
 
 impl AnalyticsWriter {
-    pub fn new(pool: PgPool, lock_timeout_ms: u64, statement_timeout_ms: u64) -> Self {
+    pub fn new(pool: PgPool, lock_timeout: Duration, statement_timeout: Duration) -> Self {
         Self {
             pool,
             known_partitions: Mutex::new(HashSet::new()),
-            session_limits: limits(lock_timeout_ms, statement_timeout_ms),
+            session_limits: limits(lock_timeout, statement_timeout),
         }
     }
 
@@ -180,15 +181,18 @@ fn describe(err: &DieselError) -> String {
     }
 }
 
-/// Cuts `s` to at most `max` characters and drops NUL bytes, which PostgreSQL text
-/// cannot hold. Column limits are a storage detail: a long model name must not cost
-/// the whole row.
 /// The per-transaction limits every write sets first.
-pub fn limits(lock_timeout_ms: u64, statement_timeout_ms: u64) -> String {
-    format!("SET LOCAL lock_timeout = {lock_timeout_ms}; SET LOCAL statement_timeout = {statement_timeout_ms}")
+pub fn limits(lock_timeout: Duration, statement_timeout: Duration) -> String {
+    format!(
+        "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+        lock_timeout.as_millis(),
+        statement_timeout.as_millis()
+    )
 }
 
-/// Borrows when nothing needs changing, which is almost always.
+/// Cuts `s` to at most `max` characters and drops NUL bytes, which PostgreSQL text
+/// cannot hold. Column limits are a storage detail: a long model name must not cost
+/// the whole row. Borrows when nothing needs changing, which is almost always.
 pub fn fit(s: &str, max: usize) -> Cow<'_, str> {
     let clean: Cow<'_, str> = if s.contains('\0') { Cow::Owned(s.replace('\0', "")) } else { Cow::Borrowed(s) };
     if clean.len() <= max {

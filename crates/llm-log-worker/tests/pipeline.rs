@@ -8,8 +8,9 @@ use std::time::Duration;
 use common::*;
 use common_models::db::Database;
 use common_models::events::LogEvent;
-use common_models::queue::{LogStream, QueueKeys};
+use common_models::queue::LogStream;
 use diesel_async::SimpleAsyncConnection;
+use task_queue::Keys;
 use test_support::{TestDb, TestRedis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +77,7 @@ async fn events_redelivered_after_a_copy_are_not_stored_twice() -> anyhow::Resul
 async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Result<()> {
     let db = TestDb::empty("worker_poison").await?;
     let redis = TestRedis::new();
-    let keys = QueueKeys::new(redis.prefix.clone());
+    let keys = Keys::new(redis.prefix.clone());
 
     let before: Vec<LogEvent> = (0..50).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
     publish(&redis, &before).await?;
@@ -92,7 +93,7 @@ async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Resu
     let worker = start(settings(&db, &redis)).await?;
     wait_rows(&db, "llm_logs", 100, Duration::from_secs(30)).await?;
     test_support::wait_for(Duration::from_secs(10), "two dead letters", || async {
-        (stream_len(&redis, &keys.dead_letter(LogStream::LlmLogs)).await.ok()? == 2).then_some(())
+        (stream_len(&redis, &keys.dead_letter(LogStream::LlmLogs.name())).await.ok()? == 2).then_some(())
     })
     .await?;
     test_support::wait_for(Duration::from_secs(10), "no pending entries", || async {
@@ -109,12 +110,20 @@ async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Resu
 
     // The dead letter keeps the payload and says why.
     let mut conn = redis.connection().await?;
-    let dead: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(keys.dead_letter(LogStream::LlmLogs)).arg("-").arg("+").query_async(&mut conn).await?;
-    let reasons: Vec<String> = dead.ids.iter().filter_map(|e| e.get::<String>("reason")).collect();
+    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.dead_letter(LogStream::LlmLogs.name()))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let reasons: Vec<String> = dead.ids.iter().filter_map(|e| e.get::<String>("dead_reason")).collect();
     assert_eq!(reasons, vec!["undecodable".to_owned(), "rejected".to_owned()]);
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
-    assert!(metrics.contains("dead_lettered_total{reason=\"rejected\",stream=\"llm_logs\"} 1"), "{metrics}");
+    assert!(
+        metrics
+            .contains("queue_dead_lettered_total{group=\"llm-log-worker\",reason=\"rejected\",stream=\"llm_logs\"} 1"),
+        "{metrics}"
+    );
     worker.stop().await
 }
 
@@ -159,40 +168,52 @@ async fn a_locked_table_delays_rows_but_loses_none() -> anyhow::Result<()> {
     wait_rows(&db, "llm_logs", 501, Duration::from_secs(30)).await?;
     assert_eq!(counts(&db, "llm_logs").await?, (501, 501));
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
-    assert!(metrics.contains("write_errors_total{kind=\"transient\"}"), "lock timeouts were not retried: {metrics}");
+    assert!(
+        metrics.contains("queue_handler_errors_total{group=\"llm-log-worker\",kind=\"transient\"}"),
+        "lock timeouts were not retried: {metrics}"
+    );
     worker.stop().await
 }
 
+/// Up, then down, then up again gives exactly the schema of up alone (as pg_dump prints
+/// it), and down leaves nothing of ours behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_migration_folders_go_up_down_and_up() -> anyhow::Result<()> {
+async fn both_migration_folders_go_up_down_and_up_to_the_same_schema() -> anyhow::Result<()> {
     use common_models::db::{revert_migrations, run_migrations};
     for kind in [Database::Main, Database::Analytics] {
-        let db = TestDb::empty("migrations").await?;
-        let up = run_migrations(&db.url, kind).await?;
+        let once = TestDb::empty("schema_once").await?;
+        let up = run_migrations(&once.url, kind).await?;
         assert!(!up.is_empty());
-        let tables_up = test_support::query_count(
-            &db.url,
-            "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
-        )
-        .await?;
-        assert!(tables_up >= 2, "{kind:?}: up created {tables_up} tables");
-        let down = revert_migrations(&db.url, kind).await?;
+        let twice = TestDb::empty("schema_twice").await?;
+        run_migrations(&twice.url, kind).await?;
+        let down = revert_migrations(&twice.url, kind).await?;
         assert_eq!(down.len(), up.len());
-        let tables_down = test_support::query_count(
-            &db.url,
-            "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
-        )
-        .await?;
-        assert_eq!(tables_down, 0, "{kind:?}: down left tables behind");
-        let functions = test_support::query_count(
-            &db.url,
-            "SELECT count(*) AS n FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
-        )
-        .await?;
-        assert_eq!(functions, 0, "{kind:?}: down left functions behind");
-        assert_eq!(run_migrations(&db.url, kind).await?, up);
+        let left = schema(&twice.url)?;
+        let objects: Vec<&str> =
+            left.lines().filter(|l| l.starts_with("CREATE ") && !l.contains("__diesel_schema_migrations")).collect();
+        assert!(objects.is_empty(), "{kind:?}: down left {objects:?}");
+        assert_eq!(run_migrations(&twice.url, kind).await?, up);
+        let (a, b) = (schema(&once.url)?, schema(&twice.url)?);
+        assert!(a.contains("CREATE TABLE"), "{kind:?}: pg_dump printed no schema: {a}");
+        if a != b {
+            let first_difference = a.lines().zip(b.lines()).find(|(x, y)| x != y);
+            panic!("{kind:?}: up → down → up differs from up; first difference: {first_difference:?}");
+        }
     }
     Ok(())
+}
+
+/// `pg_dump --schema-only`, without its comments and the per-run `\restrict` keys.
+fn schema(url: &str) -> anyhow::Result<String> {
+    let out =
+        std::process::Command::new("pg_dump").args(["--schema-only", "--no-owner", "--no-privileges", url]).output()?;
+    anyhow::ensure!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 async fn reqwest_text(url: &str) -> anyhow::Result<String> {

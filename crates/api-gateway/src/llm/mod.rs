@@ -1,6 +1,6 @@
 //! The OpenAI-compatible LLM endpoint: `POST /v1/chat/completions`, forwarded to the
 //! configured upstream, answered with exactly what the upstream sent, and logged
-//! (through the log publisher, never waiting on it).
+//! (through the queue producer, never waiting on it).
 
 pub mod pricing;
 pub mod record;
@@ -11,8 +11,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use common_models::events::LlmErrorType;
 
-use crate::error::ApiError;
-use crate::state::{AppState, RequestId};
+use service_kit::request_id::RequestId;
+use service_kit::{AppError, ErrorKind};
+
+use crate::state::AppState;
 use record::{AnswerView, CallGuard, CallRecord};
 use request::{CallContext, ChatRequest};
 
@@ -27,16 +29,13 @@ async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, AppError> {
     let caller = state.auth.authenticate(&req).await?;
     req.extensions_mut().insert(caller);
-    let body = web_support::read_limited(&req, payload, state.settings.max_body_bytes).await.map_err(|e| match e {
-        web_support::BodyError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
-        other => ApiError::bad_body("invalid_body", other.to_string()),
-    })?;
+    let body = service_kit::body::read_limited(&req, payload, state.settings.max_body_bytes).await?;
     let chat = ChatRequest::parse(body, state.settings.max_tokens_cap)?;
     let context = CallContext::from_headers(&req)?;
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let request_id = RequestId::of(&req).unwrap_or_default();
 
     let record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
     let mut guard = CallGuard::new(record, state.call_logger());
@@ -72,7 +71,7 @@ async fn chat_completions(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(upstream_body);
     if !state.settings.llm_api_key.is_empty() {
-        upstream_req = upstream_req.bearer_auth(&state.settings.llm_api_key);
+        upstream_req = upstream_req.bearer_auth(state.settings.llm_api_key.expose());
     }
     let response = match upstream_req.send().await {
         Ok(r) => r,
@@ -130,15 +129,15 @@ async fn chat_completions(
 }
 
 /// The upstream gave no answer at all: log it, and tell the client 504 or 502.
-fn upstream_failure(guard: &mut CallGuard, err: &reqwest::Error) -> ApiError {
+fn upstream_failure(guard: &mut CallGuard, err: &reqwest::Error) -> AppError {
     let (kind, status, message) = if err.is_timeout() {
-        (LlmErrorType::UpstreamTimeout, StatusCode::GATEWAY_TIMEOUT, "the upstream LLM did not answer in time")
+        (LlmErrorType::UpstreamTimeout, ErrorKind::GatewayTimeout, "the upstream LLM did not answer in time")
     } else {
-        (LlmErrorType::UpstreamUnavailable, StatusCode::BAD_GATEWAY, "the upstream LLM could not be reached")
+        (LlmErrorType::UpstreamUnavailable, ErrorKind::BadGateway, "the upstream LLM could not be reached")
     };
     if let Some(record) = guard.record() {
         record.fail(kind, format!("{message}: {err}"));
     }
     guard.finish();
-    ApiError::Upstream { status, message: message.to_owned() }
+    AppError::new(status, message)
 }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use common_models::events::{LlmCallEvent, LlmErrorType, LogEvent, new_event_id};
+use common_models::events::{LlmCallEvent, LlmErrorType, new_event_id};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use task_queue::Producer;
+
 use crate::auth::Caller;
 use crate::llm::request::CallContext;
+use crate::logged::{MAX_MESSAGE_BYTES, MAX_NAME_BYTES, cut};
 use crate::metrics::GatewayMetrics;
-use crate::publisher::LogPublisher;
 use crate::settings::GatewaySettings;
 
 /// Usage as the upstream reported it.
@@ -162,14 +164,15 @@ impl CallRecord {
         // A cache hit cost nothing; what it would have cost is kept as the saving.
         let (cost_usd, cost_saved_usd) = if self.cache_hit { (Some(0.0), priced) } else { (priced, None) };
         let mut metadata = Map::new();
-        if let Some(v) = &self.upstream_id {
-            metadata.insert("upstream_id".into(), json!(v));
-        }
-        if let Some(v) = &self.response_model {
-            metadata.insert("response_model".into(), json!(v));
-        }
-        if let Some(v) = &self.finish_reason {
-            metadata.insert("finish_reason".into(), json!(v));
+        let upstream_names = [
+            ("upstream_id", &self.upstream_id),
+            ("response_model", &self.response_model),
+            ("finish_reason", &self.finish_reason),
+        ];
+        for (name, value) in upstream_names {
+            if let Some(v) = value {
+                metadata.insert(name.into(), json!(cut(v, MAX_NAME_BYTES)));
+            }
         }
         metadata.insert("api_key_id".into(), json!(self.caller.api_key_id.0));
         if self.usage.is_some() && priced.is_none() {
@@ -178,7 +181,7 @@ impl CallRecord {
         let latency_ms = Some(self.ms_since_start(Instant::now()));
         let time_to_first_token_ms = self.first_token_at.map(|t| self.ms_since_start(t));
         let (error_type, error_message) = match self.error {
-            Some((kind, message)) => (Some(kind.as_str().to_owned()), Some(message)),
+            Some((kind, message)) => (Some(kind.as_str().to_owned()), Some(cut(&message, MAX_MESSAGE_BYTES))),
             None => (None, None),
         };
         LlmCallEvent {
@@ -190,7 +193,7 @@ impl CallRecord {
             user_id: self.caller.user_id,
             interview_id: self.context.interview_id,
             request_id: Some(self.request_id),
-            model: Some(self.model),
+            model: Some(cut(&self.model, MAX_NAME_BYTES)),
             tokens_input,
             tokens_output,
             tokens_total,
@@ -215,7 +218,7 @@ impl CallRecord {
 /// Where finished records go.
 #[derive(Clone)]
 pub struct CallLogger {
-    pub publisher: LogPublisher,
+    pub producer: Producer,
     pub settings: Arc<GatewaySettings>,
     pub metrics: GatewayMetrics,
 }
@@ -236,7 +239,7 @@ impl CallLogger {
             let priced_as = self.settings.pricing.lookup(model).map_or("other", |p| p.name.as_str());
             m.llm_cost_usd.with_label_values(&[priced_as]).inc_by(cost);
         }
-        self.publisher.publish(LogEvent::LlmCall(event));
+        self.producer.publish(&event);
     }
 }
 

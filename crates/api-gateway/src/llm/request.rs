@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use service_kit::AppError;
 
 /// Optional headers that say what a call was for; stored with its log row.
 pub const INTERVIEW_ID_HEADER: &str = "x-interview-id";
@@ -57,44 +57,43 @@ fn is_json_string(v: &RawValue) -> bool {
 }
 
 impl ChatRequest {
-    pub fn parse(body: bytes::Bytes, max_tokens_cap: u64) -> Result<Self, ApiError> {
+    pub fn parse(body: bytes::Bytes, max_tokens_cap: u64) -> Result<Self, AppError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') {
             // Valid JSON or not, anything but an object is the wrong shape.
             if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
-                return Err(ApiError::bad_body("invalid_body", "request body must be a JSON object"));
+                return Err(AppError::bad_body("invalid_body", "request body must be a JSON object"));
             }
         }
         let view: RequestView<'_> = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_body("invalid_json", format!("request body is not valid JSON: {e}")))?;
+            .map_err(|e| AppError::bad_body("invalid_json", format!("request body is not valid JSON: {e}")))?;
         let model = match view.model {
             Some(v) if is_json_string(v) => {
-                let m: String = serde_json::from_str(v.get()).map_err(|e| ApiError::Internal(e.into()))?;
+                let m: String = serde_json::from_str(v.get()).map_err(AppError::internal)?;
                 if m.trim().is_empty() {
-                    return Err(ApiError::bad_request("model", "invalid_value", "`model` must not be empty"));
+                    return Err(AppError::bad_request("model", "invalid_value", "`model` must not be empty"));
                 }
                 m
             }
             Some(v) if v.get() != "null" => {
-                return Err(ApiError::bad_request("model", "invalid_type", "`model` must be a string"));
+                return Err(AppError::bad_request("model", "invalid_type", "`model` must be a string"));
             }
-            _ => return Err(ApiError::bad_request("model", "missing_field", "`model` is required")),
+            _ => return Err(AppError::bad_request("model", "missing_field", "`model` is required")),
         };
         let Some(messages) = view.messages.filter(|v| v.get() != "null") else {
-            return Err(ApiError::bad_request("messages", "missing_field", "`messages` is required"));
+            return Err(AppError::bad_request("messages", "missing_field", "`messages` is required"));
         };
         if !messages.get().starts_with('[') {
-            return Err(ApiError::bad_request("messages", "invalid_type", "`messages` must be an array"));
+            return Err(AppError::bad_request("messages", "invalid_type", "`messages` must be an array"));
         }
-        let messages: Vec<&RawValue> =
-            serde_json::from_str(messages.get()).map_err(|e| ApiError::Internal(e.into()))?;
+        let messages: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(AppError::internal)?;
         if messages.is_empty() {
-            return Err(ApiError::bad_request("messages", "invalid_value", "`messages` must not be empty"));
+            return Err(AppError::bad_request("messages", "invalid_value", "`messages` must not be empty"));
         }
         for (i, m) in messages.iter().enumerate() {
             let role = serde_json::from_str::<MessageView<'_>>(m.get()).ok().and_then(|v| v.role);
             if !role.is_some_and(is_json_string) {
-                return Err(ApiError::bad_request(
+                return Err(AppError::bad_request(
                     format!("messages[{i}].role"),
                     "missing_field",
                     format!("`messages[{i}]` must be an object with a string `role`"),
@@ -104,7 +103,7 @@ impl ChatRequest {
         let stream = match view.stream.map(RawValue::get) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
-            Some(_) => return Err(ApiError::bad_request("stream", "invalid_type", "`stream` must be a boolean")),
+            Some(_) => return Err(AppError::bad_request("stream", "invalid_type", "`stream` must be a boolean")),
         };
         for (field, value) in [("max_tokens", view.max_tokens), ("max_completion_tokens", view.max_completion_tokens)] {
             match value.map(RawValue::get) {
@@ -112,7 +111,7 @@ impl ChatRequest {
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) if (1..=max_tokens_cap).contains(&n) => {}
                     _ => {
-                        return Err(ApiError::bad_request(
+                        return Err(AppError::bad_request(
                             field,
                             "invalid_value",
                             format!("`{field}` must be an integer between 1 and {max_tokens_cap}"),
@@ -125,7 +124,7 @@ impl ChatRequest {
             && opts != "null"
             && !opts.starts_with('{')
         {
-            return Err(ApiError::bad_request("stream_options", "invalid_type", "`stream_options` must be an object"));
+            return Err(AppError::bad_request("stream_options", "invalid_type", "`stream_options` must be an object"));
         }
         let temperature_zero = view.temperature.and_then(|t| t.get().parse::<f64>().ok()) == Some(0.0);
         let one_choice = view.n.is_none_or(|n| matches!(n.get(), "1" | "null"));
@@ -146,19 +145,18 @@ impl ChatRequest {
     /// The body sent upstream: the client's own bytes, except that a stream asks for
     /// usage, so tokens and cost can be logged (the client then sees the usage chunk
     /// too, as the upstream sends it).
-    pub fn upstream_body(self) -> Result<bytes::Bytes, ApiError> {
+    pub fn upstream_body(self) -> Result<bytes::Bytes, AppError> {
         if !self.stream {
             return Ok(self.body);
         }
-        let mut body: Map<String, Value> =
-            serde_json::from_slice(&self.body).map_err(|e| ApiError::Internal(e.into()))?;
+        let mut body: Map<String, Value> = serde_json::from_slice(&self.body).map_err(AppError::internal)?;
         let opts = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(o) = opts {
             o.insert("include_usage".into(), Value::Bool(true));
         } else {
             *opts = serde_json::json!({"include_usage": true});
         }
-        serde_json::to_vec(&body).map(bytes::Bytes::from).map_err(|e| ApiError::Internal(e.into()))
+        serde_json::to_vec(&body).map(bytes::Bytes::from).map_err(AppError::internal)
     }
 }
 
@@ -169,12 +167,12 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    pub fn from_headers(req: &HttpRequest) -> Result<Self, ApiError> {
-        let header = |name: &str| -> Result<Option<&str>, ApiError> {
+    pub fn from_headers(req: &HttpRequest) -> Result<Self, AppError> {
+        let header = |name: &'static str| -> Result<Option<&str>, AppError> {
             match req.headers().get(name) {
                 None => Ok(None),
                 Some(v) => v.to_str().map(|s| Some(s.trim())).map_err(|_| {
-                    ApiError::bad_request(name, "invalid_header", format!("`{name}` must be visible ASCII"))
+                    AppError::bad_request(name, "invalid_header", format!("`{name}` must be visible ASCII"))
                 }),
             }
         };
@@ -183,7 +181,7 @@ impl CallContext {
             Some(v) => match v.parse::<i64>() {
                 Ok(id) if id > 0 => Some(InterviewId(id)),
                 _ => {
-                    return Err(ApiError::bad_request(
+                    return Err(AppError::bad_request(
                         INTERVIEW_ID_HEADER,
                         "invalid_header",
                         format!("`{INTERVIEW_ID_HEADER}` must be a positive integer"),
@@ -201,7 +199,7 @@ impl CallContext {
                 a.to_owned()
             }
             Some(_) => {
-                return Err(ApiError::bad_request(
+                return Err(AppError::bad_request(
                     ACTION_HEADER,
                     "invalid_header",
                     format!("`{ACTION_HEADER}` must be 1-100 characters of letters, digits, `_`, `.`, `:` or `-`"),
@@ -216,9 +214,9 @@ impl CallContext {
 mod tests {
     use super::*;
 
-    fn param_of(err: ApiError) -> Option<String> {
-        match err {
-            ApiError::BadRequest { param, .. } => param,
+    fn param_of(err: AppError) -> Option<String> {
+        match err.kind() {
+            service_kit::ErrorKind::BadRequest => err.param().map(str::to_owned),
             _ => Some("not a bad request".into()),
         }
     }
@@ -242,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn only_temperature_zero_single_choice_plain_requests_are_cacheable() -> Result<(), ApiError> {
+    fn only_temperature_zero_single_choice_plain_requests_are_cacheable() -> Result<(), AppError> {
         let parse = |b: &'static str| ChatRequest::parse(bytes::Bytes::from_static(b.as_bytes()), 10);
         assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0}"#)?.deterministic);
         assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0.0,"n":1}"#)?.deterministic);
@@ -260,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_requests_are_forwarded_byte_for_byte() -> Result<(), ApiError> {
+    fn plain_requests_are_forwarded_byte_for_byte() -> Result<(), AppError> {
         let raw = br#"{ "model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0 }"#;
         let req = ChatRequest::parse(bytes::Bytes::from_static(raw), 10)?;
         assert!(!req.stream);
@@ -269,13 +267,13 @@ mod tests {
     }
 
     #[test]
-    fn streams_ask_for_usage() -> Result<(), ApiError> {
+    fn streams_ask_for_usage() -> Result<(), AppError> {
         let req = ChatRequest::parse(
             bytes::Bytes::from_static(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#),
             10,
         )?;
         assert!(req.stream);
-        let body: Value = serde_json::from_slice(&req.upstream_body()?).map_err(|e| ApiError::Internal(e.into()))?;
+        let body: Value = serde_json::from_slice(&req.upstream_body()?).map_err(AppError::internal)?;
         assert_eq!(body["stream_options"]["include_usage"], Value::Bool(true));
         Ok(())
     }

@@ -6,13 +6,13 @@ use api_gateway::GatewaySettings;
 use common_models::db::Database;
 use llm_simulator::{Behaviour, Simulator};
 use serde_json::{Value, json};
-use test_support::{TestDb, TestRedis};
-use tokio::sync::watch;
+use service_kit::config::{ConnectionUrl, LogFormat, Secret};
+use test_support::{Service, TempDir, TestDb, TestRedis};
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 
-/// A gateway with its own main and analytics databases, Redis prefix and simulator;
-/// optionally the log worker too.
+/// A gateway with its own main and analytics databases, Redis prefix, spool and
+/// simulator; optionally the log worker and a cache-service too.
 pub struct Stack {
     pub url: String,
     pub main_db: TestDb,
@@ -20,129 +20,111 @@ pub struct Stack {
     pub redis: TestRedis,
     pub sim: Simulator,
     pub http: reqwest::Client,
-    gateway_stop: watch::Sender<bool>,
-    gateway: tokio::task::JoinHandle<anyhow::Result<()>>,
-    worker_stop: Option<watch::Sender<bool>>,
-    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    cache_stop: Option<watch::Sender<bool>>,
+    pub spool: TempDir,
+    gateway: Service,
+    worker: Option<Service>,
+    cache: Option<Service>,
 }
 
 pub struct Options {
     pub with_worker: bool,
     /// Run a cache-service (own key prefix) and point the gateway at it.
     pub with_cache: bool,
+    /// The Redis to use (a test's own `RedisServer`); default: the shared test Redis.
+    pub redis_url: Option<String>,
     pub tweak: Box<dyn FnOnce(&mut GatewaySettings)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { with_worker: true, with_cache: false, tweak: Box::new(|_| {}) }
+        Self { with_worker: true, with_cache: false, redis_url: None, tweak: Box::new(|_| {}) }
     }
+}
+
+/// Gateway settings for a test: its databases, Redis prefix, spool and simulator.
+pub fn gateway_settings(
+    main_db: &TestDb,
+    analytics_db: &TestDb,
+    redis: &TestRedis,
+    spool: &TempDir,
+    sim: &Simulator,
+) -> anyhow::Result<GatewaySettings> {
+    let mut s = GatewaySettings::defaults()?;
+    s.database.url = ConnectionUrl::new(&main_db.url);
+    s.analytics_database.url = ConnectionUrl::new(&analytics_db.url);
+    s.redis.url = ConnectionUrl::new(&redis.url);
+    s.redis.key_prefix = redis.prefix.clone();
+    if let Some(spool_config) = s.producer.spool.as_mut() {
+        spool_config.dir = spool.path.clone();
+    }
+    s.llm_base_url = sim.base_url();
+    s.llm_api_key = Secret::new("sk-simulated");
+    s.admin_api_key = Secret::new(ADMIN_KEY);
+    s.server.workers = 2;
+    s.logging.format = LogFormat::Text;
+    // Never a cache-service that happens to run on this machine.
+    s.cache_url = String::new();
+    Ok(s)
+}
+
+pub fn worker_settings(analytics_db: &TestDb, redis: &TestRedis) -> anyhow::Result<llm_log_worker::WorkerSettings> {
+    let mut w = llm_log_worker::WorkerSettings::defaults()?.reacting_fast();
+    w.analytics_database.url = ConnectionUrl::new(&analytics_db.url);
+    w.redis.url = ConnectionUrl::new(&redis.url);
+    w.redis.key_prefix = redis.prefix.clone();
+    w.consumer.consumer = format!("{}worker", redis.prefix);
+    w.logging.format = LogFormat::Text;
+    Ok(w)
 }
 
 impl Stack {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let main_db = TestDb::migrated(Database::Main).await?;
         let analytics_db = TestDb::empty("analytics").await?;
-        let redis = TestRedis::new();
+        let redis = options.redis_url.map_or_else(TestRedis::new, TestRedis::on);
         let sim = Simulator::start(test_support::local_listener()?, Behaviour::default())?;
-
-        let mut settings = GatewaySettings::defaults()?;
-        settings.database_url = main_db.url.clone();
-        settings.analytics_database_url = analytics_db.url.clone();
-        settings.redis_url = redis.url.clone();
-        settings.redis_key_prefix = redis.prefix.clone();
-        settings.llm_base_url = sim.base_url();
-        settings.llm_api_key = "sk-simulated".into();
-        settings.admin_api_key = ADMIN_KEY.into();
-        settings.workers = 2;
-        settings.log_format = "text".into();
-        // Never a cache-service that happens to run on this machine.
-        settings.cache_url = String::new();
-        let cache_stop = if options.with_cache {
+        let spool = TempDir::new("spool")?;
+        let mut settings = gateway_settings(&main_db, &analytics_db, &redis, &spool, &sim)?;
+        let cache = if options.with_cache {
             let mut c = cache_service::CacheSettings::defaults()?;
-            c.redis_url = redis.url.clone();
-            c.redis_key_prefix = format!("{}cache:", redis.prefix);
-            c.workers = 1;
-            c.log_format = "text".into();
-            let listener = test_support::local_listener()?;
-            settings.cache_url = format!("http://{}", listener.local_addr()?);
-            settings.cache_timeout_ms = 1000;
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(cache_service::run(c, listener, rx));
-            Some(tx)
+            c.redis.url = ConnectionUrl::new(&redis.url);
+            c.redis.key_prefix = format!("{}cache:", redis.prefix);
+            c.server.workers = 1;
+            c.logging.format = LogFormat::Text;
+            let cache = Service::start("cache-service", |l, rx| cache_service::run(c, l, rx)).await?;
+            settings.cache_url = cache.url.clone();
+            settings.cache_timeout = Duration::from_secs(1);
+            Some(cache)
         } else {
             None
         };
         (options.tweak)(&mut settings);
-
-        let listener = test_support::local_listener()?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (gateway_stop, rx) = watch::channel(false);
-        let gateway = tokio::spawn(api_gateway::run(settings, listener, rx));
-
-        let (worker_stop, worker) = if options.with_worker {
-            let mut w = llm_log_worker::WorkerSettings::defaults()?;
-            w.analytics_database_url = analytics_db.url.clone();
-            w.redis_url = redis.url.clone();
-            w.redis_key_prefix = redis.prefix.clone();
-            w.consumer_name = format!("{}worker", redis.prefix);
-            w.block_ms = 200;
-            w.retry_initial_ms = 50;
-            w.retry_max_ms = 300;
-            w.lock_timeout_ms = 500;
-            w.heartbeat_interval_ms = 200;
-            w.log_format = "text".into();
-            let (tx, rx) = watch::channel(false);
-            (Some(tx), Some(tokio::spawn(llm_log_worker::run(w, test_support::local_listener()?, rx))))
+        let gateway = Service::start("api-gateway", |l, rx| api_gateway::run(settings, l, rx)).await?;
+        let worker = if options.with_worker {
+            let w = worker_settings(&analytics_db, &redis)?;
+            Some(Service::start("llm-log-worker", |l, rx| llm_log_worker::run(w, l, rx)).await?)
         } else {
-            (None, None)
+            None
         };
-
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        let stack = Self {
-            url,
-            main_db,
-            analytics_db,
-            redis,
-            sim,
-            http,
-            gateway_stop,
-            gateway,
-            worker_stop,
-            worker,
-            cache_stop,
-        };
-        let health_url = format!("{}/healthz", stack.url);
-        test_support::wait_for(Duration::from_secs(10), "the gateway to answer", || async {
-            stack.http.get(&health_url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
-        })
-        .await?;
-        if stack.worker.is_some() {
-            // The worker has migrated the analytics database once the tables exist.
-            test_support::wait_for(Duration::from_secs(20), "the worker to migrate", || async {
-                test_support::query_count(
-                    &stack.analytics_db.url,
-                    "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'llm_logs'",
-                )
-                .await
-                .ok()
-                .filter(|n| *n == 1)
-            })
-            .await?;
-        }
-        Ok(stack)
+        Ok(Self { url: gateway.url.clone(), main_db, analytics_db, redis, sim, http, spool, gateway, worker, cache })
     }
 
+    /// Stops everything; with a worker, first lets it consume what the gateway sent.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.gateway_stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(30), self.gateway).await???;
-        if let (Some(tx), Some(task)) = (self.worker_stop, self.worker) {
-            tx.send_replace(true);
-            tokio::time::timeout(Duration::from_secs(30), task).await???;
+        self.gateway.stop().await?;
+        if let Some(worker) = self.worker {
+            if self.redis.expects_settled() {
+                let (url, prefix) = (self.redis.url.clone(), self.redis.prefix.clone());
+                test_support::wait_for(Duration::from_secs(30), "the worker to consume every event", || async {
+                    test_support::unsettled_entries(&url, &prefix).await.ok().filter(Vec::is_empty)
+                })
+                .await?;
+            }
+            worker.stop().await?;
         }
-        if let Some(tx) = self.cache_stop {
-            tx.send_replace(true);
+        if let Some(cache) = self.cache {
+            cache.stop().await?;
         }
         self.sim.stop().await;
         Ok(())
@@ -172,6 +154,14 @@ impl Stack {
         test_support::query_count(&self.analytics_db.url, "SELECT count(*) AS n FROM llm_logs").await
     }
 
+    /// (rows, distinct event ids) of `llm_logs`.
+    pub async fn llm_counts(&self) -> anyhow::Result<(i64, i64)> {
+        let url = &self.analytics_db.url;
+        let rows = test_support::query_count(url, "SELECT count(*) AS n FROM llm_logs").await?;
+        let distinct = test_support::query_count(url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
+        Ok((rows, distinct))
+    }
+
     /// Counts rows without waiting for locks; `None` when the table is locked.
     pub async fn llm_rows_nowait(&self) -> Option<i64> {
         let url = format!("{}?options=-c%20lock_timeout%3D100", self.analytics_db.url);
@@ -179,7 +169,7 @@ impl Stack {
     }
 
     pub async fn wait_llm_rows(&self, n: i64) -> anyhow::Result<()> {
-        test_support::wait_for(Duration::from_secs(30), &format!("{n} llm_logs rows"), || async {
+        test_support::wait_for(Duration::from_secs(60), &format!("{n} llm_logs rows"), || async {
             self.llm_rows().await.ok().filter(|c| *c >= n).map(|_| ())
         })
         .await
@@ -190,6 +180,12 @@ impl Stack {
     }
 }
 
+/// The value of a metric line (labels included, as in the text format), summed when
+/// `name` matches several lines by prefix.
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 pub fn chat_body(stream: bool) -> Value {
     json!({
         "model": "gpt-4o-mini",
@@ -198,7 +194,6 @@ pub fn chat_body(stream: bool) -> Value {
         "temperature": 0
     })
 }
-
 #[derive(Debug, diesel::QueryableByName)]
 pub struct LlmRow {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]

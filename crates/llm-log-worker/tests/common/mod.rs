@@ -5,49 +5,24 @@ use std::time::Duration;
 use chrono::Utc;
 use common_models::events::{LlmCallEvent, LogEvent, SystemLogEvent, new_event_id};
 use common_models::ids::CompanyId;
-use common_models::queue::{self, CONSUMER_GROUP, EVENT_FIELD, LogStream, QueueKeys, TYPE_FIELD};
+use common_models::queue::{LOG_WORKER_GROUP, LogStream};
 use llm_log_worker::WorkerSettings;
-use test_support::{TestDb, TestRedis};
-use tokio::sync::watch;
-
-pub struct RunningWorker {
-    pub shutdown: watch::Sender<bool>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub addr: std::net::SocketAddr,
-}
-
-impl RunningWorker {
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(20), self.task).await???;
-        Ok(())
-    }
-}
+use service_kit::config::{ConnectionUrl, LogFormat};
+use task_queue::{Entry, Keys};
+use test_support::{Service, TestDb, TestRedis};
 
 pub fn settings(db: &TestDb, redis: &TestRedis) -> WorkerSettings {
-    let mut s = WorkerSettings::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
-    s.database_url = db.url.clone();
-    s.redis_url = redis.url.clone();
-    s.redis_key_prefix = redis.prefix.clone();
-    s.consumer_name = format!("{}worker", redis.prefix);
-    s.block_ms = 200;
-    s.reclaim_idle_ms = 1000;
-    s.reclaim_interval_ms = 300;
-    s.retry_initial_ms = 50;
-    s.retry_max_ms = 300;
-    s.heartbeat_interval_ms = 200;
-    s.lock_timeout_ms = 500;
-    s.migrate_retry_delay_ms = 200;
-    s.log_format = "text".into();
+    let mut s = WorkerSettings::defaults().unwrap_or_else(|e| panic!("defaults: {e}")).reacting_fast();
+    s.database.url = ConnectionUrl::new(&db.url);
+    s.redis.url = ConnectionUrl::new(&redis.url);
+    s.redis.key_prefix = redis.prefix.clone();
+    s.consumer.consumer = format!("{}worker", redis.prefix);
+    s.logging.format = LogFormat::Text;
     s
 }
 
-pub async fn start(settings: WorkerSettings) -> anyhow::Result<RunningWorker> {
-    let listener = test_support::local_listener()?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(llm_log_worker::run(settings, listener, rx));
-    Ok(RunningWorker { shutdown: tx, task, addr })
+pub async fn start(settings: WorkerSettings) -> anyhow::Result<Service> {
+    Service::start("llm-log-worker", |l, rx| llm_log_worker::run(settings, l, rx)).await
 }
 
 pub fn llm_event(i: usize) -> LlmCallEvent {
@@ -100,17 +75,24 @@ pub fn system_event(i: usize) -> SystemLogEvent {
     }
 }
 
+/// Adds events to their streams as a producer would (one pipeline per 500).
 pub async fn publish(redis: &TestRedis, events: &[LogEvent]) -> anyhow::Result<()> {
-    let keys = QueueKeys::new(redis.prefix.clone());
+    let keys = Keys::new(redis.prefix.clone());
     let mut conn = redis.connection().await?;
     for chunk in events.chunks(500) {
         let mut pipe = redis::pipe();
         for e in chunk {
-            let (tag, payload) = queue::encode(e)?;
+            let entry = match e {
+                LogEvent::LlmCall(e) => Entry::encode(e)?,
+                LogEvent::SystemLog(e) => Entry::encode(e)?,
+            };
             pipe.xadd(
-                keys.stream(LogStream::of(e)),
+                keys.stream(&entry.stream),
                 "*",
-                &[(TYPE_FIELD, tag.as_bytes()), (EVENT_FIELD, payload.as_slice())],
+                &[
+                    (task_queue::task::TYPE_FIELD, entry.tag.as_bytes()),
+                    (task_queue::task::PAYLOAD_FIELD, &entry.payload[..]),
+                ],
             )
             .ignore();
         }
@@ -119,19 +101,20 @@ pub async fn publish(redis: &TestRedis, events: &[LogEvent]) -> anyhow::Result<(
     Ok(())
 }
 
+/// Adds an entry with a valid type tag but `payload` as its payload.
 pub async fn publish_raw(redis: &TestRedis, stream: LogStream, payload: &[u8]) -> anyhow::Result<()> {
-    let keys = QueueKeys::new(redis.prefix.clone());
+    let keys = Keys::new(redis.prefix.clone());
     let mut conn = redis.connection().await?;
     let tag = match stream {
-        LogStream::LlmLogs => common_models::events::LLM_CALL_V1,
-        LogStream::SystemLogs => common_models::events::SYSTEM_LOG_V1,
+        LogStream::LlmLogs => "llm_call.v1",
+        LogStream::SystemLogs => "system_log.v1",
     };
     redis::cmd("XADD")
-        .arg(keys.stream(stream))
+        .arg(keys.stream(stream.name()))
         .arg("*")
-        .arg(TYPE_FIELD)
+        .arg(task_queue::task::TYPE_FIELD)
         .arg(tag)
-        .arg(EVENT_FIELD)
+        .arg(task_queue::task::PAYLOAD_FIELD)
         .arg(payload)
         .query_async::<String>(&mut conn)
         .await?;
@@ -139,23 +122,23 @@ pub async fn publish_raw(redis: &TestRedis, stream: LogStream, payload: &[u8]) -
 }
 
 pub async fn pending(redis: &TestRedis, stream: LogStream) -> anyhow::Result<usize> {
-    let keys = QueueKeys::new(redis.prefix.clone());
+    let keys = Keys::new(redis.prefix.clone());
     let mut conn = redis.connection().await?;
     let reply: redis::streams::StreamPendingReply =
-        redis::cmd("XPENDING").arg(keys.stream(stream)).arg(CONSUMER_GROUP).query_async(&mut conn).await?;
+        redis::cmd("XPENDING").arg(keys.stream(stream.name())).arg(LOG_WORKER_GROUP).query_async(&mut conn).await?;
     Ok(reply.count())
 }
 
 /// Entries not yet written and acknowledged: pending plus not yet delivered.
 pub async fn unsettled(redis: &TestRedis, stream: LogStream) -> anyhow::Result<usize> {
-    let keys = QueueKeys::new(redis.prefix.clone());
+    let keys = Keys::new(redis.prefix.clone());
     let mut conn = redis.connection().await?;
     let groups: redis::streams::StreamInfoGroupsReply =
-        redis::cmd("XINFO").arg("GROUPS").arg(keys.stream(stream)).query_async(&mut conn).await?;
+        redis::cmd("XINFO").arg("GROUPS").arg(keys.stream(stream.name())).query_async(&mut conn).await?;
     let group = groups
         .groups
         .into_iter()
-        .find(|g| g.name == CONSUMER_GROUP)
+        .find(|g| g.name == LOG_WORKER_GROUP)
         .ok_or_else(|| anyhow::anyhow!("no consumer group yet"))?;
     Ok(group.pending + group.lag.unwrap_or(usize::MAX))
 }

@@ -1,5 +1,4 @@
-//! Pieces every actix-web service of the workspace shares (common-models stays free
-//! of HTTP frameworks).
+//! Reading a request body under a byte limit.
 
 use actix_web::{HttpRequest, web};
 use bytes::Bytes;

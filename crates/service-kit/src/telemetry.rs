@@ -1,15 +1,21 @@
-//! Structured logging and Prometheus helpers.
+//! Structured logging, Prometheus rendering, the shutdown signal and the `healthcheck`
+//! subcommand.
 
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber: JSON lines when `json`, readable text
-/// otherwise. `RUST_LOG` overrides `default_filter`. Safe to call more than once.
-pub fn init_tracing(json: bool, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+use crate::config::{LogFormat, LoggingSection};
+
+/// Installs the global tracing subscriber: JSON lines or readable text, as configured.
+/// `RUST_LOG` overrides the configured level. In JSON, the fields of the spans an event
+/// happened in (a request's `request_id`) are part of its line. Safe to call more than once.
+pub fn init_tracing(logging: &LoggingSection) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&logging.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
-    let result =
-        if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.try_init() };
+    let result = match logging.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
     // A second initialisation (tests start several services in one process) is not an error.
     drop(result);
 }

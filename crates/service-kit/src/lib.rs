@@ -1,0 +1,35 @@
+//! What every headhunter service shares, so that no service writes it again:
+//! configuration loading and the shared sections, typed durations, sizes and secrets,
+//! telemetry (structured logs, the shutdown signal, the `healthcheck` subcommand), metric
+//! declarations, Redis and PostgreSQL pools; with the `http` feature, the one error type,
+//! request ids, dependency checks and probe endpoints, admin authentication, limited body
+//! reading and server start-up.
+
+pub mod config;
+pub mod metrics;
+pub mod redis;
+pub mod telemetry;
+
+#[cfg(feature = "postgres")]
+pub mod db;
+
+#[cfg(feature = "http")]
+pub mod auth;
+#[cfg(feature = "http")]
+pub mod body;
+#[cfg(feature = "http")]
+pub mod checks;
+#[cfg(feature = "http")]
+pub mod error;
+#[cfg(feature = "http")]
+pub mod probes;
+#[cfg(feature = "http")]
+pub mod request_id;
+#[cfg(feature = "http")]
+pub mod server;
+
+/// Re-exported for [`metrics!`].
+pub use prometheus;
+
+#[cfg(feature = "http")]
+pub use error::{AppError, ErrorKind};

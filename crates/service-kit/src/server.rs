@@ -1,0 +1,49 @@
+//! Starting an actix-web server the same way in every service: the listener it is given
+//! (port 0 in tests), no signal handling of its own (the service's shutdown flag decides),
+//! and a graceful stop when that flag turns: no new connections, requests in flight finish.
+
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, Error, HttpServer};
+use tokio::sync::watch;
+
+/// How a server is run.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// HTTP worker threads; 0: one per core.
+    pub workers: usize,
+    /// How long requests in flight may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Starts serving `app()` on `listener`; stops gracefully once `shutdown` turns true.
+/// Await the returned server to wait for the stop.
+pub fn serve<F, T, B>(
+    listener: std::net::TcpListener,
+    options: ServerOptions,
+    mut shutdown: watch::Receiver<bool>,
+    app: F,
+) -> std::io::Result<Server>
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<B>, Error = Error, InitError = ()>
+        + 'static,
+    B: MessageBody + 'static,
+{
+    let mut server = HttpServer::new(app)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(options.shutdown_timeout.as_secs().max(1));
+    if options.workers > 0 {
+        server = server.workers(options.workers);
+    }
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        drop(shutdown.wait_for(|stop| *stop).await);
+        handle.stop(true).await;
+    });
+    Ok(server)
+}

@@ -1,0 +1,87 @@
+//! A Redis process of the test's own, on a free port, with its append-only file in a
+//! directory of its own: a test can kill it (losing nothing it acknowledged) and start it
+//! again on the same port and data, or fill it to its `maxmemory`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::unique_suffix;
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers. `extra` are `redis-server` options
+    /// (`["--maxmemory", "2mb"]`).
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let port = crate::local_listener()?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("hh-test-redis-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self { port, dir, extra: extra.iter().map(|s| (*s).to_owned()).collect(), child: None };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills it (SIGKILL): what it acknowledged is in its append-only file.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same port and data, and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &self.dir.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(self.extra.iter().cloned());
+        let child = Command::new("redis-server").args(&args).stdout(Stdio::null()).kill_on_drop(true).spawn()?;
+        self.child = Some(child);
+        let url = self.url();
+        crate::wait_for(Duration::from_secs(10), "redis-server to answer", || async {
+            let client = redis::Client::open(url.as_str()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.ok().map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            drop(child.start_kill());
+        }
+        drop(std::fs::remove_dir_all(&self.dir));
+    }
+}
