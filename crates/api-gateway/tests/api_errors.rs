@@ -117,3 +117,59 @@ async fn the_admin_api_is_off_without_an_admin_key() -> anyhow::Result<()> {
     assert_eq!(res.status(), 403);
     stack.stop().await
 }
+
+/// A failing database is the gateway's problem, not the client's: the answer says what
+/// kind of failure it was and carries no driver text; the log line has the detail and
+/// the request id the client got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_failures_keep_driver_text_out_of_the_answer_and_in_the_log() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let main_db = test_support::TestDb::migrated(common_models::db::Database::Main).await?;
+    let redis = test_support::TestRedis::new();
+    let dirs = test_support::TempDir::new("gateway")?;
+    let env = vec![
+        ("DATABASE_URL", main_db.url.clone()),
+        ("REDIS_URL", redis.url.clone()),
+        ("REDIS_KEY_PREFIX", redis.prefix.clone()),
+        ("PRODUCER__SPOOL__DIR", dirs.path.join("spool").to_string_lossy().into_owned()),
+        ("ADMIN_API_KEY", ADMIN_KEY.to_owned()),
+    ];
+    let gateway = GatewayProcess::start(&env, dirs.path.join("gateway.log")).await?;
+    let http = reqwest::Client::new();
+    let chat = |request_id: &'static str| {
+        http.post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth("hh_a-key-never-seen-before")
+            .header("x-request-id", request_id)
+            .json(&chat_body(false))
+    };
+
+    // A query the database refuses: 500.
+    main_db.connect().await?.batch_execute("ALTER TABLE api_keys RENAME TO api_keys_moved").await?;
+    let res = chat("req-broken-schema").send().await?;
+    assert_eq!(res.status(), 500);
+    assert_eq!(res.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("req-broken-schema"));
+    let body = res.text().await?;
+    assert!(!body.contains("api_keys") && !body.contains("relation"), "driver text in the answer: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body)?["error"]["message"], "internal error");
+
+    // The database refusing connections: 503.
+    main_db.set_accepting_connections(false).await?;
+    let res = chat("req-db-down").send().await?;
+    assert_eq!(res.status(), 503);
+    let body = res.text().await?;
+    assert!(!body.contains(&main_db.name) && !body.contains("connection"), "driver text in the answer: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body)?["error"]["type"], "service_unavailable");
+    main_db.set_accepting_connections(true).await?;
+
+    let logged = test_support::wait_for(std::time::Duration::from_secs(5), "the log lines", || async {
+        let lines = gateway.log_lines().ok()?;
+        let find = |id: &str, detail: &str| lines.iter().find(|l| l.contains(id) && l.contains(detail)).cloned();
+        Some((find("req-broken-schema", "api_keys")?, find("req-db-down", &main_db.name)?))
+    })
+    .await?;
+    for line in [&logged.0, &logged.1] {
+        let entry: Value = serde_json::from_str(line)?;
+        assert!(entry["level"] == "ERROR" || entry["level"] == "WARN", "{line}");
+    }
+    gateway.kill().await
+}

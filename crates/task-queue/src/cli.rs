@@ -27,10 +27,9 @@ pub enum DeadLetterCommand {
 }
 
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false, id = "selection")]
 pub struct Which {
     /// These letters (their ids in the dead-letter stream); needs --stream.
-    #[arg(long = "id", requires = "stream")]
+    #[arg(long = "id", requires = "stream", conflicts_with = "all", required_unless_present = "all")]
     ids: Vec<String>,
     /// Every letter present now.
     #[arg(long)]

@@ -341,8 +341,9 @@ impl Shared {
 /// Heartbeats, gauges, trimming and removing long-silent consumers.
 async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let every = shared.config.heartbeat_interval;
-    // Removing silent consumers needs no hurry: once a minute is plenty.
-    let forget_every = Duration::from_secs(60).max(every);
+    // Removing silent consumers needs no hurry: a tenth of the silence allowed, at most
+    // once a minute.
+    let forget_every = (shared.config.forget_consumers_after / 10).clamp(every, Duration::from_secs(60).max(every));
     let mut last_forget: Option<Instant> = None;
     loop {
         if let Err(err) = beat(&shared).await {

@@ -246,3 +246,48 @@ pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
     .load(&mut conn)
     .await?)
 }
+
+/// The real api-gateway binary, for what only a process shows: being killed, its log.
+pub struct GatewayProcess {
+    pub url: String,
+    pub child: tokio::process::Child,
+    /// Where its stdout (the JSON log) goes.
+    pub log: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts it with `env` (and nothing else of this process's environment) and waits
+    /// until it answers.
+    pub async fn start(env: &[(&str, String)], log: std::path::PathBuf) -> anyhow::Result<Self> {
+        let port = test_support::local_listener()?.local_addr()?.port();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_api-gateway"))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PORT", port.to_string())
+            .env("BIND_HOST", "127.0.0.1")
+            .env("WORKERS", "2")
+            .env("LOG_FORMAT", "json")
+            .env("CACHE_URL", "")
+            .stdout(out)
+            .kill_on_drop(true)
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        test_support::wait_for(Duration::from_secs(30), "the api-gateway process to answer", || async {
+            client.get(format!("{url}/healthz")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await?;
+        Ok(Self { url, child, log })
+    }
+
+    /// SIGKILL: nothing is flushed.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    pub fn log_lines(&self) -> anyhow::Result<Vec<String>> {
+        Ok(std::fs::read_to_string(&self.log)?.lines().map(str::to_owned).collect())
+    }
+}

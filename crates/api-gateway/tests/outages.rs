@@ -1,0 +1,402 @@
+//! The log path through Redis outages, a full queue Redis and a gateway killed in the
+//! middle of one: every answered call becomes exactly one row, and no call waits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use common_models::events::{LlmCallEvent, SystemLogEvent, new_event_id};
+use common_models::ids::CompanyId;
+use service_kit::redis::{ReplyTimeout, build_pool};
+use task_queue::{Keys, Producer, ProducerMetrics};
+use test_support::{RedisServer, Service, TempDir, TestDb, TestRedis};
+
+fn llm_event(i: usize) -> LlmCallEvent {
+    LlmCallEvent {
+        event_id: new_event_id(),
+        created_at: chrono::Utc::now(),
+        action: "chat_completion".into(),
+        message: None,
+        company_id: Some(CompanyId(1)),
+        user_id: None,
+        interview_id: None,
+        request_id: Some(format!("req-{i}")),
+        model: Some("gpt-4o-mini".into()),
+        tokens_input: Some(10),
+        tokens_output: Some(20),
+        tokens_total: Some(30),
+        usage_reported: true,
+        cost_usd: Some(0.00001),
+        price_table_version: Some("test".into()),
+        latency_ms: Some(12),
+        time_to_first_token_ms: None,
+        streaming: false,
+        http_status: Some(200),
+        error_type: None,
+        error_message: None,
+        metadata: None,
+        deployment_version: None,
+        deployment_environment: None,
+        cache_hit: false,
+        cost_saved_usd: None,
+    }
+}
+
+fn system_event(i: usize) -> SystemLogEvent {
+    SystemLogEvent {
+        event_id: new_event_id(),
+        created_at: chrono::Utc::now(),
+        level: "info".into(),
+        component: "test".into(),
+        message: format!("GET /x/{i} 200"),
+        request_method: Some("GET".into()),
+        request_path: Some(format!("/x/{i}")),
+        status_code: Some(200),
+        latency_ms: Some(0.3),
+        company_id: None,
+        user_id: None,
+        request_id: None,
+        error_type: None,
+        metadata: None,
+    }
+}
+
+/// The gateway's own producer (its shipped settings), spooling into `spool`.
+async fn gateway_producer(
+    redis_url: &str,
+    prefix: &str,
+    spool: &TempDir,
+) -> anyhow::Result<(Producer, task_queue::ProducerTask, ProducerMetrics)> {
+    let mut config = api_gateway::GatewaySettings::defaults()?.producer;
+    if let Some(s) = config.spool.as_mut() {
+        s.dir = spool.path.clone();
+    }
+    let metrics = ProducerMetrics::register(&prometheus::Registry::new())?;
+    let pool = build_pool(redis_url, 4, ReplyTimeout::After(Duration::from_secs(1)))?;
+    let (producer, task) = Producer::start(pool, Keys::new(prefix), config, metrics.clone()).await?;
+    Ok((producer, task, metrics))
+}
+
+async fn counts(db: &TestDb, table: &str) -> anyhow::Result<(i64, i64)> {
+    let rows = test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}")).await?;
+    let distinct =
+        test_support::query_count(&db.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
+    Ok((rows, distinct))
+}
+
+async fn wait_rows(db: &TestDb, table: &str, n: i64, within: Duration) -> anyhow::Result<()> {
+    test_support::wait_for(within, &format!("{n} rows in {table}"), || async {
+        test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}"))
+            .await
+            .ok()
+            .filter(|c| *c >= n)
+            .map(|_| ())
+    })
+    .await
+}
+
+async fn xlen(redis: &TestRedis, stream: &str) -> anyhow::Result<u64> {
+    let mut conn = redis.connection().await?;
+    Ok(redis::cmd("XLEN").arg(format!("{}{stream}", redis.prefix)).query_async(&mut conn).await?)
+}
+
+async fn start_worker(db: &TestDb, redis: &TestRedis) -> anyhow::Result<Service> {
+    let w = worker_settings(db, redis)?;
+    Service::start("llm-log-worker", |l, rx| llm_log_worker::run(w, l, rx)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_events_become_rows_once_and_the_streams_shrink_to_their_tail() -> anyhow::Result<()> {
+    const LLM: usize = 70_000;
+    const SYSTEM: usize = 30_000;
+    let db = TestDb::empty("analytics").await?;
+    let redis = TestRedis::new();
+    let spool = TempDir::new("spool")?;
+    let worker = start_worker(&db, &redis).await?;
+    let (producer, task, metrics) = gateway_producer(&redis.url, &redis.prefix, &spool).await?;
+    for i in 0..LLM.max(SYSTEM) {
+        if i < LLM {
+            producer.publish(&llm_event(i));
+        }
+        if i < SYSTEM {
+            producer.publish(&system_event(i));
+        }
+        if i % 2000 == 0 {
+            // A steady flow, as from requests, rather than one burst into the buffer.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    wait_rows(&db, "llm_logs", LLM as i64, Duration::from_secs(240)).await?;
+    wait_rows(&db, "system_logs", SYSTEM as i64, Duration::from_secs(60)).await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (LLM as i64, LLM as i64));
+    assert_eq!(counts(&db, "system_logs").await?, (SYSTEM as i64, SYSTEM as i64));
+    let dropped: f64 = metrics.dropped.collect_total();
+    assert_eq!(dropped, 0.0);
+
+    // Acknowledged entries leave the streams: what stays is at most one internal node.
+    let lengths = test_support::wait_for(Duration::from_secs(20), "the streams to be trimmed", || async {
+        let (l, s) = (xlen(&redis, "llm_logs").await.ok()?, xlen(&redis, "system_logs").await.ok()?);
+        (l <= 100 && s <= 100).then_some((l, s))
+    })
+    .await?;
+    eprintln!("after 100,000 events: XLEN llm_logs {} system_logs {}", lengths.0, lengths.1);
+    let unsettled = test_support::unsettled_entries(&redis.url, &redis.prefix).await?;
+    assert!(unsettled.is_empty(), "{unsettled:?}");
+    task.shutdown().await;
+    worker.stop().await
+}
+
+/// Sums every series of a counter vector.
+trait Total {
+    fn collect_total(&self) -> f64;
+}
+
+impl Total for prometheus::IntCounterVec {
+    fn collect_total(&self) -> f64 {
+        use prometheus::core::Collector;
+        self.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value()).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_replayed_twice_adds_no_row_twice() -> anyhow::Result<()> {
+    let db = TestDb::empty("analytics").await?;
+    let redis = TestRedis::new();
+    let spool = TempDir::new("spool")?;
+    let dead = format!("redis://127.0.0.1:{}/0", test_support::local_listener()?.local_addr()?.port());
+    let (producer, task, metrics) = gateway_producer(&dead, &redis.prefix, &spool).await?;
+    for i in 0..2000 {
+        producer.publish(&llm_event(i));
+    }
+    test_support::wait_for(Duration::from_secs(10), "2000 events spooled", || async {
+        (metrics.spool_entries.get() == 2000).then_some(())
+    })
+    .await?;
+    task.shutdown().await;
+    // As if the process died after a replay reached Redis but before its cursor moved.
+    let copy = TempDir::new("spool-copy")?;
+    for entry in std::fs::read_dir(&spool.path)? {
+        let path = entry?.path();
+        std::fs::copy(&path, copy.path.join(path.file_name().unwrap_or_default()))?;
+    }
+    for dir in [&spool, &copy] {
+        let (_producer, task, metrics) = gateway_producer(&redis.url, &redis.prefix, dir).await?;
+        test_support::wait_for(Duration::from_secs(10), "the spool to be replayed", || async {
+            (metrics.replayed.with_label_values(&["llm_logs"]).get() == 2000).then_some(())
+        })
+        .await?;
+        task.shutdown().await;
+    }
+    assert_eq!(xlen(&redis, "llm_logs").await?, 4000, "every event is in the stream twice");
+
+    let worker = start_worker(&db, &redis).await?;
+    wait_rows(&db, "llm_logs", 2000, Duration::from_secs(60)).await?;
+    test_support::wait_for(Duration::from_secs(20), "every entry settled", || async {
+        test_support::unsettled_entries(&redis.url, &redis.prefix).await.ok().filter(Vec::is_empty)
+    })
+    .await?;
+    assert_eq!(counts(&db, "llm_logs").await?, (2000, 2000));
+    let m = reqwest::get(format!("{}/metrics", worker.url)).await?.text().await?;
+    assert!(m.contains("headhunter_log_worker_duplicates_ignored_total{table=\"llm_logs\"} 2000"), "{m}");
+    worker.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_for_ten_seconds_slows_no_call_and_loses_none() -> anyhow::Result<()> {
+    const CALLS: usize = 5000;
+    const CLIENTS: usize = 10;
+    let mut server = RedisServer::start(&[]).await?;
+    let stack = Stack::start(Options { redis_url: Some(server.url()), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Through The Storm").await?;
+
+    // 5,000 calls over about 12 s from 10 clients; Redis is killed after one second and
+    // comes back ten seconds later. The calls before the kill are the baseline.
+    let url = format!("{}/v1/chat/completions", stack.url);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (http, url, key) = (stack.http.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut times = Vec::with_capacity(CALLS / CLIENTS);
+                for _ in 0..CALLS / CLIENTS {
+                    let started = Instant::now();
+                    let res = http.post(&url).bearer_auth(&key).json(&chat_body(false)).send().await?;
+                    anyhow::ensure!(res.status() == 200, "call failed: {}", res.status());
+                    res.bytes().await?;
+                    times.push((started, started.elapsed()));
+                    tokio::time::sleep(Duration::from_millis(22)).await;
+                }
+                anyhow::Ok(times)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill().await?;
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    server.restart().await?;
+    let up_at = Instant::now();
+    let (mut baseline, mut during) = (Vec::new(), Vec::new());
+    let mut answered = 0;
+    for client in clients {
+        for (at, took) in client.await?? {
+            answered += 1;
+            if at < down_at {
+                baseline.push(took);
+            } else if at < up_at {
+                during.push(took);
+            }
+        }
+    }
+    assert_eq!(answered, CALLS);
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (base_median, out_median) = (median(&mut baseline), median(&mut during));
+    let slowest = during.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{} calls while Redis was down: median {out_median:?} (before: {base_median:?}), slowest {slowest:?}",
+        during.len()
+    );
+    assert!(during.len() > CALLS / 2, "the outage did not overlap the calls");
+    assert!(slowest < Duration::from_secs(1), "a call waited on Redis: {slowest:?}");
+    assert!(out_median <= base_median * 3 + Duration::from_millis(5), "{out_median:?} vs {base_median:?}");
+
+    let total = CALLS as i64;
+    stack.wait_llm_rows(total).await?;
+    test_support::wait_for(Duration::from_secs(30), "every event settled", || async {
+        test_support::unsettled_entries(&stack.redis.url, &stack.redis.prefix).await.ok().filter(Vec::is_empty)
+    })
+    .await?;
+    assert_eq!(stack.llm_counts().await?, (total, total));
+    let m = stack.metrics().await?;
+    assert_eq!(metric_sum(&m, "headhunter_gateway_queue_dropped_total"), 0.0, "{m}");
+    assert!(metric_sum(&m, "headhunter_gateway_queue_spool_replayed_total") > 0.0, "nothing went through the spool");
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_during_an_outage_replays_its_spool_after_a_restart() -> anyhow::Result<()> {
+    let mut server = RedisServer::start(&[]).await?;
+    let redis = TestRedis::on(server.url());
+    let main_db = TestDb::migrated(common_models::db::Database::Main).await?;
+    let analytics_db = TestDb::empty("analytics").await?;
+    let spool = TempDir::new("spool")?;
+    let logs = TempDir::new("logs")?;
+    let sim = llm_simulator::Simulator::start(test_support::local_listener()?, llm_simulator::Behaviour::default())?;
+    let env = vec![
+        ("DATABASE_URL", main_db.url.clone()),
+        ("REDIS_URL", redis.url.clone()),
+        ("REDIS_KEY_PREFIX", redis.prefix.clone()),
+        ("PRODUCER__SPOOL__DIR", spool.path.to_string_lossy().into_owned()),
+        ("LLM_BASE_URL", sim.base_url()),
+        ("LLM_API_KEY", "sk-simulated".to_owned()),
+        ("ADMIN_API_KEY", ADMIN_KEY.to_owned()),
+    ];
+    let gateway = GatewayProcess::start(&env, logs.path.join("first.log")).await?;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{}/api/v1/admin/companies", gateway.url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"name": "Crash Test Ltd"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = created["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {created}"))?.to_owned();
+
+    server.kill().await?;
+    for _ in 0..1000 {
+        let res = http
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(&key)
+            .json(&chat_body(false))
+            .send()
+            .await?;
+        let status = res.status();
+        let body = res.text().await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Every answered call is on disk (the company creation's event may have reached Redis).
+    let spooled = test_support::wait_for(Duration::from_secs(10), "2000 events in the spool", || async {
+        let m = http.get(format!("{}/metrics", gateway.url)).send().await.ok()?.text().await.ok()?;
+        let spooled = metric_sum(&m, "headhunter_gateway_queue_spool_entries");
+        (spooled >= 2000.0).then_some(spooled)
+    })
+    .await?;
+    gateway.kill().await?;
+
+    // Restarted on the same spool, then Redis comes back: the spool is replayed.
+    let gateway = GatewayProcess::start(&env, logs.path.join("second.log")).await?;
+    server.restart().await?;
+    let worker = start_worker(&analytics_db, &redis).await?;
+    wait_rows(&analytics_db, "llm_logs", 1000, Duration::from_secs(60)).await?;
+    wait_rows(&analytics_db, "system_logs", 1001, Duration::from_secs(60)).await?;
+    test_support::wait_for(Duration::from_secs(20), "every event settled", || async {
+        test_support::unsettled_entries(&redis.url, &redis.prefix).await.ok().filter(Vec::is_empty)
+    })
+    .await?;
+    assert_eq!(counts(&analytics_db, "llm_logs").await?, (1000, 1000));
+    assert_eq!(counts(&analytics_db, "system_logs").await?, (1001, 1001));
+    let m = http.get(format!("{}/metrics", gateway.url)).send().await?.text().await?;
+    assert_eq!(metric_sum(&m, "headhunter_gateway_queue_spool_replayed_total"), spooled, "{m}");
+    assert_eq!(metric_sum(&m, "headhunter_gateway_queue_spool_entries"), 0.0);
+    worker.stop().await?;
+    gateway.kill().await?;
+    sim.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_redis_at_its_maxmemory_delays_rows_without_failing_a_call() -> anyhow::Result<()> {
+    let server = RedisServer::start(&["--maxmemory-policy", "noeviction"]).await?;
+    let stack = Stack::start(Options { redis_url: Some(server.url()), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Full House").await?;
+    stack.wait_llm_rows(0).await?;
+
+    let mut conn = server.connection().await?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory"))?;
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + (1 << 20)).query_async::<()>(&mut conn).await?;
+    let mut filled = 0;
+    while redis::cmd("SET")
+        .arg(format!("filler:{filled}"))
+        .arg(vec![0u8; 1024])
+        .query_async::<()>(&mut conn)
+        .await
+        .is_ok()
+    {
+        filled += 1;
+    }
+
+    for _ in 0..50 {
+        let res = stack.chat(&key, &chat_body(false)).send().await?;
+        assert_eq!(res.status(), 200, "a call failed while the queue Redis was full");
+        res.bytes().await?;
+    }
+    let m = test_support::wait_for(Duration::from_secs(10), "the refused events in the spool", || async {
+        let m = stack.metrics().await.ok()?;
+        (metric_sum(&m, "headhunter_gateway_queue_spool_entries") >= 100.0).then_some(m)
+    })
+    .await?;
+    assert!(metric_sum(&m, "headhunter_gateway_queue_send_errors_total{kind=\"refused\"}") > 0.0, "{m}");
+    assert_eq!(stack.llm_rows().await?, 0, "rows arrived while Redis refused every write");
+
+    let keys: Vec<String> = (0..filled).map(|i| format!("filler:{i}")).collect();
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+    }
+    stack.wait_llm_rows(50).await?;
+    test_support::wait_for(Duration::from_secs(20), "every event settled", || async {
+        test_support::unsettled_entries(&stack.redis.url, &stack.redis.prefix).await.ok().filter(Vec::is_empty)
+    })
+    .await?;
+    assert_eq!(stack.llm_counts().await?, (50, 50));
+    let m = stack.metrics().await?;
+    assert_eq!(metric_sum(&m, "headhunter_gateway_queue_dropped_total"), 0.0, "{m}");
+    stack.stop().await
+}
