@@ -1,6 +1,7 @@
 # headhunter: local run, tests and benchmarks.
 #   make run-all   start Redis/PostgreSQL if needed, the databases, the simulator,
-#                  api-gateway and llm-log-worker (logs and pids under .run/)
+#                  api-gateway, llm-log-worker and cache-service (logs, pids and the
+#                  gateway's spool under .run/)
 #   make stop-all  stop what run-all started
 #   make test      every test, against real Redis and PostgreSQL
 #   make bench     benchmarks (release build); prints figures

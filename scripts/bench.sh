@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make bench: ingest throughput vs raw COPY, gateway overhead vs the upstream alone,
-# and cache-service GET vs Redis GET.
+# make bench: ingest throughput vs raw COPY, the producer's spool, gateway overhead vs
+# the upstream alone, and cache-service GET vs Redis GET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v oha >/dev/null 2>&1; then
@@ -12,9 +12,12 @@ if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi
 fi
 cargo build --release -p bench
-target/release/headhunter-bench ingest --events "${BENCH_EVENTS:-200000}"
+BIN=$(scripts/target-dir.sh)/release
+"$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}"
 echo
-target/release/headhunter-bench gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}"
+"$BIN/headhunter-bench" spool --events "${BENCH_SPOOL_EVENTS:-200000}"
 echo
-target/release/headhunter-bench cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
-  --rounds "${BENCH_CACHE_ROUNDS:-5}"
+"$BIN/headhunter-bench" gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}" --bin-dir "$BIN"
+echo
+"$BIN/headhunter-bench" cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
+  --rounds "${BENCH_CACHE_ROUNDS:-5}" --bin-dir "$BIN"

@@ -35,8 +35,10 @@ postgres_up() {
 }
 
 # Tests also start Redis servers of their own (to stop them mid-test), so the
-# binary must be here even when a Redis already answers.
+# binary must be here even when a Redis already answers; the migration test compares
+# schemas with pg_dump.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+command -v pg_dump >/dev/null 2>&1 || apt_install postgresql-client
 
 if redis_up; then
   say "Redis answers on $REDIS_HOST:$REDIS_PORT"

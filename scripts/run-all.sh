@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Starts the upstream simulator, llm-log-worker and api-gateway in the background
-# (debug build), waits until they answer, and prints a first request to paste.
+# Starts the upstream simulator, llm-log-worker, cache-service and api-gateway in the
+# background (debug build, wherever cargo builds: CARGO_TARGET_DIR is honoured), waits
+# until they answer, and prints a first request to paste.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_DIR=.run
-BIN=${BIN_DIR:-target/debug}
+BIN=${BIN_DIR:-$(scripts/target-dir.sh)/debug}
 mkdir -p "$RUN_DIR"
 scripts/stop-all.sh --quiet
 
@@ -16,6 +17,8 @@ export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 export LLM_BASE_URL=${LLM_BASE_URL:-http://127.0.0.1:8090/v1}
 export LLM_API_KEY=${LLM_API_KEY:-sk-simulated}
 export LOG_FORMAT=${LOG_FORMAT:-text}
+# Where the gateway keeps log events while Redis does not take them.
+export PRODUCER__SPOOL__DIR=${PRODUCER__SPOOL__DIR:-$PWD/$RUN_DIR/spool/api-gateway}
 GATEWAY_PORT=${PORT:-8080}
 WORKER_PORT=${WORKER_PORT:-9091}
 CACHE_PORT=${CACHE_PORT:-8081}
@@ -43,7 +46,7 @@ echo "==> applying main database migrations"
 
 start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
-PORT=$CACHE_PORT start cache-service "$BIN/cache-service"
+PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
 PORT=$GATEWAY_PORT start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
 wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
@@ -77,4 +80,9 @@ headhunter is running (stop it with: make stop-all)
   psql postgres://postgres@127.0.0.1:5432/headhunter_analytics \\
     -c 'SELECT created_at, company_id, model, tokens_used, cost_usd, latency_ms FROM llm_logs ORDER BY created_at DESC LIMIT 5'
   curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/health -H "Authorization: Bearer $ADMIN_API_KEY"
+
+4. Dead letters (entries the worker could not write), and putting them back:
+
+  $BIN/llm-log-worker dead-letters list
+  $BIN/llm-log-worker dead-letters replay --all
 MSG

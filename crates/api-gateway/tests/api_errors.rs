@@ -173,3 +173,23 @@ async fn database_failures_keep_driver_text_out_of_the_answer_and_in_the_log() -
     }
     gateway.kill().await
 }
+
+/// A request cannot put an arbitrarily long path into the queue and the analytics
+/// database: the logged path and message are cut to their documented limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_path_is_logged_cut_to_its_limit() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let path = format!("/api/v1/{}", "é".repeat(10_000));
+    let res = stack.http.get(format!("{}{path}", stack.url)).send().await?;
+    assert_eq!(res.status(), 404);
+    let longest = "SELECT coalesce(max(octet_length(request_path)), 0)::bigint AS n FROM system_logs";
+    let cut = test_support::wait_for(std::time::Duration::from_secs(30), "the request's row", || async {
+        test_support::query_count(&stack.analytics_db.url, longest).await.ok().filter(|n| *n > 0)
+    })
+    .await?;
+    assert!(cut <= api_gateway::logged::MAX_PATH_BYTES as i64, "a {cut}-byte path was logged");
+    let message = "SELECT max(octet_length(message))::bigint AS n FROM system_logs";
+    let message = test_support::query_count(&stack.analytics_db.url, message).await?;
+    assert!(message <= api_gateway::logged::MAX_PATH_BYTES as i64 + 20, "a {message}-byte message was logged");
+    stack.stop().await
+}

@@ -107,6 +107,9 @@ macro_rules! metrics {
         }
 
         impl $name {
+            /// The metrics' names, before the registry's prefix.
+            pub const NAMES: &'static [&'static str] = &[$($metric),*];
+
             /// Creates every metric and registers it in `registry`.
             pub fn register(registry: &$crate::prometheus::Registry) -> $crate::prometheus::Result<Self> {
                 let metrics = Self {
@@ -154,6 +157,7 @@ mod tests {
         assert!(text.contains("# HELP svc_took_seconds How long things took."), "{text}");
         assert!(text.contains("svc_took_seconds_bucket{kind=\"a\",le=\"1\"} 1"), "{text}");
         assert!(text.contains("svc_counted_total{kind=\"a\"} 1") && text.contains("svc_level 3"), "{text}");
+        assert_eq!(Sample::NAMES, ["counted_total", "took_seconds", "level"]);
         // A second registration of the same names is refused, not silently ignored.
         assert!(Sample::register(&registry).is_err());
     }

@@ -130,6 +130,8 @@ service_kit::metrics! {
         dropped: IntCounterVec = "queue_dropped_total" ["stream", "reason"],
         /// Bytes of entries in memory, waiting for Redis or the spool.
         buffered_bytes: IntGauge = "queue_buffered_bytes",
+        /// The bound of the in-memory buffer (buffer_max_bytes).
+        buffer_limit_bytes: IntGauge = "queue_buffer_limit_bytes",
         /// Entries in memory, waiting for Redis or the spool.
         buffered_entries: IntGauge = "queue_buffered_entries",
         /// Sends Redis did not take, by kind: unavailable (no answer) or refused (an error
@@ -143,6 +145,8 @@ service_kit::metrics! {
         spool_entries: IntGauge = "queue_spool_entries",
         /// Bytes the spool takes on disk.
         spool_bytes: IntGauge = "queue_spool_bytes",
+        /// The bound of the spool on disk (spool.max_bytes; 0: no spool).
+        spool_limit_bytes: IntGauge = "queue_spool_limit_bytes",
         /// Spool bytes cut away because they held no whole, valid record (torn, corrupt).
         spool_discarded_bytes: IntCounterVec = "queue_spool_discarded_bytes_total" ["reason"],
     }
@@ -186,6 +190,8 @@ impl Producer {
         config: ProducerConfig,
         metrics: ProducerMetrics,
     ) -> anyhow::Result<(Self, ProducerTask)> {
+        metrics.buffer_limit_bytes.set(gauge(config.buffer_max_bytes as u64));
+        metrics.spool_limit_bytes.set(config.spool.as_ref().map_or(0, |s| gauge(s.max_bytes)));
         let spool = match config.spool.clone() {
             Some(spool_config) => {
                 let (spool, discarded) = tokio::task::spawn_blocking(move || Spool::open(spool_config)).await??;

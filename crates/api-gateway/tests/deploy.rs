@@ -1,0 +1,28 @@
+//! The shipped deployment speaks of the metrics the binaries export: an alert on a
+//! renamed metric would never fire.
+
+use std::collections::BTreeSet;
+
+#[test]
+fn every_metric_an_alert_uses_is_exported_by_a_service() {
+    let alerts = include_str!("../../../deploy/prometheus/alerts.yaml");
+    let exported: BTreeSet<String> = [
+        ("headhunter_gateway_", api_gateway::metrics::GatewayMetrics::NAMES),
+        ("headhunter_gateway_", task_queue::ProducerMetrics::NAMES),
+        ("headhunter_log_worker_", llm_log_worker::metrics::WorkerMetrics::NAMES),
+        ("headhunter_log_worker_", task_queue::ConsumerMetrics::NAMES),
+        ("headhunter_cache_", cache_service::metrics::CacheMetrics::NAMES),
+    ]
+    .iter()
+    .flat_map(|(prefix, names)| names.iter().map(move |n| format!("{prefix}{n}")))
+    .collect();
+    let mut used = BTreeSet::new();
+    for (i, _) in alerts.match_indices("headhunter_") {
+        let name: String = alerts[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        used.insert(base.to_owned());
+    }
+    assert!(used.len() >= 10, "found only {used:?}");
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(missing.is_empty(), "alerts use metrics no service exports: {missing:?}");
+}
