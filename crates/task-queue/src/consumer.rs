@@ -44,7 +44,9 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
 use redis::AsyncCommands;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadOptions, StreamReadReply,
+};
 use serde::Deserialize;
 use service_kit::config::duration;
 use tokio::sync::watch;
@@ -250,9 +252,16 @@ impl<M: Message> Consumer<M> {
 
     async fn try_ensure_groups(&self) -> redis::RedisResult<()> {
         let mut conn = self.shared.conn().await?;
+        let group = &self.shared.config.group;
         for key in &self.shared.stream_keys {
-            let created: redis::RedisResult<()> =
-                conn.xgroup_create_mkstream(key, &self.shared.config.group, "0").await;
+            // Look before creating: a queue Redis at its maxmemory refuses XGROUP CREATE
+            // (with OOM, not BUSYGROUP) even for a group that exists, and a consumer that
+            // could not start then could never drain the backlog that filled it.
+            let groups: StreamInfoGroupsReply = conn.xinfo_groups(key).await.unwrap_or_default();
+            if groups.groups.iter().any(|g| &g.name == group) {
+                continue;
+            }
+            let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(key, group, "0").await;
             match created {
                 Ok(()) => {}
                 Err(err) if err.code() == Some("BUSYGROUP") => {}
@@ -708,16 +717,24 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
         Ok(total)
     }
 
-    /// Dead-letters and acknowledges a settled batch, retrying Redis until it answers.
+    /// Acknowledges a settled batch and dead-letters what could not be handled, retrying
+    /// Redis until it answers. Acknowledging goes first and alone: `XACK` is allowed at
+    /// `maxmemory` while `XADD` and `SET` are not, and a consumer must be able to
+    /// acknowledge (so the streams can be trimmed) to free a Redis a backlog has filled.
     async fn settle(&self, deliveries: &[Delivery<M>], dead: &[DeadLetter], handled: Handled) {
         let shared = &self.shared;
         let group = self.group();
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut acks = redis::pipe();
+        for (stream, ids) in ids_by_stream(deliveries.iter().map(|d| (d.stream, d.id.as_str()))) {
+            acks.xack(shared.keys.stream(stream), group, &ids).ignore();
+        }
+        // A dead letter and the acknowledgement of its entry go together or not at all.
+        let mut letters = redis::pipe();
+        letters.atomic();
+        let now = now_ms.to_string();
         for d in dead {
             let mut fields: Vec<(&str, &[u8])> = d.fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-            let now = now_ms.to_string();
             fields.extend([
                 ("dead_reason", d.reason.as_bytes()),
                 ("dead_detail", d.detail.as_bytes()),
@@ -725,36 +742,25 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
                 ("dead_original_id", d.id.as_bytes()),
                 ("dead_at_ms", now.as_bytes()),
             ]);
-            pipe.xadd(shared.keys.dead_letter(d.stream), "*", &fields).ignore();
+            letters.xadd(shared.keys.dead_letter(d.stream), "*", &fields).ignore();
         }
-        let mut ids: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (stream, id) in deliveries.iter().map(|d| (d.stream, &d.id)).chain(dead.iter().map(|d| (d.stream, &d.id))) {
-            ids.entry(stream).or_default().push(id);
+        for (stream, ids) in ids_by_stream(dead.iter().map(|d| (d.stream, d.id.as_str()))) {
+            letters.xack(shared.keys.stream(stream), group, &ids).ignore();
         }
-        for (stream, ids) in &ids {
-            pipe.xack(shared.keys.stream(stream), group, ids).ignore();
+        for (pipe, needed, what) in [
+            (&acks, !deliveries.is_empty(), "acknowledging a handled batch"),
+            (&letters, !dead.is_empty(), "dead-lettering entries"),
+        ] {
+            if needed && !self.run_until_done(pipe, what).await {
+                // Stopping: handled but unacknowledged entries are redelivered and absorbed.
+                return;
+            }
         }
         if !deliveries.is_empty() {
-            pipe.set(shared.keys.last_success(group), now_ms).ignore();
-        }
-
-        let mut backoff = shared.config.retry_initial;
-        loop {
-            let result: redis::RedisResult<()> = match shared.conn().await {
-                Ok(mut conn) => pipe.query_async(&mut *conn).await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(()) => break,
-                Err(err) => {
-                    shared.redis_failed("acknowledging a handled batch", &err);
-                    if self.stopping() {
-                        // Handled but unacknowledged: the redelivery is absorbed.
-                        return;
-                    }
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(shared.config.retry_max);
-                }
+            // Best effort: a health view's "last write", refused at maxmemory.
+            if let Ok(mut conn) = shared.conn().await {
+                let result: redis::RedisResult<()> = conn.set(shared.keys.last_success(group), now_ms).await;
+                drop(result);
             }
         }
 
@@ -782,6 +788,28 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
         }
     }
 
+    /// Runs `pipe` until Redis takes it, with backoff; false when shutdown stops the retries.
+    async fn run_until_done(&self, pipe: &redis::Pipeline, what: &str) -> bool {
+        let mut backoff = self.shared.config.retry_initial;
+        loop {
+            let result: redis::RedisResult<()> = match self.shared.conn().await {
+                Ok(mut conn) => pipe.query_async(&mut *conn).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(err) => {
+                    self.shared.redis_failed(what, &err);
+                    if self.stopping() {
+                        return false;
+                    }
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(self.shared.config.retry_max);
+                }
+            }
+        }
+    }
+
     /// Sleeps, but wakes early on shutdown.
     async fn pause(&self, duration: Duration) {
         let mut shutdown = self.shutdown.clone();
@@ -792,13 +820,19 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
     }
 }
 
+/// Entry ids grouped by stream.
+fn ids_by_stream<'a>(entries: impl Iterator<Item = (&'static str, &'a str)>) -> HashMap<&'static str, Vec<&'a str>> {
+    let mut ids: HashMap<&'static str, Vec<&'a str>> = HashMap::new();
+    for (stream, id) in entries {
+        ids.entry(stream).or_default().push(id);
+    }
+    ids
+}
+
 /// Resets the idle time of the entries a consumer holds (`XCLAIM` to itself, `JUSTID`,
 /// which does not count as a delivery), so no one takes them over.
 async fn renew_claim<M>(shared: &Shared, consumer: &str, batch: &[Delivery<M>]) {
-    let mut ids: HashMap<&str, Vec<&str>> = HashMap::new();
-    for d in batch {
-        ids.entry(d.stream).or_default().push(&d.id);
-    }
+    let ids = ids_by_stream(batch.iter().map(|d| (d.stream, d.id.as_str())));
     let mut pipe = redis::pipe();
     for (stream, ids) in &ids {
         pipe.cmd("XCLAIM")

@@ -543,6 +543,11 @@ impl Sender {
     /// Some(()) when it ran out of budget with entries left, or emptied the spool; None
     /// when Redis did not take a chunk.
     async fn replay(&mut self, budget: Option<Duration>) -> Option<()> {
+        if self.spool.is_none() {
+            // The spool failed (see with_spool): nothing to wait behind any more.
+            self.backlog = false;
+            return Some(());
+        }
         let started = Instant::now();
         loop {
             let (max_entries, max_bytes) = (self.config.batch_max_entries.max(1) * 4, self.config.batch_max_bytes * 4);
@@ -632,14 +637,15 @@ impl Sender {
                 }
             }
         }
+        // On disk first, whatever the replay below gets done before the deadline.
+        if let Some(Err(err)) = self.with_spool(Spool::sync).await {
+            tracing::error!(error = %err, "syncing the spool at shutdown failed");
+        }
         if self.backlog {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() && tokio::time::timeout(left, self.replay(None)).await.is_err() {
                 tracing::info!("shutdown deadline reached; the spool keeps the rest for the next start");
             }
-        }
-        if let Some(Err(err)) = self.with_spool(Spool::sync).await {
-            tracing::error!(error = %err, "syncing the spool at shutdown failed");
         }
     }
 
