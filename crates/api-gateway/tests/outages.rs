@@ -6,61 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use common_models::events::{LlmCallEvent, SystemLogEvent, new_event_id};
-use common_models::ids::CompanyId;
 use service_kit::redis::{ReplyTimeout, build_pool};
 use task_queue::{Keys, Producer, ProducerMetrics};
+use test_support::fixtures::{llm_event, system_event};
 use test_support::{RedisServer, Service, TempDir, TestDb, TestRedis};
-
-fn llm_event(i: usize) -> LlmCallEvent {
-    LlmCallEvent {
-        event_id: new_event_id(),
-        created_at: chrono::Utc::now(),
-        action: "chat_completion".into(),
-        message: None,
-        company_id: Some(CompanyId(1)),
-        user_id: None,
-        interview_id: None,
-        request_id: Some(format!("req-{i}")),
-        model: Some("gpt-4o-mini".into()),
-        tokens_input: Some(10),
-        tokens_output: Some(20),
-        tokens_total: Some(30),
-        usage_reported: true,
-        cost_usd: Some(0.00001),
-        price_table_version: Some("test".into()),
-        latency_ms: Some(12),
-        time_to_first_token_ms: None,
-        streaming: false,
-        http_status: Some(200),
-        error_type: None,
-        error_message: None,
-        metadata: None,
-        deployment_version: None,
-        deployment_environment: None,
-        cache_hit: false,
-        cost_saved_usd: None,
-    }
-}
-
-fn system_event(i: usize) -> SystemLogEvent {
-    SystemLogEvent {
-        event_id: new_event_id(),
-        created_at: chrono::Utc::now(),
-        level: "info".into(),
-        component: "test".into(),
-        message: format!("GET /x/{i} 200"),
-        request_method: Some("GET".into()),
-        request_path: Some(format!("/x/{i}")),
-        status_code: Some(200),
-        latency_ms: Some(0.3),
-        company_id: None,
-        user_id: None,
-        request_id: None,
-        error_type: None,
-        metadata: None,
-    }
-}
 
 /// The gateway's own producer (its shipped settings), spooling into `spool`.
 async fn gateway_producer(
@@ -392,10 +341,7 @@ async fn a_queue_redis_at_its_maxmemory_delays_rows_without_failing_a_call() -> 
         stack.llm_rows().await?
     );
 
-    let keys: Vec<String> = (0..filled).map(|i| format!("filler:{i}")).collect();
-    for chunk in keys.chunks(500) {
-        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
-    }
+    server.free(filled).await?;
     stack.wait_llm_rows(50).await?;
     test_support::wait_for(Duration::from_secs(20), "every event settled", || async {
         test_support::unsettled_entries(&stack.redis.url, &stack.redis.prefix).await.ok().filter(Vec::is_empty)
@@ -418,13 +364,7 @@ async fn a_backlog_that_fills_the_queue_redis_drains_when_the_worker_returns() -
     let spool = TempDir::new("spool")?;
     // The worker has run once (its group exists), then goes away.
     start_worker(&db, &redis).await?.stop().await?;
-    let mut conn = server.connection().await?;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no used_memory"))?;
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + (4 << 20)).query_async::<()>(&mut conn).await?;
+    server.limit_memory(4 << 20).await?;
 
     let (producer, task, metrics) = gateway_producer(&server.url(), &redis.prefix, &spool).await?;
     const EVENTS: usize = 20_000;

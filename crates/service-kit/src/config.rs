@@ -192,13 +192,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Splits `12KiB` into 12 and `KiB`; `None` without a leading number.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
 /// Reads a duration written with its unit: `250ms`, `5s`, `10m`, `2h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 250ms, 5s, 10m, 2h or 7d"))?;
-    let unit_ms: u64 = match unit.trim() {
+    let (n, unit) =
+        number_and_unit(text).ok_or_else(|| format!("{text:?} is not a duration such as 250ms, 5s, 10m, 2h or 7d"))?;
+    let unit_ms: u64 = match unit {
         "ms" => 1,
         "s" => 1000,
         "m" | "min" => 60_000,
@@ -214,10 +220,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// and the decimal `kB`, `MB`, `GB`).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as 65536, 512KiB or 64MiB"))?;
-    let multiplier: u64 = match unit.trim() {
+    let (n, unit) =
+        number_and_unit(text).ok_or_else(|| format!("{text:?} is not a size such as 65536, 512KiB or 64MiB"))?;
+    let multiplier: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,

@@ -138,25 +138,8 @@ async fn a_spool_cut_mid_record_replays_everything_before_the_cut_in_order() -> 
 async fn redis_out_of_memory_sends_entries_to_the_spool_until_memory_frees() -> anyhow::Result<()> {
     let server = RedisServer::start(&["--maxmemory-policy", "noeviction"]).await?;
     let redis = TestRedis::on(server.url());
-    let mut conn = server.connection().await?;
-    let used: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
-    let used: u64 = used
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no used_memory"))?;
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + (1 << 20)).query_async::<()>(&mut conn).await?;
-    // Fill it with small values (a big one's query buffer would be freed after the
-    // refusal, bringing Redis back under its limit): writes are refused from here on.
-    let mut filled = 0;
-    while redis::cmd("SET")
-        .arg(format!("filler:{filled}"))
-        .arg(vec![0u8; 1024])
-        .query_async::<()>(&mut conn)
-        .await
-        .is_ok()
-    {
-        filled += 1;
-    }
+    server.limit_memory(1 << 20).await?;
+    let filled = server.fill().await?;
 
     let spool = TempDir::new("spool")?;
     let (producer, task, metrics) = start_producer(&server.url(), &redis.prefix, producer_config(Some(&spool))).await?;
@@ -174,8 +157,7 @@ async fn redis_out_of_memory_sends_entries_to_the_spool_until_memory_frees() -> 
         .sum();
     assert_eq!(dropped, 0, "an OOM refusal is a reason to wait, not to drop");
 
-    let keys: Vec<String> = (0..filled).map(|i| format!("filler:{i}")).collect();
-    redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+    server.free(filled).await?;
     let key = format!("{}jobs", redis.prefix);
     let landed = test_support::wait_for(Duration::from_secs(10), "the spool to land", || async {
         let jobs = stream_jobs(&server.url(), &key).await.ok()?;

@@ -11,6 +11,7 @@
 //! without a database; `TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) the Redis.
 
 mod db;
+pub mod fixtures;
 mod redis_server;
 mod service;
 mod test_redis;

@@ -75,6 +75,47 @@ impl RedisServer {
     pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         Ok(redis::Client::open(self.url())?.get_multiplexed_async_connection().await?)
     }
+
+    /// Sets `maxmemory` to what Redis uses now plus `headroom` bytes.
+    pub async fn limit_memory(&self, headroom: u64) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+        let used: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?;
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + headroom).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Fills it to its `maxmemory` with small filler keys, until writes are refused;
+    /// returns how many it wrote. Small ones: a big value's query buffer is freed after
+    /// its refusal, which would bring Redis back under its limit.
+    pub async fn fill(&self) -> anyhow::Result<usize> {
+        let mut conn = self.connection().await?;
+        let mut filled = 0;
+        while redis::cmd("SET")
+            .arg(format!("filler:{filled}"))
+            .arg(vec![0u8; 1024])
+            .query_async::<()>(&mut conn)
+            .await
+            .is_ok()
+        {
+            filled += 1;
+            anyhow::ensure!(filled < 1_000_000, "Redis never refused a write: is maxmemory set?");
+        }
+        Ok(filled)
+    }
+
+    /// Deletes the keys [`RedisServer::fill`] wrote.
+    pub async fn free(&self, filled: usize) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let keys: Vec<String> = (0..filled).map(|i| format!("filler:{i}")).collect();
+        for chunk in keys.chunks(500) {
+            redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RedisServer {
