@@ -304,23 +304,8 @@ async fn a_queue_redis_at_its_maxmemory_delays_rows_without_failing_a_call() -> 
     let (_, key) = stack.create_company("Full House").await?;
     stack.wait_llm_rows(0).await?;
 
-    let mut conn = server.connection().await?;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no used_memory"))?;
-    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + (1 << 20)).query_async::<()>(&mut conn).await?;
-    let mut filled = 0;
-    while redis::cmd("SET")
-        .arg(format!("filler:{filled}"))
-        .arg(vec![0u8; 1024])
-        .query_async::<()>(&mut conn)
-        .await
-        .is_ok()
-    {
-        filled += 1;
-    }
+    server.limit_memory(1 << 20).await?;
+    let filled = server.fill().await?;
 
     for _ in 0..50 {
         let res = stack.chat(&key, &chat_body(false)).send().await?;
