@@ -257,14 +257,16 @@ impl Producer {
                 Err(now) => current = now,
             }
         }
+        // Counted before it is sent: the sender may take it (and subtract it) at once.
+        shared.metrics.buffered_bytes.add(gauge(weight as u64));
+        shared.metrics.buffered_entries.inc();
         let stream = entry.stream.clone();
         if shared.tx.send(entry).is_err() {
             shared.buffered.fetch_sub(weight, Ordering::AcqRel);
+            shared.metrics.buffered_bytes.sub(gauge(weight as u64));
+            shared.metrics.buffered_entries.dec();
             shared.metrics.dropped.with_label_values(&[&stream, "shutdown"]).inc();
-            return;
         }
-        shared.metrics.buffered_bytes.add(gauge(weight as u64));
-        shared.metrics.buffered_entries.inc();
     }
 
     pub fn metrics(&self) -> &ProducerMetrics {
@@ -335,12 +337,14 @@ impl Sender {
             } else if !self.held.is_empty() {
                 self.held.extend(batch);
                 if Instant::now() >= retry_at {
-                    let held = std::mem::take(&mut self.held);
-                    self.deliver(held).await;
-                    retry_at = Instant::now() + self.config.retry_interval;
+                    // Oldest first, a batch at a time; a failure puts it back in front.
+                    let take = self.held.len().min(self.config.batch_max_entries.max(1));
+                    let batch: Vec<Entry> = self.held.drain(..take).collect();
+                    let delivered = self.deliver(batch).await;
+                    let more = delivered && !self.held.is_empty();
+                    retry_at = Instant::now() + if more { Duration::ZERO } else { self.config.retry_interval };
                 }
-            } else if !batch.is_empty() {
-                self.deliver(batch).await;
+            } else if !batch.is_empty() && !self.deliver(batch).await {
                 retry_at = Instant::now() + self.config.retry_interval;
             }
         }
@@ -375,16 +379,19 @@ impl Sender {
         self.metrics().buffered_entries.sub(gauge(entries.len() as u64));
     }
 
-    /// Sends a batch; what Redis does not take goes to the spool (or is held).
-    async fn deliver(&mut self, batch: Vec<Entry>) {
+    /// Sends a batch; what Redis does not take goes to the spool (or is held). True when
+    /// Redis took all of it.
+    async fn deliver(&mut self, batch: Vec<Entry>) -> bool {
         match self.send(&batch).await {
             Ok(()) => {
                 self.count(&self.metrics().published, &batch);
                 self.release(&batch);
+                true
             }
             Err(failure) => {
                 let waiting = self.sort_failure(failure, batch);
                 self.wait_for_redis(waiting).await;
+                false
             }
         }
     }
@@ -404,7 +411,8 @@ impl Sender {
                 let mut landed = Vec::new();
                 let mut dropped = Vec::new();
                 for (i, entry) in batch.into_iter().enumerate() {
-                    if retry.contains(&i) {
+                    // Redis reports errors in pipeline order: `retry` is sorted.
+                    if retry.binary_search(&i).is_ok() {
                         waiting.push(entry);
                     } else if let Some((_, why)) = rejected.iter().find(|(j, _)| *j == i) {
                         tracing::error!(stream = %entry.stream, error = %why, "Redis rejected an entry; dropped");
@@ -440,7 +448,9 @@ impl Sender {
             self.backlog = true;
             self.spool_entries(entries).await;
         } else {
-            self.held = entries;
+            let mut held = entries;
+            held.append(&mut self.held);
+            self.held = held;
         }
     }
 

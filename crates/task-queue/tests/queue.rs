@@ -330,3 +330,27 @@ async fn the_runtime_dead_letters_what_cannot_be_done_and_forgets_silent_consume
     run.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spool_entries_wait_in_memory_and_land_in_order() -> anyhow::Result<()> {
+    let mut server = RedisServer::start(&[]).await?;
+    let redis = TestRedis::on(server.url());
+    let (producer, task, metrics) = start_producer(&server.url(), &redis.prefix, producer_config(None)).await?;
+    server.kill().await?;
+    for n in 0..2000 {
+        producer.publish(&job(n));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metrics.buffered_entries.get(), 2000, "held in memory while Redis is away");
+    server.restart().await?;
+    let key = format!("{}jobs", redis.prefix);
+    let landed = test_support::wait_for(Duration::from_secs(10), "the held entries to land", || async {
+        let jobs = stream_jobs(&server.url(), &key).await.ok()?;
+        (jobs.len() >= 2000).then_some(jobs)
+    })
+    .await?;
+    assert_eq!(landed, (0..2000).collect::<Vec<_>>());
+    assert_eq!(metrics.buffered_entries.get(), 0);
+    task.shutdown().await;
+    Ok(())
+}
