@@ -27,29 +27,6 @@ async fn gateway_producer(
     Ok((producer, task, metrics))
 }
 
-async fn counts(db: &TestDb, table: &str) -> anyhow::Result<(i64, i64)> {
-    let rows = test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}")).await?;
-    let distinct =
-        test_support::query_count(&db.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
-    Ok((rows, distinct))
-}
-
-async fn wait_rows(db: &TestDb, table: &str, n: i64, within: Duration) -> anyhow::Result<()> {
-    test_support::wait_for(within, &format!("{n} rows in {table}"), || async {
-        test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}"))
-            .await
-            .ok()
-            .filter(|c| *c >= n)
-            .map(|_| ())
-    })
-    .await
-}
-
-async fn xlen(redis: &TestRedis, stream: &str) -> anyhow::Result<u64> {
-    let mut conn = redis.connection().await?;
-    Ok(redis::cmd("XLEN").arg(format!("{}{stream}", redis.prefix)).query_async(&mut conn).await?)
-}
-
 async fn start_worker(db: &TestDb, redis: &TestRedis) -> anyhow::Result<Service> {
     let w = worker_settings(db, redis)?;
     Service::start("llm-log-worker", |l, rx| llm_log_worker::run(w, l, rx)).await
@@ -76,16 +53,17 @@ async fn a_hundred_thousand_events_become_rows_once_and_the_streams_shrink_to_th
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    wait_rows(&db, "llm_logs", LLM as i64, Duration::from_secs(240)).await?;
-    wait_rows(&db, "system_logs", SYSTEM as i64, Duration::from_secs(60)).await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (LLM as i64, LLM as i64));
-    assert_eq!(counts(&db, "system_logs").await?, (SYSTEM as i64, SYSTEM as i64));
+    db.wait_rows("llm_logs", LLM as i64, Duration::from_secs(240)).await?;
+    db.wait_rows("system_logs", SYSTEM as i64, Duration::from_secs(60)).await?;
+    assert_eq!(db.counts("llm_logs").await?, (LLM as i64, LLM as i64));
+    assert_eq!(db.counts("system_logs").await?, (SYSTEM as i64, SYSTEM as i64));
     let dropped: f64 = metrics.dropped.collect_total();
     assert_eq!(dropped, 0.0);
 
     // Acknowledged entries leave the streams: what stays is at most one internal node.
     let lengths = test_support::wait_for(Duration::from_secs(20), "the streams to be trimmed", || async {
-        let (l, s) = (xlen(&redis, "llm_logs").await.ok()?, xlen(&redis, "system_logs").await.ok()?);
+        let (l, s) =
+            (redis.xlen(&redis.key("llm_logs")).await.ok()?, redis.xlen(&redis.key("system_logs")).await.ok()?);
         (l <= 100 && s <= 100).then_some((l, s))
     })
     .await?;
@@ -137,15 +115,15 @@ async fn a_spool_replayed_twice_adds_no_row_twice() -> anyhow::Result<()> {
         .await?;
         task.shutdown().await;
     }
-    assert_eq!(xlen(&redis, "llm_logs").await?, 4000, "every event is in the stream twice");
+    assert_eq!(redis.xlen(&redis.key("llm_logs")).await?, 4000, "every event is in the stream twice");
 
     let worker = start_worker(&db, &redis).await?;
-    wait_rows(&db, "llm_logs", 2000, Duration::from_secs(60)).await?;
+    db.wait_rows("llm_logs", 2000, Duration::from_secs(60)).await?;
     test_support::wait_for(Duration::from_secs(20), "every entry settled", || async {
         test_support::unsettled_entries(&redis.url, &redis.prefix).await.ok().filter(Vec::is_empty)
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (2000, 2000));
+    assert_eq!(db.counts("llm_logs").await?, (2000, 2000));
     let m = reqwest::get(format!("{}/metrics", worker.url)).await?.text().await?;
     assert!(m.contains("headhunter_log_worker_duplicates_ignored_total{table=\"llm_logs\"} 2000"), "{m}");
     worker.stop().await
@@ -218,7 +196,7 @@ async fn redis_stopped_for_ten_seconds_slows_no_call_and_loses_none() -> anyhow:
         test_support::unsettled_entries(&stack.redis.url, &stack.redis.prefix).await.ok().filter(Vec::is_empty)
     })
     .await?;
-    assert_eq!(stack.llm_counts().await?, (total, total));
+    assert_eq!(stack.analytics_db.counts("llm_logs").await?, (total, total));
     let m = stack.metrics().await?;
     assert_eq!(metric_sum(&m, "headhunter_gateway_queue_dropped_total"), 0.0, "{m}");
     assert!(metric_sum(&m, "headhunter_gateway_queue_spool_replayed_total") > 0.0, "nothing went through the spool");
@@ -280,14 +258,14 @@ async fn a_gateway_killed_during_an_outage_replays_its_spool_after_a_restart() -
     let gateway = GatewayProcess::start(&env, logs.path.join("second.log")).await?;
     server.restart().await?;
     let worker = start_worker(&analytics_db, &redis).await?;
-    wait_rows(&analytics_db, "llm_logs", 1000, Duration::from_secs(60)).await?;
-    wait_rows(&analytics_db, "system_logs", 1001, Duration::from_secs(60)).await?;
+    analytics_db.wait_rows("llm_logs", 1000, Duration::from_secs(60)).await?;
+    analytics_db.wait_rows("system_logs", 1001, Duration::from_secs(60)).await?;
     test_support::wait_for(Duration::from_secs(20), "every event settled", || async {
         test_support::unsettled_entries(&redis.url, &redis.prefix).await.ok().filter(Vec::is_empty)
     })
     .await?;
-    assert_eq!(counts(&analytics_db, "llm_logs").await?, (1000, 1000));
-    assert_eq!(counts(&analytics_db, "system_logs").await?, (1001, 1001));
+    assert_eq!(analytics_db.counts("llm_logs").await?, (1000, 1000));
+    assert_eq!(analytics_db.counts("system_logs").await?, (1001, 1001));
     let m = http.get(format!("{}/metrics", gateway.url)).send().await?.text().await?;
     assert_eq!(metric_sum(&m, "headhunter_gateway_queue_spool_replayed_total"), spooled, "{m}");
     assert_eq!(metric_sum(&m, "headhunter_gateway_queue_spool_entries"), 0.0);
@@ -332,7 +310,7 @@ async fn a_queue_redis_at_its_maxmemory_delays_rows_without_failing_a_call() -> 
         test_support::unsettled_entries(&stack.redis.url, &stack.redis.prefix).await.ok().filter(Vec::is_empty)
     })
     .await?;
-    assert_eq!(stack.llm_counts().await?, (50, 50));
+    assert_eq!(stack.analytics_db.counts("llm_logs").await?, (50, 50));
     let m = stack.metrics().await?;
     assert_eq!(metric_sum(&m, "headhunter_gateway_queue_dropped_total"), 0.0, "{m}");
     stack.stop().await
@@ -368,13 +346,13 @@ async fn a_backlog_that_fills_the_queue_redis_drains_when_the_worker_returns() -
     eprintln!("queue Redis full after {} events; {spooled} in the spool", EVENTS as u64 - spooled);
 
     let worker = start_worker(&db, &redis).await?;
-    wait_rows(&db, "llm_logs", EVENTS as i64, Duration::from_secs(120)).await?;
+    db.wait_rows("llm_logs", EVENTS as i64, Duration::from_secs(120)).await?;
     test_support::wait_for(Duration::from_secs(30), "every event settled and the spool empty", || async {
         let unsettled = test_support::unsettled_entries(&redis.url, &redis.prefix).await.ok()?;
         (unsettled.is_empty() && metrics.spool_entries.get() == 0).then_some(())
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (EVENTS as i64, EVENTS as i64));
+    assert_eq!(db.counts("llm_logs").await?, (EVENTS as i64, EVENTS as i64));
     assert_eq!(metrics.dropped.collect_total(), 0.0);
     task.shutdown().await;
     worker.stop().await

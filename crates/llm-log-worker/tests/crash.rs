@@ -56,7 +56,7 @@ async fn sigkill_mid_flow_then_restart_writes_every_event_exactly_once() -> anyh
 
     // Once part of the flow is written, hold the table so the worker is caught with a
     // batch read but not committed, and kill it there, while events still arrive.
-    wait_rows(&db, "llm_logs", 1500, Duration::from_secs(60)).await?;
+    db.wait_rows("llm_logs", 1500, Duration::from_secs(60)).await?;
     let mut locker = db.connect().await?;
     locker.batch_execute("BEGIN; LOCK TABLE llm_logs IN ACCESS EXCLUSIVE MODE").await?;
     test_support::wait_for(Duration::from_secs(30), "a batch in the worker's hands", || async {
@@ -66,7 +66,7 @@ async fn sigkill_mid_flow_then_restart_writes_every_event_exactly_once() -> anyh
     first.start_kill()?;
     first.wait().await?;
     locker.batch_execute("COMMIT").await?;
-    let written_before_restart = counts(&db, "llm_logs").await?.0;
+    let written_before_restart = db.counts("llm_logs").await?.0;
     let still_publishing = !publisher.is_finished();
     let held_by_dead_worker = pending(&redis, LogStream::LlmLogs).await?;
     eprintln!(
@@ -80,12 +80,12 @@ async fn sigkill_mid_flow_then_restart_writes_every_event_exactly_once() -> anyh
     // A new consumer name, as a rescheduled pod would have: the dead consumer's
     // pending entries come back through XAUTOCLAIM.
     let mut second = spawn_worker(&db, &redis, "replacement")?;
-    wait_rows(&db, "llm_logs", TOTAL as i64, Duration::from_secs(120)).await?;
+    db.wait_rows("llm_logs", TOTAL as i64, Duration::from_secs(120)).await?;
     test_support::wait_for(Duration::from_secs(30), "no pending entries", || async {
         (pending(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (TOTAL as i64, TOTAL as i64));
+    assert_eq!(db.counts("llm_logs").await?, (TOTAL as i64, TOTAL as i64));
 
     // SIGTERM: a graceful stop.
     let pid = second.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
@@ -101,7 +101,7 @@ async fn sigterm_commits_and_acknowledges_the_batch_in_hand() -> anyhow::Result<
     let redis = TestRedis::new();
     let mut worker = spawn_worker(&db, &redis, "graceful")?;
     publish(&redis, &[LogEvent::LlmCall(llm_event(0))]).await?;
-    wait_rows(&db, "llm_logs", 1, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 1, Duration::from_secs(30)).await?;
 
     // Catch the worker mid-write: the table is held, so its batch waits on the lock.
     let mut locker = db.connect().await?;
@@ -123,7 +123,7 @@ async fn sigterm_commits_and_acknowledges_the_batch_in_hand() -> anyhow::Result<
     // Everything the worker had taken is committed and acknowledged; anything it had
     // not yet read is still waiting in the stream, not lost.
     assert_eq!(pending(&redis, LogStream::LlmLogs).await?, 0, "the worker left its batch unacknowledged");
-    let written = counts(&db, "llm_logs").await?;
+    let written = db.counts("llm_logs").await?;
     assert_eq!(written.0, written.1);
     assert_eq!(written.0 as usize + unsettled(&redis, LogStream::LlmLogs).await?, 301);
     // What it had not read yet stays queued for the next worker.

@@ -26,15 +26,15 @@ async fn events_land_once_and_nothing_stays_pending() -> anyhow::Result<()> {
     publish(&redis, &events).await?;
     publish(&redis, &dupes).await?;
 
-    wait_rows(&db, "llm_logs", 300, Duration::from_secs(30)).await?;
-    wait_rows(&db, "system_logs", 200, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 300, Duration::from_secs(30)).await?;
+    db.wait_rows("system_logs", 200, Duration::from_secs(30)).await?;
     test_support::wait_for(Duration::from_secs(10), "no pending entries", || async {
         let p = pending(&redis, LogStream::LlmLogs).await.ok()? + pending(&redis, LogStream::SystemLogs).await.ok()?;
         (p == 0).then_some(())
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (300, 300));
-    assert_eq!(counts(&db, "system_logs").await?, (200, 200));
+    assert_eq!(db.counts("llm_logs").await?, (300, 300));
+    assert_eq!(db.counts("system_logs").await?, (200, 200));
 
     // The row carries what the event said.
     let tokens = test_support::query_count(
@@ -59,7 +59,7 @@ async fn events_redelivered_after_a_copy_are_not_stored_twice() -> anyhow::Resul
     // them to the same stored key.
     let events: Vec<LogEvent> = (0..20).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
     publish(&redis, &events).await?;
-    wait_rows(&db, "llm_logs", 20, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 20, Duration::from_secs(30)).await?;
     // The same events again, as after a crash between commit and acknowledgement.
     publish(&redis, &events).await?;
     test_support::wait_for(Duration::from_secs(10), "the redelivery to be settled", || async {
@@ -69,7 +69,7 @@ async fn events_redelivered_after_a_copy_are_not_stored_twice() -> anyhow::Resul
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
     assert!(metrics.contains("headhunter_log_worker_duplicates_ignored_total{table=\"llm_logs\"} 20"), "{metrics}");
     assert!(metrics.contains("copy_fallbacks_total{reason=\"duplicate\"}"), "{metrics}");
-    assert_eq!(counts(&db, "llm_logs").await?, (20, 20));
+    assert_eq!(db.counts("llm_logs").await?, (20, 20));
     worker.stop().await
 }
 
@@ -91,16 +91,16 @@ async fn poison_entries_are_dead_lettered_and_the_rest_written() -> anyhow::Resu
     publish(&redis, &after).await?;
 
     let worker = start(settings(&db, &redis)).await?;
-    wait_rows(&db, "llm_logs", 100, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 100, Duration::from_secs(30)).await?;
     test_support::wait_for(Duration::from_secs(10), "two dead letters", || async {
-        (stream_len(&redis, &keys.dead_letter(LogStream::LlmLogs.name())).await.ok()? == 2).then_some(())
+        (redis.xlen(&keys.dead_letter(LogStream::LlmLogs.name())).await.ok()? == 2).then_some(())
     })
     .await?;
     test_support::wait_for(Duration::from_secs(10), "no pending entries", || async {
         (pending(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (100, 100));
+    assert_eq!(db.counts("llm_logs").await?, (100, 100));
     let refused_rows = test_support::query_count(
         &db.url,
         &format!("SELECT count(*) AS n FROM llm_logs WHERE event_id = '{refused_id}'"),
@@ -134,7 +134,7 @@ async fn database_refusing_connections_delays_rows_but_loses_none() -> anyhow::R
     let worker = start(settings(&db, &redis)).await?;
     let first: Vec<LogEvent> = (0..100).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
     publish(&redis, &first).await?;
-    wait_rows(&db, "llm_logs", 100, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 100, Duration::from_secs(30)).await?;
 
     db.set_accepting_connections(false).await?;
     let during: Vec<LogEvent> = (100..1100).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
@@ -145,8 +145,8 @@ async fn database_refusing_connections_delays_rows_but_loses_none() -> anyhow::R
     assert!(held > 0, "the worker read nothing during the outage");
 
     db.set_accepting_connections(true).await?;
-    wait_rows(&db, "llm_logs", 1100, Duration::from_secs(30)).await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (1100, 1100));
+    db.wait_rows("llm_logs", 1100, Duration::from_secs(30)).await?;
+    assert_eq!(db.counts("llm_logs").await?, (1100, 1100));
     worker.stop().await
 }
 
@@ -156,7 +156,7 @@ async fn a_locked_table_delays_rows_but_loses_none() -> anyhow::Result<()> {
     let redis = TestRedis::new();
     let worker = start(settings(&db, &redis)).await?;
     publish(&redis, &[LogEvent::LlmCall(llm_event(0))]).await?;
-    wait_rows(&db, "llm_logs", 1, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 1, Duration::from_secs(30)).await?;
 
     let mut locker = db.connect().await?;
     locker.batch_execute("BEGIN; LOCK TABLE llm_logs IN ACCESS EXCLUSIVE MODE").await?;
@@ -165,8 +165,8 @@ async fn a_locked_table_delays_rows_but_loses_none() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     locker.batch_execute("COMMIT").await?;
 
-    wait_rows(&db, "llm_logs", 501, Duration::from_secs(30)).await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (501, 501));
+    db.wait_rows("llm_logs", 501, Duration::from_secs(30)).await?;
+    assert_eq!(db.counts("llm_logs").await?, (501, 501));
     let metrics = reqwest_text(&format!("http://{}/metrics", worker.addr)).await?;
     assert!(
         metrics.contains("queue_handler_errors_total{group=\"llm-log-worker\",kind=\"transient\"}"),

@@ -12,10 +12,6 @@ use diesel_async::SimpleAsyncConnection;
 use task_queue::Keys;
 use test_support::{TestDb, TestRedis};
 
-async fn xlen(redis: &TestRedis, key: &str) -> anyhow::Result<usize> {
-    stream_len(redis, key).await
-}
-
 /// The id of the oldest entry left in a stream.
 async fn first_id(redis: &TestRedis, key: &str) -> anyhow::Result<Option<String>> {
     let mut conn = redis.connection().await?;
@@ -42,14 +38,14 @@ async fn another_group_on_a_stream_holds_its_trimming_back() -> anyhow::Result<(
     let worker = start(settings(&db, &redis)).await?;
     let events: Vec<LogEvent> = (0..3000).map(|i| LogEvent::LlmCall(llm_event(i))).collect();
     publish(&redis, &events).await?;
-    wait_rows(&db, "llm_logs", 3000, Duration::from_secs(60)).await?;
+    db.wait_rows("llm_logs", 3000, Duration::from_secs(60)).await?;
     test_support::wait_for(Duration::from_secs(10), "the worker's group to settle", || async {
         (unsettled(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
     })
     .await?;
     // Several trims have run since: none removed what the audit group has not read.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(xlen(&redis, &key).await?, 3000);
+    assert_eq!(redis.xlen(&key).await?, 3000);
 
     // The audit group reads 1,000 entries and acknowledges the first 400 of them.
     let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -69,11 +65,11 @@ async fn another_group_on_a_stream_holds_its_trimming_back() -> anyhow::Result<(
     let oldest_unacknowledged = ids[400].clone();
     // Trimming follows, never past the audit group's oldest pending entry.
     test_support::wait_for(Duration::from_secs(10), "a trim below the audit group's pending entries", || async {
-        (xlen(&redis, &key).await.ok()? < 3000).then_some(())
+        (redis.xlen(&key).await.ok()? < 3000).then_some(())
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let len = xlen(&redis, &key).await?;
+    let len = redis.xlen(&key).await?;
     let first = first_id(&redis, &key).await?.unwrap_or_default();
     assert!(len >= 2600, "entries the audit group has not acknowledged were trimmed: {len} left");
     let id_order = |id: &str| -> (u64, u64) {
@@ -112,10 +108,10 @@ async fn a_dead_letter_replayed_with_the_tool_becomes_its_row_once() -> anyhow::
     let mut events = vec![LogEvent::LlmCall(refused)];
     events.extend((0..20).map(|i| LogEvent::LlmCall(llm_event(i))));
     publish(&redis, &events).await?;
-    wait_rows(&db, "llm_logs", 20, Duration::from_secs(30)).await?;
+    db.wait_rows("llm_logs", 20, Duration::from_secs(30)).await?;
     let dead_key = Keys::new(redis.prefix.clone()).dead_letter(LogStream::LlmLogs.name());
     test_support::wait_for(Duration::from_secs(10), "the refused row's dead letter", || async {
-        (xlen(&redis, &dead_key).await.ok()? == 1).then_some(())
+        (redis.xlen(&dead_key).await.ok()? == 1).then_some(())
     })
     .await?;
 
@@ -143,7 +139,7 @@ async fn a_dead_letter_replayed_with_the_tool_becomes_its_row_once() -> anyhow::
         (unsettled(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
     })
     .await?;
-    assert_eq!(counts(&db, "llm_logs").await?, (21, 21));
-    assert_eq!(xlen(&redis, &dead_key).await?, 0);
+    assert_eq!(db.counts("llm_logs").await?, (21, 21));
+    assert_eq!(redis.xlen(&dead_key).await?, 0);
     worker.stop().await
 }

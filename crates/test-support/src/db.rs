@@ -64,6 +64,22 @@ impl TestDb {
         Ok(Self { url: format!("{}/{name}", postgres_server_url()), name })
     }
 
+    /// (rows, distinct event ids) of a log table.
+    pub async fn counts(&self, table: &str) -> anyhow::Result<(i64, i64)> {
+        let rows = query_count(&self.url, &format!("SELECT count(*) AS n FROM {table}")).await?;
+        let distinct = query_count(&self.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
+        Ok((rows, distinct))
+    }
+
+    /// Waits until `table` holds at least `expected` rows.
+    pub async fn wait_rows(&self, table: &str, expected: i64, timeout: Duration) -> anyhow::Result<()> {
+        let sql = format!("SELECT count(*) AS n FROM {table}");
+        crate::wait_for(timeout, &format!("{expected} rows in {table}"), || async {
+            query_count(&self.url, &sql).await.ok().filter(|n| *n >= expected).map(|_| ())
+        })
+        .await
+    }
+
     pub async fn connect(&self) -> anyhow::Result<AsyncPgConnection> {
         Ok(AsyncPgConnection::establish(&self.url).await?)
     }

@@ -31,6 +31,16 @@ impl TestRedis {
         Ok(redis::Client::open(self.url.as_str())?.get_multiplexed_async_connection().await?)
     }
 
+    /// `name` under this test's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Entries in the stream `key` (a full key).
+    pub async fn xlen(&self, key: &str) -> anyhow::Result<usize> {
+        Ok(redis::cmd("XLEN").arg(key).query_async(&mut self.connection().await?).await?)
+    }
+
     /// The test leaves entries pending or undelivered on purpose: do not fail it for that.
     pub fn leaves_work_behind(&self) {
         self.leaves_work.store(true, Ordering::Relaxed);

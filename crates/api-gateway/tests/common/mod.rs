@@ -154,14 +154,6 @@ impl Stack {
         test_support::query_count(&self.analytics_db.url, "SELECT count(*) AS n FROM llm_logs").await
     }
 
-    /// (rows, distinct event ids) of `llm_logs`.
-    pub async fn llm_counts(&self) -> anyhow::Result<(i64, i64)> {
-        let url = &self.analytics_db.url;
-        let rows = test_support::query_count(url, "SELECT count(*) AS n FROM llm_logs").await?;
-        let distinct = test_support::query_count(url, "SELECT count(DISTINCT event_id) AS n FROM llm_logs").await?;
-        Ok((rows, distinct))
-    }
-
     /// Counts rows without waiting for locks; `None` when the table is locked.
     pub async fn llm_rows_nowait(&self) -> Option<i64> {
         let url = format!("{}?options=-c%20lock_timeout%3D100", self.analytics_db.url);
@@ -169,10 +161,7 @@ impl Stack {
     }
 
     pub async fn wait_llm_rows(&self, n: i64) -> anyhow::Result<()> {
-        test_support::wait_for(Duration::from_secs(60), &format!("{n} llm_logs rows"), || async {
-            self.llm_rows().await.ok().filter(|c| *c >= n).map(|_| ())
-        })
-        .await
+        self.analytics_db.wait_rows("llm_logs", n, Duration::from_secs(60)).await
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {

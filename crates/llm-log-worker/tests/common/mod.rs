@@ -1,7 +1,5 @@
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use common_models::events::LogEvent;
 use common_models::queue::{LOG_WORKER_GROUP, LogStream};
 use llm_log_worker::WorkerSettings;
@@ -92,28 +90,4 @@ pub async fn unsettled(redis: &TestRedis, stream: LogStream) -> anyhow::Result<u
         .find(|g| g.name == LOG_WORKER_GROUP)
         .ok_or_else(|| anyhow::anyhow!("no consumer group yet"))?;
     Ok(group.pending + group.lag.unwrap_or(usize::MAX))
-}
-
-pub async fn stream_len(redis: &TestRedis, key: &str) -> anyhow::Result<usize> {
-    let mut conn = redis.connection().await?;
-    Ok(redis::cmd("XLEN").arg(key).query_async(&mut conn).await?)
-}
-
-/// (rows, distinct event ids) of a table.
-pub async fn counts(db: &TestDb, table: &str) -> anyhow::Result<(i64, i64)> {
-    let total = test_support::query_count(&db.url, &format!("SELECT count(*) AS n FROM {table}")).await?;
-    let distinct =
-        test_support::query_count(&db.url, &format!("SELECT count(DISTINCT event_id) AS n FROM {table}")).await?;
-    Ok((total, distinct))
-}
-
-/// Waits until `table` holds `expected` rows.
-pub async fn wait_rows(db: &TestDb, table: &str, expected: i64, timeout: Duration) -> anyhow::Result<()> {
-    test_support::wait_for(timeout, &format!("{expected} rows in {table}"), || async {
-        match counts(db, table).await {
-            Ok((n, _)) if n >= expected => Some(()),
-            _ => None,
-        }
-    })
-    .await
 }
