@@ -33,3 +33,11 @@ id_type!(
     /// A row of `api_keys`.
     ApiKeyId
 );
+id_type!(
+    /// A job a company recruits for.
+    JobId
+);
+id_type!(
+    /// An uploaded CV.
+    CvId
+);

@@ -1,12 +1,14 @@
 //! The types every headhunter service shares: the log events and the streams they
-//! travel on, ids, the cache's batch framing, the diesel schema and migrations of both
+//! travel on, the CV task and its status events, the file store, ids, the cache's batch framing, the diesel schema and migrations of both
 //! databases. Nothing here knows about an HTTP framework; service machinery lives in
 //! `service-kit`, the queue's in `task-queue`.
 
 pub mod cache_wire;
+pub mod cv;
 pub mod events;
 pub mod ids;
 pub mod queue;
+pub mod storage;
 
 #[cfg(feature = "diesel")]
 pub mod db;

@@ -1,7 +1,7 @@
 //! The diesel schema of both databases (kept by hand beside the migrations;
 //! `crates/common-models/tests` checks them against each other).
 
-/// Main database: tenants and credentials.
+/// Main database: tenants, credentials, jobs and CVs.
 pub mod main {
     diesel::table! {
         companies (id) {
@@ -36,9 +36,49 @@ pub mod main {
         }
     }
 
+    diesel::table! {
+        jobs (id) {
+            id -> Int8,
+            company_id -> Int8,
+            title -> Varchar,
+            description -> Text,
+            requirements -> Array<Text>,
+            location -> Nullable<Varchar>,
+            status -> Varchar,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        cvs (id) {
+            id -> Int8,
+            company_id -> Int8,
+            file_name -> Varchar,
+            content_type -> Varchar,
+            size_bytes -> Int8,
+            content_hash -> Bytea,
+            storage_key -> Varchar,
+            status -> Varchar,
+            failure_reason -> Nullable<Text>,
+            attempts -> Int4,
+            page_count -> Nullable<Int4>,
+            char_count -> Nullable<Int4>,
+            section_count -> Nullable<Int4>,
+            chunk_count -> Nullable<Int4>,
+            facts -> Nullable<Jsonb>,
+            summary -> Nullable<Text>,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+            processed_at -> Nullable<Timestamptz>,
+        }
+    }
+
     diesel::joinable!(users -> companies (company_id));
     diesel::joinable!(api_keys -> companies (company_id));
-    diesel::allow_tables_to_appear_in_same_query!(companies, users, api_keys);
+    diesel::joinable!(jobs -> companies (company_id));
+    diesel::joinable!(cvs -> companies (company_id));
+    diesel::allow_tables_to_appear_in_same_query!(companies, users, api_keys, jobs, cvs);
 }
 
 /// Analytics database: the log tables (partitioned by month on `created_at`).

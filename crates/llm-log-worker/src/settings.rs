@@ -69,14 +69,7 @@ impl WorkerSettings {
     /// reclaim and heartbeat times), for tests and benchmarks that start a worker next to
     /// their own databases and Redis prefix.
     pub fn reacting_fast(mut self) -> Self {
-        let c = &mut self.consumer;
-        c.block = Duration::from_millis(200);
-        c.reclaim_idle = Duration::from_secs(1);
-        c.reclaim_interval = Duration::from_millis(300);
-        c.retry_initial = Duration::from_millis(50);
-        c.retry_max = Duration::from_millis(300);
-        c.heartbeat_interval = Duration::from_millis(200);
-        c.trim_interval = Duration::from_millis(100);
+        self.consumer = self.consumer.reacting_fast();
         self.lock_timeout = Duration::from_millis(500);
         self.migrate_retry_delay = Duration::from_millis(200);
         self

@@ -108,6 +108,19 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// The same settings reacting within a fraction of a second (short block, retry,
+    /// reclaim and heartbeat times), for tests and benchmarks.
+    pub fn reacting_fast(mut self) -> Self {
+        self.block = Duration::from_millis(200);
+        self.reclaim_idle = Duration::from_secs(1);
+        self.reclaim_interval = Duration::from_millis(300);
+        self.retry_initial = Duration::from_millis(50);
+        self.retry_max = Duration::from_millis(300);
+        self.heartbeat_interval = Duration::from_millis(200);
+        self.trim_interval = Duration::from_millis(100);
+        self
+    }
+
     /// Refuses settings that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.concurrency >= 1, "consumer.concurrency must be at least 1");

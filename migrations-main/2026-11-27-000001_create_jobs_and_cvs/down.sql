@@ -1,0 +1,2 @@
+DROP TABLE cvs;
+DROP TABLE jobs;
