@@ -6,9 +6,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cvs;
+pub mod jobs;
 pub mod llm;
 pub mod logged;
 pub mod metrics;
+pub mod page;
 pub mod request_log;
 pub mod settings;
 pub mod state;
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, web};
+use anyhow::Context;
 use prometheus::Registry;
 use service_kit::AppError;
 use service_kit::checks::{Dependency, Readiness};
@@ -79,7 +83,12 @@ pub async fn run(
             reported: vec![Dependency::Redis { name: "redis", pool: redis.clone() }],
         },
     });
+    let files = Arc::new(
+        common_models::storage::LocalFileStore::open(&settings.cvs.storage_dir)
+            .with_context(|| format!("opening the CV file store at {}", settings.cvs.storage_dir.display()))?,
+    );
     let state = web::Data::new(AppState {
+        files,
         llm_cache,
         auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
         settings: settings.clone(),
@@ -102,6 +111,8 @@ pub async fn run(
             .wrap(from_fn(request_log::log_request))
             .wrap(from_fn(request_id::assign))
             .configure(llm::routes)
+            .configure(jobs::routes)
+            .configure(cvs::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

@@ -18,5 +18,8 @@ service_kit::metrics! {
         llm_cost_usd: CounterVec = "llm_cost_usd_total" ["model"],
         /// LLM results cache activity: hit, miss, stored, store_failed.
         llm_cache: IntCounterVec = "llm_cache_total" ["result"],
+        /// Uploaded CV files: accepted (queued for processing) or duplicate (the
+        /// company's existing CV for the same file was returned).
+        cv_uploads: IntCounterVec = "cv_uploads_total" ["result"],
     }
 }

@@ -55,6 +55,19 @@ pub struct GatewaySettings {
     pub deployment_version: String,
     pub deployment_environment: String,
     pub pricing: PriceTable,
+    /// CV uploads.
+    pub cvs: CvUploadSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CvUploadSettings {
+    /// Where original files are kept (shared with cv-processor).
+    pub storage_dir: std::path::PathBuf,
+    /// Largest file accepted (413 beyond).
+    #[serde(deserialize_with = "bytes")]
+    pub max_file_bytes: usize,
+    /// Most files in one upload request (413 beyond).
+    pub max_files: usize,
 }
 
 impl GatewaySettings {
@@ -77,6 +90,8 @@ impl GatewaySettings {
         );
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1KiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
+        anyhow::ensure!(self.cvs.max_files >= 1, "cvs.max_files must be at least 1");
+        anyhow::ensure!(self.cvs.max_file_bytes >= 1, "cvs.max_file_bytes must be at least 1 byte");
         self.producer.validate()?;
         self.pricing.validate()?;
         Ok(())

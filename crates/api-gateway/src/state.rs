@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use common_models::cv::{CvStatusEvent, events};
+use common_models::storage::FileStore;
 use service_kit::db::PgPool;
 use task_queue::{Keys, Producer};
 
@@ -26,10 +28,22 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The LLM results cache (cache-service), when configured.
     pub llm_cache: Option<cache_client::CacheClient>,
+    /// Original CV files.
+    pub files: Arc<dyn FileStore>,
 }
 
 impl AppState {
     pub fn call_logger(&self) -> CallLogger {
         CallLogger { producer: self.producer.clone(), settings: self.settings.clone(), metrics: self.metrics.clone() }
+    }
+
+    /// Tells watching clients about a CV's new status, without waiting for Redis.
+    pub fn emit_cv_event(&self, event: CvStatusEvent) {
+        let (redis, prefix) = (self.redis.clone(), self.keys.prefix().to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = events::emit(&redis, &prefix, &event).await {
+                tracing::warn!(cv_id = %event.cv_id, error = %err, "a CV status event could not be published");
+            }
+        });
     }
 }

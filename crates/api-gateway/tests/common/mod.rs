@@ -21,6 +21,8 @@ pub struct Stack {
     pub sim: Simulator,
     pub http: reqwest::Client,
     pub spool: TempDir,
+    /// CV uploads.
+    pub files: TempDir,
     gateway: Service,
     worker: Option<Service>,
     cache: Option<Service>,
@@ -47,6 +49,7 @@ pub fn gateway_settings(
     analytics_db: &TestDb,
     redis: &TestRedis,
     spool: &TempDir,
+    files: &TempDir,
     sim: &Simulator,
 ) -> anyhow::Result<GatewaySettings> {
     let mut s = GatewaySettings::defaults()?;
@@ -57,6 +60,7 @@ pub fn gateway_settings(
     if let Some(spool_config) = s.producer.spool.as_mut() {
         spool_config.dir = spool.path.clone();
     }
+    s.cvs.storage_dir = files.path.clone();
     s.llm_base_url = sim.base_url();
     s.llm_api_key = Secret::new("sk-simulated");
     s.admin_api_key = Secret::new(ADMIN_KEY);
@@ -84,7 +88,8 @@ impl Stack {
         let redis = options.redis_url.map_or_else(TestRedis::new, TestRedis::on);
         let sim = Simulator::start(test_support::local_listener()?, Behaviour::default())?;
         let spool = TempDir::new("spool")?;
-        let mut settings = gateway_settings(&main_db, &analytics_db, &redis, &spool, &sim)?;
+        let files = TempDir::new("files")?;
+        let mut settings = gateway_settings(&main_db, &analytics_db, &redis, &spool, &files, &sim)?;
         let cache = if options.with_cache {
             let mut c = cache_service::CacheSettings::defaults()?;
             c.redis.url = ConnectionUrl::new(&redis.url);
@@ -107,7 +112,19 @@ impl Stack {
             None
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Self { url: gateway.url.clone(), main_db, analytics_db, redis, sim, http, spool, gateway, worker, cache })
+        Ok(Self {
+            url: gateway.url.clone(),
+            main_db,
+            analytics_db,
+            redis,
+            sim,
+            http,
+            spool,
+            files,
+            gateway,
+            worker,
+            cache,
+        })
     }
 
     /// Stops everything; with a worker, first lets it consume what the gateway sent.
@@ -132,18 +149,7 @@ impl Stack {
 
     /// Creates a company through the admin API; returns (company id, API key).
     pub async fn create_company(&self, name: &str) -> anyhow::Result<(i64, String)> {
-        let res = self
-            .http
-            .post(format!("{}/api/v1/admin/companies", self.url))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"name": name}))
-            .send()
-            .await?;
-        anyhow::ensure!(res.status() == 201, "create company answered {}", res.status());
-        let body: Value = res.json().await?;
-        let id = body["company"]["id"].as_i64().ok_or_else(|| anyhow::anyhow!("no company id in {body}"))?;
-        let key = body["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in {body}"))?.to_owned();
-        Ok((id, key))
+        test_support::create_company(&self.http, &self.url, ADMIN_KEY, name).await
     }
 
     pub fn chat(&self, key: &str, body: &Value) -> reqwest::RequestBuilder {
@@ -236,47 +242,17 @@ pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
     .await?)
 }
 
-/// The real api-gateway binary, for what only a process shows: being killed, its log.
-pub struct GatewayProcess {
-    pub url: String,
-    pub child: tokio::process::Child,
-    /// Where its stdout (the JSON log) goes.
-    pub log: std::path::PathBuf,
-}
+/// The api-gateway binary as a process (CACHE_URL empty, two workers).
+pub struct GatewayProcess;
 
 impl GatewayProcess {
-    /// Starts it with `env` (and nothing else of this process's environment) and waits
-    /// until it answers.
-    pub async fn start(env: &[(&str, String)], log: std::path::PathBuf) -> anyhow::Result<Self> {
-        let port = test_support::local_listener()?.local_addr()?.port();
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_api-gateway"))
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("PORT", port.to_string())
-            .env("BIND_HOST", "127.0.0.1")
-            .env("WORKERS", "2")
-            .env("LOG_FORMAT", "json")
-            .env("CACHE_URL", "")
-            .stdout(out)
-            .kill_on_drop(true)
-            .spawn()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        test_support::wait_for(Duration::from_secs(30), "the api-gateway process to answer", || async {
-            client.get(format!("{url}/healthz")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
-        })
-        .await?;
-        Ok(Self { url, child, log })
-    }
-
-    /// SIGKILL: nothing is flushed.
-    pub async fn kill(mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-
-    pub fn log_lines(&self) -> anyhow::Result<Vec<String>> {
-        Ok(std::fs::read_to_string(&self.log)?.lines().map(str::to_owned).collect())
+    pub async fn start(
+        env: &[(&str, String)],
+        log: std::path::PathBuf,
+    ) -> anyhow::Result<test_support::ServiceProcess> {
+        let mut env = env.to_vec();
+        let files = std::env::temp_dir().join("hh-test-gateway-files").display().to_string();
+        env.extend([("WORKERS", "2".to_owned()), ("CACHE_URL", String::new()), ("CVS__STORAGE_DIR", files)]);
+        test_support::ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_api-gateway")), &env, log).await
     }
 }

@@ -1,0 +1,246 @@
+//! Jobs: what a company recruits for. Company-scoped: every query filters on the
+//! caller's company, so another company's job is simply not found (404, never 403).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use common_models::schema::main::jobs;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use service_kit::AppError;
+
+use crate::page::{Page, PageQuery};
+use crate::state::AppState;
+
+pub const TITLE_MAX: usize = 200;
+pub const DESCRIPTION_MAX: usize = 20_000;
+pub const REQUIREMENTS_MAX: usize = 50;
+pub const REQUIREMENT_MAX: usize = 500;
+pub const LOCATION_MAX: usize = 200;
+/// Statuses a client may set; `archived` is reached through the archive route.
+const SETTABLE_STATUSES: [&str; 3] = ["draft", "open", "closed"];
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/jobs", web::post().to(create))
+        .route("/api/v1/jobs", web::get().to(list))
+        .route("/api/v1/jobs/{id}", web::get().to(read))
+        .route("/api/v1/jobs/{id}", web::patch().to(update))
+        .route("/api/v1/jobs/{id}/archive", web::post().to(archive));
+}
+
+#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct Job {
+    pub id: i64,
+    #[serde(skip)]
+    pub company_id: i64,
+    pub title: String,
+    pub description: String,
+    pub requirements: Vec<String>,
+    pub location: Option<String>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A create or update body; on update, absent fields stay as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobInput {
+    title: Option<String>,
+    description: Option<String>,
+    requirements: Option<Vec<String>>,
+    /// `null` clears it on update.
+    #[serde(default, deserialize_with = "present")]
+    location: Option<Option<String>>,
+    status: Option<String>,
+}
+
+/// Tells an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(AsChangeset, Default)]
+#[diesel(table_name = jobs)]
+struct JobChanges {
+    title: Option<String>,
+    description: Option<String>,
+    requirements: Option<Vec<String>>,
+    location: Option<Option<String>>,
+    status: Option<String>,
+}
+
+impl JobInput {
+    fn validate(self) -> Result<JobChanges, AppError> {
+        let title = self.title.map(|t| t.trim().to_owned());
+        if let Some(t) = &title {
+            check_len("title", t, 1, TITLE_MAX)?;
+        }
+        if let Some(d) = &self.description {
+            check_len("description", d, 0, DESCRIPTION_MAX)?;
+        }
+        let requirements = match self.requirements {
+            Some(list) => {
+                if list.len() > REQUIREMENTS_MAX {
+                    return Err(AppError::bad_request(
+                        "requirements",
+                        "too_many",
+                        format!("`requirements` takes at most {REQUIREMENTS_MAX} items, got {}", list.len()),
+                    ));
+                }
+                let mut cleaned = Vec::with_capacity(list.len());
+                for (i, item) in list.into_iter().enumerate() {
+                    let item = item.trim().to_owned();
+                    check_len(&format!("requirements[{i}]"), &item, 1, REQUIREMENT_MAX)?;
+                    cleaned.push(item);
+                }
+                Some(cleaned)
+            }
+            None => None,
+        };
+        let location = match self.location {
+            Some(Some(l)) if l.trim().is_empty() => Some(None),
+            Some(Some(l)) => {
+                check_len("location", l.trim(), 1, LOCATION_MAX)?;
+                Some(Some(l.trim().to_owned()))
+            }
+            other => other,
+        };
+        if let Some(s) = &self.status
+            && !SETTABLE_STATUSES.contains(&s.as_str())
+        {
+            return Err(AppError::bad_request(
+                "status",
+                "invalid_value",
+                format!("`status` must be one of draft, open, closed (archive with POST …/archive), not {s:?}"),
+            ));
+        }
+        Ok(JobChanges { title, description: self.description, requirements, location, status: self.status })
+    }
+}
+
+fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        let what = if min > 0 { format!("1-{max} characters, not blank") } else { format!("at most {max} characters") };
+        return Err(AppError::bad_request(field.to_owned(), "invalid_length", format!("`{field}` must be {what}")));
+    }
+    Ok(())
+}
+
+/// A path id that is not a number names no resource: 404, like an unknown one.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<i64, AppError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| not_found(what, raw))
+}
+
+pub fn not_found(what: &str, id: impl std::fmt::Display) -> AppError {
+    AppError::not_found(format!("no {what} with id {id}")).with_param("id")
+}
+
+async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<JobInput>,
+) -> Result<HttpResponse, AppError> {
+    let caller = state.auth.authenticate(&req).await?;
+    let input = body.into_inner();
+    if input.title.is_none() {
+        return Err(AppError::bad_request("title", "missing_field", "`title` is required"));
+    }
+    let changes = input.validate()?;
+    let mut conn = state.db.get().await?;
+    let job: Job = diesel::insert_into(jobs::table)
+        .values((
+            jobs::company_id.eq(caller.company_id.0),
+            jobs::title.eq(changes.title.unwrap_or_default()),
+            jobs::description.eq(changes.description.unwrap_or_default()),
+            jobs::requirements.eq(changes.requirements.unwrap_or_default()),
+            jobs::location.eq(changes.location.flatten()),
+            jobs::status.eq(changes.status.unwrap_or_else(|| "open".to_owned())),
+        ))
+        .returning(Job::as_returning())
+        .get_result(&mut conn)
+        .await?;
+    Ok(HttpResponse::Created().json(job))
+}
+
+async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let caller = state.auth.authenticate(&req).await?;
+    let id = parse_id(&id, "job")?;
+    let mut conn = state.db.get().await?;
+    let job = jobs::table
+        .filter(jobs::id.eq(id).and(jobs::company_id.eq(caller.company_id.0)))
+        .select(Job::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| not_found("job", id))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let caller = state.auth.authenticate(&req).await?;
+    let query: ListQuery = crate::page::query(&req)?;
+    let (limit, after) = query.page.resolve()?;
+    let mut q = jobs::table.filter(jobs::company_id.eq(caller.company_id.0)).into_boxed();
+    if let Some(status) = &query.status {
+        if !SETTABLE_STATUSES.contains(&status.as_str()) && status != "archived" {
+            return Err(AppError::bad_request(
+                "status",
+                "invalid_value",
+                "`status` must be one of draft, open, closed, archived",
+            ));
+        }
+        q = q.filter(jobs::status.eq(status.clone()));
+    }
+    if let Some(after) = after {
+        q = q.filter(jobs::id.lt(after));
+    }
+    let mut conn = state.db.get().await?;
+    let rows: Vec<Job> = q.order(jobs::id.desc()).limit(limit + 1).select(Job::as_select()).load(&mut conn).await?;
+    Ok(HttpResponse::Ok().json(Page::of(rows, limit, |j| j.id)))
+}
+
+async fn update(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<JobInput>,
+) -> Result<HttpResponse, AppError> {
+    let caller = state.auth.authenticate(&req).await?;
+    let id = parse_id(&id, "job")?;
+    let changes = body.into_inner().validate()?;
+    apply(&state, caller.company_id.0, id, changes).await
+}
+
+async fn archive(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let caller = state.auth.authenticate(&req).await?;
+    let id = parse_id(&id, "job")?;
+    let changes = JobChanges { status: Some("archived".to_owned()), ..JobChanges::default() };
+    apply(&state, caller.company_id.0, id, changes).await
+}
+
+/// Applies `changes` to the company's job `id`; 404 when it has none.
+async fn apply(state: &AppState, company: i64, id: i64, changes: JobChanges) -> Result<HttpResponse, AppError> {
+    let mut conn = state.db.get().await?;
+    let target = jobs::table.filter(jobs::id.eq(id).and(jobs::company_id.eq(company)));
+    let job: Option<Job> = diesel::update(target)
+        .set((changes, jobs::updated_at.eq(diesel::dsl::now)))
+        .returning(Job::as_returning())
+        .get_result(&mut conn)
+        .await
+        .optional()?;
+    Ok(HttpResponse::Ok().json(job.ok_or_else(|| not_found("job", id))?))
+}
