@@ -5,13 +5,15 @@
 //! - [`TestRedis`]: a Redis key prefix of the test's own, whose keys are deleted
 //!   afterwards, after checking that no consumer group was left with work pending;
 //! - [`RedisServer`]: a Redis process of the test's own, to kill and restart;
-//! - [`Service`]: starts any of our services in-process on a free port and stops it.
+//! - [`Service`]: starts any of our services in-process on a free port and stops it;
+//! - [`ServiceProcess`]: runs one of our binaries as a process, to SIGKILL it.
 //!
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432`) names the server
 //! without a database; `TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) the Redis.
 
 mod db;
 pub mod fixtures;
+mod process;
 mod redis_server;
 mod service;
 mod test_redis;
@@ -20,6 +22,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use db::{TestDb, postgres_server_url, query_count};
+pub use process::ServiceProcess;
 pub use redis_server::RedisServer;
 pub use service::Service;
 pub use test_redis::{TestRedis, redis_url, unsettled_entries};
@@ -78,4 +81,25 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         drop(std::fs::remove_dir_all(&self.path));
     }
+}
+
+/// Creates a company through a gateway's admin API at `gateway_url`; returns (company
+/// id, its first API key).
+pub async fn create_company(
+    http: &reqwest::Client,
+    gateway_url: &str,
+    admin_key: &str,
+    name: &str,
+) -> anyhow::Result<(i64, String)> {
+    let res = http
+        .post(format!("{gateway_url}/api/v1/admin/companies"))
+        .bearer_auth(admin_key)
+        .json(&serde_json::json!({"name": name}))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 201, "create company answered {}", res.status());
+    let body: serde_json::Value = res.json().await?;
+    let id = body["company"]["id"].as_i64().ok_or_else(|| anyhow::anyhow!("no company id in {body}"))?;
+    let key = body["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in {body}"))?.to_owned();
+    Ok((id, key))
 }
