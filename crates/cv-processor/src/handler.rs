@@ -1,0 +1,282 @@
+//! One CV, start to end: claim it in the main database, fetch its file, extract the
+//! text in the sandbox, structure it, mask it, and record the outcome. Two statements
+//! reach the main database per CV (the claim and the outcome). A failure caused by the
+//! file (hostile, scanned, damaged…) is an outcome, recorded and acknowledged; a
+//! failure of our own infrastructure is retried, and a CV whose processing keeps
+//! dying is failed after `max_attempts` starts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use common_models::cv::{CvStatus, CvStatusEvent, ProcessCv, events};
+use common_models::schema::main::cvs;
+use common_models::storage::FileStore;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use service_kit::db::PgPool;
+use task_queue::{BatchHandler, Delivery, Handled, HandlerError};
+
+use crate::extract::{Extracted, Outcome};
+use crate::facts::Facts;
+use crate::metrics::{ProcessorMetrics, reason_label};
+use crate::sandbox::{self, SandboxConfig};
+use crate::structure::{self, SectionKind};
+
+/// What every loop shares.
+pub struct Context {
+    pub db: PgPool,
+    pub redis: deadpool_redis::Pool,
+    pub key_prefix: String,
+    pub files: Arc<dyn FileStore>,
+    pub sandbox: SandboxConfig,
+    pub chunk_words: usize,
+    pub max_attempts: i32,
+    pub metrics: ProcessorMetrics,
+}
+
+pub struct CvHandler {
+    pub ctx: Arc<Context>,
+}
+
+impl BatchHandler<ProcessCv> for CvHandler {
+    async fn handle(&mut self, batch: &[Delivery<ProcessCv>]) -> Result<Handled, HandlerError> {
+        let mut handled = Handled::default();
+        for delivery in batch {
+            if !self.ctx.process(&delivery.message).await? {
+                handled.already_done += 1;
+            }
+        }
+        Ok(handled)
+    }
+}
+
+/// A CV's structured result, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct Structured {
+    pub facts: Facts,
+    pub masked_text: String,
+    pub chunks: Vec<structure::Chunk>,
+    pub section_count: usize,
+    pub summary: String,
+}
+
+/// Facts from the original text; sections and chunks from the masked text, so a name
+/// (of whatever length) cannot move a chunk boundary.
+pub fn structure_text(text: &str, chunk_words: usize) -> Structured {
+    let original_sections = structure::sections(text);
+    let facts = crate::facts::extract(&original_sections, text);
+    let masked_text = crate::mask::mask(text, &facts);
+    let sections = structure::sections(&masked_text);
+    let chunks = structure::chunks(&sections, chunk_words);
+    let summary = summary(&facts, &original_sections);
+    Structured { facts, masked_text, chunks, section_count: sections.len(), summary }
+}
+
+/// A few lines a recruiter reads in a list: the latest role, years, top skills and
+/// the CV's own first summary sentence.
+fn summary(facts: &Facts, sections: &[structure::Section]) -> String {
+    let mut parts = Vec::new();
+    if let Some(role) = facts.roles.iter().max_by_key(|r| (r.end_year.unwrap_or(i32::MAX), r.start_year)) {
+        let end = role.end_year.map_or_else(|| "present".to_owned(), |y| y.to_string());
+        parts.push(format!("{} ({}–{end}).", role.title, role.start_year));
+    }
+    if let Some(years) = facts.total_years {
+        parts.push(format!("{years:.0} years of experience."));
+    }
+    if !facts.skills.is_empty() {
+        let top: Vec<&str> = facts.skills.iter().take(8).map(String::as_str).collect();
+        parts.push(format!("Skills: {}.", top.join(", ")));
+    }
+    if let Some(section) = sections.iter().find(|s| s.kind == SectionKind::Summary) {
+        let text = section.lines.join(" ");
+        let sentence = text.split_inclusive(['.', '!', '?']).next().unwrap_or(&text).trim();
+        if !sentence.is_empty() {
+            parts.push(sentence.chars().take(240).collect());
+        }
+    }
+    let joined = parts.join(" ");
+    joined.chars().take(600).collect()
+}
+
+impl Context {
+    /// Processes one CV; `false` when it was already finished or deleted.
+    pub async fn process(&self, task: &ProcessCv) -> Result<bool, HandlerError> {
+        let Some(attempts) = self.claim(task).await? else {
+            self.metrics.already_done.inc();
+            return Ok(false);
+        };
+        if attempts > self.max_attempts {
+            let reason = format!(
+                "processing was interrupted {} times without finishing; the file may be too hard to read",
+                attempts - 1
+            );
+            self.record_failed(task, &reason).await?;
+            return Ok(true);
+        }
+        self.emit(task, CvStatus::Processing, None).await;
+
+        let started = Instant::now();
+        let bytes = match self.files.get(&task.storage_key).await {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.record_failed(task, "the original file is missing from storage; upload it again").await?;
+                return Ok(true);
+            }
+            Err(err) => return Err(HandlerError::Transient(format!("file storage: {err}"))),
+        };
+        self.observe("fetch", started);
+
+        let started = Instant::now();
+        let outcome = match sandbox::extract(&self.sandbox, bytes).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                let reason = format!("the extractor could not be run: {err}");
+                if attempts >= self.max_attempts {
+                    self.record_failed(task, "the file could not be processed (the extractor could not be run)")
+                        .await?;
+                }
+                return Err(HandlerError::Rejected(reason));
+            }
+        };
+        self.observe("extract", started);
+        let extracted = match outcome {
+            Outcome::Extracted(extracted) => extracted,
+            Outcome::Failed(reason) => {
+                self.record_failed(task, &reason).await?;
+                return Ok(true);
+            }
+        };
+
+        let started = Instant::now();
+        let chunk_words = self.chunk_words;
+        let text = extracted.text.clone();
+        let structured = tokio::task::spawn_blocking(move || structure_text(&text, chunk_words))
+            .await
+            .map_err(|e| HandlerError::Transient(format!("structuring panicked: {e}")))?;
+        self.observe("structure", started);
+
+        let started = Instant::now();
+        self.record_processed(task, &extracted, &structured).await?;
+        self.observe("record", started);
+        self.metrics.chunks.inc_by(structured.chunks.len() as u64);
+        Ok(true)
+    }
+
+    fn observe(&self, stage: &str, started: Instant) {
+        self.metrics.stage_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Marks the CV processing (a redelivery after a crash claims it again); `None`
+    /// when it is finished or gone.
+    async fn claim(&self, task: &ProcessCv) -> Result<Option<i32>, HandlerError> {
+        let mut conn = self.db.get().await.map_err(transient)?;
+        let target = cvs::table.filter(
+            cvs::id
+                .eq(task.cv_id.0)
+                .and(cvs::company_id.eq(task.company_id.0))
+                .and(cvs::status.eq_any([CvStatus::Queued.as_str(), CvStatus::Processing.as_str()])),
+        );
+        diesel::update(target)
+            .set((
+                cvs::status.eq(CvStatus::Processing.as_str()),
+                cvs::attempts.eq(cvs::attempts + 1),
+                cvs::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(cvs::attempts)
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(transient)
+    }
+
+    async fn record_failed(&self, task: &ProcessCv, reason: &str) -> Result<(), HandlerError> {
+        let mut conn = self.db.get().await.map_err(transient)?;
+        let target = cvs::table.filter(
+            cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0)).and(cvs::status.eq("processing")),
+        );
+        diesel::update(target)
+            .set((
+                cvs::status.eq(CvStatus::Failed.as_str()),
+                cvs::failure_reason.eq(reason),
+                cvs::updated_at.eq(diesel::dsl::now),
+                cvs::processed_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(transient)?;
+        tracing::info!(cv_id = %task.cv_id, company_id = %task.company_id, reason, "CV failed");
+        self.metrics.cvs.with_label_values(&["failed"]).inc();
+        self.metrics.failures.with_label_values(&[reason_label(reason)]).inc();
+        self.emit(task, CvStatus::Failed, Some(reason.to_owned())).await;
+        Ok(())
+    }
+
+    async fn record_processed(
+        &self,
+        task: &ProcessCv,
+        extracted: &Extracted,
+        structured: &Structured,
+    ) -> Result<(), HandlerError> {
+        let facts = serde_json::to_value(&structured.facts).map_err(|e| HandlerError::Rejected(e.to_string()))?;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let mut conn = self.db.get().await.map_err(transient)?;
+        let target = cvs::table.filter(
+            cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0)).and(cvs::status.eq("processing")),
+        );
+        diesel::update(target)
+            .set((
+                cvs::status.eq(CvStatus::Processed.as_str()),
+                cvs::failure_reason.eq(extracted.truncated.then_some("the text was longer than the limit and was cut")),
+                cvs::page_count.eq(count(extracted.pages)),
+                cvs::char_count.eq(count(extracted.text.chars().count())),
+                cvs::section_count.eq(count(structured.section_count)),
+                cvs::chunk_count.eq(count(structured.chunks.len())),
+                cvs::facts.eq(facts),
+                cvs::summary.eq(&structured.summary),
+                cvs::updated_at.eq(diesel::dsl::now),
+                cvs::processed_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(transient)?;
+        self.metrics.cvs.with_label_values(&["processed"]).inc();
+        self.emit(task, CvStatus::Processed, None).await;
+        Ok(())
+    }
+
+    async fn emit(&self, task: &ProcessCv, status: CvStatus, failure_reason: Option<String>) {
+        let event = CvStatusEvent {
+            cv_id: task.cv_id,
+            company_id: task.company_id,
+            status,
+            failure_reason,
+            file_name: task.file_name.clone(),
+            at: Utc::now(),
+        };
+        if let Err(err) = events::emit(&self.redis, &self.key_prefix, &event).await {
+            tracing::warn!(cv_id = %task.cv_id, error = %err, "a CV status event could not be published");
+        }
+    }
+}
+
+fn transient(err: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Transient(format!("main database: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_the_latest_role_years_and_skills() {
+        let text = "Ada Lovelace\nSummary\nBackend engineer who likes queues. Also cats.\nExperience\n\
+                    Engineer, Foo 2010 - 2014\nStaff Engineer, Bar 2014 - Present\nSkills\nRust, PostgreSQL";
+        let s = structure_text(text, 40);
+        assert!(s.summary.starts_with("Staff Engineer, Bar (2014–present)."), "{}", s.summary);
+        assert!(s.summary.contains("Skills: Rust, PostgreSQL."), "{}", s.summary);
+        assert!(s.summary.ends_with("Backend engineer who likes queues."), "{}", s.summary);
+        assert!(!s.masked_text.contains("Ada"));
+        assert_eq!(s.section_count, 4);
+    }
+}

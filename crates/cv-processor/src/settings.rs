@@ -1,0 +1,74 @@
+//! The processor's settings; defaults and their meaning are in `config/default.toml`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common_models::cv::CV_PROCESSOR_GROUP;
+use serde::Deserialize;
+use service_kit::config::{DatabaseSection, LoggingSection, RedisSection, ServerSection};
+use task_queue::ConsumerConfig;
+
+use crate::sandbox::SandboxConfig;
+
+/// The documented defaults, embedded.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProcessorSettings {
+    pub server: ServerSection,
+    pub redis: RedisSection,
+    /// The main database (status, counts, facts, summary).
+    pub database: DatabaseSection,
+    pub logging: LoggingSection,
+    pub files: FilesSection,
+    pub sandbox: SandboxConfig,
+    pub consumer: ConsumerConfig,
+    pub chunk_words: usize,
+    /// Starts of one CV's processing before it is marked failed.
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilesSection {
+    pub storage_dir: PathBuf,
+}
+
+impl ProcessorSettings {
+    /// Defaults → optional file → `env`, then validated.
+    pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut settings: Self = service_kit::config::load(DEFAULTS, file, env)?;
+        settings.consumer.group = CV_PROCESSOR_GROUP.to_owned();
+        settings.consumer = settings.consumer.with_default_name();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn defaults() -> anyhow::Result<Self> {
+        Self::load(None, HashMap::new())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.consumer.validate()?;
+        anyhow::ensure!(self.chunk_words >= 8, "chunk_words must be at least 8");
+        anyhow::ensure!(self.max_attempts >= 1, "max_attempts must be at least 1");
+        anyhow::ensure!(self.sandbox.memory >= 64 << 20, "sandbox.memory must be at least 64MiB");
+        anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_parse() {
+        let s = ProcessorSettings::defaults().unwrap();
+        assert_eq!(s.consumer.group, "cv-processor");
+        assert_eq!(s.consumer.batch_size, 1);
+        assert_eq!(s.sandbox.memory, 1 << 30);
+        assert_eq!(s.sandbox.limits.max_pages, 50);
+        assert_eq!(s.chunk_words, 40);
+    }
+}
