@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the upstream simulator, llm-log-worker, cache-service and api-gateway in the
+# Starts the upstream simulator, llm-log-worker, cache-service, cv-processor and api-gateway in the
 # background (debug build, wherever cargo builds: CARGO_TARGET_DIR is honoured), waits
 # until they answer, and prints a first request to paste.
 set -euo pipefail
@@ -19,9 +19,13 @@ export LLM_API_KEY=${LLM_API_KEY:-sk-simulated}
 export LOG_FORMAT=${LOG_FORMAT:-text}
 # Where the gateway keeps log events while Redis does not take them.
 export PRODUCER__SPOOL__DIR=${PRODUCER__SPOOL__DIR:-$PWD/$RUN_DIR/spool/api-gateway}
+# Uploaded CV files: written by the gateway, read by cv-processor.
+export CVS__STORAGE_DIR=${CVS__STORAGE_DIR:-$PWD/$RUN_DIR/files}
+export FILES__STORAGE_DIR=$CVS__STORAGE_DIR
 GATEWAY_PORT=${PORT:-8080}
 WORKER_PORT=${WORKER_PORT:-9091}
 CACHE_PORT=${CACHE_PORT:-8081}
+CV_PORT=${CV_PORT:-9092}
 export CACHE_URL=${CACHE_URL:-http://127.0.0.1:$CACHE_PORT}
 
 start() { # name, command...
@@ -47,10 +51,12 @@ echo "==> applying main database migrations"
 start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
 PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
+PORT=$CV_PORT start cv-processor "$BIN/cv-processor"
 PORT=$GATEWAY_PORT start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
 wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
 wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
+wait_http cv-processor "http://127.0.0.1:$CV_PORT/healthz"
 wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
 
 cat <<MSG
@@ -59,6 +65,7 @@ headhunter is running (stop it with: make stop-all)
   api-gateway     http://127.0.0.1:$GATEWAY_PORT   (/metrics /healthz /readyz)
   llm-log-worker  http://127.0.0.1:$WORKER_PORT   (/metrics /healthz /readyz)
   cache-service   http://127.0.0.1:$CACHE_PORT   (/v1/cache/{namespace}/{key}, /v1/stats, /metrics)
+  cv-processor    http://127.0.0.1:$CV_PORT   (/metrics /healthz /readyz)
   llm-simulator   http://127.0.0.1:8090/v1   (stands in for the LLM provider)
 
 1. Create a company and keep its API key (shown once) in KEY:
@@ -81,8 +88,17 @@ headhunter is running (stop it with: make stop-all)
     -c 'SELECT created_at, company_id, model, tokens_used, cost_usd, latency_ms FROM llm_logs ORDER BY created_at DESC LIMIT 5'
   curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/health -H "Authorization: Bearer $ADMIN_API_KEY"
 
-4. Dead letters (entries the worker could not write), and putting them back:
+4. Upload CVs (PDF, DOCX or text; up to 50 files of 10 MiB a request), then see them
+   processed, with their facts and summary:
+
+  curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/cvs -H "Authorization: Bearer \$KEY" \\
+    -F file=@crates/cv-processor/tests/fixtures/one_column.pdf \\
+    -F file=@crates/cv-processor/tests/fixtures/two_column.docx
+  curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/cvs?limit=10" -H "Authorization: Bearer \$KEY"
+
+5. Dead letters (entries the worker could not write), and putting them back:
 
   $BIN/llm-log-worker dead-letters list
   $BIN/llm-log-worker dead-letters replay --all
+  $BIN/cv-processor dead-letters list
 MSG
