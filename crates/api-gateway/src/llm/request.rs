@@ -135,7 +135,7 @@ impl ChatRequest {
     /// keys sorted), hashed. The company is part of it so tenants never share answers.
     pub fn cache_key(&self, company: common_models::ids::CompanyId) -> Option<String> {
         use sha2::{Digest, Sha256};
-        let canonical: Value = serde_json::from_slice(&self.body).ok()?;
+        let canonical = sorted(serde_json::from_slice(&self.body).ok()?);
         let mut hasher = Sha256::new();
         hasher.update(company.0.to_be_bytes());
         hasher.update(serde_json::to_vec(&canonical).ok()?);
@@ -157,6 +157,20 @@ impl ChatRequest {
             *opts = serde_json::json!({"include_usage": true});
         }
         serde_json::to_vec(&body).map(bytes::Bytes::from).map_err(AppError::internal)
+    }
+}
+
+/// `value` with every object's keys in sorted order, whether or not serde_json keeps
+/// insertion order (its `preserve_order` feature, which any crate in a build can turn on).
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }
 
@@ -254,6 +268,9 @@ mod tests {
         let c = common_models::ids::CompanyId(1);
         assert_eq!(a.cache_key(c), b.cache_key(c));
         assert_ne!(a.cache_key(c), a.cache_key(common_models::ids::CompanyId(2)));
+        let nested = parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":0}"#)?;
+        let reordered = parse(r#"{"model":"m","messages":[{"content":"x","role":"user"}],"temperature":0}"#)?;
+        assert_eq!(nested.cache_key(c), reordered.cache_key(c));
         Ok(())
     }
 
