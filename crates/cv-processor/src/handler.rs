@@ -1,6 +1,7 @@
 //! One CV, start to end: claim it in the main database, fetch its file, extract the
-//! text in the sandbox, structure it, mask it, and record the outcome. Two statements
-//! reach the main database per CV (the claim and the outcome). A failure caused by the
+//! text in the sandbox, structure it, mask it, embed its chunks (through the embedding
+//! cache), store their vectors, and record the outcome. Two statements reach the main
+//! database per CV (the claim and the outcome). A failure caused by the
 //! file (hostile, scanned, damaged…) is an outcome, recorded and acknowledged; a
 //! failure of our own infrastructure is retried, and a CV whose processing keeps
 //! dying is failed after `max_attempts` starts.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use common_models::cv::{CvStatus, CvStatusEvent, ProcessCv, events};
+use common_models::cv::{CvJob, CvStatus, CvStatusEvent, ForgetCv, ProcessCv, events};
 use common_models::schema::main::cvs;
 use common_models::storage::FileStore;
 use diesel::prelude::*;
@@ -17,11 +18,13 @@ use diesel_async::RunQueryDsl;
 use service_kit::db::PgPool;
 use task_queue::{BatchHandler, Delivery, Handled, HandlerError};
 
+use crate::embed::CachedEmbedder;
 use crate::extract::{Extracted, Outcome};
 use crate::facts::Facts;
 use crate::metrics::{ProcessorMetrics, reason_label};
 use crate::sandbox::{self, SandboxConfig};
 use crate::structure::{self, SectionKind};
+use crate::vectors::{ChunkPoint, VectorStore};
 
 /// What every loop shares.
 pub struct Context {
@@ -33,17 +36,23 @@ pub struct Context {
     pub chunk_words: usize,
     pub max_attempts: i32,
     pub metrics: ProcessorMetrics,
+    pub embedder: CachedEmbedder,
+    pub vectors: Arc<dyn VectorStore>,
 }
 
 pub struct CvHandler {
     pub ctx: Arc<Context>,
 }
 
-impl BatchHandler<ProcessCv> for CvHandler {
-    async fn handle(&mut self, batch: &[Delivery<ProcessCv>]) -> Result<Handled, HandlerError> {
+impl BatchHandler<CvJob> for CvHandler {
+    async fn handle(&mut self, batch: &[Delivery<CvJob>]) -> Result<Handled, HandlerError> {
         let mut handled = Handled::default();
         for delivery in batch {
-            if !self.ctx.process(&delivery.message).await? {
+            let done = match &delivery.message {
+                CvJob::Process(task) => self.ctx.process(task).await?,
+                CvJob::Forget(task) => self.ctx.forget(task).await?,
+            };
+            if !done {
                 handled.already_done += 1;
             }
         }
@@ -156,10 +165,55 @@ impl Context {
             .map_err(|e| HandlerError::Transient(format!("structuring panicked: {e}")))?;
         self.observe("structure", started);
 
+        self.index(task, &structured).await?;
+
         let started = Instant::now();
-        self.record_processed(task, &extracted, &structured).await?;
+        let recorded = self.record_processed(task, &extracted, &structured).await?;
         self.observe("record", started);
+        if !recorded {
+            // Deleted while it was being processed: its vectors go too.
+            self.vectors.delete_cv(task.company_id.0, task.cv_id.0).await.map_err(store_error)?;
+            self.metrics.already_done.inc();
+            return Ok(false);
+        }
         self.metrics.chunks.inc_by(structured.chunks.len() as u64);
+        Ok(true)
+    }
+
+    /// Embeds the chunks (the cache first) and replaces the CV's vectors.
+    async fn index(&self, task: &ProcessCv, structured: &Structured) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let texts: Vec<String> = structured.chunks.iter().map(|c| c.text.clone()).collect();
+        let (vectors, stats) =
+            self.embedder.embed(&texts).await.map_err(|e| HandlerError::Transient(format!("embedding: {e:#}")))?;
+        let m = &self.metrics;
+        m.embeddings.with_label_values(&["cache_hit"]).inc_by(stats.cache_hits as u64);
+        m.embeddings.with_label_values(&["computed"]).inc_by(stats.computed as u64);
+        if stats.computed > 0 {
+            m.model_seconds_per_chunk.observe(started.elapsed().as_secs_f64() / stats.computed as f64);
+        }
+        self.observe("embed", started);
+
+        let started = Instant::now();
+        let points = structured
+            .chunks
+            .iter()
+            .zip(vectors)
+            .map(|(chunk, dense)| ChunkPoint {
+                chunk: chunk.index,
+                section: chunk.section.as_str().to_owned(),
+                text: chunk.text.clone(),
+                dense,
+            })
+            .collect();
+        self.vectors.replace_cv(task.company_id.0, task.cv_id.0, points).await.map_err(store_error)?;
+        self.observe("index", started);
+        Ok(())
+    }
+
+    /// Removes a deleted CV's vectors.
+    pub async fn forget(&self, task: &ForgetCv) -> Result<bool, HandlerError> {
+        self.vectors.delete_cv(task.company_id.0, task.cv_id.0).await.map_err(store_error)?;
         Ok(true)
     }
 
@@ -212,19 +266,20 @@ impl Context {
         Ok(())
     }
 
+    /// `false` when the CV is no longer there to record (deleted meanwhile).
     async fn record_processed(
         &self,
         task: &ProcessCv,
         extracted: &Extracted,
         structured: &Structured,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<bool, HandlerError> {
         let facts = serde_json::to_value(&structured.facts).map_err(|e| HandlerError::Rejected(e.to_string()))?;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let mut conn = self.db.get().await.map_err(transient)?;
         let target = cvs::table.filter(
             cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0)).and(cvs::status.eq("processing")),
         );
-        diesel::update(target)
+        let updated = diesel::update(target)
             .set((
                 cvs::status.eq(CvStatus::Processed.as_str()),
                 cvs::failure_reason.eq(extracted.truncated.then_some("the text was longer than the limit and was cut")),
@@ -240,9 +295,12 @@ impl Context {
             .execute(&mut conn)
             .await
             .map_err(transient)?;
+        if updated == 0 {
+            return Ok(false);
+        }
         self.metrics.cvs.with_label_values(&["processed"]).inc();
         self.emit(task, CvStatus::Processed, None).await;
-        Ok(())
+        Ok(true)
     }
 
     async fn emit(&self, task: &ProcessCv, status: CvStatus, failure_reason: Option<String>) {
@@ -258,6 +316,10 @@ impl Context {
             tracing::warn!(cv_id = %task.cv_id, error = %err, "a CV status event could not be published");
         }
     }
+}
+
+fn store_error(err: anyhow::Error) -> HandlerError {
+    HandlerError::Transient(format!("vector store: {err:#}"))
 }
 
 fn transient(err: impl std::fmt::Display) -> HandlerError {

@@ -1,24 +1,30 @@
 //! `cv-processor`: consumes the `cv_jobs` stream. Each CV's file is read in a
 //! sandboxed child process ([`sandbox`]), split into sections and chunks
 //! ([`structure`]), its plain facts pulled out ([`facts`]) and personal data masked
-//! for scoring ([`mask`]); the main database gets back only the CV's status, counts,
-//! facts and a short summary.
+//! for scoring ([`mask`]), its chunks embedded through the embedding cache ([`embed`])
+//! and stored as vectors ([`vectors`]); the main database gets back only the CV's
+//! status, counts, facts and a short summary. It also ranks CVs against jobs
+//! ([`matching`]) for the gateway, on an internal route ([`api`]).
 
+pub mod api;
+pub mod embed;
 pub mod extract;
 pub mod facts;
 pub mod handler;
 pub mod mask;
+pub mod matching;
 pub mod metrics;
 pub mod sandbox;
 pub mod settings;
 pub mod structure;
+pub mod vectors;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, web};
 use anyhow::Context as _;
-use common_models::cv::ProcessCv;
+use common_models::cv::CvJob;
 use common_models::storage::LocalFileStore;
 use prometheus::Registry;
 use service_kit::checks::{Dependency, Readiness};
@@ -59,7 +65,23 @@ pub async fn run(
         LocalFileStore::open(&settings.files.storage_dir)
             .with_context(|| format!("opening the file store at {}", settings.files.storage_dir.display()))?,
     );
+    let model = embed::build(&settings.embedding).await.context("loading the embedding model")?;
+    let cache = if settings.embedding.cache_url.trim().is_empty() {
+        None
+    } else {
+        Some(cache_client::CacheClient::new(&settings.embedding.cache_url, settings.embedding.cache_timeout)?)
+    };
+    let embedder = embed::CachedEmbedder { model, cache, batch_size: settings.embedding.batch_size };
+    let (dir, dimension) = (settings.vectors.dir.clone(), embedder.model.dimension());
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || vectors::EdgeStore::open(&dir, dimension))
+            .await?
+            .with_context(|| format!("opening the vector store in {}", settings.vectors.dir.display()))?,
+    );
+    tracing::info!(model = embedder.model.model_id(), dimension, vectors = %settings.vectors.dir.display(), "models and vectors ready");
     let ctx = Arc::new(Context {
+        embedder,
+        vectors: store.clone(),
         db: db.clone(),
         redis: redis.clone(),
         key_prefix: keys.prefix().to_owned(),
@@ -70,6 +92,11 @@ pub async fn run(
         metrics,
     });
 
+    let api_state = web::Data::new(api::ApiState {
+        ctx: ctx.clone(),
+        matching: settings.matching.clone(),
+        key: settings.internal_api_key.clone(),
+    });
     let probes = web::Data::new(Probes {
         registry,
         readiness: Readiness {
@@ -82,13 +109,34 @@ pub async fn run(
     });
     let options = ServerOptions { workers: settings.server.workers.max(1), shutdown_timeout: Duration::from_secs(5) };
     let server = serve(listener, options, shutdown.clone(), move || {
-        App::new().app_data(probes.clone()).configure(probes::routes)
+        App::new()
+            .app_data(probes.clone())
+            .app_data(api_state.clone())
+            .app_data(service_kit::error::json_config(1 << 20))
+            .configure(probes::routes)
+            .configure(api::routes)
     })?;
     let server = tokio::spawn(server);
+    let optimizer = tokio::spawn(keep_index_built(store, settings.vectors.optimize_interval, shutdown.clone()));
 
-    let consumer = Consumer::<ProcessCv>::new(redis, keys, settings.consumer.clone(), queue_metrics);
+    let consumer = Consumer::<CvJob>::new(redis, keys, settings.consumer.clone(), queue_metrics);
     let result = consumer.run(|_| CvHandler { ctx: ctx.clone() }, shutdown).await;
+    drop(optimizer.await);
     drop(server.await);
     tracing::info!("cv-processor stopped");
     result
+}
+
+/// Rebuilds the vector index over new chunks now and then (the embedded engine has no
+/// background optimiser).
+async fn keep_index_built(store: Arc<vectors::EdgeStore>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every.max(Duration::from_secs(1))) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(err) = store.optimize().await {
+            tracing::warn!(error = %format!("{err:#}"), "building the vector index failed; will retry");
+        }
+    }
 }

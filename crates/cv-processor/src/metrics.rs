@@ -1,7 +1,7 @@
 //! The processor's metrics, under `headhunter_cv_processor_` (the queue consumer's
 //! `queue_*` metrics sit beside them).
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
 service_kit::metrics! {
     pub struct ProcessorMetrics {
@@ -10,9 +10,17 @@ service_kit::metrics! {
         /// Failed CVs by reason (empty, not_a_document, scanned, encrypted, damaged,
         /// bomb, too_large, too_slow, crashed, interrupted, other).
         failures: IntCounterVec = "cv_failures_total" ["reason"],
-        /// Time per processing stage (fetch, extract, structure, record).
+        /// Time per processing stage (fetch, extract, structure, embed, index, record).
         stage_seconds: HistogramVec = "stage_duration_seconds" ["stage"]
             buckets [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        /// Chunk embeddings by source: cache_hit (the embedding namespace had it) or
+        /// computed (the model ran).
+        embeddings: IntCounterVec = "embeddings_total" ["source"],
+        /// Model time per computed chunk, per CV.
+        model_seconds_per_chunk: Histogram = "model_seconds_per_chunk"
+            buckets [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        /// Match requests served, by direction (job_to_cvs, cv_to_jobs).
+        matches: IntCounterVec = "match_requests_total" ["direction"],
         /// Chunks made from processed CVs.
         chunks: IntCounter = "chunks_total",
         /// CV tasks that found their CV already finished or deleted.

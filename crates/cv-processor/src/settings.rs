@@ -8,6 +8,8 @@ use serde::Deserialize;
 use service_kit::config::{DatabaseSection, LoggingSection, RedisSection, ServerSection};
 use task_queue::ConsumerConfig;
 
+use crate::embed::EmbeddingSettings;
+use crate::matching::MatchSettings;
 use crate::sandbox::SandboxConfig;
 
 /// The documented defaults, embedded.
@@ -26,6 +28,18 @@ pub struct ProcessorSettings {
     pub chunk_words: usize,
     /// Starts of one CV's processing before it is marked failed.
     pub max_attempts: i32,
+    pub embedding: EmbeddingSettings,
+    pub vectors: VectorsSection,
+    pub matching: MatchSettings,
+    /// Guards the internal matching route; empty: unguarded.
+    pub internal_api_key: service_kit::config::Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VectorsSection {
+    pub dir: PathBuf,
+    #[serde(deserialize_with = "service_kit::config::duration")]
+    pub optimize_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +67,9 @@ impl ProcessorSettings {
         anyhow::ensure!(self.max_attempts >= 1, "max_attempts must be at least 1");
         anyhow::ensure!(self.sandbox.memory >= 64 << 20, "sandbox.memory must be at least 64MiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
+        anyhow::ensure!(self.embedding.batch_size >= 1, "embedding.batch_size must be at least 1");
+        anyhow::ensure!((1..=10_000).contains(&self.matching.pool), "matching.pool must be 1 to 10000");
+        anyhow::ensure!(self.matching.rrf_k >= 0.0, "matching.rrf_k must not be negative");
         Ok(())
     }
 }
