@@ -9,7 +9,7 @@ use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use common_models::cv::{CvStatus, CvStatusEvent, ProcessCv};
+use common_models::cv::{CvStatus, CvStatusEvent, ForgetCv, ProcessCv};
 use common_models::ids::{CompanyId, CvId};
 use common_models::schema::main::cvs;
 use common_models::storage::key_for;
@@ -380,6 +380,8 @@ async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
         diesel::delete(target).returning(cvs::storage_key).get_result(&mut conn).await.optional()?;
     drop(conn);
     let key = key.ok_or_else(|| not_found("CV", id))?;
+    // Its vectors are cv-processor's to remove.
+    state.producer.publish(&ForgetCv { cv_id: CvId(id), company_id: caller.company_id });
     // The row is gone, so the CV is gone for every reader; a file left behind by a
     // storage failure is unreachable and is logged for clean-up.
     if let Err(err) = state.files.delete(&key).await {

@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod auth;
 pub mod cvs;
+pub mod events;
 pub mod jobs;
 pub mod llm;
 pub mod logged;
+pub mod matches;
 pub mod metrics;
 pub mod page;
 pub mod request_log;
@@ -68,7 +70,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1024)
         .build()?;
-    let llm_cache = if settings.cache_url.trim().is_empty() {
+    let cache = if settings.cache_url.trim().is_empty() {
         None
     } else {
         Some(cache_client::CacheClient::new(&settings.cache_url, settings.cache_timeout)?)
@@ -87,9 +89,11 @@ pub async fn run(
         common_models::storage::LocalFileStore::open(&settings.cvs.storage_dir)
             .with_context(|| format!("opening the CV file store at {}", settings.cvs.storage_dir.display()))?,
     );
+    let events = events::EventHub::start(settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
     let state = web::Data::new(AppState {
+        events,
         files,
-        llm_cache,
+        cache,
         auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
         settings: settings.clone(),
         db,
@@ -112,7 +116,10 @@ pub async fn run(
             .wrap(from_fn(request_id::assign))
             .configure(llm::routes)
             .configure(jobs::routes)
+            // Before the CV routes: `/api/v1/cvs/events` would read as a CV id there.
+            .configure(events::routes)
             .configure(cvs::routes)
+            .configure(matches::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

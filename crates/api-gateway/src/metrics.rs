@@ -21,5 +21,8 @@ service_kit::metrics! {
         /// Uploaded CV files: accepted (queued for processing) or duplicate (the
         /// company's existing CV for the same file was returned).
         cv_uploads: IntCounterVec = "cv_uploads_total" ["result"],
+        /// Match results of a CV's page of jobs: hit (the cached result was current) or
+        /// miss (asked cv-processor).
+        match_cache: IntCounterVec = "match_cache_total" ["result"],
     }
 }

@@ -57,6 +57,13 @@ pub struct GatewaySettings {
     pub pricing: PriceTable,
     /// CV uploads.
     pub cvs: CvUploadSettings,
+    /// cv-processor, asked for matches.
+    pub cv_processor_url: String,
+    /// Sent to cv-processor as a bearer token; empty: none.
+    pub internal_api_key: Secret,
+    /// Longest a match may take.
+    #[serde(deserialize_with = "duration")]
+    pub match_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -26,10 +26,12 @@ pub struct AppState {
     pub producer: Producer,
     pub metrics: GatewayMetrics,
     pub auth: Authenticator,
-    /// The LLM results cache (cache-service), when configured.
-    pub llm_cache: Option<cache_client::CacheClient>,
+    /// cache-service (LLM results, match results), when configured.
+    pub cache: Option<cache_client::CacheClient>,
     /// Original CV files.
     pub files: Arc<dyn FileStore>,
+    /// CV status events, for this replica's watching clients.
+    pub events: Arc<crate::events::EventHub>,
 }
 
 impl AppState {

@@ -42,7 +42,7 @@ async fn chat_completions(
     let streaming = chat.stream;
 
     // The LLM results cache: a repeated deterministic request is answered from it.
-    let cache = state.llm_cache.as_ref().zip(chat.deterministic.then(|| chat.cache_key(caller.company_id)).flatten());
+    let cache = state.cache.as_ref().zip(chat.deterministic.then(|| chat.cache_key(caller.company_id)).flatten());
     if let Some((client, key)) = &cache {
         match client.get(LLM_CACHE_NAMESPACE, key).await {
             Some(cached) => {
