@@ -2,7 +2,7 @@
 //! with hostile files among them, another company looking, and a processor killed
 //! mid-job.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -321,7 +321,8 @@ async fn each_cv_costs_the_main_database_a_handful_of_statements() {
 #[tokio::test]
 async fn a_processor_killed_mid_job_is_replaced_and_the_cv_ends_processed_once() {
     let stack = CvStack::start(false).await.unwrap();
-    let key = stack.company("Acme").await.unwrap();
+    let (company, key) =
+        test_support::create_company(&stack.http, &stack.url, common::ADMIN_KEY, "Acme").await.unwrap();
     // Hold the processor's final write: its UPDATE to `processed` waits here while the
     // hold row exists, so the kill lands between the claim and the outcome.
     let mut conn = stack.db.connect().await.unwrap();
@@ -337,7 +338,7 @@ async fn a_processor_killed_mid_job_is_replaced_and_the_cv_ends_processed_once()
     let (_, body) = stack.upload(&key, &[("cv.pdf", fixture("one_column.pdf"))]).await.unwrap();
     let id = ids(&body)[0];
 
-    let env = common::processor_env(&stack.db, &stack.redis, &stack.files);
+    let env = common::processor_env(&stack);
     let program = std::path::Path::new(env!("CARGO_BIN_EXE_cv-processor"));
     let logs = test_support::TempDir::new("logs").unwrap();
     let first = test_support::ServiceProcess::start(program, &env, logs.path.join("first.log")).await.unwrap();
@@ -375,5 +376,96 @@ async fn a_processor_killed_mid_job_is_replaced_and_the_cv_ends_processed_once()
     .await
     .unwrap();
     second.kill().await.unwrap();
+    // Its chunks are stored once: the redo replaced the first run's vectors.
+    let store = cv_processor::vectors::EdgeStore::open(&stack.vectors.path, 384).unwrap();
+    use cv_processor::vectors::VectorStore;
+    let stored = store.count(company, Some(id)).await.unwrap();
+    assert_eq!(stored as i64, cv["chunk_count"].as_i64().unwrap());
+    assert_eq!(store.count(company, None).await.unwrap(), stored);
+    stack.stop().await.unwrap();
+}
+
+/// Server-sent events as they arrive: (id, data) of each `cv.status` event.
+struct EventStream {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl EventStream {
+    async fn open(http: &reqwest::Client, url: &str, key: &str, last_event_id: Option<&str>) -> Self {
+        let mut req = http.get(format!("{url}/api/v1/cvs/events")).bearer_auth(key);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Self { body: Box::pin(res.bytes_stream()), buffer: String::new() }
+    }
+
+    /// The next event, or `None` if none comes within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| frame.lines().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
+                if let (Some(id), Some(data)) = (field("id: "), field("data: ")) {
+                    return Some((id, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            let chunk =
+                tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut self.body)).await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watching_client_sees_its_upload_progress_through_another_replica_and_nothing_of_other_companies() {
+    let stack = CvStack::start(true).await.unwrap();
+    let watcher_key = stack.company("Acme").await.unwrap();
+    let stranger_key = stack.company("Globex").await.unwrap();
+    let settings = stack.gateway_settings().unwrap();
+    let replica =
+        test_support::Service::start("api-gateway-2", |l, rx| api_gateway::run(settings, l, rx)).await.unwrap();
+
+    let mut events = EventStream::open(&stack.http, &replica.url, &watcher_key, None).await;
+    let (_, theirs) = stack.upload(&stranger_key, &[("theirs.pdf", fixture("two_column.pdf"))]).await.unwrap();
+    let (_, ours) = stack.upload(&watcher_key, &[("ours.pdf", fixture("one_column.pdf"))]).await.unwrap();
+    let (our_id, their_id) = (ids(&ours)[0], ids(&theirs)[0]);
+
+    let mut seen = Vec::new();
+    while seen.last().map(|(_, s): &(String, String)| s.as_str()) != Some("processed") {
+        let (id, event) = events.next(Duration::from_secs(60)).await.expect("the CV's events");
+        assert_eq!(event["cv_id"].as_i64(), Some(our_id), "another CV's event: {event}");
+        assert_eq!(event["file_name"], "ours.pdf");
+        seen.push((id, event["status"].as_str().unwrap().to_owned()));
+    }
+    let statuses: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["queued", "processing", "processed"]);
+    // The other company's CV finished too, and none of its events came here.
+    assert_eq!(stack.wait_done(&stranger_key, their_id).await.unwrap()["status"], "processed");
+    assert!(events.next(Duration::from_millis(500)).await.is_none());
+
+    // Reconnecting after the first event: what came after it is sent first.
+    let mut resumed = EventStream::open(&stack.http, &stack.url, &watcher_key, Some(&seen[0].0)).await;
+    for (id, status) in &seen[1..] {
+        let (got_id, event) = resumed.next(Duration::from_secs(5)).await.expect("the missed events");
+        assert_eq!((&got_id, event["status"].as_str().unwrap()), (id, status.as_str()));
+    }
+    let (status, err) = stack
+        .http
+        .get(format!("{}/api/v1/cvs/events", stack.url))
+        .bearer_auth(&watcher_key)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(err.json::<serde_json::Value>().await.unwrap()["error"]["param"], "Last-Event-ID");
+    drop((events, resumed));
+    replica.stop().await.unwrap();
     stack.stop().await.unwrap();
 }

@@ -21,12 +21,27 @@ pub struct CvStack {
     pub db: TestDb,
     pub redis: TestRedis,
     pub files: TempDir,
+    pub vectors: TempDir,
     pub http: reqwest::Client,
+    /// The processor's address while one runs in this process.
+    pub processor_url: Option<String>,
+    pub cache_url: String,
     gateway: Option<Service>,
     processor: Option<Service>,
+    cache: Service,
 }
 
-pub fn gateway_settings(db: &TestDb, redis: &TestRedis, files: &TempDir) -> anyhow::Result<GatewaySettings> {
+/// The embedding model fetched by `make models`.
+pub fn model_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.models/all-minilm-l6-v2")
+}
+
+pub fn gateway_settings(
+    db: &TestDb,
+    redis: &TestRedis,
+    files: &TempDir,
+    cache_url: &str,
+) -> anyhow::Result<GatewaySettings> {
     let mut s = GatewaySettings::defaults()?;
     s.database.url = ConnectionUrl::new(&db.url);
     s.analytics_database.url = ConnectionUrl::new(&db.url);
@@ -34,20 +49,31 @@ pub fn gateway_settings(db: &TestDb, redis: &TestRedis, files: &TempDir) -> anyh
     s.redis.key_prefix = redis.prefix.clone();
     s.producer.spool = None;
     s.admin_api_key = Secret::new(ADMIN_KEY);
-    s.cache_url = String::new();
+    s.cache_url = cache_url.to_owned();
+    s.cache_timeout = Duration::from_secs(2);
     s.cvs.storage_dir = files.path.clone();
     s.server.workers = 2;
     s.logging.format = LogFormat::Text;
     Ok(s)
 }
 
-pub fn processor_settings(db: &TestDb, redis: &TestRedis, files: &TempDir) -> anyhow::Result<ProcessorSettings> {
+pub fn processor_settings(
+    db: &TestDb,
+    redis: &TestRedis,
+    files: &TempDir,
+    vectors: &TempDir,
+    cache_url: &str,
+) -> anyhow::Result<ProcessorSettings> {
     let mut s = ProcessorSettings::defaults()?;
     s.database.url = ConnectionUrl::new(&db.url);
     s.redis.url = ConnectionUrl::new(&redis.url);
     s.redis.key_prefix = redis.prefix.clone();
     s.files.storage_dir = files.path.clone();
     s.sandbox.program = Some(env!("CARGO_BIN_EXE_cv-processor").into());
+    s.embedding.model_dir = model_dir();
+    s.embedding.cache_url = cache_url.to_owned();
+    s.embedding.cache_timeout = Duration::from_secs(2);
+    s.vectors.dir = vectors.path.clone();
     s.consumer = s.consumer.reacting_fast();
     s.consumer.consumer = format!("{}processor", redis.prefix);
     s.logging.format = LogFormat::Text;
@@ -55,8 +81,12 @@ pub fn processor_settings(db: &TestDb, redis: &TestRedis, files: &TempDir) -> an
 }
 
 /// The processor's environment when it runs as a process.
-pub fn processor_env(db: &TestDb, redis: &TestRedis, files: &TempDir) -> Vec<(&'static str, String)> {
+pub fn processor_env(stack: &CvStack) -> Vec<(&'static str, String)> {
+    let (db, redis, files) = (&stack.db, &stack.redis, &stack.files);
     vec![
+        ("EMBEDDING__MODEL_DIR", model_dir().display().to_string()),
+        ("EMBEDDING__CACHE_URL", stack.cache_url.clone()),
+        ("VECTORS__DIR", stack.vectors.path.display().to_string()),
         ("DATABASE_URL", db.url.clone()),
         ("REDIS_URL", redis.url.clone()),
         ("REDIS_KEY_PREFIX", redis.prefix.clone()),
@@ -77,27 +107,55 @@ impl CvStack {
         let db = TestDb::migrated(Database::Main).await?;
         let redis = TestRedis::new();
         let files = TempDir::new("files")?;
-        let g = gateway_settings(&db, &redis, &files)?;
-        let gateway = Service::start("api-gateway", |l, rx| api_gateway::run(g, l, rx)).await?;
+        let vectors = TempDir::new("vectors")?;
+        let mut c = cache_service::CacheSettings::defaults()?;
+        c.redis.url = ConnectionUrl::new(&redis.url);
+        c.redis.key_prefix = format!("{}cache:", redis.prefix);
+        c.server.workers = 1;
+        c.logging.format = LogFormat::Text;
+        let cache = Service::start("cache-service", |l, rx| cache_service::run(c, l, rx)).await?;
+        let cache_url = cache.url.clone();
         let mut stack = Self {
-            url: gateway.url.clone(),
+            url: String::new(),
             db,
             redis,
             files,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-            gateway: Some(gateway),
+            vectors,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+            processor_url: None,
+            cache_url,
+            gateway: None,
             processor: None,
+            cache,
         };
         if with_processor {
             stack.start_processor().await?;
         }
+        stack.start_gateway().await?;
         Ok(stack)
     }
 
+    /// (Re)starts the gateway, pointed at the processor if one runs here.
+    pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
+        let g = self.gateway_settings()?;
+        let gateway = Service::start("api-gateway", |l, rx| api_gateway::run(g, l, rx)).await?;
+        self.url = gateway.url.clone();
+        self.gateway = Some(gateway);
+        Ok(())
+    }
+
+    /// Settings for a gateway of this stack (another replica can start from these).
+    pub fn gateway_settings(&self) -> anyhow::Result<GatewaySettings> {
+        let mut g = gateway_settings(&self.db, &self.redis, &self.files, &self.cache_url)?;
+        g.cv_processor_url = self.processor_url.clone().unwrap_or_else(|| "http://127.0.0.1:9".to_owned());
+        Ok(g)
+    }
+
     pub async fn start_processor(&mut self) -> anyhow::Result<String> {
-        let p = processor_settings(&self.db, &self.redis, &self.files)?;
+        let p = processor_settings(&self.db, &self.redis, &self.files, &self.vectors, &self.cache_url)?;
         let service = Service::start("cv-processor", |l, rx| cv_processor::run(p, l, rx)).await?;
         let url = service.url.clone();
+        self.processor_url = Some(url.clone());
         self.processor = Some(service);
         Ok(url)
     }
@@ -111,7 +169,8 @@ impl CvStack {
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop_processor().await?;
-        self.stop_gateway().await
+        self.stop_gateway().await?;
+        self.cache.stop().await
     }
 
     pub async fn stop_gateway(&mut self) -> anyhow::Result<()> {
