@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: ingest throughput vs raw COPY, the producer's spool, gateway overhead vs
-# the upstream alone, and cache-service GET vs Redis GET.
+# the upstream alone, cache-service GET vs Redis GET, and CVs end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v oha >/dev/null 2>&1; then
@@ -21,3 +21,6 @@ echo
 echo
 "$BIN/headhunter-bench" cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
   --rounds "${BENCH_CACHE_ROUNDS:-5}" --bin-dir "$BIN"
+echo
+"$BIN/headhunter-bench" cvs --cvs "${BENCH_CVS:-200}" --uploads "${BENCH_CV_UPLOADS:-1000}" --bin-dir "$BIN" \
+  --model-dir "${EMBEDDING__MODEL_DIR:-.models/all-minilm-l6-v2}"

@@ -22,6 +22,8 @@ export PRODUCER__SPOOL__DIR=${PRODUCER__SPOOL__DIR:-$PWD/$RUN_DIR/spool/api-gate
 # Uploaded CV files: written by the gateway, read by cv-processor.
 export CVS__STORAGE_DIR=${CVS__STORAGE_DIR:-$PWD/$RUN_DIR/files}
 export FILES__STORAGE_DIR=$CVS__STORAGE_DIR
+# cv-processor's vectors (embedded engine) and its embedding cache (cache-service).
+export VECTORS__DIR=${VECTORS__DIR:-$PWD/$RUN_DIR/vectors}
 GATEWAY_PORT=${PORT:-8080}
 WORKER_PORT=${WORKER_PORT:-9091}
 CACHE_PORT=${CACHE_PORT:-8081}
@@ -51,8 +53,8 @@ echo "==> applying main database migrations"
 start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
 PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
-PORT=$CV_PORT start cv-processor "$BIN/cv-processor"
-PORT=$GATEWAY_PORT start api-gateway "$BIN/api-gateway"
+PORT=$CV_PORT EMBEDDING__CACHE_URL=$CACHE_URL start cv-processor "$BIN/cv-processor"
+PORT=$GATEWAY_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
 wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
 wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
@@ -95,6 +97,18 @@ headhunter is running (stop it with: make stop-all)
     -F file=@crates/cv-processor/tests/fixtures/one_column.pdf \\
     -F file=@crates/cv-processor/tests/fixtures/two_column.docx
   curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/cvs?limit=10" -H "Authorization: Bearer \$KEY"
+
+   Watch CV status changes live (server-sent events) in another terminal:
+
+  curl -N http://127.0.0.1:$GATEWAY_PORT/api/v1/cvs/events -H "Authorization: Bearer \$KEY"
+
+   A job, and its best CVs with the evidence for each requirement:
+
+  JOB=\$(curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/jobs -H "Authorization: Bearer \$KEY" \\
+    -H 'Content-Type: application/json' -d '{"title": "Senior backend engineer",
+    "requirements": ["Rust or Go services in production", "PostgreSQL and Kafka", "Kubernetes on AWS"]}' \\
+    | sed -E 's/.*"id":([0-9]+).*/\\1/')
+  curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/jobs/\$JOB/matches?limit=5" -H "Authorization: Bearer \$KEY"
 
 5. Dead letters (entries the worker could not write), and putting them back:
 

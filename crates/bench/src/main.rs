@@ -11,8 +11,11 @@
 //! - `cache`: cache-service GET against Redis GET on the same Redis, at the same
 //!   concurrency (redis-benchmark, wrk and one client that speaks both).
 //! - `load`: that client, alone (the `cache` benchmark runs it pinned to a core).
+//! - `cvs`: CVs per minute end to end with a cold and a warm embedding cache, the
+//!   p99 of a main-DB endpoint while CVs process against idle, and upload speed.
 
 mod cache;
+mod cvs;
 mod gateway;
 mod ingest;
 mod loadgen;
@@ -70,6 +73,21 @@ enum Command {
         #[arg(long, default_value = "target/release")]
         bin_dir: std::path::PathBuf,
     },
+    /// CVs end to end (cold and warm embedding cache), main-DB p99 while they process,
+    /// and how fast uploads are answered.
+    Cvs {
+        /// Distinct CVs processed cold, then again warm.
+        #[arg(long, default_value_t = 200)]
+        cvs: usize,
+        /// CVs uploaded for the upload-speed figure.
+        #[arg(long, default_value_t = 1000)]
+        uploads: usize,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: std::path::PathBuf,
+        /// The embedding model (make models).
+        #[arg(long, default_value = ".models/all-minilm-l6-v2")]
+        model_dir: std::path::PathBuf,
+    },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
         #[arg(long)]
@@ -99,6 +117,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cache { connections, seconds, rounds, bin_dir } => {
             runtime()?.block_on(cache::run(connections, seconds, rounds, &bin_dir))
+        }
+        Command::Cvs { cvs, uploads, bin_dir, model_dir } => {
+            runtime()?.block_on(cvs::run(cvs, uploads, &bin_dir, &model_dir))
         }
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
