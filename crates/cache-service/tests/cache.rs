@@ -202,8 +202,11 @@ async fn redis_stopped_mid_test_falls_back_to_l1_and_recovers() -> anyhow::Resul
 async fn writes_made_during_an_outage_reach_redis_and_the_replicas_afterwards() -> anyhow::Result<()> {
     let mut redis = RedisServer::start(&[]).await?;
     let url = redis.url();
-    let a = Running::start(&url, "", |_| {}).await?;
-    let b = Running::start(&url, "", |_| {}).await?;
+    // A reply timeout well above a loaded machine's stalls and well below the pause:
+    // only the pause may look like an outage here.
+    let patient = |s: &mut CacheSettings| s.redis_timeout = Duration::from_secs(1);
+    let a = Running::start(&url, "", patient).await?;
+    let b = Running::start(&url, "", patient).await?;
     assert_eq!(a.put("session", "s1", b"logged in", None).await?, 204);
     assert_eq!(b.get("session", "s1").await?.2, b"logged in"); // now in B's L1 too
     let mut conn = redis.connection().await?;

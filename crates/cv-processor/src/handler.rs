@@ -3,8 +3,9 @@
 //! cache), store their vectors, and record the outcome. Two statements reach the main
 //! database per CV (the claim and the outcome). A failure caused by the
 //! file (hostile, scanned, damaged…) is an outcome, recorded and acknowledged; a
-//! failure of our own infrastructure is retried, and a CV whose processing keeps
-//! dying is failed after `max_attempts` starts.
+//! failure of our own infrastructure is retried; a CV whose task the queue
+//! dead-letters (refused `consumer.max_attempts` times, or delivered
+//! `consumer.max_deliveries` times to processors that died) is failed with the reason.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +35,6 @@ pub struct Context {
     pub files: Arc<dyn FileStore>,
     pub sandbox: SandboxConfig,
     pub chunk_words: usize,
-    pub max_attempts: i32,
     pub metrics: ProcessorMetrics,
     pub embedder: CachedEmbedder,
     pub vectors: Arc<dyn VectorStore>,
@@ -57,6 +57,20 @@ impl BatchHandler<CvJob> for CvHandler {
             }
         }
         Ok(handled)
+    }
+
+    /// A CV whose processing keeps failing ends `failed` with the reason, as the queue
+    /// dead-letters its task.
+    async fn dead_lettered(&mut self, message: &CvJob, reason: &str, detail: &str) {
+        let CvJob::Process(task) = message else { return };
+        let why = if reason == "delivery_limit" {
+            "processing was interrupted too many times without finishing; the file may be too hard to read".to_owned()
+        } else {
+            format!("the file could not be processed after several attempts ({detail})")
+        };
+        if let Err(err) = self.ctx.record_failed(task, &why).await {
+            tracing::warn!(cv_id = %task.cv_id, error = %err, "a dead-lettered CV could not be marked failed");
+        }
     }
 }
 
@@ -111,17 +125,9 @@ fn summary(facts: &Facts, sections: &[structure::Section]) -> String {
 impl Context {
     /// Processes one CV; `false` when it was already finished or deleted.
     pub async fn process(&self, task: &ProcessCv) -> Result<bool, HandlerError> {
-        let Some(attempts) = self.claim(task).await? else {
+        if self.claim(task).await?.is_none() {
             self.metrics.already_done.inc();
             return Ok(false);
-        };
-        if attempts > self.max_attempts {
-            let reason = format!(
-                "processing was interrupted {} times without finishing; the file may be too hard to read",
-                attempts - 1
-            );
-            self.record_failed(task, &reason).await?;
-            return Ok(true);
         }
         self.emit(task, CvStatus::Processing, None).await;
 
@@ -139,14 +145,7 @@ impl Context {
         let started = Instant::now();
         let outcome = match sandbox::extract(&self.sandbox, bytes).await {
             Ok(outcome) => outcome,
-            Err(err) => {
-                let reason = format!("the extractor could not be run: {err}");
-                if attempts >= self.max_attempts {
-                    self.record_failed(task, "the file could not be processed (the extractor could not be run)")
-                        .await?;
-                }
-                return Err(HandlerError::Rejected(reason));
-            }
+            Err(err) => return Err(HandlerError::Rejected(format!("the extractor could not be run: {err}"))),
         };
         self.observe("extract", started);
         let extracted = match outcome {
@@ -244,10 +243,14 @@ impl Context {
             .map_err(transient)
     }
 
-    async fn record_failed(&self, task: &ProcessCv, reason: &str) -> Result<(), HandlerError> {
+    pub async fn record_failed(&self, task: &ProcessCv, reason: &str) -> Result<(), HandlerError> {
         let mut conn = self.db.get().await.map_err(transient)?;
+        // Queued too: a task dead-lettered for its deliveries may never have been claimed.
         let target = cvs::table.filter(
-            cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0)).and(cvs::status.eq("processing")),
+            cvs::id
+                .eq(task.cv_id.0)
+                .and(cvs::company_id.eq(task.company_id.0))
+                .and(cvs::status.eq_any([CvStatus::Queued.as_str(), CvStatus::Processing.as_str()])),
         );
         diesel::update(target)
             .set((

@@ -88,7 +88,6 @@ pub async fn run(
         files,
         sandbox: settings.sandbox.clone(),
         chunk_words: settings.chunk_words,
-        max_attempts: settings.max_attempts,
         metrics,
     });
 

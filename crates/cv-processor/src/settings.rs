@@ -26,8 +26,6 @@ pub struct ProcessorSettings {
     pub sandbox: SandboxConfig,
     pub consumer: ConsumerConfig,
     pub chunk_words: usize,
-    /// Starts of one CV's processing before it is marked failed.
-    pub max_attempts: i32,
     pub embedding: EmbeddingSettings,
     pub vectors: VectorsSection,
     pub matching: MatchSettings,
@@ -64,7 +62,6 @@ impl ProcessorSettings {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.consumer.validate()?;
         anyhow::ensure!(self.chunk_words >= 8, "chunk_words must be at least 8");
-        anyhow::ensure!(self.max_attempts >= 1, "max_attempts must be at least 1");
         anyhow::ensure!(self.sandbox.memory >= 64 << 20, "sandbox.memory must be at least 64MiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
         anyhow::ensure!(self.embedding.batch_size >= 1, "embedding.batch_size must be at least 1");

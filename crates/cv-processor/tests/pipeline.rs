@@ -343,7 +343,8 @@ async fn a_processor_killed_mid_job_is_replaced_and_the_cv_ends_processed_once()
     let logs = test_support::TempDir::new("logs").unwrap();
     let first = test_support::ServiceProcess::start(program, &env, logs.path.join("first.log")).await.unwrap();
     let waiting = format!(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'UPDATE \"cvs\"%' AND state = 'active'",
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'UPDATE \"cvs\"%' \
+         AND wait_event = 'PgSleep'",
         stack.db.name
     );
     test_support::wait_for(Duration::from_secs(30), "the processor's final write to be held", || async {
@@ -467,5 +468,31 @@ async fn a_watching_client_sees_its_upload_progress_through_another_replica_and_
     assert_eq!(err.json::<serde_json::Value>().await.unwrap()["error"]["param"], "Last-Event-ID");
     drop((events, resumed));
     replica.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cv_whose_processing_keeps_failing_is_failed_and_dead_lettered_with_its_reason() {
+    let mut stack = CvStack::start(false).await.unwrap();
+    stack.start_processor_with(|s| s.sandbox.program = Some("/nonexistent/headhunter-extractor".into())).await.unwrap();
+    let key = stack.company("Acme").await.unwrap();
+    let (_, body) = stack.upload(&key, &[("cv.pdf", fixture("one_column.pdf"))]).await.unwrap();
+    let cv = stack.wait_done(&key, ids(&body)[0]).await.unwrap();
+    assert_eq!(cv["status"], "failed", "{cv}");
+    // The batch, then the entry alone up to 3 times: then it is a dead letter.
+    assert_eq!(cv["attempts"], 4);
+    let reason = cv["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("could not be processed after several attempts"), "{reason}");
+    assert!(reason.contains("the extractor could not be run"), "{reason}");
+    let dead = stack.redis.key("cv_jobs:dead");
+    test_support::wait_for(Duration::from_secs(30), "the task's dead letter", || async {
+        (stack.redis.xlen(&dead).await.ok()? == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut conn = stack.redis.connection().await.unwrap();
+    let letters: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(&mut conn, &dead).await.unwrap();
+    let detail: String = letters.ids[0].get("dead_detail").unwrap_or_default();
+    assert!(detail.contains("extractor could not be run"), "{:?}", letters.ids[0].map);
     stack.stop().await.unwrap();
 }

@@ -219,6 +219,15 @@ pub enum HandlerError {
 /// The service's part: do the work of a batch, idempotently.
 pub trait BatchHandler<M: Message>: Send + Sync + 'static {
     fn handle(&mut self, batch: &[Delivery<M>]) -> impl Future<Output = Result<Handled, HandlerError>> + Send;
+
+    /// Called for each entry that is about to be dead-lettered (and could be decoded),
+    /// with the letter's reason (`rejected`, `delivery_limit`) and detail, so the
+    /// service can record the outcome where its users look. Best effort: the letter is
+    /// written whatever this does. Nothing by default.
+    fn dead_lettered(&mut self, message: &M, reason: &str, detail: &str) -> impl Future<Output = ()> + Send {
+        let _ = (message, reason, detail);
+        async {}
+    }
 }
 
 struct Shared {
@@ -615,6 +624,12 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
         let Some(handled) = self.handle_with_retries(&mut deliveries, &mut dead).await else {
             return; // shutting down mid-outage: the entries stay pending for the next owner
         };
+        for letter in &dead {
+            let raw = Raw { stream: letter.stream, id: letter.id.clone(), fields: letter.fields.clone() };
+            if let Ok(message) = decode::<M>(&raw) {
+                self.handler.dead_lettered(&message, letter.reason, &letter.detail).await;
+            }
+        }
         self.settle(&deliveries, &dead, handled).await;
     }
 

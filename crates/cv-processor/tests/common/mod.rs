@@ -152,7 +152,13 @@ impl CvStack {
     }
 
     pub async fn start_processor(&mut self) -> anyhow::Result<String> {
-        let p = processor_settings(&self.db, &self.redis, &self.files, &self.vectors, &self.cache_url)?;
+        self.start_processor_with(|_| {}).await
+    }
+
+    /// A processor with changed settings (restart the gateway to point it there).
+    pub async fn start_processor_with(&mut self, tweak: impl FnOnce(&mut ProcessorSettings)) -> anyhow::Result<String> {
+        let mut p = processor_settings(&self.db, &self.redis, &self.files, &self.vectors, &self.cache_url)?;
+        tweak(&mut p);
         let service = Service::start("cv-processor", |l, rx| cv_processor::run(p, l, rx)).await?;
         let url = service.url.clone();
         self.processor_url = Some(url.clone());
