@@ -291,3 +291,32 @@ async fn matches_stay_inside_the_company_and_follow_changes_to_the_job() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_openai_compatible_embeddings_api_can_stand_in_for_the_local_model() {
+    let sim = llm_simulator::Simulator::start(test_support::local_listener().unwrap(), Default::default()).unwrap();
+    let mut stack = CvStack::start(false).await.unwrap();
+    let base = sim.base_url();
+    stack
+        .start_processor_with(|s| {
+            s.embedding.backend = "openai".to_owned();
+            s.embedding.api_base_url = base;
+            s.embedding.api_model = "simulated-embedding".to_owned();
+        })
+        .await
+        .unwrap();
+    stack.stop_gateway().await.unwrap();
+    stack.start_gateway().await.unwrap();
+    let key = stack.company("Acme").await.unwrap();
+    let before = sim.requests();
+    let cvs: Vec<_> = labelled_cvs().into_iter().filter(|(n, _)| n.contains("nurs") || n.contains("backend")).collect();
+    let uploaded = upload_all(&stack, &key, &cvs).await;
+    assert!(sim.requests() > before, "the API was not asked");
+    let job = create_job(&stack, &key, &labelled_jobs()[2]).await;
+    let ranked = ranking(&stack, &key, job, "hybrid", 3).await;
+    assert_eq!(ranked.len(), 3);
+    let nurses: Vec<i64> = uploaded.iter().filter(|(n, _)| n.contains("nurs")).map(|(_, id)| *id).collect();
+    assert!(nurses.contains(&ranked[0]["cv_id"].as_i64().unwrap()), "{ranked:?}");
+    stack.stop().await.unwrap();
+    sim.stop().await;
+}

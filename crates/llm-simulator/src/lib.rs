@@ -2,7 +2,10 @@
 //! completions protocol (plain JSON and server-sent events), so the gateway can be
 //! tested, benchmarked and run locally without a real provider. Its answers are
 //! canned; what it lets you control is the protocol's behaviour: latency, stream
-//! pacing, whether usage is reported, injected errors, and a count of requests.
+//! pacing, whether usage is reported, injected errors, and a count of requests. It
+//! also answers `/v1/embeddings` with hashed bag-of-words vectors ([`EMBEDDING_DIM`]
+//! dimensions): not a model's meaning, but the real wire format, deterministic, and
+//! texts sharing words come out close.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -105,6 +108,7 @@ fn build_server(listener: std::net::TcpListener, state: Arc<State>, workers: Opt
             .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(chat_completions))
             .route("/v1/models", web::get().to(models))
+            .route("/v1/embeddings", web::post().to(embeddings))
             .route("/simulator/stats", web::get().to(stats))
             .route("/simulator/behaviour", web::put().to(set_behaviour))
             .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
@@ -141,6 +145,61 @@ async fn models() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "object": "list",
         "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "simulator"}]
+    }))
+}
+
+/// Dimensions of the simulator's embeddings.
+pub const EMBEDDING_DIM: usize = 256;
+
+/// A text as a unit vector of its hashed, lower-cased words.
+pub fn hashed_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIM];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        // FNV-1a: stable across runs and platforms.
+        let hash = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        v[(hash % EMBEDDING_DIM as u64) as usize] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+async fn embeddings(state: web::Data<State>, body: Bytes) -> HttpResponse {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let b = behaviour(&state);
+    if let Some(status) = b.fail_with_status {
+        let code =
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        return HttpResponse::build(code).json(error_body(status, "simulated failure"));
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().json(error_body(400, "the body is not JSON"));
+    };
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect()
+        }
+        _ => {
+            return HttpResponse::BadRequest().json(error_body(400, "`input` must be a string or an array of strings"));
+        }
+    };
+    let tokens: u64 = inputs.iter().map(|t| estimate_tokens(t)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": hashed_embedding(text)}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "model": request["model"].as_str().unwrap_or("simulated-embedding"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
     }))
 }
 
