@@ -45,5 +45,5 @@ CREATE TABLE cvs (
 );
 CREATE UNIQUE INDEX cvs_company_hash_key ON cvs (company_id, content_hash);
 CREATE INDEX cvs_company_id_idx ON cvs (company_id, id DESC);
--- CVs waiting for a worker, for the sweep that re-queues ones whose task was lost.
+-- CVs not finished yet, oldest first: what an operator looks at when work seems stuck.
 CREATE INDEX cvs_queued_idx ON cvs (updated_at) WHERE status IN ('queued', 'processing');
