@@ -82,111 +82,115 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
     let (main_url, main_name) = create_database("main").await?;
     let (analytics_url, analytics_name) = create_database("analytics").await?;
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    common_models::db::run_migrations(&main_url, common_models::db::Database::Main).await?;
-
     let spool_dir = std::env::temp_dir().join(format!("{analytics_name}-spool"));
-    let spool_dir_text = spool_dir.to_string_lossy().into_owned();
-    let env = [
-        ("PRODUCER__SPOOL__DIR", spool_dir_text.as_str()),
-        ("DATABASE_URL", main_url.as_str()),
-        ("ANALYTICS_DATABASE_URL", analytics_url.as_str()),
-        ("REDIS_KEY_PREFIX", prefix.as_str()),
-        ("ADMIN_API_KEY", ADMIN_KEY),
-        ("LLM_API_KEY", "sk-simulated"),
-        ("LOG_LEVEL", "warn"),
-        ("BIND_HOST", "127.0.0.1"),
-        // The proxy's own overhead: no LLM results cache answering in its place.
-        ("CACHE_URL", ""),
-    ];
-    let redis = redis_url();
-    let spawn = |name: &str, port: u16, args: &[&str]| -> anyhow::Result<Child> {
-        let mut cmd = Command::new(bin_dir.join(name));
-        cmd.args(args).env("PORT", port.to_string()).env("REDIS_URL", &redis);
-        cmd.env("LLM_BASE_URL", format!("http://127.0.0.1:{SIMULATOR_PORT}/v1"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Ok(cmd.stdout(Stdio::null()).spawn()?)
-    };
-    let processes = Processes(vec![
-        spawn("llm-simulator", 0, &["--bind", &format!("127.0.0.1:{SIMULATOR_PORT}")])?,
-        spawn("llm-log-worker", WORKER_PORT, &[])?,
-        spawn("api-gateway", GATEWAY_PORT, &[])?,
-    ]);
-    wait_http(&format!("http://127.0.0.1:{SIMULATOR_PORT}/healthz")).await?;
-    wait_http(&format!("http://127.0.0.1:{WORKER_PORT}/healthz")).await?;
-    wait_http(&format!("http://127.0.0.1:{GATEWAY_PORT}/healthz")).await?;
+    // Whatever happens in the run, its databases, keys and spool go afterwards.
+    let outcome = async {
+        common_models::db::run_migrations(&main_url, common_models::db::Database::Main).await?;
 
-    let created: Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{GATEWAY_PORT}/api/v1/admin/companies"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"name": "Bench Co"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = created["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {created}"))?.to_owned();
+        let spool_dir_text = spool_dir.to_string_lossy().into_owned();
+        let env = [
+            ("PRODUCER__SPOOL__DIR", spool_dir_text.as_str()),
+            ("DATABASE_URL", main_url.as_str()),
+            ("ANALYTICS_DATABASE_URL", analytics_url.as_str()),
+            ("REDIS_KEY_PREFIX", prefix.as_str()),
+            ("ADMIN_API_KEY", ADMIN_KEY),
+            ("LLM_API_KEY", "sk-simulated"),
+            ("LOG_LEVEL", "warn"),
+            ("BIND_HOST", "127.0.0.1"),
+            // The proxy's own overhead: no LLM results cache answering in its place.
+            ("CACHE_URL", ""),
+        ];
+        let redis = redis_url();
+        let spawn = |name: &str, port: u16, args: &[&str]| -> anyhow::Result<Child> {
+            let mut cmd = Command::new(bin_dir.join(name));
+            cmd.args(args).env("PORT", port.to_string()).env("REDIS_URL", &redis);
+            cmd.env("LLM_BASE_URL", format!("http://127.0.0.1:{SIMULATOR_PORT}/v1"));
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            Ok(cmd.stdout(Stdio::null()).spawn()?)
+        };
+        let processes = Processes(vec![
+            spawn("llm-simulator", 0, &["--bind", &format!("127.0.0.1:{SIMULATOR_PORT}")])?,
+            spawn("llm-log-worker", WORKER_PORT, &[])?,
+            spawn("api-gateway", GATEWAY_PORT, &[])?,
+        ]);
+        wait_http(&format!("http://127.0.0.1:{SIMULATOR_PORT}/healthz")).await?;
+        wait_http(&format!("http://127.0.0.1:{WORKER_PORT}/healthz")).await?;
+        wait_http(&format!("http://127.0.0.1:{GATEWAY_PORT}/healthz")).await?;
 
-    let direct_url = format!("http://127.0.0.1:{SIMULATOR_PORT}/v1/chat/completions");
-    let gateway_url = format!("http://127.0.0.1:{GATEWAY_PORT}/v1/chat/completions");
-    println!("warming up ...");
-    oha(&gateway_url, &key, rate, 3)?;
-    oha(&direct_url, &key, rate, 2)?;
+        let created: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{GATEWAY_PORT}/api/v1/admin/companies"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": "Bench Co"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let key = created["api_key"]["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key: {created}"))?.to_owned();
 
-    let direct = oha(&direct_url, &key, rate, seconds)?;
-    print("simulator alone", &direct);
-    let via = oha(&gateway_url, &key, rate, seconds)?;
-    print("through api-gateway", &via);
-    let direct_again = oha(&direct_url, &key, rate, seconds)?;
-    print("simulator alone (again)", &direct_again);
-    let base_p50 = (direct.p50_ms + direct_again.p50_ms) / 2.0;
-    let base_p99 = (direct.p99_ms + direct_again.p99_ms) / 2.0;
-    println!();
-    println!(
-        "gateway  added p50 {:.3} ms   added p99 {:.3} ms   (target: added p99 ≤ 1 ms) at {rate} req/s",
-        via.p50_ms - base_p50,
-        via.p99_ms - base_p99
-    );
+        let direct_url = format!("http://127.0.0.1:{SIMULATOR_PORT}/v1/chat/completions");
+        let gateway_url = format!("http://127.0.0.1:{GATEWAY_PORT}/v1/chat/completions");
+        println!("warming up ...");
+        oha(&gateway_url, &key, rate, 3)?;
+        oha(&direct_url, &key, rate, 2)?;
 
-    let mut gateway_ok: u64 = via.requests;
-    if find_max {
+        let direct = oha(&direct_url, &key, rate, seconds)?;
+        print("simulator alone", &direct);
+        let via = oha(&gateway_url, &key, rate, seconds)?;
+        print("through api-gateway", &via);
+        let direct_again = oha(&direct_url, &key, rate, seconds)?;
+        print("simulator alone (again)", &direct_again);
+        let base_p50 = (direct.p50_ms + direct_again.p50_ms) / 2.0;
+        let base_p99 = (direct.p99_ms + direct_again.p99_ms) / 2.0;
         println!();
-        println!("highest rate through the gateway before its p99 doubles (from {:.3} ms):", via.p99_ms);
-        let mut best = rate;
-        for step in [2, 3, 4, 6, 8, 10, 12, 16] {
-            let r = rate * step;
-            let m = oha(&gateway_url, &key, r, seconds.min(10))?;
-            print(&format!("through api-gateway ×{step}"), &m);
-            gateway_ok += m.requests;
-            let sustained = m.success >= 0.999 && m.achieved_rps >= f64::from(r) * 0.97 && m.p99_ms <= via.p99_ms * 2.0;
-            if !sustained {
+        println!(
+            "gateway  added p50 {:.3} ms   added p99 {:.3} ms   (target: added p99 ≤ 1 ms) at {rate} req/s",
+            via.p50_ms - base_p50,
+            via.p99_ms - base_p99
+        );
+
+        let mut gateway_ok: u64 = via.requests;
+        if find_max {
+            println!();
+            println!("highest rate through the gateway before its p99 doubles (from {:.3} ms):", via.p99_ms);
+            let mut best = rate;
+            for step in [2, 3, 4, 6, 8, 10, 12, 16] {
+                let r = rate * step;
+                let m = oha(&gateway_url, &key, r, seconds.min(10))?;
+                print(&format!("through api-gateway ×{step}"), &m);
+                gateway_ok += m.requests;
+                let sustained = m.success >= 0.999 && m.achieved_rps >= f64::from(r) * 0.97 && m.p99_ms <= via.p99_ms * 2.0;
+                if !sustained {
+                    break;
+                }
+                best = r;
+            }
+            println!("gateway  sustains {best} req/s on this machine with p99 within 2× of its {rate} req/s p99");
+        }
+
+        // Every answered call must become a row.
+        let warmup_calls =
+            u64::try_from(count(&analytics_url, "SELECT count(*) AS n FROM llm_logs").await.unwrap_or(0)).unwrap_or(0);
+        let started = Instant::now();
+        let mut rows = 0;
+        while started.elapsed() < Duration::from_secs(120) {
+            rows = count(&analytics_url, "SELECT count(*) AS n FROM llm_logs WHERE http_status = 200").await.unwrap_or(0);
+            if u64::try_from(rows).unwrap_or(0) >= gateway_ok {
                 break;
             }
-            best = r;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        println!("gateway  sustains {best} req/s on this machine with p99 within 2× of its {rate} req/s p99");
+        println!(
+            "logging  {rows} llm_logs rows for ≥ {gateway_ok} measured successful calls through the gateway (warm-up included: {warmup_calls} seen mid-way)"
+        );
+        drop(processes);
+        anyhow::Ok(())
     }
-
-    // Every answered call must become a row.
-    let warmup_calls =
-        u64::try_from(count(&analytics_url, "SELECT count(*) AS n FROM llm_logs").await.unwrap_or(0)).unwrap_or(0);
-    let started = Instant::now();
-    let mut rows = 0;
-    while started.elapsed() < Duration::from_secs(120) {
-        rows = count(&analytics_url, "SELECT count(*) AS n FROM llm_logs WHERE http_status = 200").await.unwrap_or(0);
-        if u64::try_from(rows).unwrap_or(0) >= gateway_ok {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    println!(
-        "logging  {rows} llm_logs rows for ≥ {gateway_ok} measured successful calls through the gateway (warm-up included: {warmup_calls} seen mid-way)"
-    );
-
-    drop(processes);
+    .await;
     std::fs::remove_dir_all(&spool_dir).ok();
     clear_redis(&prefix).await?;
     drop_database(&main_name).await?;
     drop_database(&analytics_name).await?;
-    Ok(())
+    outcome
 }
