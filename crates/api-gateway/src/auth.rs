@@ -16,6 +16,7 @@ use diesel_async::RunQueryDsl;
 use service_kit::AppError;
 use service_kit::auth::bearer_token;
 use service_kit::db::PgPool;
+use service_kit::request_log::Requester;
 use sha2::{Digest, Sha256};
 
 /// Who is calling: resolved from the API key.
@@ -24,6 +25,14 @@ pub struct Caller {
     pub api_key_id: ApiKeyId,
     pub company_id: CompanyId,
     pub user_id: Option<UserId>,
+}
+
+impl Caller {
+    /// Names the caller in `req`'s log record.
+    fn attached_to(self, req: &HttpRequest) -> Self {
+        Requester { company_id: Some(self.company_id.0), user_id: self.user_id.map(|u| u.0) }.attach(req);
+        self
+    }
 }
 
 const KEY_PREFIX: &str = "hh_";
@@ -51,7 +60,7 @@ impl Authenticator {
             .ok_or_else(|| AppError::unauthorized("missing API key: send it as \"Authorization: Bearer <key>\""))?;
         let digest = hash_key(key);
         if let Some(hit) = self.cached(&digest) {
-            return hit.ok_or_else(unknown_key);
+            return hit.map(|caller| caller.attached_to(req)).ok_or_else(unknown_key);
         }
         let mut conn = self.pool.get().await.map_err(|e| AppError::unavailable("the main database", e))?;
         let found: Option<(i64, i64, Option<i64>)> = api_keys::table
@@ -67,7 +76,7 @@ impl Authenticator {
             user_id: user.map(UserId),
         });
         self.remember(digest, caller);
-        caller.ok_or_else(unknown_key)
+        caller.map(|caller| caller.attached_to(req)).ok_or_else(unknown_key)
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Option<Caller>> {

@@ -14,7 +14,6 @@ pub mod logged;
 pub mod matches;
 pub mod metrics;
 pub mod page;
-pub mod request_log;
 pub mod settings;
 pub mod state;
 
@@ -24,12 +23,14 @@ use std::time::Duration;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, web};
 use anyhow::Context;
+use common_models::queue::SystemLogSink;
 use prometheus::Registry;
 use service_kit::AppError;
 use service_kit::checks::{Dependency, Readiness};
 use service_kit::probes::{self, Probes};
 use service_kit::redis::{ReplyTimeout, build_pool};
 use service_kit::request_id;
+use service_kit::request_log::{self, RequestLog};
 use service_kit::server::{ServerOptions, serve};
 use task_queue::{Keys, Producer, ProducerMetrics};
 use tokio::sync::watch;
@@ -90,6 +91,11 @@ pub async fn run(
             .with_context(|| format!("opening the CV file store at {}", settings.cvs.storage_dir.display()))?,
     );
     let events = events::EventHub::start(settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
+    let request_log = web::Data::new(RequestLog {
+        sink: Arc::new(SystemLogSink { component: "api-gateway", producer: producer.clone() }),
+        requests: metrics.http_requests.clone(),
+        duration: metrics.http_duration.clone(),
+    });
     let state = web::Data::new(AppState {
         events,
         files,
@@ -111,8 +117,9 @@ pub async fn run(
         App::new()
             .app_data(state.clone())
             .app_data(probes.clone())
+            .app_data(request_log.clone())
             .app_data(service_kit::error::json_config(max_body))
-            .wrap(from_fn(request_log::log_request))
+            .wrap(from_fn(request_log::log_requests))
             .wrap(from_fn(request_id::assign))
             .configure(llm::routes)
             .configure(jobs::routes)

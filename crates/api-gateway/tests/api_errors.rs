@@ -187,9 +187,9 @@ async fn a_huge_path_is_logged_cut_to_its_limit() -> anyhow::Result<()> {
         test_support::query_count(&stack.analytics_db.url, longest).await.ok().filter(|n| *n > 0)
     })
     .await?;
-    assert!(cut <= api_gateway::logged::MAX_PATH_BYTES as i64, "a {cut}-byte path was logged");
+    assert!(cut <= service_kit::request_log::MAX_PATH_BYTES as i64, "a {cut}-byte path was logged");
     let message = "SELECT max(octet_length(message))::bigint AS n FROM system_logs";
     let message = test_support::query_count(&stack.analytics_db.url, message).await?;
-    assert!(message <= api_gateway::logged::MAX_PATH_BYTES as i64 + 20, "a {message}-byte message was logged");
+    assert!(message <= service_kit::request_log::MAX_PATH_BYTES as i64 + 20, "a {message}-byte message was logged");
     stack.stop().await
 }

@@ -121,8 +121,12 @@ pub struct SystemLogEvent {
 /// their `created_at` from the producer, and it is half of the idempotency key: every
 /// write path must store exactly this value, so it holds no finer digits to round.
 pub fn event_time() -> DateTime<Utc> {
-    let now = Utc::now();
-    now.with_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
+    at_stored_precision(Utc::now())
+}
+
+/// `at` without the digits below a microsecond.
+pub fn at_stored_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.with_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap_or(at)
 }
 
 /// A new time-ordered event id (UUIDv7), so ids of one day sit together in indexes.

@@ -7,9 +7,11 @@
 //! - both read by the consumer group `llm-log-worker`, the only writer of the analytics
 //!   database.
 
-use task_queue::{DecodeError, Message, Task, decode_as};
+use service_kit::request_log::{RequestRecord, RequestSink};
+use task_queue::{DecodeError, Message, Producer, Task, decode_as};
 
-use crate::events::{LlmCallEvent, LogEvent, SystemLogEvent};
+use crate::events::{LlmCallEvent, LogEvent, SystemLogEvent, new_event_id};
+use crate::ids::{CompanyId, UserId};
 
 /// The consumer group of the analytics writer.
 pub const LOG_WORKER_GROUP: &str = "llm-log-worker";
@@ -47,6 +49,46 @@ impl Task for LlmCallEvent {
 impl Task for SystemLogEvent {
     const STREAM: &'static str = LogStream::SystemLogs.name();
     const TYPE_TAG: &'static str = "system_log.v1";
+}
+
+/// Sends each API request a service serves to `system_logs`, as a row of its component.
+pub struct SystemLogSink {
+    pub component: &'static str,
+    pub producer: Producer,
+}
+
+impl RequestSink for SystemLogSink {
+    fn record(&self, record: RequestRecord) {
+        self.producer.publish(&SystemLogEvent::for_request(self.component, record));
+    }
+}
+
+impl SystemLogEvent {
+    /// The row for one API request: 5xx are errors, 4xx warnings.
+    pub fn for_request(component: &str, r: RequestRecord) -> Self {
+        let (level, error_type) = match r.status {
+            500.. => ("error", Some("server_error".to_owned())),
+            400..=499 => ("warning", Some("client_error".to_owned())),
+            _ => ("info", None),
+        };
+        let created_at = chrono::DateTime::<chrono::Utc>::from(r.started_at);
+        Self {
+            event_id: new_event_id(),
+            created_at: crate::events::at_stored_precision(created_at),
+            level: level.to_owned(),
+            component: component.to_owned(),
+            message: format!("{} {} {}", r.method, r.path, r.status),
+            request_method: Some(r.method),
+            request_path: Some(r.path),
+            status_code: i16::try_from(r.status).ok(),
+            latency_ms: Some(r.elapsed.as_secs_f64() * 1000.0),
+            company_id: r.requester.company_id.map(CompanyId),
+            user_id: r.requester.user_id.map(UserId),
+            request_id: r.request_id,
+            error_type,
+            metadata: None,
+        }
+    }
 }
 
 /// What the log worker reads: either event, from either stream.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use service_kit::AppError;
 use service_kit::config::Secret;
+use service_kit::request_log::Requester;
 
 use crate::handler::Context;
 use crate::matching::{self, JobSpec, MatchSettings, Mode};
@@ -51,6 +52,7 @@ async fn match_route(
         service_kit::auth::require_admin(&req, &state.key, "INTERNAL_API_KEY")?;
     }
     let request = body.into_inner();
+    Requester { company_id: Some(request.company_id), user_id: None }.attach(&req);
     if request.limit == 0 || request.limit > MAX_LIMIT {
         return Err(AppError::bad_request("limit", "invalid_value", format!("`limit` must be 1 to {MAX_LIMIT}")));
     }

@@ -8,10 +8,11 @@
 //! `consumer.max_deliveries` times to processors that died) is failed with the reason.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common_models::cv::{CvJob, CvStatus, CvStatusEvent, ForgetCv, ProcessCv, events};
+use common_models::ids::CvId;
 use common_models::schema::main::cvs;
 use common_models::storage::FileStore;
 use diesel::prelude::*;
@@ -38,10 +39,22 @@ pub struct Context {
     pub metrics: ProcessorMetrics,
     pub embedder: CachedEmbedder,
     pub vectors: Arc<dyn VectorStore>,
+    /// How long a claim keeps another task for the same CV waiting (a run that died
+    /// holds its CV no longer than this).
+    pub claim_lease: Duration,
 }
 
 pub struct CvHandler {
     pub ctx: Arc<Context>,
+    /// The CV this loop claimed and has not finished: a retry of its task claims it
+    /// again whatever the lease says.
+    pub holding: Option<CvId>,
+}
+
+impl CvHandler {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx, holding: None }
+    }
 }
 
 impl BatchHandler<CvJob> for CvHandler {
@@ -49,7 +62,11 @@ impl BatchHandler<CvJob> for CvHandler {
         let mut handled = Handled::default();
         for delivery in batch {
             let done = match &delivery.message {
-                CvJob::Process(task) => self.ctx.process(task).await?,
+                CvJob::Process(task) => {
+                    let done = self.ctx.process(task, &mut self.holding).await?;
+                    self.holding = None;
+                    done
+                }
                 CvJob::Forget(task) => self.ctx.forget(task).await?,
             };
             if !done {
@@ -64,7 +81,7 @@ impl BatchHandler<CvJob> for CvHandler {
     async fn dead_lettered(&mut self, message: &CvJob, reason: &str, detail: &str) {
         let CvJob::Process(task) = message else { return };
         let why = if reason == "delivery_limit" {
-            "processing was interrupted too many times without finishing; the file may be too hard to read".to_owned()
+            crate::sweep::INTERRUPTED.to_owned()
         } else {
             format!("the file could not be processed after several attempts ({detail})")
         };
@@ -123,12 +140,15 @@ fn summary(facts: &Facts, sections: &[structure::Section]) -> String {
 }
 
 impl Context {
-    /// Processes one CV; `false` when it was already finished or deleted.
-    pub async fn process(&self, task: &ProcessCv) -> Result<bool, HandlerError> {
-        if self.claim(task).await?.is_none() {
+    /// Processes one CV; `false` when it was already finished or deleted. `holding`:
+    /// the CV this loop claimed and did not finish (its own claim does not keep a retry
+    /// out); set here once the claim is made.
+    pub async fn process(&self, task: &ProcessCv, holding: &mut Option<CvId>) -> Result<bool, HandlerError> {
+        if !self.claim(task, *holding == Some(task.cv_id)).await? {
             self.metrics.already_done.inc();
             return Ok(false);
         }
+        *holding = Some(task.cv_id);
         self.emit(task, CvStatus::Processing, None).await;
 
         let started = Instant::now();
@@ -220,38 +240,50 @@ impl Context {
         self.metrics.stage_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
     }
 
-    /// Marks the CV processing (a redelivery after a crash claims it again); `None`
-    /// when it is finished or gone.
-    async fn claim(&self, task: &ProcessCv) -> Result<Option<i32>, HandlerError> {
+    /// Marks the CV processing; `false` when it is finished or gone. A CV another run
+    /// claimed within the lease is a transient refusal: the task waits (backing off)
+    /// until that run has finished it (then `false`) or its claim lapses, as the claim
+    /// of a run that died does (then this run takes it over).
+    async fn claim(&self, task: &ProcessCv, retry: bool) -> Result<bool, HandlerError> {
+        // A claim made before `lease_ends` has lapsed; for a retry, every claim has.
+        let lease_ends = if retry { Utc::now() + self.claim_lease } else { Utc::now() - self.claim_lease };
         let mut conn = self.db.get().await.map_err(transient)?;
         let target = cvs::table.filter(
-            cvs::id
-                .eq(task.cv_id.0)
-                .and(cvs::company_id.eq(task.company_id.0))
-                .and(cvs::status.eq_any([CvStatus::Queued.as_str(), CvStatus::Processing.as_str()])),
+            owned(task).and(
+                cvs::status
+                    .eq(CvStatus::Queued.as_str())
+                    .or(cvs::status.eq(CvStatus::Processing.as_str()).and(cvs::updated_at.lt(lease_ends))),
+            ),
         );
-        diesel::update(target)
+        let claimed = diesel::update(target)
             .set((
                 cvs::status.eq(CvStatus::Processing.as_str()),
                 cvs::attempts.eq(cvs::attempts + 1),
                 cvs::updated_at.eq(diesel::dsl::now),
             ))
-            .returning(cvs::attempts)
-            .get_result(&mut conn)
+            .execute(&mut conn)
             .await
-            .optional()
-            .map_err(transient)
+            .map_err(transient)?;
+        if claimed == 1 {
+            return Ok(true);
+        }
+        // Rare (a duplicate task, or a restart reading its own pending entry at once):
+        // one more statement tells a finished CV from one held by another run.
+        let status: Option<String> =
+            cvs::table.filter(owned(task)).select(cvs::status).first(&mut conn).await.optional().map_err(transient)?;
+        if status.as_deref() == Some(CvStatus::Processing.as_str()) {
+            return Err(HandlerError::Transient(format!(
+                "CV {} is claimed by another run; waiting for it to finish or for its claim to lapse",
+                task.cv_id
+            )));
+        }
+        Ok(false)
     }
 
     pub async fn record_failed(&self, task: &ProcessCv, reason: &str) -> Result<(), HandlerError> {
         let mut conn = self.db.get().await.map_err(transient)?;
         // Queued too: a task dead-lettered for its deliveries may never have been claimed.
-        let target = cvs::table.filter(
-            cvs::id
-                .eq(task.cv_id.0)
-                .and(cvs::company_id.eq(task.company_id.0))
-                .and(cvs::status.eq_any([CvStatus::Queued.as_str(), CvStatus::Processing.as_str()])),
-        );
+        let target = cvs::table.filter(owned(task).and(cvs::status.eq_any(UNFINISHED)));
         diesel::update(target)
             .set((
                 cvs::status.eq(CvStatus::Failed.as_str()),
@@ -279,9 +311,7 @@ impl Context {
         let facts = serde_json::to_value(&structured.facts).map_err(|e| HandlerError::Rejected(e.to_string()))?;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let mut conn = self.db.get().await.map_err(transient)?;
-        let target = cvs::table.filter(
-            cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0)).and(cvs::status.eq("processing")),
-        );
+        let target = cvs::table.filter(owned(task).and(cvs::status.eq(CvStatus::Processing.as_str())));
         let updated = diesel::update(target)
             .set((
                 cvs::status.eq(CvStatus::Processed.as_str()),
@@ -306,7 +336,7 @@ impl Context {
         Ok(true)
     }
 
-    async fn emit(&self, task: &ProcessCv, status: CvStatus, failure_reason: Option<String>) {
+    pub(crate) async fn emit(&self, task: &ProcessCv, status: CvStatus, failure_reason: Option<String>) {
         let event = CvStatusEvent {
             cv_id: task.cv_id,
             company_id: task.company_id,
@@ -319,6 +349,14 @@ impl Context {
             tracing::warn!(cv_id = %task.cv_id, error = %err, "a CV status event could not be published");
         }
     }
+}
+
+/// Statuses of a CV still to finish.
+const UNFINISHED: [&str; 2] = [CvStatus::Queued.as_str(), CvStatus::Processing.as_str()];
+
+/// The task's CV row (of the task's company).
+fn owned(task: &ProcessCv) -> diesel::dsl::And<diesel::dsl::Eq<cvs::id, i64>, diesel::dsl::Eq<cvs::company_id, i64>> {
+    cvs::id.eq(task.cv_id.0).and(cvs::company_id.eq(task.company_id.0))
 }
 
 fn store_error(err: anyhow::Error) -> HandlerError {

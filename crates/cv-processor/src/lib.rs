@@ -17,21 +17,26 @@ pub mod metrics;
 pub mod sandbox;
 pub mod settings;
 pub mod structure;
+pub mod sweep;
 pub mod vectors;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::middleware::from_fn;
 use actix_web::{App, web};
 use anyhow::Context as _;
 use common_models::cv::CvJob;
+use common_models::queue::SystemLogSink;
 use common_models::storage::LocalFileStore;
 use prometheus::Registry;
 use service_kit::checks::{Dependency, Readiness};
 use service_kit::probes::{self, Probes};
 use service_kit::redis::{ReplyTimeout, build_pool};
+use service_kit::request_id;
+use service_kit::request_log::{self, RequestLog};
 use service_kit::server::{ServerOptions, serve};
-use task_queue::{Consumer, ConsumerMetrics, Keys};
+use task_queue::{Consumer, ConsumerMetrics, Keys, Producer, ProducerMetrics};
 use tokio::sync::watch;
 
 use crate::handler::{Context, CvHandler};
@@ -50,6 +55,7 @@ pub async fn run(
     let registry = Registry::new_custom(Some("headhunter_cv_processor".into()), None)?;
     let metrics = ProcessorMetrics::register(&registry)?;
     let queue_metrics = ConsumerMetrics::register(&registry)?;
+    let producer_metrics = ProducerMetrics::register(&registry)?;
     // No verifying round trip per checkout: every main-DB statement a CV costs counts
     // (a dropped connection fails one statement, which is retried).
     let db = service_kit::db::build_pool_with(
@@ -61,6 +67,17 @@ pub async fn run(
     // Readers block in XREADGROUP: one connection per loop, plus heartbeat, events and probe.
     let redis = build_pool(settings.redis.url.expose(), settings.consumer.concurrency + 4, ReplyTimeout::Never)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
+    let (producer, producer_task) = {
+        // Its own pool, with a reply timeout: a stalled Redis sends the events to the
+        // spool (or the drop count) instead of holding them.
+        let producer_redis = build_pool(settings.redis.url.expose(), 2, ReplyTimeout::After(Duration::from_secs(1)))?;
+        Producer::start(producer_redis, keys.clone(), settings.producer.clone(), producer_metrics).await?
+    };
+    let request_log = web::Data::new(RequestLog {
+        sink: Arc::new(SystemLogSink { component: "cv-processor", producer: producer.clone() }),
+        requests: metrics.http_requests.clone(),
+        duration: metrics.http_duration.clone(),
+    });
     let files = Arc::new(
         LocalFileStore::open(&settings.files.storage_dir)
             .with_context(|| format!("opening the file store at {}", settings.files.storage_dir.display()))?,
@@ -72,16 +89,12 @@ pub async fn run(
         Some(cache_client::CacheClient::new(&settings.embedding.cache_url, settings.embedding.cache_timeout)?)
     };
     let embedder = embed::CachedEmbedder { model, cache, batch_size: settings.embedding.batch_size };
-    let (dir, dimension) = (settings.vectors.dir.clone(), embedder.model.dimension());
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || vectors::EdgeStore::open(&dir, dimension))
-            .await?
-            .with_context(|| format!("opening the vector store in {}", settings.vectors.dir.display()))?,
-    );
-    tracing::info!(model = embedder.model.model_id(), dimension, vectors = %settings.vectors.dir.display(), "models and vectors ready");
+    let dimension = embedder.model.dimension();
+    let (store, edge) = vectors::open(&settings.vectors, dimension).await?;
+    tracing::info!(model = embedder.model.model_id(), dimension, embedded = edge.is_some(), "models and vectors ready");
     let ctx = Arc::new(Context {
         embedder,
-        vectors: store.clone(),
+        vectors: store,
         db: db.clone(),
         redis: redis.clone(),
         key_prefix: keys.prefix().to_owned(),
@@ -89,6 +102,7 @@ pub async fn run(
         sandbox: settings.sandbox.clone(),
         chunk_words: settings.chunk_words,
         metrics,
+        claim_lease: settings.consumer.reclaim_idle / 2,
     });
 
     let api_state = web::Data::new(api::ApiState {
@@ -111,17 +125,27 @@ pub async fn run(
         App::new()
             .app_data(probes.clone())
             .app_data(api_state.clone())
+            .app_data(request_log.clone())
             .app_data(service_kit::error::json_config(1 << 20))
+            .wrap(from_fn(request_log::log_requests))
+            .wrap(from_fn(request_id::assign))
             .configure(probes::routes)
             .configure(api::routes)
     })?;
     let server = tokio::spawn(server);
-    let optimizer = tokio::spawn(keep_index_built(store, settings.vectors.optimize_interval, shutdown.clone()));
+    // The embedded engine has no background optimiser; a server has its own.
+    let optimizer =
+        edge.map(|edge| tokio::spawn(keep_index_built(edge, settings.vectors.optimize_interval, shutdown.clone())));
+    let sweeper = tokio::spawn(sweep::keep_sweeping(ctx.clone(), producer, settings.sweep.clone(), shutdown.clone()));
 
     let consumer = Consumer::<CvJob>::new(redis, keys, settings.consumer.clone(), queue_metrics);
-    let result = consumer.run(|_| CvHandler { ctx: ctx.clone() }, shutdown).await;
-    drop(optimizer.await);
+    let result = consumer.run(|_| CvHandler::new(ctx.clone()), shutdown).await;
+    if let Some(optimizer) = optimizer {
+        drop(optimizer.await);
+    }
+    drop(sweeper.await);
     drop(server.await);
+    producer_task.shutdown().await;
     tracing::info!("cv-processor stopped");
     result
 }

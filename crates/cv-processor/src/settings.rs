@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use common_models::cv::CV_PROCESSOR_GROUP;
 use serde::Deserialize;
 use service_kit::config::{DatabaseSection, LoggingSection, RedisSection, ServerSection};
-use task_queue::ConsumerConfig;
+use task_queue::{ConsumerConfig, ProducerConfig};
 
 use crate::embed::EmbeddingSettings;
 use crate::matching::MatchSettings;
 use crate::sandbox::SandboxConfig;
+use crate::sweep::SweepSettings;
 
 /// The documented defaults, embedded.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -25,17 +26,26 @@ pub struct ProcessorSettings {
     pub files: FilesSection,
     pub sandbox: SandboxConfig,
     pub consumer: ConsumerConfig,
+    /// Sends the service's request log to `system_logs`.
+    pub producer: ProducerConfig,
     pub chunk_words: usize,
     pub embedding: EmbeddingSettings,
     pub vectors: VectorsSection,
     pub matching: MatchSettings,
+    pub sweep: SweepSettings,
     /// Guards the internal matching route; empty: unguarded.
     pub internal_api_key: service_kit::config::Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VectorsSection {
+    /// The embedded engine's directory (when `url` is empty).
     pub dir: PathBuf,
+    /// A Qdrant server's gRPC address (`QDRANT_URL`); empty: the embedded engine.
+    pub url: String,
+    pub api_key: service_kit::config::Secret,
+    /// The server's collection.
+    pub collection: String,
     #[serde(deserialize_with = "service_kit::config::duration")]
     pub optimize_interval: std::time::Duration,
 }
@@ -61,12 +71,18 @@ impl ProcessorSettings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.consumer.validate()?;
+        self.producer.validate()?;
         anyhow::ensure!(self.chunk_words >= 8, "chunk_words must be at least 8");
         anyhow::ensure!(self.sandbox.memory >= 64 << 20, "sandbox.memory must be at least 64MiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
         anyhow::ensure!(self.embedding.batch_size >= 1, "embedding.batch_size must be at least 1");
         anyhow::ensure!((1..=10_000).contains(&self.matching.pool), "matching.pool must be 1 to 10000");
         anyhow::ensure!(self.matching.rrf_k >= 0.0, "matching.rrf_k must not be negative");
+        anyhow::ensure!(self.sweep.batch >= 1, "sweep.batch must be at least 1");
+        anyhow::ensure!(
+            self.sweep.stale_after > self.sandbox.wall,
+            "sweep.stale_after must be longer than sandbox.wall (a CV that slow is not stuck)"
+        );
         Ok(())
     }
 }

@@ -74,12 +74,6 @@ fn ndcg_at(k: usize, ranked: &[u32], all: &[u32]) -> f64 {
     dcg(ranked) / dcg(&ideal)
 }
 
-async fn processor_metric(stack: &CvStack, line_prefix: &str) -> f64 {
-    let url = stack.processor_url.clone().unwrap();
-    let text = stack.http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.starts_with(line_prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 #[tokio::test]
 async fn on_the_labelled_set_true_candidates_rank_first_and_the_hybrid_is_reported_beside_dense_and_bm25() {
     let stack = CvStack::start(true).await.unwrap();
@@ -173,8 +167,8 @@ async fn the_same_cv_under_three_names_scores_the_same_and_costs_the_model_once(
     let computed = "headhunter_cv_processor_embeddings_total{source=\"computed\"}";
     let hits = "headhunter_cv_processor_embeddings_total{source=\"cache_hit\"}";
     let first = upload_all(&stack, &key, &[("emily.txt".to_owned(), renamed(&base, "Emily Walsh"))]).await;
-    let computed_once = processor_metric(&stack, computed).await;
-    let hits_before = processor_metric(&stack, hits).await;
+    let computed_once = stack.processor_metric(computed).await;
+    let hits_before = stack.processor_metric(hits).await;
     let (_, cv) = stack.get(&key, &format!("/api/v1/cvs/{}", first["emily.txt"])).await.unwrap();
     let chunks = cv["chunk_count"].as_f64().unwrap();
     let more = upload_all(
@@ -186,8 +180,8 @@ async fn the_same_cv_under_three_names_scores_the_same_and_costs_the_model_once(
         ],
     )
     .await;
-    assert_eq!(processor_metric(&stack, computed).await, computed_once, "the renamed copies ran the model");
-    assert_eq!(processor_metric(&stack, hits).await - hits_before, 2.0 * chunks);
+    assert_eq!(stack.processor_metric(computed).await, computed_once, "the renamed copies ran the model");
+    assert_eq!(stack.processor_metric(hits).await - hits_before, 2.0 * chunks);
 
     let variants = [first["emily.txt"], more["lakisha.txt"], more["nguyen.txt"]];
     for job in labelled_jobs() {
@@ -212,7 +206,7 @@ async fn a_cv_uploaded_again_or_by_another_company_costs_no_model_calls() {
     let cv = labelled_cvs().into_iter().find(|(n, _)| n.starts_with("20_")).unwrap();
     let first = upload_all(&stack, &key, std::slice::from_ref(&cv)).await;
     let computed = "headhunter_cv_processor_embeddings_total{source=\"computed\"}";
-    let before = processor_metric(&stack, computed).await;
+    let before = stack.processor_metric(computed).await;
     assert!(before > 0.0);
 
     // Deleted and uploaded again: a new CV, processed again, from the cache.
@@ -221,7 +215,7 @@ async fn a_cv_uploaded_again_or_by_another_company_costs_no_model_calls() {
     let again = upload_all(&stack, &key, std::slice::from_ref(&cv)).await;
     assert_ne!(again[&cv.0], first[&cv.0]);
     upload_all(&stack, &other, std::slice::from_ref(&cv)).await;
-    assert_eq!(processor_metric(&stack, computed).await, before, "a known text ran the model again");
+    assert_eq!(stack.processor_metric(computed).await, before, "a known text ran the model again");
     stack.stop().await.unwrap();
 }
 
@@ -288,6 +282,25 @@ async fn matches_stay_inside_the_company_and_follow_changes_to_the_job() {
     let (status, err) = stack.get(&acme, &format!("/api/v1/jobs/{acme_job}/matches?mode=magic")).await.unwrap();
     assert_eq!((status, err["error"]["param"].as_str()), (400, Some("mode")));
     let _ = second_job;
+
+    // Both services logged their side of the match to system_logs, naming the company.
+    let logged = test_support::wait_for(Duration::from_secs(10), "the match requests in system_logs", || async {
+        let entries = stack.redis.stream_payloads(&stack.redis.key("system_logs")).await.ok()?;
+        let of = |component: &str, path: &str| {
+            entries
+                .iter()
+                .find(|e| e["component"] == component && e["request_path"].as_str().is_some_and(|p| p.ends_with(path)))
+                .cloned()
+        };
+        Some((of("api-gateway", "/matches")?, of("cv-processor", "/internal/v1/match")?))
+    })
+    .await
+    .unwrap();
+    let (gateway, processor) = logged;
+    assert_eq!((gateway["status_code"].as_i64(), processor["status_code"].as_i64()), (Some(200), Some(200)));
+    assert!(gateway["company_id"].is_i64(), "{gateway}");
+    assert_eq!(processor["company_id"], gateway["company_id"], "{processor}");
+    assert_eq!(processor["level"], "info");
     tokio::time::sleep(Duration::from_millis(10)).await;
     stack.stop().await.unwrap();
 }

@@ -496,3 +496,90 @@ async fn a_cv_whose_processing_keeps_failing_is_failed_and_dead_lettered_with_it
     assert!(detail.contains("extractor could not be run"), "{:?}", letters.ids[0].map);
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cv_whose_task_was_lost_is_queued_again_by_the_sweep_and_one_interrupted_too_often_fails() {
+    let mut stack = CvStack::start(false).await.unwrap();
+    let key = stack.company("Acme").await.unwrap();
+    let cv =
+        |name: &str| format!("{name}\nExperience\nBackend Engineer, Foo 2019 - Present\nSkills\nRust").into_bytes();
+    let (status, body) =
+        stack.upload(&key, &[("lost.txt", cv("Ada Lost")), ("stuck.txt", cv("Bo Stuck"))]).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let [lost, stuck] = ids(&body)[..] else { panic!("{body}") };
+    // The queue Redis lost both tasks (a crash before its AOF caught up); one CV had been
+    // claimed three times by runs that died.
+    test_support::wait_for(Duration::from_secs(10), "both tasks on the stream", || async {
+        (stack.redis.xlen(&stack.redis.key("cv_jobs")).await.ok()? == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut redis = stack.redis.connection().await.unwrap();
+    let _: () = redis::cmd("DEL").arg(stack.redis.key("cv_jobs")).query_async(&mut redis).await.unwrap();
+    let mut conn = stack.db.connect().await.unwrap();
+    diesel::sql_query(format!(
+        "UPDATE cvs SET updated_at = now() - interval '1 hour', \
+         status = CASE WHEN id = {stuck} THEN 'processing' ELSE status END, \
+         attempts = CASE WHEN id = {stuck} THEN 3 ELSE attempts END"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    stack
+        .start_processor_with(|s| {
+            s.sweep.interval = Duration::from_millis(200);
+            s.sweep.stale_after = Duration::from_secs(60);
+        })
+        .await
+        .unwrap();
+    let done = stack.wait_done(&key, lost).await.unwrap();
+    assert_eq!(done["status"], "processed", "{done}");
+    let failed = stack.wait_done(&key, stuck).await.unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["failure_reason"].as_str().unwrap().contains("interrupted too many times"), "{failed}");
+    assert_eq!(stack.processor_metric("headhunter_cv_processor_requeued_total").await, 1.0);
+
+    // Nothing is stale any more: later rounds queue nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(stack.processor_metric("headhunter_cv_processor_requeued_total").await, 1.0);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_for_a_cv_another_run_holds_waits_for_that_run_or_for_its_claim_to_lapse() {
+    let mut stack = CvStack::start(false).await.unwrap();
+    let key = stack.company("Acme").await.unwrap();
+    let cv = |name: &str| format!("{name}\nExperience\nNurse, Ward 2018 - Present\nSkills\nTriage").into_bytes();
+    let (_, body) = stack.upload(&key, &[("a.txt", cv("Ann Held")), ("b.txt", cv("Ben Held"))]).await.unwrap();
+    let [finished, abandoned] = ids(&body)[..] else { panic!("{body}") };
+    // Other runs claimed both a moment ago (duplicate tasks raced these).
+    let mut conn = stack.db.connect().await.unwrap();
+    diesel::sql_query("UPDATE cvs SET status = 'processing', attempts = 1, updated_at = now()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Claims last half of reclaim_idle: 4 s.
+    stack.start_processor_with(|s| s.consumer.reclaim_idle = Duration::from_secs(8)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in [finished, abandoned] {
+        let (_, cv) = stack.get(&key, &format!("/api/v1/cvs/{id}")).await.unwrap();
+        assert_eq!((cv["status"].as_str(), cv["attempts"].as_i64()), (Some("processing"), Some(1)), "ran twice: {cv}");
+    }
+    // One of those runs finishes its CV: the waiting task is acknowledged without a run.
+    diesel::sql_query(format!("UPDATE cvs SET status = 'processed', processed_at = now() WHERE id = {finished}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    test_support::wait_for(Duration::from_secs(30), "the finished CV's task to be acknowledged", || async {
+        (stack.processor_metric("headhunter_cv_processor_already_done_total").await == 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let (_, cv) = stack.get(&key, &format!("/api/v1/cvs/{finished}")).await.unwrap();
+    assert_eq!(cv["attempts"], 1, "{cv}");
+    // The other run died: once its claim lapses, this one takes the CV over.
+    let done = stack.wait_done(&key, abandoned).await.unwrap();
+    assert_eq!((done["status"].as_str(), done["attempts"].as_i64()), (Some("processed"), Some(2)), "{done}");
+    stack.stop().await.unwrap();
+}

@@ -1,13 +1,14 @@
 //! What every headhunter service shares, so that no service writes it again:
 //! configuration loading and the shared sections, typed durations, sizes and secrets,
 //! telemetry (structured logs, the shutdown signal, the `healthcheck` subcommand), metric
-//! declarations, Redis and PostgreSQL pools; with the `http` feature, the one error type,
-//! request ids, dependency checks and probe endpoints, admin authentication, limited body
+//! declarations, Redis and PostgreSQL pools, request records; with the `http` feature, the one error type,
+//! request ids, the request-log middleware, dependency checks and probe endpoints, admin authentication, limited body
 //! reading and server start-up.
 
 pub mod config;
 pub mod metrics;
 pub mod redis;
+pub mod request_log;
 pub mod telemetry;
 
 #[cfg(feature = "postgres")]

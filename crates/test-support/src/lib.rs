@@ -27,7 +27,8 @@ pub use redis_server::RedisServer;
 pub use service::Service;
 pub use test_redis::{TestRedis, redis_url, unsettled_entries};
 
-fn unique_suffix() -> String {
+/// A short random tag for names a test makes (prefixes, databases, collections).
+pub fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 

@@ -41,6 +41,18 @@ impl TestRedis {
         Ok(redis::cmd("XLEN").arg(key).query_async(&mut self.connection().await?).await?)
     }
 
+    /// The JSON payloads of the stream `key` (a full key), oldest first.
+    pub async fn stream_payloads(&self, key: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut self.connection().await?).await?;
+        Ok(reply
+            .ids
+            .iter()
+            .filter_map(|entry| entry.get::<Vec<u8>>("payload"))
+            .filter_map(|payload| serde_json::from_slice(&payload).ok())
+            .collect())
+    }
+
     /// The test leaves entries pending or undelivered on purpose: do not fail it for that.
     pub fn leaves_work_behind(&self) {
         self.leaves_work.store(true, Ordering::Relaxed);

@@ -8,7 +8,7 @@ pub mod request;
 pub mod stream;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use common_models::events::LlmErrorType;
 
 use service_kit::request_id::RequestId;
@@ -31,7 +31,6 @@ async fn chat_completions(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let caller = state.auth.authenticate(&req).await?;
-    req.extensions_mut().insert(caller);
     let body = service_kit::body::read_limited(&req, payload, state.settings.max_body_bytes).await?;
     let chat = ChatRequest::parse(body, state.settings.max_tokens_cap)?;
     let context = CallContext::from_headers(&req)?;

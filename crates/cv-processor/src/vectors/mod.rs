@@ -1,10 +1,20 @@
-//! Where chunk vectors live: one trait, so the embedded engine (`qdrant-edge`, data in
-//! a local directory, the default) and a Qdrant server can stand behind the same calls.
+//! Where chunk vectors live: one trait, so the embedded engine ([`EdgeStore`],
+//! `qdrant-edge`, data in a local directory, the default) and a Qdrant server
+//! ([`ServerStore`], when `QDRANT_URL` is set) stand behind the same calls.
 //! A point is one chunk of one CV: its id is derived from (CV, chunk), so redoing a CV
 //! overwrites rather than duplicates, and its payload carries company, CV, chunk,
 //! section and the (masked) text shown as evidence. Every point has a dense vector
 //! (the embedding model's) and a sparse BM25 vector (term frequencies; the IDF is the
 //! engine's, over the whole collection).
+//!
+//! The stores rank chunks by one kind of vector at a time; fusing the two rankings is
+//! `matching`'s: it ranks CVs, not chunks (a CV's place in each list is its best
+//! chunk's), and it shows each list's evidence, which a fused chunk list from the
+//! engine's own RRF would not give back.
+
+pub mod server;
+
+pub use server::ServerStore;
 
 use std::future::Future;
 use std::path::Path;
@@ -25,8 +35,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + S
 
 /// Chunks a CV may have (point ids are `cv * MAX_CHUNKS + chunk`).
 pub const MAX_CHUNKS: usize = 4096;
-const DENSE: &str = "dense";
-const SPARSE: &str = "bm25";
+pub(crate) const DENSE: &str = "dense";
+pub(crate) const SPARSE: &str = "bm25";
 
 /// One chunk, ready to store.
 #[derive(Debug, Clone)]
@@ -54,6 +64,28 @@ pub enum Ranking {
     Dense,
     /// BM25 of the words.
     Keywords,
+}
+
+/// Opens the configured store: the server when `settings.url` is set, else the
+/// embedded engine in `settings.dir` (returned as well: it needs [`EdgeStore::optimize`]
+/// now and then).
+pub async fn open(
+    settings: &crate::settings::VectorsSection,
+    dimension: usize,
+) -> anyhow::Result<(Arc<dyn VectorStore>, Option<Arc<EdgeStore>>)> {
+    if settings.url.trim().is_empty() {
+        let dir = settings.dir.clone();
+        let edge = Arc::new(
+            tokio::task::spawn_blocking(move || EdgeStore::open(&dir, dimension))
+                .await?
+                .with_context(|| format!("opening the vector store in {}", settings.dir.display()))?,
+        );
+        Ok((edge.clone(), Some(edge)))
+    } else {
+        let server =
+            ServerStore::connect(&settings.url, settings.api_key.expose(), &settings.collection, dimension).await?;
+        Ok((Arc::new(server), None))
+    }
 }
 
 /// Vector storage for CV chunks.
@@ -138,8 +170,13 @@ fn scope(company: i64, cv: Option<i64>) -> Filter {
     filter
 }
 
+/// A chunk's point id: one per (CV, chunk), so a redo overwrites.
+pub(crate) fn point_number(cv: i64, chunk: usize) -> u64 {
+    u64::try_from(cv).unwrap_or(0) * MAX_CHUNKS as u64 + chunk as u64
+}
+
 fn point_id(cv: i64, chunk: usize) -> PointId {
-    PointId::NumId(u64::try_from(cv).unwrap_or(0) * MAX_CHUNKS as u64 + chunk as u64)
+    PointId::NumId(point_number(cv, chunk))
 }
 
 impl VectorStore for EdgeStore {

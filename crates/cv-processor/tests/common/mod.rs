@@ -225,6 +225,16 @@ impl CvStack {
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
 
+    /// The sum of the running processor's samples whose line starts with `line_prefix`.
+    pub async fn processor_metric(&self, line_prefix: &str) -> f64 {
+        let url = self.processor_url.clone().unwrap();
+        let text = self.http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until the CV is `processed` or `failed`; returns it.
     pub async fn wait_done(&self, key: &str, id: i64) -> anyhow::Result<Value> {
         test_support::wait_for(Duration::from_secs(60), &format!("CV {id} to finish"), || async {
