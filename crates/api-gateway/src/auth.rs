@@ -1,4 +1,4 @@
-//! API key authentication. Keys look like `hh_<43 base62-ish chars>`; only their
+//! API key authentication. Keys look like `hh_<40 base62 chars>`; only their
 //! SHA-256 digest is stored. A validated key is trusted for `auth_cache_ttl_secs`
 //! without asking the main database again, so authentication costs a hash and a map
 //! look-up on the hot path; unknown keys are remembered briefly too, so a client
@@ -36,28 +36,36 @@ impl Caller {
 }
 
 const KEY_PREFIX: &str = "hh_";
-/// Cache entries beyond this are cleared wholesale (a crude bound, enough for keys).
-const CACHE_LIMIT: usize = 100_000;
+/// Characters after the prefix in every key the gateway issues.
+const KEY_BODY_LEN: usize = 40;
+/// Known keys remembered; when full, the oldest entries go first (by expiry sweep, then
+/// wholesale if every entry is fresh).
+const KNOWN_LIMIT: usize = 100_000;
+/// Unknown keys remembered, apart from the known ones: a flood of random keys fills
+/// only this and never pushes a good key out.
+const UNKNOWN_LIMIT: usize = 20_000;
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
-
-/// Key digest → the caller it resolved to (`None`: unknown key) and when.
-type KeyCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
 
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
-    cache: RwLock<KeyCache>,
+    known: RwLock<HashMap<[u8; 32], (Caller, Instant)>>,
+    unknown: RwLock<HashMap<[u8; 32], Instant>>,
 }
 
 impl Authenticator {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: RwLock::new(HashMap::new()) }
+        Self { pool, ttl, known: RwLock::new(HashMap::new()), unknown: RwLock::new(HashMap::new()) }
     }
 
-    /// Resolves the request's bearer key, or 401.
+    /// Resolves the request's bearer key, or 401. A key not shaped like the ones issued
+    /// here is refused without a database query.
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, AppError> {
         let key = bearer_token(req)
             .ok_or_else(|| AppError::unauthorized("missing API key: send it as \"Authorization: Bearer <key>\""))?;
+        if !well_formed(key) {
+            return Err(unknown_key());
+        }
         let digest = hash_key(key);
         if let Some(hit) = self.cached(&digest) {
             return hit.map(|caller| caller.attached_to(req)).ok_or_else(unknown_key);
@@ -79,21 +87,51 @@ impl Authenticator {
         caller.map(|caller| caller.attached_to(req)).ok_or_else(unknown_key)
     }
 
+    /// `Some(Some(_))` a known key, `Some(None)` a key known to be unknown, `None` not
+    /// remembered (or expired).
     fn cached(&self, digest: &[u8; 32]) -> Option<Option<Caller>> {
-        let cache = self.cache.read().ok()?;
-        let (caller, at) = cache.get(digest)?;
-        let ttl = if caller.is_some() { self.ttl } else { NEGATIVE_TTL };
-        (at.elapsed() < ttl).then_some(*caller)
+        if let Some((caller, at)) = self.known.read().ok()?.get(digest)
+            && at.elapsed() < self.ttl
+        {
+            return Some(Some(*caller));
+        }
+        let unknown = self.unknown.read().ok()?;
+        unknown.get(digest).filter(|at| at.elapsed() < NEGATIVE_TTL).map(|_| None)
     }
 
     fn remember(&self, digest: [u8; 32], caller: Option<Caller>) {
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
+        match caller {
+            Some(caller) => {
+                if let Ok(mut known) = self.known.write() {
+                    make_room(&mut known, KNOWN_LIMIT, |(_, at)| at.elapsed() < self.ttl);
+                    known.insert(digest, (caller, Instant::now()));
+                }
             }
-            cache.insert(digest, (caller, Instant::now()));
+            None => {
+                if let Ok(mut unknown) = self.unknown.write() {
+                    make_room(&mut unknown, UNKNOWN_LIMIT, |at| at.elapsed() < NEGATIVE_TTL);
+                    unknown.insert(digest, Instant::now());
+                }
+            }
         }
     }
+}
+
+/// Drops expired entries when `map` is full; if all are fresh, empties it.
+fn make_room<V>(map: &mut HashMap<[u8; 32], V>, limit: usize, fresh: impl Fn(&V) -> bool) {
+    if map.len() >= limit {
+        map.retain(|_, v| fresh(v));
+        if map.len() >= limit {
+            map.clear();
+        }
+    }
+}
+
+/// Shaped like a key issued here: the prefix and 40 letters or digits.
+fn well_formed(key: &str) -> bool {
+    key.len() == KEY_PREFIX.len() + KEY_BODY_LEN
+        && key.starts_with(KEY_PREFIX)
+        && key.bytes().skip(KEY_PREFIX.len()).all(|b| b.is_ascii_alphanumeric())
 }
 
 fn unknown_key() -> AppError {
@@ -107,7 +145,7 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 /// A new random key: (the key, its display prefix, its digest).
 pub fn generate_key() -> anyhow::Result<(String, String, [u8; 32])> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut random = [0u8; 40];
+    let mut random = [0u8; KEY_BODY_LEN];
     getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     // 40 bytes mapped onto 62 symbols: ~238 bits, the slight modulo bias is irrelevant here.
     let body: String = random.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
@@ -128,6 +166,12 @@ mod tests {
         let (b, _, _) = generate_key().unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("hh_") && a.len() == 43);
+        assert!(well_formed(&a));
+        for bad in
+            ["", "hh_", "sk-abc", &a[..42], &format!("{a}x"), &a.replacen('h', "H", 1), &a.replace(&a[5..6], "-")]
+        {
+            assert!(!well_formed(bad), "{bad:?}");
+        }
         assert!(a.starts_with(&prefix));
         assert_eq!(hash_key(&a), digest);
     }

@@ -138,7 +138,7 @@ async fn database_failures_keep_driver_text_out_of_the_answer_and_in_the_log() -
     let http = reqwest::Client::new();
     let chat = |request_id: &'static str| {
         http.post(format!("{}/v1/chat/completions", gateway.url))
-            .bearer_auth("hh_a-key-never-seen-before")
+            .bearer_auth("hh_AkeyNeverSeenBefore0123456789abcdefghijk")
             .header("x-request-id", request_id)
             .json(&chat_body(false))
     };
@@ -191,5 +191,34 @@ async fn a_huge_path_is_logged_cut_to_its_limit() -> anyhow::Result<()> {
     let message = "SELECT max(octet_length(message))::bigint AS n FROM system_logs";
     let message = test_support::query_count(&stack.analytics_db.url, message).await?;
     assert!(message <= service_kit::request_log::MAX_PATH_BYTES as i64 + 20, "a {message}-byte message was logged");
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_keys_are_refused_before_the_database_and_made_up_methods_share_one_series() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    // The main database stops taking connections: a key of the wrong shape is still a
+    // plain 401 (no query was needed), while a well-formed unknown key needs the database.
+    stack.main_db.set_accepting_connections(false).await?;
+    for malformed in [
+        "hh_short",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+        "hh_with-dashes-and-other-marks-in-it-xxxxxx",
+    ] {
+        let res = stack.chat(malformed, &chat_body(false)).send().await?;
+        assert_eq!(res.status(), 401, "{malformed}");
+    }
+    let res = stack.chat(&format!("hh_{}", "Unknown0".repeat(5)), &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 503);
+    stack.main_db.set_accepting_connections(true).await?;
+
+    let http = reqwest::Client::new();
+    for method in ["FOO1", "FOO2", "FOO3"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        http.request(method, format!("{}/no/such/path", stack.url)).send().await?;
+    }
+    let metrics = stack.metrics().await?;
+    assert!(!metrics.contains("FOO"), "a made-up method became a label");
+    assert!(metrics.contains("method=\"other\""), "made-up methods are not counted as other");
     stack.stop().await
 }

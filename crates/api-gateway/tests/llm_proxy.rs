@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> anyhow::Result<()> {
@@ -111,17 +111,60 @@ async fn upstream_errors_are_relayed_and_logged_with_their_type() -> anyhow::Res
     let body = res.bytes().await?;
     assert_eq!(body.as_ref(), stack.sim.last_answer().as_slice());
 
+    // The upstream refusing the gateway itself: its own words (which can name the
+    // operator's organisation or key) stay in the log; the client gets ours.
     stack.sim.configure(|b| b.fail_with_status = Some(429));
     let res = stack.chat(&key, &chat_body(true)).send().await?;
     assert_eq!(res.status(), 429);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["type"], "upstream_rate_limited");
+    assert!(!body.to_string().contains("simulated failure"), "{body}");
+    stack.sim.configure(|b| b.fail_with_status = Some(401));
+    let res = stack.chat(&key, &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["type"], "upstream_auth_error");
+    assert!(!body.to_string().contains("simulated failure"), "{body}");
 
-    stack.wait_llm_rows(2).await?;
+    stack.wait_llm_rows(3).await?;
     let rows = llm_rows(&stack.analytics_db).await?;
     assert_eq!(rows[0].error_type.as_deref(), Some("upstream_server_error"));
     assert_eq!(rows[0].http_status, Some(503));
     assert_eq!(rows[1].error_type.as_deref(), Some("upstream_client_error"));
     assert_eq!(rows[1].http_status, Some(429));
+    assert_eq!(rows[2].http_status, Some(401));
+    let mut conn = stack.analytics_db.connect().await?;
+    let messages: Vec<Option<String>> = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct Message {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            error_message: Option<String>,
+        }
+        diesel::sql_query("SELECT error_message FROM llm_logs ORDER BY created_at")
+            .load::<Message>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|m| m.error_message)
+            .collect()
+    };
+    assert!(messages[2].as_deref().is_some_and(|m| m.contains("simulated failure")), "{messages:?}");
     assert!(rows.iter().all(|r| !r.usage_reported && r.cost.is_none()));
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_logged_name_is_dropped_not_the_row() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (_, key) = stack.create_company("Nul Ltd").await?;
+    let mut body = chat_body(false);
+    body["model"] = json!("gpt-4o-mini\u{0}-nul");
+    let res = stack.chat(&key, &body).send().await?;
+    assert!(res.status().is_success(), "{}", res.status());
+    stack.wait_llm_rows(1).await?;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows[0].model.as_deref(), Some("gpt-4o-mini-nul"));
     stack.stop().await
 }
 

@@ -44,9 +44,22 @@ pub trait RequestSink: Send + Sync + 'static {
     fn record(&self, record: RequestRecord);
 }
 
+/// The methods counted by name; any other is counted as `other`, so made-up methods
+/// cannot create metric series.
+pub const KNOWN_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// `method` as a metric label: itself if known, else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 /// `text`, cut to at most `max` bytes at a character boundary, ending with `…` when
-/// something was cut.
+/// something was cut. NUL characters are dropped: PostgreSQL text cannot hold them, and
+/// a row carrying one would be refused.
 pub fn cut(text: &str, max: usize) -> String {
+    if text.contains('\0') {
+        return cut(&text.replace('\0', ""), max);
+    }
     if text.len() <= max {
         return text.to_owned();
     }
@@ -94,7 +107,7 @@ mod http {
     ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
         let started = std::time::Instant::now();
         let started_at = SystemTime::now();
-        let method = req.method().to_string();
+        let method = cut(req.method().as_str(), 16);
         let path = cut(req.path(), MAX_PATH_BYTES);
         let log = req.app_data::<web::Data<RequestLog>>().cloned();
 
@@ -104,7 +117,7 @@ mod http {
         let status = res.status().as_u16();
         let elapsed = started.elapsed();
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-        log.requests.with_label_values(&[method.as_str(), &route, &status.to_string()]).inc();
+        log.requests.with_label_values(&[method_label(&method), &route, &status.to_string()]).inc();
         log.duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
         if PROBE_PATHS.contains(&path.as_str()) {
             return Ok(res);
@@ -132,5 +145,12 @@ mod tests {
         assert_eq!(cut("short", 10), "short");
         let cut_path = cut(&format!("/{}", "é".repeat(40_000)), MAX_PATH_BYTES);
         assert!(cut_path.len() <= MAX_PATH_BYTES && cut_path.ends_with('…'), "{}", cut_path.len());
+        assert_eq!(cut("chatcmpl-\0abc\0", 200), "chatcmpl-abc");
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!((method_label("FOO1"), method_label("FOO2")), ("other", "other"));
     }
 }

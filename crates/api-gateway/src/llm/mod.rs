@@ -80,6 +80,10 @@ async fn chat_completions(
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type =
         response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| actix_web::http::header::HeaderValue::from_bytes(v.as_bytes()).ok());
 
     if streaming && status.is_success() {
         if let Some(record) = guard.record() {
@@ -120,11 +124,39 @@ async fn chat_completions(
         }
     }
     guard.finish();
+    if let Some(shown) = upstream_refusal(status, retry_after) {
+        return Ok(shown);
+    }
     let mut out = HttpResponse::build(status);
     if let Some(ct) = content_type {
         out.content_type(ct);
     }
     Ok(out.body(bytes))
+}
+
+/// What the client sees when the upstream refused the gateway itself (its key: 401 or
+/// 403; its rate: 429). The upstream's own words can name the operator's organisation
+/// or the end of its key, so they go to the log row only; `Retry-After` is passed on.
+fn upstream_refusal(
+    status: StatusCode,
+    retry_after: Option<actix_web::http::header::HeaderValue>,
+) -> Option<HttpResponse> {
+    let (shown, kind, message) = match status.as_u16() {
+        401 | 403 => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_auth_error",
+            "the upstream LLM refused the gateway's credentials; the operator has to correct them",
+        ),
+        429 => {
+            (StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited", "the upstream LLM is rate limiting; retry later")
+        }
+        _ => return None,
+    };
+    let mut out = HttpResponse::build(shown);
+    if let Some(value) = retry_after {
+        out.insert_header((actix_web::http::header::RETRY_AFTER, value));
+    }
+    Some(out.json(serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})))
 }
 
 /// The upstream gave no answer at all: log it, and tell the client 504 or 502.
