@@ -39,8 +39,16 @@ pub struct GatewaySettings {
     /// Largest accepted request body.
     #[serde(deserialize_with = "bytes")]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive (408 beyond).
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
     /// Largest accepted `max_tokens` / `max_completion_tokens`.
     pub max_tokens_cap: u64,
+    /// Largest accepted `n` (choices a call asks for; each is billed).
+    pub max_choices: u64,
+    /// Largest upstream answer (not streamed) relayed; beyond it the call fails with 502.
+    #[serde(deserialize_with = "bytes")]
+    pub max_upstream_response_bytes: usize,
     /// cache-service for the LLM results cache; empty: no cache.
     pub cache_url: String,
     /// A cache slower than this is a miss.
@@ -96,6 +104,9 @@ impl GatewaySettings {
             "llm_base_url must be an http(s) URL"
         );
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1KiB");
+        anyhow::ensure!(self.max_choices >= 1, "max_choices must be at least 1");
+        anyhow::ensure!(!self.body_timeout.is_zero(), "body_timeout must be longer than 0");
+        anyhow::ensure!(self.max_upstream_response_bytes >= 1024, "max_upstream_response_bytes must be at least 1KiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
         anyhow::ensure!(self.cvs.max_files >= 1, "cvs.max_files must be at least 1");
         anyhow::ensure!(self.cvs.max_file_bytes >= 1, "cvs.max_file_bytes must be at least 1 byte");

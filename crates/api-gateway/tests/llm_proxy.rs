@@ -275,3 +275,42 @@ async fn a_repeated_deterministic_request_is_answered_from_the_cache() -> anyhow
     assert_eq!(i64::try_from(counted)?, upstream, "{metrics}");
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_answer_is_a_502_and_a_slow_body_a_408() -> anyhow::Result<()> {
+    let stack = Stack::start(Options {
+        tweak: Box::new(|s| {
+            s.max_upstream_response_bytes = 2048;
+            s.body_timeout = Duration::from_secs(1);
+        }),
+        ..Options::default()
+    })
+    .await?;
+    let (_, key) = stack.create_company("Limits GmbH").await?;
+    let res = stack.chat(&key, &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 200, "a small answer is relayed");
+    stack.sim.configure(|b| b.answer_pieces = 2000);
+    let res = stack.chat(&key, &chat_body(false)).send().await?;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "upstream_response_too_large");
+    stack.wait_llm_rows(2).await?;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert_eq!(rows[1].error_type.as_deref(), Some("upstream_protocol_error"));
+
+    // A client that declares a body and trickles it: 408 once body_timeout passes.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = stack.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
+    );
+    socket.write_all(head.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    stack.stop().await
+}

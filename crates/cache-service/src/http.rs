@@ -116,8 +116,10 @@ async fn read_limited(
     limit: usize,
     param: &'static str,
 ) -> Result<Bytes, AppError> {
-    service_kit::body::read_limited(req, payload, limit).await.map_err(|e| match e {
+    let deadline = service_kit::body::DEFAULT_DEADLINE;
+    service_kit::body::read_limited(req, payload, limit, deadline).await.map_err(|e| match e {
         service_kit::body::BodyError::TooLarge { limit } => AppError::too_large(Some(param), limit),
+        slow @ service_kit::body::BodyError::TooSlow { .. } => AppError::from(slow),
         other => AppError::bad_request(param, "invalid_body", other.to_string()),
     })
 }

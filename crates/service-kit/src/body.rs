@@ -12,11 +12,29 @@ pub enum BodyError {
     TooLarge { limit: usize },
     #[error("could not read the body: {0}")]
     Unreadable(String),
+    #[error("the body did not arrive within {after:?}")]
+    TooSlow { after: std::time::Duration },
 }
 
-/// Reads a request body of at most `limit` bytes. A declared `Content-Length` over the
-/// limit is refused before anything is read; a streamed body is counted as it comes.
-pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
+/// How long a whole body may take to arrive unless a service says otherwise: a client
+/// trickling bytes would otherwise hold a connection and a buffer for ever.
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes, all of it within `deadline`. A
+/// declared `Content-Length` over the limit is refused before anything is read; a
+/// streamed body is counted as it comes.
+pub async fn read_limited(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    tokio::time::timeout(deadline, read(req, payload, limit))
+        .await
+        .unwrap_or(Err(BodyError::TooSlow { after: deadline }))
+}
+
+async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     NotFound,
     /// 405.
     MethodNotAllowed,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
     /// 413: over a documented size limit.
     PayloadTooLarge,
     /// 502: an upstream could not be reached or broke its answer.
@@ -47,6 +49,7 @@ impl ErrorKind {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -58,7 +61,9 @@ impl ErrorKind {
     /// The `type` of the JSON body.
     pub fn type_name(self) -> &'static str {
         match self {
-            Self::BadRequest | Self::PayloadTooLarge | Self::MethodNotAllowed => "invalid_request_error",
+            Self::BadRequest | Self::PayloadTooLarge | Self::MethodNotAllowed | Self::RequestTimeout => {
+                "invalid_request_error"
+            }
             Self::Unauthorized => "authentication_error",
             Self::Forbidden => "permission_error",
             Self::NotFound => "not_found_error",
@@ -217,6 +222,11 @@ impl From<crate::body::BodyError> for AppError {
     fn from(err: crate::body::BodyError) -> Self {
         match err {
             crate::body::BodyError::TooLarge { limit } => Self::too_large(None, limit),
+            crate::body::BodyError::TooSlow { after } => Self::new(
+                ErrorKind::RequestTimeout,
+                format!("the request body did not arrive within {} s", after.as_secs_f64()),
+            )
+            .with_code("body_timeout"),
             crate::body::BodyError::Unreadable(detail) => {
                 Self::bad_body("invalid_body", format!("could not read the request body: {detail}"))
             }

@@ -31,8 +31,9 @@ async fn chat_completions(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let caller = state.auth.authenticate(&req).await?;
-    let body = service_kit::body::read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    let chat = ChatRequest::parse(body, state.settings.max_tokens_cap)?;
+    let settings = &state.settings;
+    let body = service_kit::body::read_limited(&req, payload, settings.max_body_bytes, settings.body_timeout).await?;
+    let chat = ChatRequest::parse(body, settings.max_tokens_cap, settings.max_choices)?;
     let context = CallContext::from_headers(&req)?;
     let request_id = RequestId::of(&req).unwrap_or_default();
 
@@ -97,8 +98,22 @@ async fn chat_completions(
             .streaming(relayed));
     }
 
-    let bytes = match response.bytes().await {
-        Ok(b) => b,
+    let bytes = match read_capped(response, state.settings.max_upstream_response_bytes).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            let limit = state.settings.max_upstream_response_bytes;
+            if let Some(record) = guard.record() {
+                record.http_status = Some(status.as_u16());
+                record
+                    .fail(LlmErrorType::UpstreamProtocolError, format!("the upstream's answer exceeded {limit} bytes"));
+            }
+            guard.finish();
+            return Err(AppError::new(
+                ErrorKind::BadGateway,
+                "the upstream LLM's answer was larger than the gateway relays",
+            )
+            .with_code("upstream_response_too_large"));
+        }
         Err(err) => return Err(upstream_failure(&mut guard, &err)),
     };
     let answer: Option<AnswerView> = serde_json::from_slice(&bytes).ok();
@@ -132,6 +147,22 @@ async fn chat_completions(
         out.content_type(ct);
     }
     Ok(out.body(bytes))
+}
+
+/// The upstream's whole answer, or `None` once it passes `limit` bytes (the rest is
+/// not read).
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// What the client sees when the upstream refused the gateway itself (its key: 401 or

@@ -57,7 +57,7 @@ fn is_json_string(v: &RawValue) -> bool {
 }
 
 impl ChatRequest {
-    pub fn parse(body: bytes::Bytes, max_tokens_cap: u64) -> Result<Self, AppError> {
+    pub fn parse(body: bytes::Bytes, max_tokens_cap: u64, max_choices: u64) -> Result<Self, AppError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') {
             // Valid JSON or not, anything but an object is the wrong shape.
@@ -125,6 +125,17 @@ impl ChatRequest {
             && !opts.starts_with('{')
         {
             return Err(AppError::bad_request("stream_options", "invalid_type", "`stream_options` must be an object"));
+        }
+        match view.n.map(RawValue::get) {
+            None | Some("null") => {}
+            Some(v) if v.parse::<u64>().is_ok_and(|n| (1..=max_choices).contains(&n)) => {}
+            Some(_) => {
+                return Err(AppError::bad_request(
+                    "n",
+                    "invalid_value",
+                    format!("`n` must be an integer between 1 and {max_choices}"),
+                ));
+            }
         }
         let temperature_zero = view.temperature.and_then(|t| t.get().parse::<f64>().ok()) == Some(0.0);
         let one_choice = view.n.is_none_or(|n| matches!(n.get(), "1" | "null"));
@@ -237,7 +248,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let p = |body: &str| ChatRequest::parse(bytes::Bytes::from(body.to_owned()), 100).err().and_then(param_of);
+        let p = |body: &str| ChatRequest::parse(bytes::Bytes::from(body.to_owned()), 100, 4).err().and_then(param_of);
         assert_eq!(p(r#"{"messages":[{"role":"user","content":"hi"}]}"#), Some("model".into()));
         assert_eq!(p(r#"{"model":"m"}"#), Some("messages".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"content":"x"}]}"#), Some("messages[0].role".into()));
@@ -247,6 +258,12 @@ mod tests {
         assert_eq!(p(r#"{"model":7,"messages":[{"role":"user"}]}"#), Some("model".into()));
         assert_eq!(p(r#"{"model":"m","messages":{"role":"user"}}"#), Some("messages".into()));
         assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#), Some("max_tokens".into()));
+        // Each choice is billed: n is capped (4 here).
+        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"n":5}"#), Some("n".into()));
+        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"n":0}"#), Some("n".into()));
+        assert_eq!(p(r#"{"model":"m","messages":[{"role":"user"}],"n":"2"}"#), Some("n".into()));
+        let four = r#"{"model":"m","messages":[{"role":"user"}],"n":4}"#;
+        assert!(ChatRequest::parse(bytes::Bytes::from_static(four.as_bytes()), 100, 4).is_ok());
         assert_eq!(
             p(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":1}"#),
             Some("stream_options".into())
@@ -255,7 +272,7 @@ mod tests {
 
     #[test]
     fn only_temperature_zero_single_choice_plain_requests_are_cacheable() -> Result<(), AppError> {
-        let parse = |b: &'static str| ChatRequest::parse(bytes::Bytes::from_static(b.as_bytes()), 10);
+        let parse = |b: &'static str| ChatRequest::parse(bytes::Bytes::from_static(b.as_bytes()), 10, 4);
         assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0}"#)?.deterministic);
         assert!(parse(r#"{"model":"m","messages":[{"role":"user"}],"temperature":0.0,"n":1}"#)?.deterministic);
         assert!(!parse(r#"{"model":"m","messages":[{"role":"user"}]}"#)?.deterministic);
@@ -277,7 +294,7 @@ mod tests {
     #[test]
     fn plain_requests_are_forwarded_byte_for_byte() -> Result<(), AppError> {
         let raw = br#"{ "model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0 }"#;
-        let req = ChatRequest::parse(bytes::Bytes::from_static(raw), 10)?;
+        let req = ChatRequest::parse(bytes::Bytes::from_static(raw), 10, 4)?;
         assert!(!req.stream);
         assert_eq!(req.upstream_body()?.as_ref(), raw);
         Ok(())
@@ -288,6 +305,7 @@ mod tests {
         let req = ChatRequest::parse(
             bytes::Bytes::from_static(br#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#),
             10,
+            4,
         )?;
         assert!(req.stream);
         let body: Value = serde_json::from_slice(&req.upstream_body()?).map_err(AppError::internal)?;
