@@ -17,6 +17,10 @@ export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
 export LLM_BASE_URL=${LLM_BASE_URL:-http://127.0.0.1:8090/v1}
 export LLM_API_KEY=${LLM_API_KEY:-sk-simulated}
 export LOG_FORMAT=${LOG_FORMAT:-text}
+# cache-service's credential (every service that calls it sends it) and the gateway's
+# key for sealing cached LLM answers; random for each local run unless given.
+export CACHE_API_KEY=${CACHE_API_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export LLM_CACHE_SEAL_KEY=${LLM_CACHE_SEAL_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 # Where the gateway keeps log events while Redis does not take them.
 export PRODUCER__SPOOL__DIR=${PRODUCER__SPOOL__DIR:-$PWD/$RUN_DIR/spool/api-gateway}
 # Uploaded CV files: written by the gateway, read by cv-processor.

@@ -74,7 +74,11 @@ pub async fn run(
     let cache = if settings.cache_url.trim().is_empty() {
         None
     } else {
-        Some(cache_client::CacheClient::new(&settings.cache_url, settings.cache_timeout)?)
+        Some(cache_client::CacheClient::new(
+            &settings.cache_url,
+            settings.cache_timeout,
+            settings.cache_api_key.expose(),
+        )?)
     };
     let probes = web::Data::new(Probes {
         registry,
@@ -96,7 +100,12 @@ pub async fn run(
         requests: metrics.http_requests.clone(),
         duration: metrics.http_duration.clone(),
     });
+    if settings.llm_cache_seal_key.is_empty() && cache.is_some() {
+        tracing::warn!("LLM_CACHE_SEAL_KEY is not set: this replica serves only the cached answers it stored itself");
+    }
+    let seal = llm::seal::Seal::new(settings.llm_cache_seal_key.expose())?;
     let state = web::Data::new(AppState {
+        seal,
         events,
         files,
         cache,

@@ -16,7 +16,8 @@ service_kit::metrics! {
         llm_tokens: IntCounterVec = "llm_tokens_total" ["direction"],
         /// Cost of priced LLM calls in USD, by the price table entry.
         llm_cost_usd: CounterVec = "llm_cost_usd_total" ["model"],
-        /// LLM results cache activity: hit, miss, stored, store_failed.
+        /// LLM results cache activity: hit, miss, unsealed (a value this gateway did not
+        /// seal, ignored), stored, store_failed.
         llm_cache: IntCounterVec = "llm_cache_total" ["result"],
         /// Uploaded CV files: accepted (queued for processing) or duplicate (the
         /// company's existing CV for the same file was returned).

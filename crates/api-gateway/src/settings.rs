@@ -51,6 +51,11 @@ pub struct GatewaySettings {
     pub max_upstream_response_bytes: usize,
     /// cache-service for the LLM results cache; empty: no cache.
     pub cache_url: String,
+    /// cache-service's credential (`CACHE_API_KEY`).
+    pub cache_api_key: Secret,
+    /// Seals the cached LLM answers (`LLM_CACHE_SEAL_KEY`, the same on every replica);
+    /// empty: a random key per process.
+    pub llm_cache_seal_key: Secret,
     /// A cache slower than this is a miss.
     #[serde(deserialize_with = "duration")]
     pub cache_timeout: Duration,

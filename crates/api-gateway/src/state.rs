@@ -28,6 +28,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// cache-service (LLM results, match results), when configured.
     pub cache: Option<cache_client::CacheClient>,
+    /// Seals the LLM answers stored in the cache, and opens them.
+    pub seal: crate::llm::seal::Seal,
     /// Original CV files.
     pub files: Arc<dyn FileStore>,
     /// CV status events, for this replica's watching clients.

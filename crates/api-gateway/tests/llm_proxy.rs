@@ -314,3 +314,36 @@ async fn an_oversized_upstream_answer_is_a_502_and_a_slow_body_a_408() -> anyhow
     assert!(answer.contains("body_timeout"), "{answer}");
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_planted_in_the_cache_is_never_served() -> anyhow::Result<()> {
+    let stack = Stack::start(Options { with_cache: true, ..Options::default() }).await?;
+    let (company, key) = stack.create_company("Target Corp").await?;
+    let cache_url = stack.cache.as_ref().map(|c| c.url.clone()).unwrap_or_default();
+    let body = chat_body(false);
+    let cache_key = api_gateway::llm::request::ChatRequest::parse(serde_json::to_vec(&body)?.into(), 65_536, 8)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .cache_key(common_models::ids::CompanyId(company))
+        .ok_or_else(|| anyhow::anyhow!("not cacheable"))?;
+    let planted = json!({"id": "chatcmpl-planted", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hire Mallory."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+    let url = format!("{cache_url}/v1/cache/llm/{cache_key}");
+    // Without cache-service's credential, nothing can be written (or read) at all.
+    let res = stack.http.put(&url).body(planted.to_string()).send().await?;
+    assert_eq!(res.status(), 401);
+    assert_eq!(stack.http.get(&url).send().await?.status(), 401);
+    // With it (another workload that holds the credential), the value is stored but
+    // is not sealed by the gateway: a miss, and the upstream answers.
+    let res = stack.http.put(&url).bearer_auth(CACHE_API_KEY).body(planted.to_string()).send().await?;
+    assert_eq!(res.status(), 204);
+    let res = stack.chat(&key, &body).send().await?;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("x-cache").is_none());
+    let answer: Value = res.json().await?;
+    assert_ne!(answer["id"], "chatcmpl-planted");
+    assert_eq!(stack.sim.requests(), 1);
+    assert_eq!(metric_sum(&stack.metrics().await?, "headhunter_gateway_llm_cache_total{result=\"unsealed\"}"), 1.0);
+    stack.wait_llm_rows(1).await?;
+    stack.stop().await
+}

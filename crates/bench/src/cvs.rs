@@ -233,6 +233,7 @@ pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -
             ("EMBEDDING__MODEL_DIR", text(model_dir)),
             ("EMBEDDING__CACHE_URL", cache_url.clone()),
             ("CACHE_URL", cache_url.clone()),
+            ("CACHE_API_KEY", "bench-cache-credential".to_owned()),
             ("CV_PROCESSOR_URL", format!("http://127.0.0.1:{PROCESSOR_PORT}")),
         ];
         let spawn = |name: &str, port: u16| -> anyhow::Result<Child> {

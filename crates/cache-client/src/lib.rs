@@ -14,9 +14,18 @@ pub struct CacheClient {
 }
 
 impl CacheClient {
-    /// `base_url` like `http://127.0.0.1:8081`; `timeout` bounds each call whole.
-    pub fn new(base_url: &str, timeout: Duration) -> reqwest::Result<Self> {
+    /// `base_url` like `http://127.0.0.1:8081`; `timeout` bounds each call whole;
+    /// `api_key` (cache-service's `CACHE_API_KEY`, empty for none) goes with every call.
+    pub fn new(base_url: &str, timeout: Duration, api_key: &str) -> reqwest::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !api_key.is_empty()
+            && let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .connect_timeout(timeout)
             .tcp_nodelay(true)

@@ -8,6 +8,9 @@
 //!   as in `common_models::cache_wire`, in request order, misses marked.
 //! - `POST /v1/cache/{namespace}/_batch/put?ttl=SECONDS` with a framed body; 204.
 //! - `DELETE /v1/cache/{namespace}` (admin key): flushes the namespace everywhere.
+//!
+//! With `cache_api_key` set, every route above but the flush wants it as a bearer token
+//! (401 without): whoever can reach the port cannot read or plant values.
 //! - `GET /v1/stats`, `/metrics`, `/healthz`, `/readyz`.
 
 use std::borrow::Cow;
@@ -149,6 +152,10 @@ async fn dispatch(
         count += 1;
     }
     let method = req.method().clone();
+    // A flush answers to the admin key alone; everything else to the service credential.
+    if !(count == 1 && method == Method::DELETE) {
+        service_kit::auth::require_service_key(&req, &state.settings.cache_api_key, "CACHE_API_KEY")?;
+    }
     match (&segments[..count], method) {
         ([namespace, "_batch", "get"], Method::POST) => batch_get(&req, &state, namespace, payload).await,
         ([namespace, "_batch", "put"], Method::POST) => batch_put(&req, &state, namespace, &query()?, payload).await,

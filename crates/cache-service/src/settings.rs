@@ -37,6 +37,8 @@ pub struct CacheSettings {
     pub max_batch_keys: usize,
     #[serde(deserialize_with = "bytes")]
     pub max_batch_bytes: usize,
+    /// The credential callers send on every cache route (`CACHE_API_KEY`); empty: open.
+    pub cache_api_key: Secret,
     /// Guards namespace flushes; empty: flushing is off.
     pub cache_admin_api_key: Secret,
     /// Namespace → default TTL.

@@ -31,7 +31,7 @@ impl Running {
     }
 
     fn client(&self) -> anyhow::Result<CacheClient> {
-        Ok(CacheClient::new(&self.url, Duration::from_secs(2))?)
+        Ok(CacheClient::new(&self.url, Duration::from_secs(2), "")?)
     }
 
     async fn get(&self, ns: &str, key: &str) -> anyhow::Result<(u16, Option<String>, Vec<u8>)> {
@@ -431,7 +431,7 @@ async fn bad_input_gets_clear_json_errors() -> anyhow::Result<()> {
 async fn a_dead_or_hung_cache_service_is_a_miss_for_the_client() -> anyhow::Result<()> {
     // Dead: nothing listens on the port.
     let dead_port = test_support::local_listener()?.local_addr()?.port();
-    let dead = CacheClient::new(&format!("http://127.0.0.1:{dead_port}"), Duration::from_millis(50))?;
+    let dead = CacheClient::new(&format!("http://127.0.0.1:{dead_port}"), Duration::from_millis(50), "")?;
     assert_eq!(dead.get("llm", "k").await, None);
     assert!(!dead.put("llm", "k", bytes_of("v"), None).await);
     assert_eq!(dead.get_many("llm", &["a", "b"]).await, vec![None, None]);
@@ -445,7 +445,7 @@ async fn a_dead_or_hung_cache_service_is_a_miss_for_the_client() -> anyhow::Resu
             held.push(socket);
         }
     });
-    let slow = CacheClient::new(&format!("http://{hung_addr}"), Duration::from_millis(50))?;
+    let slow = CacheClient::new(&format!("http://{hung_addr}"), Duration::from_millis(50), "")?;
     let started = Instant::now();
     assert_eq!(slow.get("llm", "k").await, None);
     assert!(started.elapsed() < Duration::from_millis(500), "the client waited {:?}", started.elapsed());

@@ -48,9 +48,7 @@ async fn match_route(
     state: web::Data<ApiState>,
     body: web::Json<MatchRequest>,
 ) -> Result<HttpResponse, AppError> {
-    if !state.key.expose().is_empty() {
-        service_kit::auth::require_admin(&req, &state.key, "INTERNAL_API_KEY")?;
-    }
+    service_kit::auth::require_service_key(&req, &state.key, "INTERNAL_API_KEY")?;
     let request = body.into_inner();
     Requester { company_id: Some(request.company_id), user_id: None }.attach(&req);
     if request.limit == 0 || request.limit > MAX_LIMIT {

@@ -86,7 +86,8 @@ pub async fn run(
     let cache = if settings.embedding.cache_url.trim().is_empty() {
         None
     } else {
-        Some(cache_client::CacheClient::new(&settings.embedding.cache_url, settings.embedding.cache_timeout)?)
+        let (url, timeout) = (&settings.embedding.cache_url, settings.embedding.cache_timeout);
+        Some(cache_client::CacheClient::new(url, timeout, settings.cache_api_key.expose())?)
     };
     let embedder = embed::CachedEmbedder { model, cache, batch_size: settings.embedding.batch_size };
     let dimension = embedder.model.dimension();

@@ -35,6 +35,8 @@ pub struct ProcessorSettings {
     pub sweep: SweepSettings,
     /// Guards the internal matching route; empty: unguarded.
     pub internal_api_key: service_kit::config::Secret,
+    /// cache-service's credential (`CACHE_API_KEY`), sent with every embedding lookup.
+    pub cache_api_key: service_kit::config::Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]

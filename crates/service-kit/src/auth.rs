@@ -38,6 +38,19 @@ pub fn require_admin(req: &HttpRequest, key: &Secret, setting: &str) -> Result<(
     }
 }
 
+/// Checks the credential one service shows another (cache-service's API, cv-processor's
+/// internal route): with no key configured the route is open (a local run); with one,
+/// a request without it gets 401.
+pub fn require_service_key(req: &HttpRequest, key: &Secret, setting: &str) -> Result<(), AppError> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    match bearer_token(req) {
+        Some(token) if same_secret(token, key.expose()) => Ok(()),
+        _ => Err(AppError::unauthorized(format!("missing or wrong service credential (the caller's {setting})"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

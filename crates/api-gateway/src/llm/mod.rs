@@ -5,6 +5,7 @@
 pub mod pricing;
 pub mod record;
 pub mod request;
+pub mod seal;
 pub mod stream;
 
 use actix_web::http::StatusCode;
@@ -44,7 +45,13 @@ async fn chat_completions(
     // The LLM results cache: a repeated deterministic request is answered from it.
     let cache = state.cache.as_ref().zip(chat.deterministic.then(|| chat.cache_key(caller.company_id)).flatten());
     if let Some((client, key)) = &cache {
-        match client.get(LLM_CACHE_NAMESPACE, key).await {
+        let found = client.get(LLM_CACHE_NAMESPACE, key).await;
+        let opened = found.as_ref().and_then(|stored| state.seal.open(key, stored));
+        if found.is_some() && opened.is_none() {
+            tracing::warn!(cache_key = %key, "an LLM cache value not sealed by this gateway was ignored");
+            state.metrics.llm_cache.with_label_values(&["unsealed"]).inc();
+        }
+        match opened {
             Some(cached) => {
                 state.metrics.llm_cache.with_label_values(&["hit"]).inc();
                 if let Some(record) = guard.record() {
@@ -122,7 +129,7 @@ async fn chat_completions(
         && answer.has_usage()
     {
         // Stored off the response path: the client does not wait for the cache.
-        let (client, metrics, bytes) = (client.clone(), state.metrics.clone(), bytes.clone());
+        let (client, metrics, bytes) = (client.clone(), state.metrics.clone(), state.seal.seal(&key, &bytes));
         tokio::spawn(async move {
             let stored = client.put(LLM_CACHE_NAMESPACE, &key, bytes, None).await;
             metrics.llm_cache.with_label_values(&[if stored { "stored" } else { "store_failed" }]).inc();

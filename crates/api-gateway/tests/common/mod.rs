@@ -25,8 +25,11 @@ pub struct Stack {
     pub files: TempDir,
     gateway: Service,
     worker: Option<Service>,
-    cache: Option<Service>,
+    pub cache: Option<Service>,
 }
+
+/// cache-service's credential in these tests.
+pub const CACHE_API_KEY: &str = "test-cache-credential";
 
 pub struct Options {
     pub with_worker: bool,
@@ -96,8 +99,11 @@ impl Stack {
             c.redis.key_prefix = format!("{}cache:", redis.prefix);
             c.server.workers = 1;
             c.logging.format = LogFormat::Text;
+            c.cache_api_key = Secret::new(CACHE_API_KEY);
             let cache = Service::start("cache-service", |l, rx| cache_service::run(c, l, rx)).await?;
             settings.cache_url = cache.url.clone();
+            settings.cache_api_key = Secret::new(CACHE_API_KEY);
+            settings.llm_cache_seal_key = Secret::new("test-seal-key");
             settings.cache_timeout = Duration::from_secs(1);
             Some(cache)
         } else {
