@@ -5,7 +5,8 @@
 //! retrying a bad key cannot turn into database load.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::net::IpAddr;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
@@ -46,21 +47,82 @@ const KNOWN_LIMIT: usize = 100_000;
 const UNKNOWN_LIMIT: usize = 20_000;
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// Client addresses whose failed authentications are counted; when full, expired
+/// windows go first.
+const THROTTLE_LIMIT: usize = 100_000;
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
     known: RwLock<HashMap<[u8; 32], (Caller, Instant)>>,
     unknown: RwLock<HashMap<[u8; 32], Instant>>,
+    /// Failed authentications allowed per client address a minute (0: no limit).
+    max_failures: u32,
+    /// Client address → failures in the window and when the window began.
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl Authenticator {
-    pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, known: RwLock::new(HashMap::new()), unknown: RwLock::new(HashMap::new()) }
+    pub fn new(pool: PgPool, ttl: Duration, max_failures: u32) -> Self {
+        Self {
+            pool,
+            ttl,
+            known: RwLock::new(HashMap::new()),
+            unknown: RwLock::new(HashMap::new()),
+            max_failures,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Resolves the request's bearer key, or 401. A key not shaped like the ones issued
-    /// here is refused without a database query.
+    /// Resolves the request's bearer key, or 401. An address with too many failed
+    /// attempts this minute gets 429 (with `Retry-After`) before anything is looked up.
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, AppError> {
+        let address = req.peer_addr().map(|a| a.ip());
+        if let Some(wait) = address.and_then(|ip| self.throttled(ip)) {
+            return Err(AppError::too_many_requests(
+                "auth_throttled",
+                "too many failed authentications from this address; retry later",
+                wait.as_secs() + 1,
+            ));
+        }
+        let resolved = self.resolve(req).await;
+        if let (Err(err), Some(ip)) = (&resolved, address)
+            && err.kind() == service_kit::ErrorKind::Unauthorized
+        {
+            self.failed(ip);
+        }
+        resolved
+    }
+
+    /// How long `ip` must wait, if it is over its failures this minute.
+    fn throttled(&self, ip: IpAddr) -> Option<Duration> {
+        if self.max_failures == 0 {
+            return None;
+        }
+        let failures = self.failures.lock().ok()?;
+        let (count, since) = failures.get(&ip)?;
+        let elapsed = since.elapsed();
+        (*count >= self.max_failures && elapsed < THROTTLE_WINDOW).then(|| THROTTLE_WINDOW - elapsed)
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        if self.max_failures == 0 {
+            return;
+        }
+        if let Ok(mut failures) = self.failures.lock() {
+            make_room(&mut failures, THROTTLE_LIMIT, |(_, since)| since.elapsed() < THROTTLE_WINDOW);
+            let entry = failures.entry(ip).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= THROTTLE_WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+        }
+    }
+
+    /// The key's caller, or 401. A key not shaped like the ones issued here is refused
+    /// without a database query.
+    async fn resolve(&self, req: &HttpRequest) -> Result<Caller, AppError> {
         let key = bearer_token(req)
             .ok_or_else(|| AppError::unauthorized("missing API key: send it as \"Authorization: Bearer <key>\""))?;
         if !well_formed(key) {
@@ -118,7 +180,7 @@ impl Authenticator {
 }
 
 /// Drops expired entries when `map` is full; if all are fresh, empties it.
-fn make_room<V>(map: &mut HashMap<[u8; 32], V>, limit: usize, fresh: impl Fn(&V) -> bool) {
+fn make_room<K, V>(map: &mut HashMap<K, V>, limit: usize, fresh: impl Fn(&V) -> bool) {
     if map.len() >= limit {
         map.retain(|_, v| fresh(v));
         if map.len() >= limit {

@@ -109,7 +109,7 @@ pub async fn run(
         events,
         files,
         cache,
-        auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
+        auth: Authenticator::new(db.clone(), settings.auth_cache_ttl, settings.auth_failures_per_minute),
         settings: settings.clone(),
         db,
         analytics,

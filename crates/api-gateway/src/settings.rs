@@ -61,6 +61,9 @@ pub struct GatewaySettings {
     pub cache_timeout: Duration,
     /// Guards `/api/v1/admin/*`; empty: the admin API is off (403).
     pub admin_api_key: Secret,
+    /// Failed authentications allowed per client address a minute, per replica (0: no
+    /// limit); beyond them 429 until the minute is over.
+    pub auth_failures_per_minute: u32,
     /// How long a validated API key is trusted without asking the database.
     #[serde(deserialize_with = "duration")]
     pub auth_cache_ttl: Duration,

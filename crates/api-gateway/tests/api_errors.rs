@@ -222,3 +222,25 @@ async fn malformed_keys_are_refused_before_the_database_and_made_up_methods_shar
     assert!(metrics.contains("method=\"other\""), "made-up methods are not counted as other");
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_authentication_is_throttled() -> anyhow::Result<()> {
+    let stack =
+        Stack::start(Options { tweak: Box::new(|s| s.auth_failures_per_minute = 5), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Careful Ltd").await?;
+    for i in 0..5 {
+        let guess = format!("hh_{:0>40}", i);
+        let res = stack.chat(&guess, &chat_body(false)).send().await?;
+        assert_eq!(res.status(), 401, "guess {i}");
+    }
+    // The sixth failure in the minute: refused before any lookup, even with a real key.
+    for candidate in [format!("hh_{:0>40}", 99), key] {
+        let res = stack.chat(&candidate, &chat_body(false)).send().await?;
+        assert_eq!(res.status(), 429);
+        let retry: u64 = res.headers()["retry-after"].to_str()?.parse()?;
+        assert!((1..=60).contains(&retry), "{retry}");
+        let body: Value = res.json().await?;
+        assert_eq!(body["error"]["code"], "auth_throttled");
+    }
+    stack.stop().await
+}

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     RequestTimeout,
     /// 413: over a documented size limit.
     PayloadTooLarge,
+    /// 429: over a rate limit (with `Retry-After`).
+    TooManyRequests,
     /// 502: an upstream could not be reached or broke its answer.
     BadGateway,
     /// 504: an upstream did not answer in time.
@@ -51,6 +53,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +68,7 @@ impl ErrorKind {
                 "invalid_request_error"
             }
             Self::Unauthorized => "authentication_error",
+            Self::TooManyRequests => "rate_limit_error",
             Self::Forbidden => "permission_error",
             Self::NotFound => "not_found_error",
             Self::BadGateway | Self::GatewayTimeout => "upstream_error",
@@ -80,13 +84,22 @@ pub struct AppError {
     message: Cow<'static, str>,
     param: Option<Cow<'static, str>>,
     code: Option<&'static str>,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
     /// For the log only.
     source: Option<anyhow::Error>,
 }
 
 impl AppError {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, message: message.into(), param: None, code: None, source: None }
+        Self { kind, message: message.into(), param: None, code: None, retry_after: None, source: None }
+    }
+
+    /// 429, to be retried after `seconds`.
+    pub fn too_many_requests(code: &'static str, message: impl Into<Cow<'static, str>>, seconds: u64) -> Self {
+        let mut err = Self::new(ErrorKind::TooManyRequests, message).with_code(code);
+        err.retry_after = Some(seconds.max(1));
+        err
     }
 
     /// 400 naming the field at fault and a machine-readable code.
@@ -197,6 +210,9 @@ impl ResponseError for AppError {
         let mut builder = HttpResponse::build(self.status_code());
         if self.kind == ErrorKind::Unauthorized {
             builder.insert_header(("www-authenticate", "Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            builder.insert_header(("retry-after", seconds.to_string()));
         }
         builder.json(json!({
             "error": {"message": self.message, "type": self.kind.type_name(), "param": self.param, "code": self.code}
