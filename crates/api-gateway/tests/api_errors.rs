@@ -244,3 +244,32 @@ async fn an_address_that_keeps_failing_authentication_is_throttled() -> anyhow::
     }
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_tells_a_busy_pool_from_a_database_that_is_away() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let stack = Stack::start(Options {
+        tweak: Box::new(|s| {
+            s.database.pool_size = 1;
+            s.auth_cache_ttl = std::time::Duration::ZERO;
+        }),
+        ..Options::default()
+    })
+    .await?;
+    let (_, key) = stack.create_company("Busy Inc").await?;
+    // A lock holds the API's only connection in a key look-up.
+    let mut locker = stack.main_db.connect().await?;
+    locker.batch_execute("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").await?;
+    let stuck = tokio::spawn(stack.chat(&key, &chat_body(false)).send());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ready = stack.http.get(format!("{}/readyz", stack.url)).send().await?;
+    assert_eq!(ready.status(), 200, "a busy pool took the replica out of rotation");
+    locker.batch_execute("COMMIT").await?;
+    assert_eq!(stuck.await??.status(), 200);
+    // The database away: not ready.
+    stack.main_db.set_accepting_connections(false).await?;
+    let ready = stack.http.get(format!("{}/readyz", stack.url)).send().await?;
+    assert_eq!(ready.status(), 503);
+    stack.main_db.set_accepting_connections(true).await?;
+    stack.stop().await
+}
