@@ -86,12 +86,7 @@ pub async fn run(
         // reported but does not take the gateway out of rotation: that would turn a
         // logging outage into an API outage.
         readiness: Readiness {
-            // Its own connection: an API pool busy to the last connection is load, not
-            // a database that is away, and must not take the replica out of rotation.
-            required: vec![Dependency::Postgres {
-                name: "main_db",
-                pool: service_kit::db::build_pool(settings.database.url.expose(), "api-gateway-probe", 1)?,
-            }],
+            required: vec![Dependency::own_postgres("main_db", settings.database.url.expose(), "api-gateway")?],
             reported: vec![Dependency::Redis { name: "redis", pool: redis.clone() }],
         },
     });

@@ -64,7 +64,7 @@ pub async fn run(
         settings.database.pool_size,
         service_kit::db::Checkout::Fast,
     )?;
-    // Readers block in XREADGROUP: one connection per loop, plus heartbeat, events and probe.
+    // Readers block in XREADGROUP: one connection per loop, plus heartbeat, events and one to spare.
     let redis = build_pool(settings.redis.url.expose(), settings.consumer.concurrency + 4, ReplyTimeout::Never)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let (producer, producer_task) = {
@@ -115,8 +115,8 @@ pub async fn run(
         registry,
         readiness: Readiness {
             required: vec![
-                Dependency::Redis { name: "redis", pool: redis.clone() },
-                Dependency::Postgres { name: "main_db", pool: db },
+                Dependency::own_redis("redis", settings.redis.url.expose())?,
+                Dependency::own_postgres("main_db", settings.database.url.expose(), "cv-processor")?,
             ],
             reported: Vec::new(),
         },

@@ -65,7 +65,7 @@ pub async fn run(
         .context("creating the analytics partitions for this month and the next")?;
 
     // Readers block in XREADGROUP, so their connections wait as long as the block time:
-    // one connection per loop, plus the heartbeat's and the readiness probe's.
+    // one connection per loop, plus the heartbeat's, and one to spare.
     let redis = build_pool(settings.redis.url.expose(), settings.consumer.concurrency + 3, ReplyTimeout::Never)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
 
@@ -73,8 +73,8 @@ pub async fn run(
         registry,
         readiness: Readiness {
             required: vec![
-                Dependency::Redis { name: "redis", pool: redis.clone() },
-                Dependency::Postgres { name: "analytics_db", pool },
+                Dependency::own_redis("redis", settings.redis.url.expose())?,
+                Dependency::own_postgres("analytics_db", analytics_url.expose(), "llm-log-worker")?,
             ],
             reported: Vec::new(),
         },

@@ -18,6 +18,21 @@ pub enum Dependency {
     Redis { name: &'static str, pool: deadpool_redis::Pool },
 }
 
+impl Dependency {
+    /// PostgreSQL at `url`, checked over a connection of its own: a service pool busy to
+    /// its last connection is load, not an outage, and must not fail readiness.
+    #[cfg(feature = "postgres")]
+    pub fn own_postgres(name: &'static str, url: &str, application: &str) -> anyhow::Result<Self> {
+        Ok(Self::Postgres { name, pool: crate::db::build_pool(url, &format!("{application}-probe"), 1)? })
+    }
+
+    /// Redis at `url`, checked over a connection of its own (a second's reply limit).
+    pub fn own_redis(name: &'static str, url: &str) -> anyhow::Result<Self> {
+        let pool = crate::redis::build_pool(url, 1, crate::redis::ReplyTimeout::After(Duration::from_secs(1)))?;
+        Ok(Self::Redis { name, pool })
+    }
+}
+
 /// What one probe found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
