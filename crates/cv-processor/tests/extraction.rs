@@ -133,8 +133,15 @@ async fn hostile_files_each_fail_with_their_reason_and_the_next_file_is_read() {
 
 #[tokio::test]
 async fn a_reader_that_runs_too_long_is_killed_at_the_wall_clock_limit() {
+    // A reader that hangs (whatever the file): the deadline, not the file, ends it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_support::TempDir::new("hanging-reader").unwrap();
+    let program = dir.path.join("hanging-reader");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut config = config();
-    config.wall = Duration::from_millis(1);
+    config.program = Some(program);
+    config.wall = Duration::from_millis(500);
     let started = std::time::Instant::now();
     let outcome = sandbox::extract(&config, fixture("one_column.pdf")).await.unwrap();
     assert!(matches!(&outcome, Outcome::Failed(r) if r.contains("took longer than")), "{outcome:?}");
