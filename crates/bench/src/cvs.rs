@@ -199,6 +199,18 @@ async fn metric(http: &reqwest::Client, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
+/// CPU lists (for `taskset -c`) for the API side and the processing side: the last
+/// core for processing, the rest for the API; `None` with one core or no `taskset`.
+fn cpu_placement() -> (Option<String>, Option<String>) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let taskset = Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success());
+    if cores < 2 || !taskset {
+        return (None, None);
+    }
+    let api = if cores == 2 { "0".to_owned() } else { format!("0-{}", cores - 2) };
+    (Some(api), Some((cores - 1).to_string()))
+}
+
 fn percentile(times: &mut [Duration], p: f64) -> f64 {
     times.sort_unstable();
     let i = ((times.len() as f64 - 1.0) * p).round() as usize;
@@ -207,7 +219,12 @@ fn percentile(times: &mut [Duration], p: f64) -> f64 {
 
 pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -> anyhow::Result<()> {
     println!("== CVs: {cvs} distinct CVs end to end (cold embedding cache), then again (warm), {uploads} uploads ==");
-    println!("(cv-processor at nice 19 with one model thread: it shares this machine's cores with the API)");
+    match cpu_placement() {
+        (Some(api), Some(processing)) => println!(
+            "(CPUs {api}: api-gateway; CPU {processing}: cv-processor with one model thread and cache-service, as on nodes of their own; PostgreSQL shared)"
+        ),
+        _ => println!("(one CPU or no taskset: every process shares every core)"),
+    }
     anyhow::ensure!(model_dir.join("model.safetensors").exists(), "no model in {} (make models)", model_dir.display());
     let (db_url, db_name) = create_database("cvs").await?;
     common_models::db::run_migrations(&db_url, common_models::db::Database::Main).await?;
@@ -236,18 +253,24 @@ pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -
             ("CACHE_API_KEY", "bench-cache-credential".to_owned()),
             ("CV_PROCESSOR_URL", format!("http://127.0.0.1:{PROCESSOR_PORT}")),
         ];
+        // In production the processor (and the cache it fills) run on CPUs of their own
+        // (their own pods and nodes); the main database is what they share with the API.
+        // Here: the last core for cv-processor and cache-service, the others for the
+        // gateway, PostgreSQL free to use any; the processor with one model thread.
+        let placement = cpu_placement();
         let spawn = |name: &str, port: u16| -> anyhow::Result<Child> {
-            let mut cmd = if name == "cv-processor" {
-                // In production the processor has CPUs of its own (its own pods, with limits);
-                // here it shares two cores with the API, PostgreSQL and the load generator, so
-                // it gets one model thread and the lowest CPU priority, as a scheduler would
-                // keep batch work from starving the API.
-                let mut nice = Command::new("nice");
-                nice.args(["-n", "19"]).arg(bin_dir.join(name)).env("RAYON_NUM_THREADS", "1");
-                nice
-            } else {
-                Command::new(bin_dir.join(name))
+            let side = if matches!(name, "cv-processor" | "cache-service") { &placement.1 } else { &placement.0 };
+            let mut cmd = match side {
+                Some(cpus) => {
+                    let mut pinned = Command::new("taskset");
+                    pinned.args(["-c", cpus]).arg(bin_dir.join(name));
+                    pinned
+                }
+                None => Command::new(bin_dir.join(name)),
             };
+            if name == "cv-processor" {
+                cmd.env("RAYON_NUM_THREADS", "1");
+            }
             cmd.env("PORT", port.to_string());
             for (k, v) in &env {
                 cmd.env(k, v);
