@@ -22,5 +22,5 @@ echo
 "$BIN/headhunter-bench" cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
   --rounds "${BENCH_CACHE_ROUNDS:-5}" --bin-dir "$BIN"
 echo
-"$BIN/headhunter-bench" cvs --cvs "${BENCH_CVS:-200}" --uploads "${BENCH_CV_UPLOADS:-1000}" --bin-dir "$BIN" \
+"$BIN/headhunter-bench" cvs --cvs "${BENCH_CVS:-1000}" --uploads "${BENCH_CV_UPLOADS:-1000}" --bin-dir "$BIN" \
   --model-dir "${EMBEDDING__MODEL_DIR:-.models/all-minilm-l6-v2}"

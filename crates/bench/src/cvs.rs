@@ -299,14 +299,14 @@ pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -
 
         println!("idle: GET /api/v1/jobs at 100 req/s ...");
         oha_get(&jobs_url, &cold_key, 100, 2)?;
-        let idle = oha_get(&jobs_url, &cold_key, 100, 10)?;
+        let idle = oha_get(&jobs_url, &cold_key, 100, 30)?;
 
         let files: Vec<(String, Vec<u8>)> =
             (0..cvs).map(|i| (format!("cv{i}.txt"), synthetic_cv(i).into_bytes())).collect();
         let started = Instant::now();
         upload(&http, &base, &cold_key, &files).await?;
         println!("processing {cvs} CVs; GET /api/v1/jobs at 100 req/s meanwhile ...");
-        let busy = oha_get(&jobs_url, &cold_key, 100, 10)?;
+        let busy = oha_get(&jobs_url, &cold_key, 100, 30)?;
         wait_processed(&db_url, cvs as i64, Duration::from_secs(3600)).await?;
         let cold_total = started.elapsed();
         let computed = metric(&http, "headhunter_cv_processor_embeddings_total{source=\"computed\"}").await;
