@@ -21,8 +21,9 @@ export LOG_FORMAT=${LOG_FORMAT:-text}
 # key for sealing cached LLM answers; random for each local run unless given.
 export CACHE_API_KEY=${CACHE_API_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export LLM_CACHE_SEAL_KEY=${LLM_CACHE_SEAL_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
-# Where the gateway keeps log events while Redis does not take them.
-export PRODUCER__SPOOL__DIR=${PRODUCER__SPOOL__DIR:-$PWD/$RUN_DIR/spool/api-gateway}
+# Where the gateway and cv-processor keep log events while Redis does not take them:
+# one directory each (a spool is locked by its process).
+SPOOL_DIR=${SPOOL_DIR:-$PWD/$RUN_DIR/spool}
 # Uploaded CV files: written by the gateway, read by cv-processor.
 export CVS__STORAGE_DIR=${CVS__STORAGE_DIR:-$PWD/$RUN_DIR/files}
 export FILES__STORAGE_DIR=$CVS__STORAGE_DIR
@@ -57,8 +58,10 @@ echo "==> applying main database migrations"
 start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${SIMULATOR_LATENCY_MS:-50}"
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
 PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
-PORT=$CV_PORT EMBEDDING__CACHE_URL=$CACHE_URL start cv-processor "$BIN/cv-processor"
-PORT=$GATEWAY_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT start api-gateway "$BIN/api-gateway"
+PORT=$CV_PORT EMBEDDING__CACHE_URL=$CACHE_URL PRODUCER__SPOOL__DIR=$SPOOL_DIR/cv-processor \
+  start cv-processor "$BIN/cv-processor"
+PORT=$GATEWAY_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT PRODUCER__SPOOL__DIR=$SPOOL_DIR/api-gateway \
+  start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
 wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
 wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
