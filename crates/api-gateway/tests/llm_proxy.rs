@@ -209,6 +209,28 @@ async fn a_client_leaving_mid_stream_is_one_row() -> anyhow::Result<()> {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].error_type.as_deref(), Some("client_disconnected"));
     assert!(rows[0].streaming);
+    // The upstream bills what it produced: the tokens are estimated, priced, and marked.
+    let row = &rows[0];
+    assert!(!row.usage_reported);
+    let (input, output) = (row.tokens_input.unwrap_or(0), row.tokens_output.unwrap_or(-1));
+    let body_bytes = serde_json::to_vec(&chat_body(true))?.len() as i32;
+    assert_eq!(input, (body_bytes + 3) / 4, "{row:?}");
+    assert!(output >= 0, "{row:?}");
+    assert!(row.cost.is_some_and(|c| c > 0.0), "{row:?}");
+    let mut conn = stack.analytics_db.connect().await?;
+    let marked = {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Marked {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            marked: bool,
+        }
+        diesel::sql_query("SELECT (metadata->>'usage_estimated')::boolean AS marked FROM llm_logs")
+            .get_result::<Marked>(&mut conn)
+            .await?
+            .marked
+    };
+    assert!(marked);
     stack.stop().await
 }
 

@@ -73,7 +73,9 @@ pub struct LlmCallEvent {
     pub request_id: Option<String>,
     pub model: Option<String>,
     /// Token counts are `None` when the upstream did not report usage; then
-    /// `usage_reported` is false. They are never guessed as zero.
+    /// `usage_reported` is false. They are never guessed as zero. A stream the client
+    /// left before the usage chunk carries an estimate instead (`usage_reported` false,
+    /// `metadata.usage_estimated` true), since the upstream bills it all the same.
     pub tokens_input: Option<i32>,
     pub tokens_output: Option<i32>,
     pub tokens_total: Option<i32>,

@@ -38,7 +38,8 @@ async fn chat_completions(
     let context = CallContext::from_headers(&req)?;
     let request_id = RequestId::of(&req).unwrap_or_default();
 
-    let record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
+    let mut record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
+    record.prompt_bytes = chat.body_len();
     let mut guard = CallGuard::new(record, state.call_logger());
     let streaming = chat.stream;
 

@@ -96,6 +96,12 @@ pub struct CallRecord {
     pub error: Option<(LlmErrorType, String)>,
     /// Answered from the LLM results cache.
     pub cache_hit: bool,
+    /// Bytes of the request body (for an estimate of the prompt's tokens).
+    pub prompt_bytes: usize,
+    /// Bytes of answer text relayed so far (for an estimate of the output).
+    pub relayed_bytes: usize,
+    /// `usage` is our estimate, not the upstream's report.
+    pub usage_estimated: bool,
 }
 
 impl CallRecord {
@@ -117,7 +123,23 @@ impl CallRecord {
             http_status: None,
             error: None,
             cache_hit: false,
+            prompt_bytes: 0,
+            relayed_bytes: 0,
+            usage_estimated: false,
         }
+    }
+
+    /// A stream the client left before the usage chunk: the upstream bills the tokens
+    /// all the same, so they are estimated (about four bytes a token: the prompt from
+    /// the request body, the output from the text relayed) rather than left empty.
+    fn estimate_abandoned_usage(&mut self) {
+        if self.usage.is_some() || !self.streaming || self.http_status.is_none_or(|s| s >= 400) {
+            return;
+        }
+        let tokens = |bytes: usize| i32::try_from(bytes.div_ceil(4)).unwrap_or(i32::MAX);
+        let (input, output) = (tokens(self.prompt_bytes).max(1), tokens(self.relayed_bytes));
+        self.usage = Some(Usage { input, output, total: input.saturating_add(output) });
+        self.usage_estimated = true;
     }
 
     /// Notes what a complete (non-streamed) upstream answer says.
@@ -178,6 +200,9 @@ impl CallRecord {
         if self.usage.is_some() && priced.is_none() {
             metadata.insert("unpriced_model".into(), json!(true));
         }
+        if self.usage_estimated {
+            metadata.insert("usage_estimated".into(), json!(true));
+        }
         let latency_ms = Some(self.ms_since_start(Instant::now()));
         let time_to_first_token_ms = self.first_token_at.map(|t| self.ms_since_start(t));
         let (error_type, error_message) = match self.error {
@@ -197,7 +222,7 @@ impl CallRecord {
             tokens_input,
             tokens_output,
             tokens_total,
-            usage_reported: self.usage.is_some(),
+            usage_reported: self.usage.is_some() && !self.usage_estimated,
             cost_usd,
             price_table_version: priced.map(|_| pricing.version.clone()),
             latency_ms,
@@ -274,6 +299,7 @@ impl Drop for CallGuard {
                 LlmErrorType::ClientDisconnected,
                 "the client closed the connection before the answer was complete",
             );
+            record.estimate_abandoned_usage();
         }
         self.finish();
     }

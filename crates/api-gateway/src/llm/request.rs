@@ -142,6 +142,11 @@ impl ChatRequest {
         Ok(Self { body, model, stream, deterministic: !stream && temperature_zero && one_choice })
     }
 
+    /// Bytes of the request body as received.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
     /// The LLM results cache key: the company and the whole request, canonical (object
     /// keys sorted), hashed. The company is part of it so tenants never share answers.
     pub fn cache_key(&self, company: common_models::ids::CompanyId) -> Option<String> {

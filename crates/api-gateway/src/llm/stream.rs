@@ -87,6 +87,9 @@ fn observe_line(record: &mut CallRecord, line: &[u8]) {
         if produced && record.first_token_at.is_none() {
             record.first_token_at = Some(Instant::now());
         }
+        if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
+            record.relayed_bytes += text.len();
+        }
         if let Some(reason) = &choice.finish_reason {
             record.finish_reason = Some(reason.clone());
         }
