@@ -71,6 +71,9 @@ pub struct GatewaySettings {
     pub deployment_version: String,
     pub deployment_environment: String,
     pub pricing: PriceTable,
+    /// Whether models without a price (`pricing.models`) may be called; their calls are
+    /// logged with cost NULL.
+    pub allow_unpriced_models: bool,
     /// CV uploads.
     pub cvs: CvUploadSettings,
     /// cv-processor, asked for matches.

@@ -273,3 +273,33 @@ async fn readiness_tells_a_busy_pool_from_a_database_that_is_away() -> anyhow::R
     stack.main_db.set_accepting_connections(true).await?;
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_price_is_refused_unless_unpriced_models_are_allowed() -> anyhow::Result<()> {
+    let stack = Stack::start(Options::default()).await?;
+    let (_, key) = stack.create_company("Frugal plc").await?;
+    let mut body = chat_body(false);
+    body["model"] = json!("gpt-7-imaginary");
+    let res = stack.chat(&key, &body).send().await?;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await?;
+    assert_eq!(
+        (err["error"]["param"].as_str(), err["error"]["code"].as_str()),
+        (Some("model"), Some("model_not_allowed"))
+    );
+    assert!(err["error"]["message"].as_str().unwrap_or_default().contains("gpt-4o-mini"), "{err}");
+    // A dated version of a priced model is served.
+    body["model"] = json!("gpt-4o-mini-2024-07-18");
+    assert_eq!(stack.chat(&key, &body).send().await?.status(), 200);
+    stack.stop().await?;
+
+    let stack =
+        Stack::start(Options { tweak: Box::new(|s| s.allow_unpriced_models = true), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Frugal plc").await?;
+    body["model"] = json!("gpt-7-imaginary");
+    assert_eq!(stack.chat(&key, &body).send().await?.status(), 200);
+    stack.wait_llm_rows(1).await?;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    assert!(rows[0].usage_reported && rows[0].cost.is_none(), "{:?}", rows[0]);
+    stack.stop().await
+}

@@ -35,6 +35,18 @@ async fn chat_completions(
     let settings = &state.settings;
     let body = service_kit::body::read_limited(&req, payload, settings.max_body_bytes, settings.body_timeout).await?;
     let chat = ChatRequest::parse(body, settings.max_tokens_cap, settings.max_choices)?;
+    if !settings.allow_unpriced_models && settings.pricing.lookup(&chat.model).is_none() {
+        let served: Vec<&str> = settings.pricing.models.iter().map(|m| m.name.as_str()).collect();
+        return Err(AppError::bad_request(
+            "model",
+            "model_not_allowed",
+            format!(
+                "model `{}` is not served here; these are (with their dated versions): {}",
+                chat.model,
+                served.join(", ")
+            ),
+        ));
+    }
     let context = CallContext::from_headers(&req)?;
     let request_id = RequestId::of(&req).unwrap_or_default();
 
