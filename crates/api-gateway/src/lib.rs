@@ -65,6 +65,10 @@ pub async fn run(
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let (producer, producer_task) =
         Producer::start(redis.clone(), keys.clone(), settings.producer.clone(), producer_metrics).await?;
+    let request_log = web::Data::new(RequestLog::register(
+        &registry,
+        Arc::new(SystemLogSink { component: "api-gateway", producer: producer.clone() }),
+    )?);
     let http = reqwest::Client::builder()
         .connect_timeout(settings.llm_connect_timeout)
         .timeout(settings.llm_timeout)
@@ -95,11 +99,6 @@ pub async fn run(
             .with_context(|| format!("opening the CV file store at {}", settings.cvs.storage_dir.display()))?,
     );
     let events = events::EventHub::start(settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
-    let request_log = web::Data::new(RequestLog {
-        sink: Arc::new(SystemLogSink { component: "api-gateway", producer: producer.clone() }),
-        requests: metrics.http_requests.clone(),
-        duration: metrics.http_duration.clone(),
-    });
     if settings.llm_cache_seal_key.is_empty() && cache.is_some() {
         tracing::warn!("LLM_CACHE_SEAL_KEY is not set: this replica serves only the cached answers it stored itself");
     }

@@ -1,15 +1,10 @@
 //! The gateway's own metrics, under `headhunter_gateway_` (the log producer's `queue_*`
 //! metrics sit beside them in the same registry).
 
-use prometheus::{CounterVec, HistogramVec, IntCounterVec};
+use prometheus::{CounterVec, IntCounterVec};
 
 service_kit::metrics! {
     pub struct GatewayMetrics {
-        /// API requests by method, route pattern and status.
-        http_requests: IntCounterVec = "http_requests_total" ["method", "route", "status"],
-        /// API request duration by route pattern.
-        http_duration: HistogramVec = "http_request_duration_seconds" ["route"]
-            buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
         /// LLM calls by outcome (ok or the error type).
         llm_calls: IntCounterVec = "llm_calls_total" ["outcome"],
         /// Tokens reported by the upstream, by direction (input, output).

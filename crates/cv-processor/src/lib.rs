@@ -73,11 +73,10 @@ pub async fn run(
         let producer_redis = build_pool(settings.redis.url.expose(), 2, ReplyTimeout::After(Duration::from_secs(1)))?;
         Producer::start(producer_redis, keys.clone(), settings.producer.clone(), producer_metrics).await?
     };
-    let request_log = web::Data::new(RequestLog {
-        sink: Arc::new(SystemLogSink { component: "cv-processor", producer: producer.clone() }),
-        requests: metrics.http_requests.clone(),
-        duration: metrics.http_duration.clone(),
-    });
+    let request_log = web::Data::new(RequestLog::register(
+        &registry,
+        Arc::new(SystemLogSink { component: "cv-processor", producer: producer.clone() }),
+    )?);
     let files = Arc::new(
         LocalFileStore::open(&settings.files.storage_dir)
             .with_context(|| format!("opening the file store at {}", settings.files.storage_dir.display()))?,

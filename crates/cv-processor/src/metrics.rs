@@ -19,10 +19,6 @@ service_kit::metrics! {
         /// Model time per computed chunk, per CV.
         model_seconds_per_chunk: Histogram = "model_seconds_per_chunk"
             buckets [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-        /// API requests by method, route pattern and status.
-        http_requests: IntCounterVec = "http_requests_total" ["method", "route", "status"],
-        /// API request duration by route pattern.
-        http_duration: HistogramVec = "http_request_duration_seconds" ["route"],
         /// Match requests served, by direction (job_to_cvs, cv_to_jobs).
         matches: IntCounterVec = "match_requests_total" ["direction"],
         /// Chunks made from processed CVs.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "http")]
-pub use http::{RequestLog, log_requests};
+pub use http::{HttpMetrics, RequestLog, log_requests};
 
 /// The longest request path a record keeps (an attacker's 64 KiB path must not travel
 /// into the logs); longer ones are cut (see [`cut`]).
@@ -90,14 +90,29 @@ mod http {
         }
     }
 
+    crate::metrics! {
+        /// Every service's API metrics (under the service's prefix).
+        pub struct HttpMetrics {
+            /// API requests by method, route pattern and status.
+            requests: IntCounterVec = "http_requests_total" ["method", "route", "status"],
+            /// API request duration by route pattern.
+            duration: HistogramVec = "http_request_duration_seconds" ["route"]
+                buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        }
+    }
+
     /// What [`log_requests`] needs, as app data (`web::Data<RequestLog>`).
     #[derive(Clone)]
     pub struct RequestLog {
         pub sink: Arc<dyn RequestSink>,
-        /// By method, route pattern and status.
-        pub requests: IntCounterVec,
-        /// By route pattern.
-        pub duration: HistogramVec,
+        pub metrics: HttpMetrics,
+    }
+
+    impl RequestLog {
+        /// Registers the HTTP metrics in `registry`; records go to `sink`.
+        pub fn register(registry: &prometheus::Registry, sink: Arc<dyn RequestSink>) -> prometheus::Result<Self> {
+            Ok(Self { sink, metrics: HttpMetrics::register(registry)? })
+        }
     }
 
     /// `App::wrap(from_fn(request_log::log_requests))`, inside `request_id::assign`.
@@ -117,8 +132,8 @@ mod http {
         let status = res.status().as_u16();
         let elapsed = started.elapsed();
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-        log.requests.with_label_values(&[method_label(&method), &route, &status.to_string()]).inc();
-        log.duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+        log.metrics.requests.with_label_values(&[method_label(&method), &route, &status.to_string()]).inc();
+        log.metrics.duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
         if PROBE_PATHS.contains(&path.as_str()) {
             return Ok(res);
         }
