@@ -153,6 +153,23 @@ impl EdgeStore {
     }
 }
 
+/// A chunk's payload, the same in every store: what it belongs to (filtered on) and
+/// the evidence shown.
+pub(crate) fn payload(company: i64, cv: i64, p: &ChunkPoint) -> serde_json::Value {
+    json!({"company_id": company, "cv_id": cv, "chunk": p.chunk, "section": p.section, "text": p.text})
+}
+
+/// The hit a stored payload describes (`None` for a point not written by [`payload`]).
+pub(crate) fn hit(payload: &serde_json::Map<String, serde_json::Value>, score: f32) -> Option<Hit> {
+    Some(Hit {
+        cv_id: payload.get("cv_id")?.as_i64()?,
+        chunk: usize::try_from(payload.get("chunk")?.as_u64()?).ok()?,
+        section: payload.get("section")?.as_str()?.to_owned(),
+        text: payload.get("text")?.as_str()?.to_owned(),
+        score,
+    })
+}
+
 /// A payload field's path (the names used here are plain keys).
 fn path(field: &'static str) -> JsonPath {
     JsonPath::try_from(field).unwrap_or_else(|_| unreachable!("{field} is a plain key"))
@@ -189,14 +206,12 @@ impl VectorStore for EdgeStore {
             ))))?;
             let mut structs = Vec::with_capacity(points.len());
             for p in points {
+                let payload = payload(company, cv, &p);
                 let sparse = bm25.embed_document(&p.text);
                 let vectors = Vectors::new_named([
                     (DENSE, Vector::new_dense(p.dense)),
                     (SPARSE, Vector(VectorInternal::Sparse(sparse))),
                 ]);
-                let payload = json!({
-                    "company_id": company, "cv_id": cv, "chunk": p.chunk, "section": p.section, "text": p.text
-                });
                 structs.push(PointStruct::new(point_id(cv, p.chunk), vectors, payload).into());
             }
             if !structs.is_empty() {
@@ -242,19 +257,7 @@ impl VectorStore for EdgeStore {
                 .with_payload(WithPayloadInterface::Bool(true))
                 .build();
             let found = shard.search(request)?;
-            Ok(found
-                .into_iter()
-                .filter_map(|p| {
-                    let payload = p.payload?.0;
-                    Some(Hit {
-                        cv_id: payload.get("cv_id")?.as_i64()?,
-                        chunk: usize::try_from(payload.get("chunk")?.as_u64()?).ok()?,
-                        section: payload.get("section")?.as_str()?.to_owned(),
-                        text: payload.get("text")?.as_str()?.to_owned(),
-                        score: p.score,
-                    })
-                })
-                .collect())
+            Ok(found.into_iter().filter_map(|p| hit(&p.payload?.0, p.score)).collect())
         }))
     }
 

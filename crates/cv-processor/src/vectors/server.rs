@@ -16,7 +16,9 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Payload, qdrant};
 use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 
-use super::{ChunkPoint, DENSE, Hit, MAX_CHUNKS, Ranking, SPARSE, StoreFuture, VectorStore, point_number};
+use super::{
+    ChunkPoint, DENSE, Hit, MAX_CHUNKS, Ranking, SPARSE, StoreFuture, VectorStore, hit, payload, point_number,
+};
 
 /// The chunks of every CV in one collection of a Qdrant server.
 pub struct ServerStore {
@@ -97,13 +99,11 @@ impl VectorStore for ServerStore {
                 .await?;
             let mut structs = Vec::with_capacity(points.len());
             for p in points {
+                let payload = Payload::try_from(payload(company, cv, &p))?;
                 let sparse = self.bm25.embed_document(&p.text);
                 let vectors = NamedVectors::default()
                     .add_vector(DENSE, p.dense)
                     .add_vector(SPARSE, qdrant::Vector::new_sparse(sparse.indices, sparse.values));
-                let payload = Payload::try_from(serde_json::json!({
-                    "company_id": company, "cv_id": cv, "chunk": p.chunk, "section": p.section, "text": p.text
-                }))?;
                 structs.push(PointStruct::new(point_number(cv, p.chunk), vectors, payload));
             }
             if !structs.is_empty() {
@@ -154,14 +154,8 @@ impl VectorStore for ServerStore {
                 .result
                 .into_iter()
                 .filter_map(|p| {
-                    let field = |name: &str| p.payload.get(name);
-                    Some(Hit {
-                        cv_id: field("cv_id")?.as_integer()?,
-                        chunk: usize::try_from(field("chunk")?.as_integer()?).ok()?,
-                        section: field("section")?.as_str()?.to_owned(),
-                        text: field("text")?.as_str()?.to_owned(),
-                        score: p.score,
-                    })
+                    let fields = p.payload.into_iter().map(|(name, value)| (name, value.into_json())).collect();
+                    hit(&fields, p.score)
                 })
                 .collect())
         })
