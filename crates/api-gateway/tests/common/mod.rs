@@ -222,6 +222,11 @@ pub struct LlmRow {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub error_type: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub error_message: Option<String>,
+    /// `metadata.usage_estimated`.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub usage_estimated: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub model: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub action: String,
@@ -241,6 +246,7 @@ pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
     Ok(diesel::sql_query(
         "SELECT company_id, tokens_input, tokens_output, tokens_used, usage_reported, cost_usd::float8 AS cost,
                 price_table_version, streaming, latency_ms, time_to_first_token_ms, http_status, error_type,
+                error_message, COALESCE((metadata->>'usage_estimated')::boolean, false) AS usage_estimated,
                 model, action, interview_id, request_id, cache_hit, cost_saved_usd::float8 AS cost_saved
          FROM llm_logs ORDER BY created_at",
     )
