@@ -84,7 +84,9 @@ impl Context {
         .await?;
 
         // Back to `queued`: the claim takes a queued CV at once (a stale `processing`
-        // one would look leased for a while after the update stamps it).
+        // one would look leased for a while after the update stamps it). The statuses
+        // are literals, not a bound list: only then can the planner use the partial
+        // index on unfinished CVs.
         let requeued: Vec<Row> = diesel::sql_query(
             "UPDATE cvs SET status = 'queued', updated_at = now() WHERE id IN ( \
                  SELECT id FROM cvs WHERE status IN ('queued', 'processing') AND updated_at < $1 \
