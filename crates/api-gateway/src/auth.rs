@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
@@ -60,7 +60,8 @@ pub struct Authenticator {
     /// Failed authentications allowed per client address a minute (0: no limit).
     max_failures: u32,
     /// Client address → failures in the window and when the window began.
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Read on every request, written only on a failure.
+    failures: RwLock<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 impl Authenticator {
@@ -71,7 +72,7 @@ impl Authenticator {
             known: RwLock::new(HashMap::new()),
             unknown: RwLock::new(HashMap::new()),
             max_failures,
-            failures: Mutex::new(HashMap::new()),
+            failures: RwLock::new(HashMap::new()),
         }
     }
 
@@ -100,7 +101,7 @@ impl Authenticator {
         if self.max_failures == 0 {
             return None;
         }
-        let failures = self.failures.lock().ok()?;
+        let failures = self.failures.read().ok()?;
         let (count, since) = failures.get(&ip)?;
         let elapsed = since.elapsed();
         (*count >= self.max_failures && elapsed < THROTTLE_WINDOW).then(|| THROTTLE_WINDOW - elapsed)
@@ -110,7 +111,7 @@ impl Authenticator {
         if self.max_failures == 0 {
             return;
         }
-        if let Ok(mut failures) = self.failures.lock() {
+        if let Ok(mut failures) = self.failures.write() {
             make_room(&mut failures, THROTTLE_LIMIT, |(_, since)| since.elapsed() < THROTTLE_WINDOW);
             let entry = failures.entry(ip).or_insert((0, Instant::now()));
             if entry.1.elapsed() >= THROTTLE_WINDOW {
