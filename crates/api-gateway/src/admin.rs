@@ -18,6 +18,8 @@ use service_kit::checks::Dependency;
 use task_queue::Message;
 use task_queue::status::GroupStatus;
 
+use crate::access::Role;
+use crate::audit::{Audit, Change};
 use crate::auth::generate_key;
 use crate::state::AppState;
 
@@ -31,8 +33,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewCompanyRequest {
     name: Option<Value>,
+    /// Invites the company's first owner; the invitation's token is in the answer (and
+    /// the email in the outbox).
+    owner_email: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -62,11 +68,14 @@ async fn create_company(
         Some(_) => return Err(AppError::bad_request("name", "invalid_type", "`name` must be a string")),
         None => return Err(AppError::bad_request("name", "missing_field", "`name` is required")),
     };
+    let owner = body.owner_email.as_deref().map(|e| crate::accounts::normalise_email("owner_email", e)).transpose()?;
     let (key, prefix, digest) = generate_key().map_err(AppError::internal)?;
 
+    let audit = Audit::operator(&req);
+    let st = state.clone();
     let mut conn = state.db.get().await.map_err(|e| AppError::unavailable("the main database", e))?;
-    let (company, key_id) = conn
-        .transaction::<_, diesel::result::Error, _>(async move |conn| {
+    let (company, key_id, invitation) = conn
+        .transaction::<_, AppError, _>(async move |conn| {
             let company: (i64, String, DateTime<Utc>) = diesel::insert_into(companies::table)
                 .values(companies::name.eq(&name))
                 .returning((companies::id, companies::name, companies::created_at))
@@ -82,7 +91,26 @@ async fn create_company(
                 .returning(api_keys::id)
                 .get_result(conn)
                 .await?;
-            Ok((company, key_id))
+            let invitation = match &owner {
+                Some(email) => {
+                    let (row, token) =
+                        crate::people::create_invitation(conn, &st, company.0, email, Role::Owner, None).await?;
+                    let mut view = row.view();
+                    view["token"] = json!(token);
+                    view["accept_url"] = json!(format!("{}{token}", st.settings.accounts.invitation_url));
+                    Some(view)
+                }
+                None => None,
+            };
+            let change = Change {
+                action: "company.create",
+                object_type: "company",
+                object_id: Some(company.0),
+                before: None,
+                after: Some(json!({"name": company.1, "api_key_id": key_id, "owner_email": owner})),
+            };
+            audit.for_company(company.0).write(conn, change).await?;
+            Ok((company, key_id, invitation))
         })
         .await?;
     Ok(HttpResponse::Created().json(json!({
@@ -93,7 +121,8 @@ async fn create_company(
             "prefix": &key[..9],
             "key": key,
             "note": "store this key now: it is shown only once"
-        }
+        },
+        "owner_invitation": invitation,
     })))
 }
 

@@ -14,7 +14,7 @@ use common_models::ids::{CompanyId, CvId};
 use common_models::schema::main::cvs;
 use common_models::storage::key_for;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ use service_kit::AppError;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::access::Action;
+use crate::audit::{Audit, Change};
 use crate::jobs::{not_found, parse_id};
 use crate::page::{Page, PageQuery};
 use crate::state::AppState;
@@ -98,7 +100,7 @@ struct Accepted {
 }
 
 async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::WriteCvs).await?;
     let company = caller.company_id;
     let staged = receive(&state, payload).await?;
 
@@ -134,12 +136,28 @@ async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart
             )
         })
         .collect();
-    let created: Vec<(i64, Vec<u8>)> = diesel::insert_into(cvs::table)
-        .values(&rows)
-        .on_conflict((cvs::company_id, cvs::content_hash))
-        .do_nothing()
-        .returning((cvs::id, cvs::content_hash))
-        .get_results(&mut conn)
+    let audit = Audit::of(&req, &caller);
+    let offered = order.len();
+    let created: Vec<(i64, Vec<u8>)> = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let created: Vec<(i64, Vec<u8>)> = diesel::insert_into(cvs::table)
+                .values(&rows)
+                .on_conflict((cvs::company_id, cvs::content_hash))
+                .do_nothing()
+                .returning((cvs::id, cvs::content_hash))
+                .get_results(conn)
+                .await?;
+            let ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
+            let change = Change {
+                action: "cv.upload",
+                object_type: "cv",
+                object_id: None,
+                before: None,
+                after: Some(json!({"created": ids, "files": offered})),
+            };
+            audit.write(conn, change).await?;
+            Ok(created)
+        })
         .await?;
     let existing: Vec<(i64, Vec<u8>, String)> = if created.len() < unique.len() {
         let hashes: Vec<Vec<u8>> =
@@ -313,7 +331,7 @@ async fn find(state: &AppState, company: CompanyId, raw_id: &str) -> Result<Cv, 
 }
 
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let cv = find(&state, caller.company_id, &id).await?;
     Ok(HttpResponse::Ok().json(cv))
 }
@@ -323,7 +341,7 @@ async fn download(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let cv = find(&state, caller.company_id, &id).await?;
     let bytes = match state.files.get(&cv.storage_key).await {
         Ok(bytes) => bytes,
@@ -345,7 +363,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = cvs::table.filter(cvs::company_id.eq(caller.company_id.0)).into_boxed();
@@ -372,14 +390,32 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::WriteCvs).await?;
     let id = parse_id(&id, "CV")?;
+    let audit = Audit::of(&req, &caller);
+    let company = caller.company_id.0;
     let mut conn = state.db.get().await?;
-    let target = cvs::table.filter(cvs::id.eq(id).and(cvs::company_id.eq(caller.company_id.0)));
-    let key: Option<String> =
-        diesel::delete(target).returning(cvs::storage_key).get_result(&mut conn).await.optional()?;
+    let key: String = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let target = cvs::table.filter(cvs::id.eq(id).and(cvs::company_id.eq(company)));
+            let (key, file_name): (String, String) = diesel::delete(target)
+                .returning((cvs::storage_key, cvs::file_name))
+                .get_result(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| not_found("CV", id))?;
+            let change = Change {
+                action: "cv.delete",
+                object_type: "cv",
+                object_id: Some(id),
+                before: Some(json!({"file_name": file_name})),
+                after: None,
+            };
+            audit.write(conn, change).await?;
+            Ok(key)
+        })
+        .await?;
     drop(conn);
-    let key = key.ok_or_else(|| not_found("CV", id))?;
     // Its vectors are cv-processor's to remove.
     state.producer.publish(&ForgetCv { cv_id: CvId(id), company_id: caller.company_id });
     // The row is gone, so the CV is gone for every reader; a file left behind by a

@@ -12,11 +12,11 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use common_models::cv::{CvStatusEvent, events};
 use common_models::ids::CompanyId;
-use futures_util::StreamExt;
 use redis::AsyncCommands;
 use service_kit::AppError;
 use tokio::sync::{broadcast, watch};
 
+use crate::access::Action;
 use crate::state::AppState;
 
 /// Events a slow client may fall behind before it is caught up from the replay stream.
@@ -36,39 +36,15 @@ impl EventHub {
     /// Subscribes (and keeps resubscribing after failures) until `shutdown`.
     pub fn start(redis_url: &str, prefix: &str, shutdown: watch::Receiver<bool>) -> anyhow::Result<Arc<Self>> {
         let (sender, _) = broadcast::channel(FAN_OUT_CAPACITY);
-        let client = redis::Client::open(redis_url)?;
         let hub = Arc::new(Self { sender: sender.clone(), shutdown: shutdown.clone() });
-        let channel = events::channel(prefix);
-        tokio::spawn(async move {
-            let mut shutdown = shutdown;
-            loop {
-                let run = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let Ok(payload) = msg.get_payload::<String>() else { continue };
-                        if let Some((id, event)) = events::parse_published(&payload) {
-                            // No receiver: nobody is watching; that is fine.
-                            let _ = sender.send(Arc::new((id.to_owned(), event)));
-                        }
-                    }
-                    anyhow::Ok(())
-                };
-                tokio::select! {
-                    result = run => {
-                        if let Err(err) = result {
-                            tracing::warn!(error = %err, "CV event subscription lost; resubscribing");
-                        }
-                    }
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
+        crate::pubsub::follow(redis_url, events::channel(prefix), shutdown, move |message| {
+            if let crate::pubsub::Message::Payload(payload) = message
+                && let Some((id, event)) = events::parse_published(&payload)
+            {
+                // No receiver: nobody is watching; that is fine.
+                let _ = sender.send(Arc::new((id.to_owned(), event)));
             }
-        });
+        })?;
         Ok(hub)
     }
 }
@@ -107,7 +83,7 @@ async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec
 }
 
 async fn stream_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let company = caller.company_id;
     let last = req
         .headers()

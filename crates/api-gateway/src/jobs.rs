@@ -5,10 +5,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use common_models::schema::main::jobs;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use service_kit::AppError;
 
+use crate::access::Action;
+use crate::audit::{Audit, Change};
 use crate::page::{Page, PageQuery};
 use crate::state::AppState;
 
@@ -143,30 +145,45 @@ async fn create(
     state: web::Data<AppState>,
     body: web::Json<JobInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
     let input = body.into_inner();
     if input.title.is_none() {
         return Err(AppError::bad_request("title", "missing_field", "`title` is required"));
     }
     let changes = input.validate()?;
+    let audit = Audit::of(&req, &caller);
+    let company = caller.company_id.0;
     let mut conn = state.db.get().await?;
-    let job: Job = diesel::insert_into(jobs::table)
-        .values((
-            jobs::company_id.eq(caller.company_id.0),
-            jobs::title.eq(changes.title.unwrap_or_default()),
-            jobs::description.eq(changes.description.unwrap_or_default()),
-            jobs::requirements.eq(changes.requirements.unwrap_or_default()),
-            jobs::location.eq(changes.location.flatten()),
-            jobs::status.eq(changes.status.unwrap_or_else(|| "open".to_owned())),
-        ))
-        .returning(Job::as_returning())
-        .get_result(&mut conn)
+    let job = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let job: Job = diesel::insert_into(jobs::table)
+                .values((
+                    jobs::company_id.eq(company),
+                    jobs::title.eq(changes.title.unwrap_or_default()),
+                    jobs::description.eq(changes.description.unwrap_or_default()),
+                    jobs::requirements.eq(changes.requirements.unwrap_or_default()),
+                    jobs::location.eq(changes.location.flatten()),
+                    jobs::status.eq(changes.status.unwrap_or_else(|| "open".to_owned())),
+                ))
+                .returning(Job::as_returning())
+                .get_result(conn)
+                .await?;
+            let change = Change {
+                action: "job.create",
+                object_type: "job",
+                object_id: Some(job.id),
+                before: None,
+                after: Some(serde_json::to_value(&job).map_err(AppError::internal)?),
+            };
+            audit.write(conn, change).await?;
+            Ok(job)
+        })
         .await?;
     Ok(HttpResponse::Created().json(job))
 }
 
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "job")?;
     let mut conn = state.db.get().await?;
     let job = jobs::table
@@ -187,7 +204,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = jobs::table.filter(jobs::company_id.eq(caller.company_id.0)).into_boxed();
@@ -215,10 +232,10 @@ async fn update(
     id: web::Path<String>,
     body: web::Json<JobInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "job")?;
     let changes = body.into_inner().validate()?;
-    apply(&state, caller.company_id.0, id, changes).await
+    apply(&state, Audit::of(&req, &caller), caller.company_id.0, id, changes, "job.update").await
 }
 
 async fn archive(
@@ -226,21 +243,49 @@ async fn archive(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "job")?;
     let changes = JobChanges { status: Some("archived".to_owned()), ..JobChanges::default() };
-    apply(&state, caller.company_id.0, id, changes).await
+    apply(&state, Audit::of(&req, &caller), caller.company_id.0, id, changes, "job.archive").await
 }
 
-/// Applies `changes` to the company's job `id`; 404 when it has none.
-async fn apply(state: &AppState, company: i64, id: i64, changes: JobChanges) -> Result<HttpResponse, AppError> {
+/// Applies `changes` to the company's job `id` and audits it as `action`; 404 when the
+/// company has no such job.
+async fn apply(
+    state: &AppState,
+    audit: Audit,
+    company: i64,
+    id: i64,
+    changes: JobChanges,
+    action: &'static str,
+) -> Result<HttpResponse, AppError> {
     let mut conn = state.db.get().await?;
-    let target = jobs::table.filter(jobs::id.eq(id).and(jobs::company_id.eq(company)));
-    let job: Option<Job> = diesel::update(target)
-        .set((changes, jobs::updated_at.eq(diesel::dsl::now)))
-        .returning(Job::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()?;
-    Ok(HttpResponse::Ok().json(job.ok_or_else(|| not_found("job", id))?))
+    let job = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let target = jobs::table.filter(jobs::id.eq(id).and(jobs::company_id.eq(company)));
+            let before: Job = target
+                .select(Job::as_select())
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| not_found("job", id))?;
+            let job: Job = diesel::update(target)
+                .set((changes, jobs::updated_at.eq(diesel::dsl::now)))
+                .returning(Job::as_returning())
+                .get_result(conn)
+                .await?;
+            let json = |j: &Job| serde_json::to_value(j).map_err(AppError::internal);
+            let change = Change {
+                action,
+                object_type: "job",
+                object_id: Some(id),
+                before: Some(json(&before)?),
+                after: Some(json(&job)?),
+            };
+            audit.write(conn, change).await?;
+            Ok(job)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(job))
 }

@@ -4,7 +4,10 @@
 //! to disk while Redis is away) without ever waiting for the log to be delivered. It
 //! never writes the analytics database.
 
+pub mod access;
+pub mod accounts;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cvs;
 pub mod events;
@@ -14,6 +17,10 @@ pub mod logged;
 pub mod matches;
 pub mod metrics;
 pub mod page;
+pub mod password;
+pub mod people;
+pub mod pubsub;
+pub mod sessions;
 pub mod settings;
 pub mod state;
 
@@ -103,12 +110,17 @@ pub async fn run(
         tracing::warn!("LLM_CACHE_SEAL_KEY is not set: this replica serves only the cached answers it stored itself");
     }
     let seal = llm::seal::Seal::new(settings.llm_cache_seal_key.expose())?;
+    let sessions = sessions::Sessions::new(redis.clone(), &settings.redis.key_prefix, settings.accounts.session_ttl);
+    let auth =
+        Arc::new(Authenticator::new(db.clone(), sessions, settings.auth_cache_ttl, settings.auth_failures_per_minute));
+    auth::follow_revocations(auth.clone(), settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
     let state = web::Data::new(AppState {
+        passwords: password::Passwords::new()?,
         seal,
         events,
         files,
         cache,
-        auth: Authenticator::new(db.clone(), settings.auth_cache_ttl, settings.auth_failures_per_minute),
+        auth,
         settings: settings.clone(),
         db,
         analytics,
@@ -135,6 +147,9 @@ pub async fn run(
             .configure(events::routes)
             .configure(cvs::routes)
             .configure(matches::routes)
+            .configure(accounts::routes)
+            .configure(people::routes)
+            .configure(audit::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::AppError;
 
+use crate::access::Action;
 use crate::jobs::{Job, not_found, parse_id};
 use crate::state::AppState;
 
@@ -139,7 +140,7 @@ async fn cvs_for_job(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let query: MatchQuery = crate::page::query(&req)?;
     let (limit, mode) = query.resolve()?;
     let company = caller.company_id.0;
@@ -187,7 +188,7 @@ async fn jobs_for_cv(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::Read).await?;
     let query: MatchQuery = crate::page::query(&req)?;
     let (limit, mode) = query.resolve()?;
     let company = caller.company_id.0;

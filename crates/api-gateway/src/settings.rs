@@ -83,6 +83,25 @@ pub struct GatewaySettings {
     /// Longest a match may take.
     #[serde(deserialize_with = "duration")]
     pub match_timeout: Duration,
+    /// Sign-in, sessions and invitations.
+    pub accounts: AccountSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountSettings {
+    /// A session ends after this long without a request.
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// Failed logins allowed per account a minute (across replicas).
+    pub login_failures_per_account: u32,
+    /// Failed logins allowed per client address a minute (across replicas).
+    pub login_failures_per_address: u32,
+    #[serde(deserialize_with = "duration")]
+    pub invitation_ttl: Duration,
+    /// The invitation link; the token is appended.
+    pub invitation_url: String,
+    /// The session cookie's `Secure` attribute.
+    pub cookie_secure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +140,11 @@ impl GatewaySettings {
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");
         anyhow::ensure!(self.cvs.max_files >= 1, "cvs.max_files must be at least 1");
         anyhow::ensure!(self.cvs.max_file_bytes >= 1, "cvs.max_file_bytes must be at least 1 byte");
+        anyhow::ensure!(
+            self.accounts.session_ttl >= Duration::from_secs(60),
+            "accounts.session_ttl must be at least 1m"
+        );
+        anyhow::ensure!(!self.accounts.invitation_ttl.is_zero(), "accounts.invitation_ttl must be longer than 0");
         self.producer.validate()?;
         self.pricing.validate()?;
         Ok(())

@@ -25,7 +25,8 @@ pub struct AppState {
     /// Log events to the queue; never waits.
     pub producer: Producer,
     pub metrics: GatewayMetrics,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
+    pub passwords: crate::password::Passwords,
     /// cache-service (LLM results, match results), when configured.
     pub cache: Option<cache_client::CacheClient>,
     /// Seals the LLM answers stored in the cache, and opens them.

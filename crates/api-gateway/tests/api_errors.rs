@@ -26,7 +26,7 @@ async fn auth_and_bad_input_get_clear_json_errors() -> anyhow::Result<()> {
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     let body: Value = res.json().await?;
     assert_eq!(body["error"]["type"], "authentication_error");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("missing API key")));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("missing credentials")));
     let res = stack.chat("hh_not-a-real-key", &chat_body(false)).send().await?;
     assert_eq!(res.status(), 401);
     assert_eq!(res.json::<Value>().await?["error"]["message"], "invalid API key");

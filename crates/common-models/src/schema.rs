@@ -20,6 +20,56 @@ pub mod main {
             role -> Varchar,
             is_active -> Bool,
             created_at -> Timestamptz,
+            password_hash -> Nullable<Text>,
+            password_changed_at -> Nullable<Timestamptz>,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        user_invitations (id) {
+            id -> Int8,
+            company_id -> Int8,
+            email -> Varchar,
+            role -> Varchar,
+            token_hash -> Bytea,
+            invited_by -> Nullable<Int8>,
+            created_at -> Timestamptz,
+            expires_at -> Timestamptz,
+            accepted_at -> Nullable<Timestamptz>,
+            accepted_user -> Nullable<Int8>,
+            revoked_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::table! {
+        email_outbox (id) {
+            id -> Int8,
+            company_id -> Nullable<Int8>,
+            recipient -> Varchar,
+            subject -> Text,
+            body -> Text,
+            created_at -> Timestamptz,
+            sent_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::table! {
+        audit_log (id) {
+            id -> Int8,
+            company_id -> Nullable<Int8>,
+            actor_user_id -> Nullable<Int8>,
+            actor_key_id -> Nullable<Int8>,
+            actor_kind -> Varchar,
+            action -> Varchar,
+            object_type -> Varchar,
+            object_id -> Nullable<Int8>,
+            before -> Nullable<Jsonb>,
+            after -> Nullable<Jsonb>,
+            ip -> Nullable<Varchar>,
+            user_agent -> Nullable<Varchar>,
+            request_id -> Nullable<Varchar>,
+            created_at -> Timestamptz,
         }
     }
 
@@ -78,7 +128,18 @@ pub mod main {
     diesel::joinable!(api_keys -> companies (company_id));
     diesel::joinable!(jobs -> companies (company_id));
     diesel::joinable!(cvs -> companies (company_id));
-    diesel::allow_tables_to_appear_in_same_query!(companies, users, api_keys, jobs, cvs);
+    diesel::joinable!(user_invitations -> companies (company_id));
+    diesel::joinable!(api_keys -> users (user_id));
+    diesel::allow_tables_to_appear_in_same_query!(
+        companies,
+        users,
+        api_keys,
+        jobs,
+        cvs,
+        user_invitations,
+        email_outbox,
+        audit_log
+    );
 }
 
 /// Analytics database: the log tables (partitioned by month on `created_at`).

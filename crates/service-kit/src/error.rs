@@ -27,6 +27,8 @@ pub enum ErrorKind {
     NotFound,
     /// 405.
     MethodNotAllowed,
+    /// 409: the request contradicts what exists (a duplicate, a state it cannot leave).
+    Conflict,
     /// 408: the request body did not arrive in time.
     RequestTimeout,
     /// 413: over a documented size limit.
@@ -51,6 +53,7 @@ impl ErrorKind {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
@@ -64,9 +67,11 @@ impl ErrorKind {
     /// The `type` of the JSON body.
     pub fn type_name(self) -> &'static str {
         match self {
-            Self::BadRequest | Self::PayloadTooLarge | Self::MethodNotAllowed | Self::RequestTimeout => {
-                "invalid_request_error"
-            }
+            Self::BadRequest
+            | Self::PayloadTooLarge
+            | Self::MethodNotAllowed
+            | Self::RequestTimeout
+            | Self::Conflict => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::TooManyRequests => "rate_limit_error",
             Self::Forbidden => "permission_error",
@@ -122,6 +127,11 @@ impl AppError {
 
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Forbidden, message)
+    }
+
+    /// 409 with a machine-readable code.
+    pub fn conflict(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Conflict, message).with_code(code)
     }
 
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
@@ -261,13 +271,25 @@ pub fn json_config(limit: usize) -> actix_web::web::JsonConfig {
             JsonPayloadError::ContentType => {
                 AppError::bad_body("invalid_content_type", "Content-Type must be application/json")
             }
-            JsonPayloadError::Deserialize(e) => {
-                AppError::bad_body("invalid_json", format!("invalid request body: {e}"))
-            }
+            JsonPayloadError::Deserialize(e) => match unknown_field(&e.to_string()) {
+                Some(field) => AppError::bad_request(
+                    field.clone(),
+                    "unknown_field",
+                    format!("`{field}` is not a field this request takes; it was not applied"),
+                ),
+                None => AppError::bad_body("invalid_json", format!("invalid request body: {e}")),
+            },
             other => AppError::bad_body("invalid_body", format!("invalid request body: {other}")),
         };
         actix_web::error::InternalError::from_response(err, api.error_response()).into()
     })
+}
+
+/// The field serde names in "unknown field `x`, expected …" (a body carrying a field
+/// the route does not take: `company_id`, `role`, …, never silently dropped).
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(field, _)| field.to_owned())
 }
 
 /// The answer for a path no route matches.
@@ -310,5 +332,18 @@ mod tests {
         assert_eq!(body["error"]["type"], "invalid_request_error");
         let res = AppError::unauthorized("invalid API key").error_response();
         assert_eq!(res.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code)]
+        struct Input {
+            title: String,
+        }
+        let err = serde_json::from_str::<Input>(r#"{"title":"x","company_id":7}"#).unwrap_err();
+        assert_eq!(unknown_field(&err.to_string()).as_deref(), Some("company_id"));
+        assert_eq!(unknown_field("missing field `title`"), None);
     }
 }

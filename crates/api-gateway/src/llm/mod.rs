@@ -15,6 +15,7 @@ use common_models::events::LlmErrorType;
 use service_kit::request_id::RequestId;
 use service_kit::{AppError, ErrorKind};
 
+use crate::access::Action;
 use crate::state::AppState;
 use record::{AnswerView, CallGuard, CallRecord};
 use request::{CallContext, ChatRequest};
@@ -31,7 +32,7 @@ async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    let caller = state.auth.allow(&req, Action::UseLlm).await?;
     let settings = &state.settings;
     let body = service_kit::body::read_limited(&req, payload, settings.max_body_bytes, settings.body_timeout).await?;
     let chat = ChatRequest::parse(body, settings.max_tokens_cap, settings.max_choices)?;
@@ -50,7 +51,7 @@ async fn chat_completions(
     let context = CallContext::from_headers(&req)?;
     let request_id = RequestId::of(&req).unwrap_or_default();
 
-    let mut record = CallRecord::new(caller, context, request_id, chat.model.clone(), chat.stream);
+    let mut record = CallRecord::new(caller.clone(), context, request_id, chat.model.clone(), chat.stream);
     record.prompt_bytes = chat.body_len();
     let mut guard = CallGuard::new(record, state.call_logger());
     let streaming = chat.stream;

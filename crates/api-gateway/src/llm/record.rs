@@ -196,7 +196,9 @@ impl CallRecord {
                 metadata.insert(name.into(), json!(cut(v, MAX_NAME_BYTES)));
             }
         }
-        metadata.insert("api_key_id".into(), json!(self.caller.api_key_id.0));
+        if let Some(key) = self.caller.api_key_id {
+            metadata.insert("api_key_id".into(), json!(key.0));
+        }
         if self.usage.is_some() && priced.is_none() {
             metadata.insert("unpriced_model".into(), json!(true));
         }

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod team;
+
 use std::time::Duration;
 
 use api_gateway::GatewaySettings;
@@ -151,6 +153,15 @@ impl Stack {
         }
         self.sim.stop().await;
         Ok(())
+    }
+
+    /// A second gateway on the same databases and Redis (its own spool).
+    pub async fn another_gateway(&self) -> anyhow::Result<(Service, TempDir)> {
+        let spool = TempDir::new("spool-2")?;
+        let settings =
+            gateway_settings(&self.main_db, &self.analytics_db, &self.redis, &spool, &self.files, &self.sim)?;
+        let gateway = Service::start("api-gateway-2", |l, rx| api_gateway::run(settings, l, rx)).await?;
+        Ok((gateway, spool))
     }
 
     /// Creates a company through the admin API; returns (company id, API key).

@@ -1,0 +1,128 @@
+//! Who may do what: the one place permissions are decided. Roles form a ladder
+//! (`viewer` < `recruiter` < `admin` < `owner`); each action names the lowest role
+//! allowed to take it. The README's role table is this table.
+//!
+//! A company API key without a user acts as a `recruiter` (it runs the pipeline: jobs,
+//! CVs, LLM calls; it manages no people); a user's key acts with that user's role.
+
+use serde::{Deserialize, Serialize};
+use service_kit::AppError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Recruiter,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Recruiter, Role::Admin, Role::Owner];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Recruiter => "recruiter",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Reads a role a client sent in `field`, or a 400 naming the field.
+    pub fn from_input(field: &'static str, text: &str) -> Result<Role, AppError> {
+        Role::parse(text).ok_or_else(|| {
+            AppError::bad_request(
+                field,
+                "invalid_value",
+                format!("`{field}` must be one of owner, admin, recruiter, viewer, not {text:?}"),
+            )
+        })
+    }
+
+    /// Whether this role may give `other` to someone, or change someone who has it: only
+    /// an owner makes or touches owners; an admin manages everyone else.
+    pub fn may_manage(self, other: Role) -> bool {
+        self.allows(Action::ManagePeople) && (self == Role::Owner || other < Role::Owner)
+    }
+
+    pub fn allows(self, action: Action) -> bool {
+        self >= action.least_role()
+    }
+}
+
+/// What a request does, for the permission check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read jobs, CVs, matches, CV events, colleagues' names.
+    Read,
+    /// Create, edit and archive jobs.
+    WriteJobs,
+    /// Upload and delete CVs.
+    WriteCvs,
+    /// Call the LLM proxy.
+    UseLlm,
+    /// Invite people, change roles, deactivate accounts.
+    ManagePeople,
+    /// Read the audit trail.
+    ReadAudit,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] =
+        [Action::Read, Action::WriteJobs, Action::WriteCvs, Action::UseLlm, Action::ManagePeople, Action::ReadAudit];
+
+    /// The lowest role allowed to take this action: the permission table.
+    pub const fn least_role(self) -> Role {
+        match self {
+            Action::Read => Role::Viewer,
+            Action::WriteJobs | Action::WriteCvs | Action::UseLlm => Role::Recruiter,
+            Action::ManagePeople | Action::ReadAudit => Role::Admin,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Read => "read jobs, CVs and matches",
+            Action::WriteJobs => "change jobs",
+            Action::WriteCvs => "upload or delete CVs",
+            Action::UseLlm => "call the LLM",
+            Action::ManagePeople => "manage people and invitations",
+            Action::ReadAudit => "read the audit trail",
+        }
+    }
+}
+
+/// 403 for `role` attempting `action`.
+pub fn refused(role: Role, action: Action) -> AppError {
+    AppError::forbidden(format!(
+        "a {} may not {}: it takes the {} role or above",
+        role.as_str(),
+        action.describe(),
+        action.least_role().as_str()
+    ))
+    .with_code("insufficient_role")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_form_a_ladder_and_only_owners_touch_owners() {
+        assert!(Role::Owner > Role::Admin && Role::Admin > Role::Recruiter && Role::Recruiter > Role::Viewer);
+        assert!(Role::Viewer.allows(Action::Read) && !Role::Viewer.allows(Action::WriteJobs));
+        assert!(Role::Recruiter.allows(Action::UseLlm) && !Role::Recruiter.allows(Action::ManagePeople));
+        assert!(Role::Admin.may_manage(Role::Admin) && !Role::Admin.may_manage(Role::Owner));
+        assert!(Role::Owner.may_manage(Role::Owner));
+        assert!(!Role::Recruiter.may_manage(Role::Viewer));
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("member"), None);
+    }
+}

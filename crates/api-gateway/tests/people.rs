@@ -1,0 +1,788 @@
+//! People, roles, sessions, invitations and the audit trail, through the running
+//! gateway against real PostgreSQL and Redis.
+#![expect(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::team::{self, Member, PASSWORD, Team, accept, audit_rows, invite, token_from_outbox};
+use common::{Options, Stack};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn no_worker() -> Options {
+    Options { with_worker: false, ..Options::default() }
+}
+
+async fn call(stack: &Stack, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_at(stack, &stack.url, token, method, path, body).await
+}
+
+async fn call_at(
+    stack: &Stack,
+    base: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req =
+        stack.http.request(method, format!("{base}{path}")).bearer_auth(token).header("user-agent", "people-test");
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn create_job(stack: &Stack, token: &str, title: &str) -> i64 {
+    let (status, body) =
+        call(stack, token, Method::POST, "/api/v1/jobs", Some(json!({"title": title, "requirements": ["Rust"]}))).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+async fn upload_cv(stack: &Stack, token: &str, name: &str) -> i64 {
+    let part = reqwest::multipart::Part::bytes(format!("{name}\nRust engineer, 6 years.\n").into_bytes())
+        .file_name(format!("{name}.txt"))
+        .mime_str("text/plain")
+        .unwrap();
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/cvs", stack.url))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    body["data"][0]["id"].as_i64().unwrap()
+}
+
+/// The roles allowed on each route, written out here (not derived from the code's
+/// table) so a change to either shows up.
+const VIEWER_UP: &[&str] = &["owner", "admin", "recruiter", "viewer"];
+const RECRUITER_UP: &[&str] = &["owner", "admin", "recruiter"];
+const ADMIN_UP: &[&str] = &["owner", "admin"];
+
+#[tokio::test]
+async fn every_role_gets_exactly_the_routes_the_table_allows() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Roles Ltd").await.unwrap();
+    let job = create_job(&stack, &team.owner.token, "Backend engineer").await;
+    let cv = upload_cv(&stack, &team.owner.token, "ada").await;
+    // Someone every manager may edit, and invitations to resend and revoke.
+    invite(&stack, &team.owner, "target@roles.example.com", "viewer").await.unwrap();
+    let target_token = token_from_outbox(&stack, "target@roles.example.com").await.unwrap();
+    let target = accept(&stack, &target_token).await.unwrap().1["user_id"].as_i64().unwrap();
+
+    let mut routes: Vec<(Method, String, Option<Value>, &[&str])> = vec![
+        (Method::GET, "/api/v1/me".into(), None, VIEWER_UP),
+        (Method::GET, "/api/v1/jobs".into(), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/jobs/{job}"), None, VIEWER_UP),
+        (Method::POST, "/api/v1/jobs".into(), Some(json!({"title": "Data engineer"})), RECRUITER_UP),
+        (Method::PATCH, format!("/api/v1/jobs/{job}"), Some(json!({"location": "Remote"})), RECRUITER_UP),
+        (Method::POST, format!("/api/v1/jobs/{job}/archive"), None, RECRUITER_UP),
+        (Method::GET, "/api/v1/cvs".into(), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/cvs/{cv}"), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/cvs/{cv}/file"), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/jobs/{job}/matches"), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/cvs/{cv}/matches"), None, VIEWER_UP),
+        (Method::POST, "/v1/chat/completions".into(), Some(common::chat_body(false)), RECRUITER_UP),
+        (Method::GET, "/api/v1/users".into(), None, VIEWER_UP),
+        (Method::GET, format!("/api/v1/users/{target}"), None, VIEWER_UP),
+        (Method::PATCH, format!("/api/v1/users/{target}"), Some(json!({"full_name": "Target"})), ADMIN_UP),
+        (Method::GET, "/api/v1/invitations".into(), None, ADMIN_UP),
+        (Method::GET, "/api/v1/audit".into(), None, ADMIN_UP),
+    ];
+    let roles: Vec<(&str, &str)> = team.members().iter().map(|m| (m.role, m.token.as_str())).collect();
+    // Routes that change one invitation: each allowed role needs its own.
+    for (role, _) in &roles {
+        let email = format!("{role}-pending@roles.example.com");
+        let id = invite(&stack, &team.owner, &email, "viewer").await.unwrap();
+        for (method, path) in [
+            (Method::POST, format!("/api/v1/invitations/{id}/resend")),
+            (Method::DELETE, format!("/api/v1/invitations/{id}")),
+        ] {
+            routes.push((method, path, Some(json!({})), ADMIN_UP));
+        }
+        routes.push((
+            Method::POST,
+            "/api/v1/invitations".into(),
+            Some(json!({"email": format!("{role}-new@roles.example.com"), "role": "viewer"})),
+            ADMIN_UP,
+        ));
+    }
+
+    let mut checked = 0;
+    for (method, path, body, allowed) in &routes {
+        for (role, token) in &roles {
+            let (status, answer) = call(&stack, token, method.clone(), path, body.clone()).await;
+            if allowed.contains(role) {
+                // No cv-processor runs here: matches end in 502/503 once allowed.
+                let upstream = path.contains("matches");
+                assert!(
+                    ![401, 403].contains(&status) && (status < 500 || upstream),
+                    "{role} {method} {path}: {status} {answer}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path} should be refused: {answer}");
+                assert_eq!(answer["error"]["code"], "insufficient_role");
+            }
+            checked += 1;
+        }
+    }
+    // The company key without a user acts as a recruiter.
+    let (status, _) = call(&stack, &team.api_key, Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&stack, &team.api_key, Method::POST, "/api/v1/jobs", Some(json!({"title": "By key"}))).await;
+    assert_eq!(status, 201);
+    assert!(checked >= 4 * 20, "{checked}");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn another_company_sees_none_of_a_companys_objects() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let a = team::team(&stack, "Alpha").await.unwrap();
+    let b = team::team(&stack, "Beta").await.unwrap();
+    let job = create_job(&stack, &a.owner.token, "Alpha's job").await;
+    let cv = upload_cv(&stack, &a.owner.token, "alpha-cv").await;
+    let invitation = invite(&stack, &a.owner, "pending@alpha.example.com", "viewer").await.unwrap();
+    let user = a.recruiter.user_id;
+    let object_routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/api/v1/jobs/{job}"), None),
+        (Method::PATCH, format!("/api/v1/jobs/{job}"), Some(json!({"title": "Taken"}))),
+        (Method::POST, format!("/api/v1/jobs/{job}/archive"), None),
+        (Method::GET, format!("/api/v1/jobs/{job}/matches"), None),
+        (Method::GET, format!("/api/v1/cvs/{cv}"), None),
+        (Method::GET, format!("/api/v1/cvs/{cv}/file"), None),
+        (Method::GET, format!("/api/v1/cvs/{cv}/matches"), None),
+        (Method::DELETE, format!("/api/v1/cvs/{cv}"), None),
+        (Method::GET, format!("/api/v1/users/{user}"), None),
+        (Method::PATCH, format!("/api/v1/users/{user}"), Some(json!({"is_active": false}))),
+        (Method::POST, format!("/api/v1/invitations/{invitation}/resend"), None),
+        (Method::DELETE, format!("/api/v1/invitations/{invitation}"), None),
+    ];
+    for (method, path, body) in &object_routes {
+        for token in [&b.owner.token, &b.api_key] {
+            let (status, answer) = call(&stack, token, method.clone(), path, body.clone()).await;
+            // A company key may not manage people (403 before any look-up); everything
+            // else is simply not found.
+            let people = path.contains("/users/") && *method == Method::PATCH || path.contains("invitations");
+            let expected = if token == &b.api_key && people { 403 } else { 404 };
+            assert_eq!(status, expected, "{method} {path}: {answer}");
+        }
+    }
+    // Nothing changed on A's side.
+    let (status, body) = call(&stack, &a.owner.token, Method::GET, &format!("/api/v1/jobs/{job}"), None).await;
+    assert_eq!((status, body["title"].as_str()), (200, Some("Alpha's job")));
+    let (status, body) = call(&stack, &a.owner.token, Method::GET, &format!("/api/v1/users/{user}"), None).await;
+    assert_eq!((status, body["is_active"].as_bool()), (200, Some(true)));
+    let (_, listed) = call(&stack, &b.owner.token, Method::GET, "/api/v1/users", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 4, "B sees its own four people only");
+    let (_, audit) = call(&stack, &b.owner.token, Method::GET, "/api/v1/audit?limit=100", None).await;
+    assert!(audit["data"].as_array().unwrap().iter().all(|r| r["object_id"] != json!(job)));
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fields_a_client_may_not_set_are_refused_by_name_and_never_applied() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Mass Ltd").await.unwrap();
+    let other = team::team(&stack, "Other Ltd").await.unwrap();
+    let job = create_job(&stack, &team.owner.token, "Engineer").await;
+    let audit_before = audit_rows(&stack, team.company_id).await.unwrap();
+    let cases: Vec<(Method, String, Value, &str)> = vec![
+        (Method::POST, "/api/v1/jobs".into(), json!({"title": "X", "company_id": other.company_id}), "company_id"),
+        (Method::POST, "/api/v1/jobs".into(), json!({"title": "X", "id": 1}), "id"),
+        (
+            Method::PATCH,
+            format!("/api/v1/jobs/{job}"),
+            json!({"title": "Y", "created_at": "2020-01-01T00:00:00Z"}),
+            "created_at",
+        ),
+        (Method::PATCH, format!("/api/v1/jobs/{job}"), json!({"company_id": other.company_id}), "company_id"),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{}", team.viewer.user_id),
+            json!({"full_name": "V", "company_id": other.company_id}),
+            "company_id",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{}", team.viewer.user_id),
+            json!({"email": "evil@example.com"}),
+            "email",
+        ),
+        (Method::PATCH, format!("/api/v1/users/{}", team.viewer.user_id), json!({"id": 1}), "id"),
+        (
+            Method::POST,
+            "/api/v1/invitations".into(),
+            json!({"email": "x@mass.example.com", "role": "viewer", "company_id": other.company_id}),
+            "company_id",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, answer) = call(&stack, &team.owner.token, method.clone(), &path, Some(body)).await;
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["param"], field, "{answer}");
+        assert_eq!(answer["error"]["code"], "unknown_field");
+    }
+    // Accepting an invitation cannot pick the role.
+    invite(&stack, &team.owner, "climber@mass.example.com", "viewer").await.unwrap();
+    let token = token_from_outbox(&stack, "climber@mass.example.com").await.unwrap();
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/invitations/accept", stack.url))
+        .json(&json!({"token": token, "password": PASSWORD, "role": "owner"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "role");
+    let (status, _) = accept(&stack, &token).await.unwrap();
+    assert_eq!(status, 201, "the refused attempt did not use the invitation up");
+    let (_, me) = call(&stack, &team.owner.token, Method::GET, "/api/v1/users?limit=100", None).await;
+    let climber =
+        me["data"].as_array().unwrap().iter().find(|u| u["email"] == "climber@mass.example.com").unwrap().clone();
+    assert_eq!(climber["role"], "viewer");
+
+    // Nothing moved: the job is the company's and untitled changes were not applied.
+    let (_, job_now) = call(&stack, &team.owner.token, Method::GET, &format!("/api/v1/jobs/{job}"), None).await;
+    assert_eq!(job_now["title"], "Engineer");
+    let (status, _) = call(&stack, &other.owner.token, Method::GET, "/api/v1/jobs", None).await;
+    assert_eq!(status, 200);
+    let other_jobs = test_support::query_count(
+        &stack.main_db.url,
+        &format!("SELECT count(*) AS n FROM jobs WHERE company_id = {}", other.company_id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_jobs, 0);
+    // Only the invitation and its acceptance were audited.
+    assert_eq!(audit_rows(&stack, team.company_id).await.unwrap(), audit_before + 2);
+    stack.stop().await.unwrap();
+}
+
+async fn login(stack: &Stack, base: &str, email: &str, password: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn error_of(body: &Value) -> Value {
+    body["error"].clone()
+}
+
+#[tokio::test]
+async fn logins_do_not_tell_unknown_people_from_wrong_passwords_and_are_throttled_across_replicas() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Login Ltd").await.unwrap();
+    let (second, _spool) = stack.another_gateway().await.unwrap();
+
+    // A good login: the token works, in the body and as an HttpOnly, Secure, Lax cookie.
+    let res = login(&stack, &stack.url, &team.recruiter.email.to_uppercase(), PASSWORD).await;
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    for attribute in ["hh_session=hhs_", "HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=3600"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["role"].as_str(), body["expires_in"].as_u64()), (Some("recruiter"), Some(3600)));
+    let by_cookie = stack
+        .http
+        .get(format!("{}/api/v1/me", second.url))
+        .header("cookie", format!("hh_session={}", body["token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200, "a session works on every replica");
+    assert_eq!(by_cookie.json::<Value>().await.unwrap()["user"]["email"], team.recruiter.email.as_str());
+
+    // Unknown person and wrong password: the same answer, after the same work.
+    let mut unknown_ms = Vec::new();
+    let mut wrong_ms = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let started = Instant::now();
+        let res = login(&stack, &stack.url, &format!("nobody{i}@login.example.com"), "a wrong password").await;
+        unknown_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        answers.push((res.status().as_u16(), error_of(&res.json().await.unwrap())));
+        let started = Instant::now();
+        let res = login(&stack, &stack.url, &team.viewer.email, &format!("a wrong password {i}")).await;
+        wrong_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        answers.push((res.status().as_u16(), error_of(&res.json().await.unwrap())));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(answers[0].0, 401);
+    unknown_ms.sort_by(f64::total_cmp);
+    wrong_ms.sort_by(f64::total_cmp);
+    // Both run an Argon2id check: an unknown address is not answered from the lookup alone.
+    assert!(unknown_ms[1] > wrong_ms[1] * 0.5, "unknown {unknown_ms:?} vs wrong {wrong_ms:?}");
+
+    // Ten failures for one account within the minute, alternating replicas: the 11th
+    // attempt is refused with 429, even with the right password; other accounts go on.
+    let target = &team.admin.email;
+    for i in 0..10 {
+        let base = if i % 2 == 0 { &stack.url } else { &second.url };
+        assert_eq!(login(&stack, base, target, "not the password").await.status(), 401, "attempt {}", i + 1);
+    }
+    let res = login(&stack, &second.url, target, PASSWORD).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=61).contains(&retry), "{retry}");
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "login_throttled");
+    let res = login(&stack, &stack.url, &team.owner.email, PASSWORD).await;
+    assert_eq!(res.status(), 200, "another account is not affected");
+    second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deactivated_user_loses_sessions_and_keys_on_every_replica_at_once() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Deactivate Ltd").await.unwrap();
+    let (second, _spool) = stack.another_gateway().await.unwrap();
+    // The recruiter also holds a key of their own (key management routes are not here
+    // yet: the row is written as those routes will write it).
+    let (key, prefix, digest) = api_gateway::auth::generate_key().unwrap();
+    let mut conn = stack.main_db.connect().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "INSERT INTO api_keys (company_id, user_id, name, key_prefix, key_hash) VALUES ($1, $2, 'mine', $3, $4)",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(team.company_id)
+        .bind::<diesel::sql_types::BigInt, _>(team.recruiter.user_id)
+        .bind::<diesel::sql_types::Text, _>(&prefix)
+        .bind::<diesel::sql_types::Bytea, _>(digest.to_vec()),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let second_session = login(&stack, &second.url, &team.recruiter.email, PASSWORD).await;
+    let second_session = second_session.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    // Both replicas have seen (and cached) the key, and accept both sessions.
+    for base in [&stack.url, &second.url] {
+        for token in [&key, &team.recruiter.token, &second_session] {
+            let (status, body) = call_at(&stack, base, token, Method::GET, "/api/v1/jobs", None).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, me) = call_at(&stack, base, &key, Method::GET, "/api/v1/me", None).await;
+        assert_eq!((status, me["role"].as_str()), (200, Some("recruiter")), "a user's key carries their role");
+    }
+
+    let (status, body) = call(
+        &stack,
+        &team.admin.token,
+        Method::PATCH,
+        &format!("/api/v1/users/{}", team.recruiter.user_id),
+        Some(json!({"is_active": false})),
+    )
+    .await;
+    assert_eq!((status, body["is_active"].as_bool()), (200, Some(false)), "{body}");
+    // Sessions end in Redis (no replica caches them); the key is dropped by the
+    // published revocation. The bound is delivery: allow it a moment, far under the
+    // 30 s key cache.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for base in [&stack.url, &second.url] {
+        for token in [&key, &team.recruiter.token, &second_session] {
+            loop {
+                let (status, _) = call_at(&stack, base, token, Method::GET, "/api/v1/jobs", None).await;
+                if status == 401 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{base} still accepts a deactivated user's credential ({status})");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // And they cannot sign in again: the same answer as a wrong password.
+    let res = login(&stack, &second.url, &team.recruiter.email, PASSWORD).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_credentials");
+    // Reactivated: the key works again; sessions stay ended.
+    let (status, _) = call(
+        &stack,
+        &team.admin.token,
+        Method::PATCH,
+        &format!("/api/v1/users/{}", team.recruiter.user_id),
+        Some(json!({"is_active": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call_at(&stack, &second.url, &key, Method::GET, "/api/v1/jobs", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call_at(&stack, &second.url, &second_session, Method::GET, "/api/v1/jobs", None).await;
+    assert_eq!(status, 401);
+    second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sign_out_sign_out_everywhere_role_changes_and_new_passwords_end_sessions() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Sessions Ltd").await.unwrap();
+    let me = |token: String| {
+        let stack = &stack;
+        async move { call(stack, &token, Method::GET, "/api/v1/me", None).await.0 }
+    };
+    let fresh = |member: Member| {
+        let stack = &stack;
+        async move {
+            let res = login(stack, &stack.url, &member.email, PASSWORD).await;
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Sign out ends this session only, and clears the cookie.
+    let other = fresh(team.viewer.clone()).await;
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/auth/logout", stack.url))
+        .bearer_auth(&team.viewer.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(res.headers().get("set-cookie").unwrap().to_str().unwrap().contains("hh_session=;"));
+    assert_eq!(me(team.viewer.token.clone()).await, 401);
+    assert_eq!(me(other.clone()).await, 200);
+    // Sign out everywhere.
+    let third = fresh(team.viewer.clone()).await;
+    let (status, _) = call(&stack, &other, Method::POST, "/api/v1/auth/logout-all", None).await;
+    assert_eq!(status, 204);
+    assert_eq!((me(other).await, me(third).await), (401, 401));
+    // An API key has no session to end.
+    let (status, body) = call(&stack, &team.api_key, Method::POST, "/api/v1/auth/logout", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("not_a_session")));
+
+    // A role change ends the user's sessions: the new role takes effect at once.
+    let recruiter = fresh(team.recruiter.clone()).await;
+    let (status, _) = call(
+        &stack,
+        &team.admin.token,
+        Method::PATCH,
+        &format!("/api/v1/users/{}", team.recruiter.user_id),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!((me(recruiter).await, me(team.recruiter.token.clone()).await), (401, 401));
+    let demoted = fresh(team.recruiter.clone()).await;
+    let (status, _) = call(&stack, &demoted, Method::POST, "/api/v1/jobs", Some(json!({"title": "No"}))).await;
+    assert_eq!(status, 403);
+    // Admins cannot touch owners or make them; nobody changes their own role.
+    let owner = format!("/api/v1/users/{}", team.owner.user_id);
+    let (status, _) = call(&stack, &team.admin.token, Method::PATCH, &owner, Some(json!({"is_active": false}))).await;
+    assert_eq!(status, 403);
+    let viewer = format!("/api/v1/users/{}", team.viewer.user_id);
+    let (status, _) = call(&stack, &team.admin.token, Method::PATCH, &viewer, Some(json!({"role": "owner"}))).await;
+    assert_eq!(status, 403);
+    let own = format!("/api/v1/users/{}", team.owner.user_id);
+    let (status, body) = call(&stack, &team.owner.token, Method::PATCH, &own, Some(json!({"role": "viewer"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("own_account")));
+
+    // A new password ends every session, this one included; the old password is gone.
+    let elsewhere = fresh(team.admin.clone()).await;
+    let (status, body) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/me/password",
+        Some(json!({"current_password": "wrong wrong wrong", "new_password": "another long passphrase"})),
+    )
+    .await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("current_password")));
+    let (status, body) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/me/password",
+        Some(json!({"current_password": PASSWORD, "new_password": "short"})),
+    )
+    .await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("new_password")));
+    let (status, _) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/me/password",
+        Some(json!({"current_password": PASSWORD, "new_password": "another long passphrase"})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!((me(elsewhere).await, me(team.admin.token.clone()).await), (401, 401));
+    assert_eq!(login(&stack, &stack.url, &team.admin.email, PASSWORD).await.status(), 401);
+    assert_eq!(login(&stack, &stack.url, &team.admin.email, "another long passphrase").await.status(), 200);
+    // Stored as Argon2id, never as the password.
+    let hashed = test_support::query_count(
+        &stack.main_db.url,
+        &format!(
+            "SELECT count(*) AS n FROM users WHERE id = {} AND password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%'",
+            team.admin.user_id
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hashed, 1);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn invitation_tokens_work_once_expire_and_cannot_be_guessed_or_replayed() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Invite Ltd").await.unwrap();
+    let invalid = |(status, body): (u16, Value)| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_invitation", "{body}");
+        assert_eq!(body["error"]["param"], "token");
+    };
+
+    // Single use: the second acceptance is refused and creates nothing.
+    invite(&stack, &team.admin, "once@invite.example.com", "recruiter").await.unwrap();
+    let token = token_from_outbox(&stack, "once@invite.example.com").await.unwrap();
+    let (status, body) = accept(&stack, &token).await.unwrap();
+    assert_eq!((status, body["role"].as_str()), (201, Some("recruiter")));
+    invalid(accept(&stack, &token).await.unwrap());
+    // Only its digest is stored.
+    let stored = test_support::query_count(
+        &stack.main_db.url,
+        &format!("SELECT count(*) AS n FROM user_invitations WHERE token_hash = sha256(convert_to('{token}', 'UTF8'))"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored, 1);
+
+    // Expired.
+    let id = invite(&stack, &team.admin, "late@invite.example.com", "viewer").await.unwrap();
+    let late = token_from_outbox(&stack, "late@invite.example.com").await.unwrap();
+    let mut conn = stack.main_db.connect().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "UPDATE user_invitations SET expires_at = now() - interval '1 second' WHERE id = {id}"
+        )),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    invalid(accept(&stack, &late).await.unwrap());
+    let (_, list) = call(&stack, &team.admin.token, Method::GET, "/api/v1/invitations", None).await;
+    let listed = list["data"].as_array().unwrap().iter().find(|i| i["id"] == id).unwrap().clone();
+    assert_eq!(listed["status"], "expired");
+    assert!(listed.get("token_hash").is_none());
+    // A resend issues a new token; the old one stays dead, the new one works.
+    let (status, body) =
+        call(&stack, &team.admin.token, Method::POST, &format!("/api/v1/invitations/{id}/resend"), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("pending")), "{body}");
+    let renewed = token_from_outbox(&stack, "late@invite.example.com").await.unwrap();
+    assert_ne!(renewed, late);
+    invalid(accept(&stack, &late).await.unwrap());
+    assert_eq!(accept(&stack, &renewed).await.unwrap().0, 201);
+
+    // Revoked.
+    let id = invite(&stack, &team.admin, "revoked@invite.example.com", "viewer").await.unwrap();
+    let revoked = token_from_outbox(&stack, "revoked@invite.example.com").await.unwrap();
+    let (status, _) = call(&stack, &team.admin.token, Method::DELETE, &format!("/api/v1/invitations/{id}"), None).await;
+    assert_eq!(status, 204);
+    invalid(accept(&stack, &revoked).await.unwrap());
+
+    // Guessed: well-formed random tokens and malformed ones are the same refusal.
+    for guess in
+        [api_gateway::auth::random_token("hhi_").unwrap(), "hhi_short".into(), String::new(), format!("{token}x")]
+    {
+        invalid(accept(&stack, &guess).await.unwrap());
+    }
+    // Inviting someone who has an account, or twice: 409 naming the field.
+    let (status, body) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/invitations",
+        Some(json!({"email": team.viewer.email, "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+        (409, Some("already_a_user"), Some("email"))
+    );
+    invite(&stack, &team.admin, "twice@invite.example.com", "viewer").await.unwrap();
+    let (status, body) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/invitations",
+        Some(json!({"email": "Twice@Invite.example.com", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_invited")));
+    stack.stop().await.unwrap();
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct AuditRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    action: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    actor_kind: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    actor_user_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    request_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    user_agent: Option<String>,
+}
+
+async fn audit_since(stack: &Stack, company: i64, after_id: i64) -> Vec<AuditRow> {
+    let mut conn = stack.main_db.connect().await.unwrap();
+    diesel_async::RunQueryDsl::load(
+        diesel::sql_query(format!(
+            "SELECT action, actor_kind, actor_user_id, request_id, user_agent FROM audit_log \
+             WHERE company_id = {company} AND id > {after_id} ORDER BY id"
+        )),
+        &mut conn,
+    )
+    .await
+    .unwrap()
+}
+
+async fn last_audit_id(stack: &Stack) -> i64 {
+    test_support::query_count(&stack.main_db.url, "SELECT coalesce(max(id), 0) AS n FROM audit_log").await.unwrap()
+}
+
+#[tokio::test]
+async fn every_change_writes_one_audit_row_in_its_transaction_and_a_failed_one_none() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team: Team = team::team(&stack, "Audit Ltd").await.unwrap();
+    let owner = team.owner.token.clone();
+    let job = create_job(&stack, &owner, "Audited job").await;
+    let cv = upload_cv(&stack, &owner, "audited").await;
+    let pending = invite(&stack, &team.owner, "pending@audit.example.com", "viewer").await.unwrap();
+
+    // (method, path, body, expected action) for every state-changing route.
+    let changes: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::POST, "/api/v1/jobs".into(), Some(json!({"title": "Second"})), "job.create"),
+        (Method::PATCH, format!("/api/v1/jobs/{job}"), Some(json!({"title": "Renamed"})), "job.update"),
+        (Method::POST, format!("/api/v1/jobs/{job}/archive"), None, "job.archive"),
+        (Method::DELETE, format!("/api/v1/cvs/{cv}"), None, "cv.delete"),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{}", team.viewer.user_id),
+            Some(json!({"role": "recruiter"})),
+            "user.update",
+        ),
+        (
+            Method::POST,
+            "/api/v1/invitations".into(),
+            Some(json!({"email": "new@audit.example.com", "role": "viewer"})),
+            "invitation.create",
+        ),
+        (Method::POST, format!("/api/v1/invitations/{pending}/resend"), None, "invitation.resend"),
+        (Method::DELETE, format!("/api/v1/invitations/{pending}"), None, "invitation.revoke"),
+        (Method::POST, "/api/v1/auth/logout-all".into(), None, "session.end_all"),
+    ];
+    for (method, path, body, action) in changes {
+        let before = last_audit_id(&stack).await;
+        let (status, answer) = call(&stack, &owner, method.clone(), &path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
+        let rows = audit_since(&stack, team.company_id, before).await;
+        assert_eq!(rows.len(), 1, "{method} {path}: {rows:?}");
+        let row = &rows[0];
+        assert_eq!(row.action, action);
+        assert_eq!((row.actor_kind.as_str(), row.actor_user_id), ("user", Some(team.owner.user_id)));
+        assert!(row.request_id.is_some() && row.user_agent.is_some(), "{row:?}");
+    }
+    // The role change kept its before and after.
+    let (_, trail) = call(&stack, &team.admin.token, Method::GET, "/api/v1/audit?action=user.update", None).await;
+    let entry = &trail["data"][0];
+    assert_eq!(
+        (entry["before"]["role"].as_str(), entry["after"]["role"].as_str()),
+        (Some("viewer"), Some("recruiter"))
+    );
+    // Sign-in, sign-out, upload, acceptance, a password change: one row each too.
+    for (action, run) in [("session.create", 0), ("cv.upload", 1), ("session.end", 2)] {
+        let before = last_audit_id(&stack).await;
+        let token =
+            login(&stack, &stack.url, &team.admin.email, PASSWORD).await.json::<Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        if run == 1 {
+            upload_cv(&stack, &token, "second").await;
+        } else if run == 2 {
+            assert_eq!(call(&stack, &token, Method::POST, "/api/v1/auth/logout", None).await.0, 204);
+        }
+        let actions: Vec<String> =
+            audit_since(&stack, team.company_id, before).await.into_iter().map(|r| r.action).collect();
+        let expected: Vec<&str> = if run == 0 { vec![action] } else { vec!["session.create", action] };
+        assert_eq!(actions, expected);
+    }
+
+    // Failed changes write nothing: invalid input, unknown ids, conflicts, refusals.
+    let before = last_audit_id(&stack).await;
+    let admin = login(&stack, &stack.url, &team.admin.email, PASSWORD).await.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let after_login = last_audit_id(&stack).await;
+    assert_eq!(after_login, before + 1);
+    let failures: Vec<(Method, String, Option<Value>, u16)> = vec![
+        (Method::PATCH, format!("/api/v1/jobs/{job}"), Some(json!({"status": "bogus"})), 400),
+        (Method::PATCH, "/api/v1/jobs/999999".into(), Some(json!({"title": "x"})), 404),
+        (Method::DELETE, "/api/v1/cvs/999999".into(), None, 404),
+        (Method::POST, "/api/v1/invitations".into(), Some(json!({"email": team.viewer.email, "role": "viewer"})), 409),
+        (Method::PATCH, format!("/api/v1/users/{}", team.owner.user_id), Some(json!({"is_active": false})), 403),
+        (Method::DELETE, format!("/api/v1/invitations/{pending}"), None, 409),
+    ];
+    for (method, path, body, expected) in failures {
+        let (status, answer) = call(&stack, &admin, method.clone(), &path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+    }
+    assert_eq!(last_audit_id(&stack).await, after_login, "failed changes wrote audit rows");
+
+    // Same transaction: when the audit row cannot be written, the change is undone.
+    let mut conn = stack.main_db.connect().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "ALTER TABLE audit_log ADD CONSTRAINT no_job_create CHECK (action <> 'job.create') NOT VALID",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let jobs_before = test_support::query_count(&stack.main_db.url, "SELECT count(*) AS n FROM jobs").await.unwrap();
+    let (status, _) = call(&stack, &admin, Method::POST, "/api/v1/jobs", Some(json!({"title": "Unaudited"}))).await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        test_support::query_count(&stack.main_db.url, "SELECT count(*) AS n FROM jobs").await.unwrap(),
+        jobs_before
+    );
+
+    // Append-only, whoever asks.
+    for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"] {
+        let err = diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // The trail is readable, filtered and paginated, for owners and admins.
+    let (status, page) = call(&stack, &admin, Method::GET, "/api/v1/audit?object_type=job&limit=2", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert!(page["data"].as_array().unwrap().iter().all(|r| r["object_type"] == "job"));
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) =
+        call(&stack, &admin, Method::GET, &format!("/api/v1/audit?object_type=job&limit=2&cursor={cursor}"), None)
+            .await;
+    assert!(next["data"][0]["id"].as_i64() < page["data"][1]["id"].as_i64());
+    let (status, body) = call(&stack, &admin, Method::GET, "/api/v1/audit?object_id=abc", None).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("object_id")));
+    stack.stop().await.unwrap();
+}
