@@ -3,7 +3,9 @@
 //! allowed to take it. The README's role table is this table.
 //!
 //! A company API key without a user acts as a `recruiter` (it runs the pipeline: jobs,
-//! CVs, LLM calls; it manages no people); a user's key acts with that user's role.
+//! CVs, LLM calls); a user's key acts with that user's role. A key is further held to
+//! its scopes, and the actions that govern access itself (people, keys, the audit
+//! trail) take a signed-in person: a leaked key cannot mint keys or promote anyone.
 
 use serde::{Deserialize, Serialize};
 use service_kit::AppError;
@@ -70,18 +72,37 @@ pub enum Action {
     ManagePeople,
     /// Read the audit trail.
     ReadAudit,
+    /// Create, rotate and revoke API keys.
+    ManageKeys,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] =
-        [Action::Read, Action::WriteJobs, Action::WriteCvs, Action::UseLlm, Action::ManagePeople, Action::ReadAudit];
+    pub const ALL: [Action; 7] = [
+        Action::Read,
+        Action::WriteJobs,
+        Action::WriteCvs,
+        Action::UseLlm,
+        Action::ManagePeople,
+        Action::ReadAudit,
+        Action::ManageKeys,
+    ];
 
     /// The lowest role allowed to take this action: the permission table.
     pub const fn least_role(self) -> Role {
         match self {
             Action::Read => Role::Viewer,
             Action::WriteJobs | Action::WriteCvs | Action::UseLlm => Role::Recruiter,
-            Action::ManagePeople | Action::ReadAudit => Role::Admin,
+            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys => Role::Admin,
+        }
+    }
+
+    /// The scope a key needs for this action; `None`: no key may take it.
+    pub const fn scope(self) -> Option<Scope> {
+        match self {
+            Action::Read => Some(Scope::Read),
+            Action::WriteJobs | Action::WriteCvs => Some(Scope::CvsWrite),
+            Action::UseLlm => Some(Scope::Llm),
+            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys => None,
         }
     }
 
@@ -93,8 +114,84 @@ impl Action {
             Action::UseLlm => "call the LLM",
             Action::ManagePeople => "manage people and invitations",
             Action::ReadAudit => "read the audit trail",
+            Action::ManageKeys => "manage API keys",
         }
     }
+}
+
+/// What a key may do on top of its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Read,
+    CvsWrite,
+    Llm,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::CvsWrite, Scope::Llm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::CvsWrite => "cvs:write",
+            Scope::Llm => "llm",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A key's scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub const EVERY: Scopes = Scopes(0b111);
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+
+    /// From the stored names; unknown names are ignored (the table refuses them).
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Scopes {
+        Scopes(
+            Scope::ALL
+                .into_iter()
+                .filter(|s| names.iter().any(|n| n.as_ref() == s.as_str()))
+                .fold(0, |bits, s| bits | s.bit()),
+        )
+    }
+
+    /// Reads scopes a client sent in `field`: a non-empty list of known names.
+    pub fn from_input(field: &'static str, names: &[String]) -> Result<Scopes, AppError> {
+        if let Some(bad) = names.iter().find(|n| !Scope::ALL.iter().any(|s| s.as_str() == n.as_str())) {
+            return Err(AppError::bad_request(
+                field,
+                "invalid_value",
+                format!("`{field}` takes read, cvs:write and llm, not {bad:?}"),
+            ));
+        }
+        let scopes = Scopes::from_names(names);
+        if scopes.0 == 0 {
+            return Err(AppError::bad_request(field, "invalid_value", format!("`{field}` needs at least one scope")));
+        }
+        Ok(scopes)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Scope::ALL.into_iter().filter(|s| self.contains(*s)).map(Scope::as_str).collect()
+    }
+}
+
+/// 403 for a key without the scope, or any key, attempting `action`.
+pub fn refused_to_key(action: Action) -> AppError {
+    let message = match action.scope() {
+        Some(scope) => format!("this API key may not {}: it lacks the `{}` scope", action.describe(), scope.as_str()),
+        None => format!("an API key may not {}: sign in", action.describe()),
+    };
+    AppError::forbidden(message).with_code("insufficient_scope")
 }
 
 /// 403 for `role` attempting `action`.
@@ -124,5 +221,10 @@ mod tests {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }
         assert_eq!(Role::parse("member"), None);
+        let scopes = Scopes::from_names(&["llm", "read"]);
+        assert!(scopes.contains(Scope::Llm) && scopes.contains(Scope::Read) && !scopes.contains(Scope::CvsWrite));
+        assert_eq!(scopes.names(), ["read", "llm"]);
+        assert!(Scopes::from_input("scopes", &["admin".to_owned()]).is_err());
+        assert!(Scopes::from_input("scopes", &[]).is_err());
     }
 }

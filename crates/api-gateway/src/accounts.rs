@@ -28,7 +28,7 @@ use service_kit::AppError;
 
 use crate::access::{Action, Role};
 use crate::audit::{Audit, Change};
-use crate::auth::{Caller, Revoked, publish_revocation};
+use crate::auth::{Caller, Revoked};
 use crate::password;
 use crate::sessions::{COOKIE, Session};
 use crate::state::AppState;
@@ -365,10 +365,7 @@ pub async fn account_changed_everywhere(state: &AppState, user: i64) {
     if let Err(err) = state.auth.sessions().end_all(user).await {
         tracing::warn!(user_id = user, error = %err, "sessions could not be ended after the change");
     }
-    if let Err(err) = publish_revocation(&state.redis, state.keys.prefix(), Revoked::User(user)).await {
-        tracing::warn!(user_id = user, error = %err, "the revocation could not be published; keys lapse within auth_cache_ttl");
-    }
-    state.auth.forget(Revoked::User(user));
+    crate::keys::revoked_everywhere(state, Revoked::User(user)).await;
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use service_kit::request_log::Requester;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::access::{Action, Role, refused};
+use crate::access::{Action, Role, Scopes, refused, refused_to_key};
 use crate::sessions::{self, SessionId, Sessions};
 
 /// Who is calling.
@@ -39,6 +39,8 @@ pub struct Caller {
     /// The session, when the call carries one.
     pub session: Option<SessionId>,
     pub role: Role,
+    /// A key's scopes (`None` for a session).
+    pub scopes: Option<Scopes>,
 }
 
 impl Caller {
@@ -48,14 +50,21 @@ impl Caller {
         self
     }
 
-    /// 403 unless the caller's role allows `action`.
+    /// 403 unless the caller's role allows `action`, and for a key, its scopes.
     pub fn require(&self, action: Action) -> Result<(), AppError> {
-        if self.role.allows(action) { Ok(()) } else { Err(refused(self.role, action)) }
+        if !self.role.allows(action) {
+            return Err(refused(self.role, action));
+        }
+        match (self.scopes, action.scope()) {
+            (None, _) => Ok(()),
+            (Some(scopes), Some(scope)) if scopes.contains(scope) => Ok(()),
+            (Some(_), _) => Err(refused_to_key(action)),
+        }
     }
 }
 
 /// A key's row with its user's role and state (NULL for a company key).
-type KeyRow = (i64, i64, Option<i64>, Option<String>, Option<bool>);
+type KeyRow = (i64, i64, Option<i64>, Vec<String>, Option<String>, Option<bool>);
 
 /// A key as the cache keeps it.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +73,7 @@ struct KeyOwner {
     company_id: CompanyId,
     user_id: Option<UserId>,
     role: Role,
+    scopes: Scopes,
 }
 
 const KEY_PREFIX: &str = "hh_";
@@ -189,6 +199,7 @@ impl Authenticator {
                 api_key_id: None,
                 session: Some(id),
                 role: session.role,
+                scopes: None,
             };
             return Ok(caller.attached_to(req));
         }
@@ -211,6 +222,7 @@ impl Authenticator {
             api_key_id: Some(owner.key_id),
             session: None,
             role: owner.role,
+            scopes: Some(owner.scopes),
         };
         Ok(caller.attached_to(req))
     }
@@ -226,19 +238,26 @@ impl Authenticator {
                 api_keys::id,
                 api_keys::company_id,
                 api_keys::user_id,
+                api_keys::scopes,
                 users::role.nullable(),
                 users::is_active.nullable(),
             ))
             .first(&mut conn)
             .await
             .optional()?;
-        Ok(found.and_then(|(id, company, user, role, active)| {
+        Ok(found.and_then(|(id, company, user, scopes, role, active)| {
             let role = match (user, role, active) {
                 (None, _, _) => Role::Recruiter,
                 (Some(_), Some(role), Some(true)) => Role::parse(&role)?,
                 _ => return None,
             };
-            Some(KeyOwner { key_id: ApiKeyId(id), company_id: CompanyId(company), user_id: user.map(UserId), role })
+            Some(KeyOwner {
+                key_id: ApiKeyId(id),
+                company_id: CompanyId(company),
+                user_id: user.map(UserId),
+                role,
+                scopes: Scopes::from_names(&scopes),
+            })
         }))
     }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cvs;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod llm;
 pub mod logged;
 pub mod matches;
@@ -150,6 +151,7 @@ pub async fn run(
             .configure(accounts::routes)
             .configure(people::routes)
             .configure(audit::routes)
+            .configure(keys::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

@@ -99,6 +99,8 @@ async fn every_role_gets_exactly_the_routes_the_table_allows() {
         (Method::PATCH, format!("/api/v1/users/{target}"), Some(json!({"full_name": "Target"})), ADMIN_UP),
         (Method::GET, "/api/v1/invitations".into(), None, ADMIN_UP),
         (Method::GET, "/api/v1/audit".into(), None, ADMIN_UP),
+        (Method::GET, "/api/v1/api-keys".into(), None, ADMIN_UP),
+        (Method::POST, "/api/v1/api-keys".into(), Some(json!({"name": "ci", "scopes": ["read"]})), ADMIN_UP),
     ];
     let roles: Vec<(&str, &str)> = team.members().iter().map(|m| (m.role, m.token.as_str())).collect();
     // Routes that change one invitation: each allowed role needs its own.
@@ -353,22 +355,17 @@ async fn a_deactivated_user_loses_sessions_and_keys_on_every_replica_at_once() {
     let stack = Stack::start(no_worker()).await.unwrap();
     let team = team::team(&stack, "Deactivate Ltd").await.unwrap();
     let (second, _spool) = stack.another_gateway().await.unwrap();
-    // The recruiter also holds a key of their own (key management routes are not here
-    // yet: the row is written as those routes will write it).
-    let (key, prefix, digest) = api_gateway::auth::generate_key().unwrap();
-    let mut conn = stack.main_db.connect().await.unwrap();
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(
-            "INSERT INTO api_keys (company_id, user_id, name, key_prefix, key_hash) VALUES ($1, $2, 'mine', $3, $4)",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(team.company_id)
-        .bind::<diesel::sql_types::BigInt, _>(team.recruiter.user_id)
-        .bind::<diesel::sql_types::Text, _>(&prefix)
-        .bind::<diesel::sql_types::Bytea, _>(digest.to_vec()),
-        &mut conn,
+    // The recruiter also holds a key of their own.
+    let (status, created) = call(
+        &stack,
+        &team.admin.token,
+        Method::POST,
+        "/api/v1/api-keys",
+        Some(json!({"name": "recruiter's", "user_id": team.recruiter.user_id})),
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
     let second_session = login(&stack, &second.url, &team.recruiter.email, PASSWORD).await;
     let second_session = second_session.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
     // Both replicas have seen (and cached) the key, and accept both sessions.
@@ -688,6 +685,7 @@ async fn every_change_writes_one_audit_row_in_its_transaction_and_a_failed_one_n
         ),
         (Method::POST, format!("/api/v1/invitations/{pending}/resend"), None, "invitation.resend"),
         (Method::DELETE, format!("/api/v1/invitations/{pending}"), None, "invitation.revoke"),
+        (Method::POST, "/api/v1/api-keys".into(), Some(json!({"name": "audited"})), "api_key.create"),
         (Method::POST, "/api/v1/auth/logout-all".into(), None, "session.end_all"),
     ];
     for (method, path, body, action) in changes {
@@ -784,5 +782,116 @@ async fn every_change_writes_one_audit_row_in_its_transaction_and_a_failed_one_n
     assert!(next["data"][0]["id"].as_i64() < page["data"][1]["id"].as_i64());
     let (status, body) = call(&stack, &admin, Method::GET, "/api/v1/audit?object_id=abc", None).await;
     assert_eq!((status, body["error"]["param"].as_str()), (400, Some("object_id")));
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_hold_to_their_scopes_and_a_rotated_or_revoked_key_stops_on_every_replica() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Keys Ltd").await.unwrap();
+    let (second, _spool) = stack.another_gateway().await.unwrap();
+    let admin = &team.admin.token;
+    let new_key = |body: Value| {
+        let stack = &stack;
+        async move {
+            let (status, created) = call(stack, admin, Method::POST, "/api/v1/api-keys", Some(body)).await;
+            assert_eq!(status, 201, "{created}");
+            assert_eq!(created["key"].as_str().unwrap().len(), 43);
+            (created["id"].as_i64().unwrap(), created["key"].as_str().unwrap().to_owned())
+        }
+    };
+
+    // Scopes: a read-only key reads and does nothing else; an LLM-only key calls the LLM.
+    let (_, reader) = new_key(json!({"name": "dashboards", "scopes": ["read"]})).await;
+    assert_eq!(call(&stack, &reader, Method::GET, "/api/v1/jobs", None).await.0, 200);
+    let (status, body) = call(&stack, &reader, Method::POST, "/api/v1/jobs", Some(json!({"title": "No"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
+    assert_eq!(
+        call(&stack, &reader, Method::POST, "/v1/chat/completions", Some(common::chat_body(false))).await.0,
+        403
+    );
+    let (_, llm_only) = new_key(json!({"name": "bot", "scopes": ["llm"]})).await;
+    assert_eq!(
+        call(&stack, &llm_only, Method::POST, "/v1/chat/completions", Some(common::chat_body(false))).await.0,
+        200
+    );
+    assert_eq!(call(&stack, &llm_only, Method::GET, "/api/v1/jobs", None).await.0, 403);
+    // No key manages keys or people, whatever its role.
+    let (_, owners) = {
+        let (status, created) = call(
+            &stack,
+            &team.owner.token,
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(json!({"name": "owner's", "user_id": team.owner.user_id})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        (created["id"].as_i64().unwrap(), created["key"].as_str().unwrap().to_owned())
+    };
+    let (status, body) = call(&stack, &owners, Method::POST, "/api/v1/api-keys", Some(json!({"name": "x"}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
+    assert_eq!(call(&stack, &owners, Method::GET, "/api/v1/audit", None).await.0, 403);
+    // Admins make no keys for owners; bad input names its field.
+    let (status, _) = call(
+        &stack,
+        admin,
+        Method::POST,
+        "/api/v1/api-keys",
+        Some(json!({"name": "mine now", "user_id": team.owner.user_id})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for (body, field) in [
+        (json!({"name": "x", "scopes": ["admin"]}), "scopes"),
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (json!({"name": " "}), "name"),
+        (json!({"name": "x", "user_id": 999999}), "user_id"),
+        (json!({"name": "x", "company_id": 1}), "company_id"),
+    ] {
+        let (status, answer) = call(&stack, admin, Method::POST, "/api/v1/api-keys", Some(body)).await;
+        assert_eq!((status, answer["error"]["param"].as_str()), (400, Some(field)), "{answer}");
+    }
+
+    // Rotation: the new key works, the old one stops on both replicas (both had it cached).
+    let (id, old) = new_key(json!({"name": "pipeline"})).await;
+    for base in [&stack.url, &second.url] {
+        assert_eq!(call_at(&stack, base, &old, Method::GET, "/api/v1/jobs", None).await.0, 200);
+    }
+    let (status, rotated) = call(&stack, admin, Method::POST, &format!("/api/v1/api-keys/{id}/rotate"), None).await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(
+        (rotated["name"].as_str(), rotated["scopes"].clone()),
+        (Some("pipeline"), json!(["read", "cvs:write", "llm"]))
+    );
+    let fresh = rotated["key"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for base in [&stack.url, &second.url] {
+        while call_at(&stack, base, &old, Method::GET, "/api/v1/jobs", None).await.0 != 401 {
+            assert!(Instant::now() < deadline, "{base} still takes a rotated key");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(call_at(&stack, base, &fresh, Method::GET, "/api/v1/jobs", None).await.0, 200);
+    }
+    // Revocation, the same; a second revocation is a conflict; another company's key is not found.
+    let fresh_id = rotated["id"].as_i64().unwrap();
+    assert_eq!(call(&stack, admin, Method::DELETE, &format!("/api/v1/api-keys/{fresh_id}"), None).await.0, 204);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for base in [&stack.url, &second.url] {
+        while call_at(&stack, base, &fresh, Method::GET, "/api/v1/jobs", None).await.0 != 401 {
+            assert!(Instant::now() < deadline, "{base} still takes a revoked key");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(call(&stack, admin, Method::DELETE, &format!("/api/v1/api-keys/{fresh_id}"), None).await.0, 409);
+    let other = team::team(&stack, "Other keys").await.unwrap();
+    assert_eq!(call(&stack, &other.owner.token, Method::DELETE, &format!("/api/v1/api-keys/{id}"), None).await.0, 404);
+    // The list shows prefixes and states, never a key or its digest.
+    let (_, listed) = call(&stack, admin, Method::GET, "/api/v1/api-keys?limit=100", None).await;
+    let text = listed.to_string();
+    assert!(!text.contains(&fresh) && !text.contains(&old) && !text.contains("key_hash"));
+    let revoked = listed["data"].as_array().unwrap().iter().filter(|k| !k["revoked_at"].is_null()).count();
+    assert_eq!(revoked, 2);
+    second.stop().await.unwrap();
     stack.stop().await.unwrap();
 }

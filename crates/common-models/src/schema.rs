@@ -83,6 +83,7 @@ pub mod main {
             key_hash -> Bytea,
             created_at -> Timestamptz,
             revoked_at -> Nullable<Timestamptz>,
+            scopes -> Array<Text>,
         }
     }
 
