@@ -88,7 +88,7 @@ headhunter is running (stop it with: make stop-all)
 
   curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions \\
     -H "Authorization: Bearer \$KEY" -H 'Content-Type: application/json' \\
-    -H 'X-Interview-Id: 42' -H 'X-Action: cv_summary' \\
+    -H 'X-Action: cv_summary' \\
     -d '{"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "Hello"}]}'
 
 3. Watch it land in the analytics database and the pipeline's health:

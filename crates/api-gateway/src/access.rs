@@ -62,7 +62,7 @@ impl Role {
 pub enum Action {
     /// Read jobs, CVs, matches, CV events, colleagues' names.
     Read,
-    /// Create, edit and archive jobs.
+    /// Create, edit and archive jobs; applications, interviews, feedback.
     WriteJobs,
     /// Upload and delete CVs.
     WriteCvs,
@@ -109,7 +109,7 @@ impl Action {
     pub fn describe(self) -> &'static str {
         match self {
             Action::Read => "read jobs, CVs and matches",
-            Action::WriteJobs => "change jobs",
+            Action::WriteJobs => "change jobs, applications or interviews",
             Action::WriteCvs => "upload or delete CVs",
             Action::UseLlm => "call the LLM",
             Action::ManagePeople => "manage people and invitations",

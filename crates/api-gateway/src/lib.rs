@@ -21,6 +21,7 @@ pub mod page;
 pub mod password;
 pub mod people;
 pub mod pubsub;
+pub mod recruiting;
 pub mod sessions;
 pub mod settings;
 pub mod state;
@@ -117,6 +118,7 @@ pub async fn run(
     auth::follow_revocations(auth.clone(), settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
     let state = web::Data::new(AppState {
         passwords: password::Passwords::new()?,
+        interviews: recruiting::InterviewCheck::default(),
         seal,
         events,
         files,
@@ -152,6 +154,7 @@ pub async fn run(
             .configure(people::routes)
             .configure(audit::routes)
             .configure(keys::routes)
+            .configure(recruiting::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     pub auth: Arc<Authenticator>,
     pub passwords: crate::password::Passwords,
+    /// `X-Interview-Id` checks, remembered.
+    pub interviews: crate::recruiting::InterviewCheck,
     /// cache-service (LLM results, match results), when configured.
     pub cache: Option<cache_client::CacheClient>,
     /// Seals the LLM answers stored in the cache, and opens them.

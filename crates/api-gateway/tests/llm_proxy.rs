@@ -13,11 +13,12 @@ use serde_json::{Value, json};
 async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> anyhow::Result<()> {
     let stack = Stack::start(Options::default()).await?;
     let (company, key) = stack.create_company("Acme Recruiting").await?;
+    let interview = stack.create_interview(company).await?;
 
     // Plain.
     let res = stack
         .chat(&key, &chat_body(false))
-        .header("x-interview-id", "42")
+        .header("x-interview-id", interview.to_string())
         .header("x-action", "cv_summary")
         .send()
         .await?;
@@ -57,7 +58,7 @@ async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> a
     assert_eq!(p.tokens_input, usage["prompt_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
     assert_eq!(p.tokens_output, usage["completion_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
     assert_eq!(p.tokens_used, usage["total_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
-    assert_eq!((p.interview_id, p.action.as_str()), (Some(42), "cv_summary"));
+    assert_eq!((p.interview_id, p.action.as_str()), (Some(interview), "cv_summary"));
     assert_eq!((s.interview_id, s.action.as_str()), (None, "chat_completion"));
     assert!(p.time_to_first_token_ms.is_none());
     assert!(s.time_to_first_token_ms.is_some());

@@ -100,6 +100,8 @@ async fn every_role_gets_exactly_the_routes_the_table_allows() {
         (Method::GET, "/api/v1/invitations".into(), None, ADMIN_UP),
         (Method::GET, "/api/v1/audit".into(), None, ADMIN_UP),
         (Method::GET, "/api/v1/api-keys".into(), None, ADMIN_UP),
+        (Method::GET, "/api/v1/applications".into(), None, VIEWER_UP),
+        (Method::POST, "/api/v1/applications".into(), Some(json!({"job_id": job, "cv_id": cv})), RECRUITER_UP),
         (Method::POST, "/api/v1/api-keys".into(), Some(json!({"name": "ci", "scopes": ["read"]})), ADMIN_UP),
     ];
     let roles: Vec<(&str, &str)> = team.members().iter().map(|m| (m.role, m.token.as_str())).collect();
@@ -664,10 +666,30 @@ async fn every_change_writes_one_audit_row_in_its_transaction_and_a_failed_one_n
     let job = create_job(&stack, &owner, "Audited job").await;
     let cv = upload_cv(&stack, &owner, "audited").await;
     let pending = invite(&stack, &team.owner, "pending@audit.example.com", "viewer").await.unwrap();
+    let body = json!({"job_id": job, "cv_id": cv});
+    let application =
+        call(&stack, &owner, Method::POST, "/api/v1/applications", Some(body)).await.1["id"].as_i64().unwrap();
+    let interviews = format!("/api/v1/applications/{application}/interviews");
+    let body = json!({"scheduled_at": "2026-12-01T09:00:00Z"});
+    let interview = call(&stack, &owner, Method::POST, &interviews, Some(body)).await.1["id"].as_i64().unwrap();
 
     // (method, path, body, expected action) for every state-changing route.
     let changes: Vec<(Method, String, Option<Value>, &str)> = vec![
         (Method::POST, "/api/v1/jobs".into(), Some(json!({"title": "Second"})), "job.create"),
+        (
+            Method::PATCH,
+            format!("/api/v1/applications/{application}"),
+            Some(json!({"stage": "screening"})),
+            "application.update",
+        ),
+        (Method::POST, interviews.clone(), Some(json!({"scheduled_at": "2026-12-02T09:00:00Z"})), "interview.create"),
+        (Method::PATCH, format!("/api/v1/interviews/{interview}"), Some(json!({"kind": "onsite"})), "interview.update"),
+        (
+            Method::POST,
+            format!("/api/v1/interviews/{interview}/feedback"),
+            Some(json!({"rating": 3, "recommendation": "no"})),
+            "interview.feedback",
+        ),
         (Method::PATCH, format!("/api/v1/jobs/{job}"), Some(json!({"title": "Renamed"})), "job.update"),
         (Method::POST, format!("/api/v1/jobs/{job}/archive"), None, "job.archive"),
         (Method::DELETE, format!("/api/v1/cvs/{cv}"), None, "cv.delete"),
@@ -893,5 +915,122 @@ async fn keys_hold_to_their_scopes_and_a_rotated_or_revoked_key_stops_on_every_r
     let revoked = listed["data"].as_array().unwrap().iter().filter(|k| !k["revoked_at"].is_null()).count();
     assert_eq!(revoked, 2);
     second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn applications_move_through_stages_interviews_gather_feedback_and_llm_calls_name_only_own_interviews() {
+    let stack = Stack::start(no_worker()).await.unwrap();
+    let team = team::team(&stack, "Hiring Ltd").await.unwrap();
+    let other = team::team(&stack, "Elsewhere Ltd").await.unwrap();
+    let recruiter = team.recruiter.token.clone();
+    let job = create_job(&stack, &recruiter, "Platform engineer").await;
+    let cv = upload_cv(&stack, &recruiter, "grace").await;
+    let their_cv = upload_cv(&stack, &other.owner.token, "theirs").await;
+
+    // Apply: the job and the CV must be the company's; once per pair.
+    let (status, app) =
+        call(&stack, &recruiter, Method::POST, "/api/v1/applications", Some(json!({"job_id": job, "cv_id": cv}))).await;
+    assert_eq!((status, app["stage"].as_str()), (201, Some("applied")), "{app}");
+    let app_id = app["id"].as_i64().unwrap();
+    let body = json!({"job_id": job, "cv_id": their_cv});
+    let (status, err) = call(&stack, &recruiter, Method::POST, "/api/v1/applications", Some(body)).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("cv_id")));
+    let body = json!({"job_id": job, "cv_id": cv});
+    let (status, err) = call(&stack, &recruiter, Method::POST, "/api/v1/applications", Some(body)).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("already_applied")));
+
+    // Stages; a final stage stays.
+    let path = format!("/api/v1/applications/{app_id}");
+    for stage in ["screening", "interview"] {
+        let (status, moved) = call(&stack, &recruiter, Method::PATCH, &path, Some(json!({"stage": stage}))).await;
+        assert_eq!((status, moved["stage"].as_str()), (200, Some(stage)));
+    }
+    let (status, err) = call(&stack, &recruiter, Method::PATCH, &path, Some(json!({"stage": "promoted"}))).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("stage")));
+
+    // An interview with two interviewers; someone from elsewhere is refused by position.
+    let interviews = format!("/api/v1/applications/{app_id}/interviews");
+    let people = json!([team.recruiter.user_id, other.viewer.user_id]);
+    let body = json!({"scheduled_at": "2026-12-01T10:00:00Z", "participants": people});
+    let (status, err) = call(&stack, &recruiter, Method::POST, &interviews, Some(body)).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("participants[1]")), "{err}");
+    let people = json!([team.recruiter.user_id, team.admin.user_id]);
+    let body = json!({"scheduled_at": "2026-12-01T10:00:00Z", "kind": "technical", "participants": people});
+    let (status, interview) = call(&stack, &recruiter, Method::POST, &interviews, Some(body)).await;
+    assert_eq!(status, 201, "{interview}");
+    let interview_id = interview["id"].as_i64().unwrap();
+    let feedback = format!("/api/v1/interviews/{interview_id}/feedback");
+    let body = json!({"rating": 4, "recommendation": "yes", "comments": "Solid on ownership."});
+    assert_eq!(call(&stack, &recruiter, Method::POST, &feedback, Some(body)).await.0, 201);
+    let body = json!({"rating": 9, "recommendation": "yes"});
+    let (status, err) = call(&stack, &team.admin.token, Method::POST, &feedback, Some(body)).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("rating")));
+    let body = json!({"rating": 5, "recommendation": "strong_yes"});
+    assert_eq!(call(&stack, &team.admin.token, Method::POST, &feedback, Some(body)).await.0, 201);
+    let (_, read) =
+        call(&stack, &team.viewer.token, Method::GET, &format!("/api/v1/interviews/{interview_id}"), None).await;
+    assert_eq!(read["feedback"].as_array().unwrap().len(), 2);
+    assert_eq!(read["participants"], json!([team.recruiter.user_id, team.admin.user_id]));
+    let (status, _) =
+        call(&stack, &team.viewer.token, Method::POST, &feedback, Some(json!({"rating": 1, "recommendation": "no"})))
+            .await;
+    assert_eq!(status, 403, "viewers read, they do not judge");
+    let (status, hired) = call(&stack, &recruiter, Method::PATCH, &path, Some(json!({"stage": "hired"}))).await;
+    assert_eq!((status, hired["stage"].as_str()), (200, Some("hired")));
+    let (status, err) = call(&stack, &recruiter, Method::PATCH, &path, Some(json!({"stage": "rejected"}))).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("final_stage")));
+
+    // Another company sees none of it.
+    for (method, path) in [
+        (Method::GET, path.clone()),
+        (Method::PATCH, path.clone()),
+        (Method::GET, interviews.clone()),
+        (Method::POST, interviews.clone()),
+        (Method::GET, format!("/api/v1/interviews/{interview_id}")),
+        (Method::PATCH, format!("/api/v1/interviews/{interview_id}")),
+        (Method::POST, feedback.clone()),
+    ] {
+        let body = if method == Method::GET {
+            None
+        } else if path.ends_with("feedback") {
+            Some(json!({"rating": 1, "recommendation": "no"}))
+        } else if method == Method::POST {
+            Some(json!({"scheduled_at": "2026-12-02T10:00:00Z"}))
+        } else {
+            Some(json!({"notes": "mine"}))
+        };
+        let body = if path.contains("/interviews/") && method == Method::PATCH {
+            Some(json!({"status": "cancelled"}))
+        } else {
+            body
+        };
+        let (status, answer) = call(&stack, &other.owner.token, method.clone(), &path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (_, listed) = call(&stack, &other.owner.token, Method::GET, "/api/v1/applications", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0);
+
+    // X-Interview-Id: the company's own interview is logged with the call; another
+    // company's, or one that does not exist, is refused before any upstream call.
+    let calls_before = stack.sim.requests();
+    let res = stack
+        .chat(&team.api_key, &common::chat_body(false))
+        .header("x-interview-id", interview_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for id in [interview_id.to_string(), "999999".to_owned()] {
+        let res =
+            stack.chat(&other.api_key, &common::chat_body(false)).header("x-interview-id", id).send().await.unwrap();
+        assert_eq!(res.status(), 400);
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(
+            (err["error"]["code"].as_str(), err["error"]["param"].as_str()),
+            (Some("unknown_interview"), Some("x-interview-id"))
+        );
+    }
+    assert_eq!(stack.sim.requests(), calls_before + 1);
     stack.stop().await.unwrap();
 }

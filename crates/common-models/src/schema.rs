@@ -125,6 +125,48 @@ pub mod main {
         }
     }
 
+    diesel::table! {
+        applications (id) {
+            id -> Int8,
+            company_id -> Int8,
+            job_id -> Int8,
+            cv_id -> Int8,
+            stage -> Varchar,
+            notes -> Nullable<Text>,
+            created_by -> Nullable<Int8>,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        interviews (id) {
+            id -> Int8,
+            company_id -> Int8,
+            application_id -> Int8,
+            scheduled_at -> Timestamptz,
+            duration_minutes -> Int4,
+            kind -> Varchar,
+            status -> Varchar,
+            participants -> Array<Int8>,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        interview_feedback (id) {
+            id -> Int8,
+            company_id -> Int8,
+            interview_id -> Int8,
+            author_id -> Int8,
+            rating -> Int2,
+            recommendation -> Varchar,
+            comments -> Text,
+            created_at -> Timestamptz,
+        }
+    }
+
     diesel::joinable!(users -> companies (company_id));
     diesel::joinable!(api_keys -> companies (company_id));
     diesel::joinable!(jobs -> companies (company_id));
@@ -139,7 +181,10 @@ pub mod main {
         cvs,
         user_invitations,
         email_outbox,
-        audit_log
+        audit_log,
+        applications,
+        interviews,
+        interview_feedback
     );
 }
 

@@ -49,6 +49,9 @@ async fn chat_completions(
         ));
     }
     let context = CallContext::from_headers(&req)?;
+    if let Some(interview) = context.interview_id {
+        state.interviews.require(&state, caller.company_id.0, interview.0).await?;
+    }
     let request_id = RequestId::of(&req).unwrap_or_default();
 
     let mut record = CallRecord::new(caller.clone(), context, request_id, chat.model.clone(), chat.stream);

@@ -164,6 +164,20 @@ impl Stack {
         Ok((gateway, spool))
     }
 
+    /// An interview of `company` (with the job, CV and application it hangs on),
+    /// written straight to the main database; returns its id.
+    pub async fn create_interview(&self, company: i64) -> anyhow::Result<i64> {
+        let sql = format!(
+            "WITH j AS (INSERT INTO jobs (company_id, title) VALUES ({company}, 'Interviewed for') RETURNING id), \
+             c AS (INSERT INTO cvs (company_id, file_name, content_type, size_bytes, content_hash, storage_key) \
+                   VALUES ({company}, 'cv.txt', 'text/plain', 1, sha256(random()::text::bytea), 'none') RETURNING id), \
+             a AS (INSERT INTO applications (company_id, job_id, cv_id) SELECT {company}, j.id, c.id FROM j, c RETURNING id) \
+             INSERT INTO interviews (company_id, application_id, scheduled_at) SELECT {company}, a.id, now() FROM a \
+             RETURNING id AS n"
+        );
+        test_support::query_count(&self.main_db.url, &sql).await
+    }
+
     /// Creates a company through the admin API; returns (company id, API key).
     pub async fn create_company(&self, name: &str) -> anyhow::Result<(i64, String)> {
         test_support::create_company(&self.http, &self.url, ADMIN_KEY, name).await

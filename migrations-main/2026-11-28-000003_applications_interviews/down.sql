@@ -1,0 +1,3 @@
+DROP TABLE interview_feedback;
+DROP TABLE interviews;
+DROP TABLE applications;
