@@ -279,7 +279,7 @@ async fn logout_all(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let user: Option<UserView> = match caller.user_id {
         Some(id) => {
             let mut conn = state.db.get().await?;

@@ -29,6 +29,8 @@ const COMPANY_NAME_MAX: usize = 200;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/admin/companies", web::post().to(create_company))
+        .route("/api/v1/admin/companies/{id}", web::patch().to(update_company))
+        .route("/api/v1/company/limits", web::get().to(company_limits))
         .route("/api/v1/admin/health", web::get().to(health));
 }
 
@@ -197,4 +199,83 @@ async fn queue_status(state: &AppState) -> anyhow::Result<GroupStatus> {
 
 fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompanyUpdate {
+    plan: Option<String>,
+    /// `null` goes back to the plan's budget.
+    #[serde(default, deserialize_with = "present")]
+    llm_budget_usd: Option<Option<f64>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
+/// The operator sets a company's plan and monthly LLM budget (`PATCH
+/// /api/v1/admin/companies/{id}`); every replica applies it within
+/// `limits::COMPANY_TTL`.
+async fn update_company(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<CompanyUpdate>,
+) -> Result<HttpResponse, AppError> {
+    require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
+    let id = crate::jobs::parse_id(&id, "company")?;
+    let CompanyUpdate { plan, llm_budget_usd } = body.into_inner();
+    if let Some(plan) = &plan
+        && state.settings.limits.plan(plan).is_none()
+    {
+        let names: Vec<&str> = state.settings.limits.plans.iter().map(|p| p.name.as_str()).collect();
+        return Err(AppError::bad_request(
+            "plan",
+            "invalid_value",
+            format!("`plan` must be one of {}, not {plan:?}", names.join(", ")),
+        ));
+    }
+    if let Some(Some(budget)) = llm_budget_usd
+        && !(budget.is_finite() && budget >= 0.0)
+    {
+        return Err(AppError::bad_request("llm_budget_usd", "invalid_value", "`llm_budget_usd` must be ≥ 0"));
+    }
+    let audit = Audit::operator(&req).for_company(id);
+    let mut conn = state.db.get().await?;
+    let updated = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let before: (Option<String>, Option<f64>) = companies::table
+                .find(id)
+                .select((companies::plan, companies::llm_budget_usd))
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| crate::jobs::not_found("company", id))?;
+            let after: (Option<String>, Option<f64>) = diesel::update(companies::table.find(id))
+                .set((plan.map(|p| companies::plan.eq(p)), llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b))))
+                .returning((companies::plan, companies::llm_budget_usd))
+                .get_result(conn)
+                .await?;
+            let change = Change {
+                action: "company.update",
+                object_type: "company",
+                object_id: Some(id),
+                before: Some(json!({"plan": before.0, "llm_budget_usd": before.1})),
+                after: Some(json!({"plan": after.0, "llm_budget_usd": after.1})),
+            };
+            audit.write(conn, change).await?;
+            Ok(after)
+        })
+        .await?;
+    state.limits.forget(id);
+    Ok(HttpResponse::Ok().json(json!({"id": id, "plan": updated.0, "llm_budget_usd": updated.1})))
+}
+
+/// `GET /api/v1/company/limits`: the caller's plan, its limits and the month's LLM
+/// spend (owners and admins).
+async fn company_limits(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let caller = state.allow(&req, crate::access::Action::ReadAudit).await?;
+    Ok(HttpResponse::Ok().json(state.limits.describe(caller.company_id.0).await?))
 }

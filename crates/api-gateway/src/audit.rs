@@ -151,7 +151,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ReadAudit).await?;
+    let caller = state.allow(&req, Action::ReadAudit).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = audit_log::table.filter(audit_log::company_id.eq(caller.company_id.0)).into_boxed();

@@ -100,7 +100,7 @@ struct Accepted {
 }
 
 async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteCvs).await?;
+    let caller = state.allow(&req, Action::WriteCvs).await?;
     let company = caller.company_id;
     let staged = receive(&state, payload).await?;
 
@@ -331,7 +331,7 @@ async fn find(state: &AppState, company: CompanyId, raw_id: &str) -> Result<Cv, 
 }
 
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let cv = find(&state, caller.company_id, &id).await?;
     Ok(HttpResponse::Ok().json(cv))
 }
@@ -341,7 +341,7 @@ async fn download(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let cv = find(&state, caller.company_id, &id).await?;
     let bytes = match state.files.get(&cv.storage_key).await {
         Ok(bytes) => bytes,
@@ -363,7 +363,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = cvs::table.filter(cvs::company_id.eq(caller.company_id.0)).into_boxed();
@@ -390,7 +390,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteCvs).await?;
+    let caller = state.allow(&req, Action::WriteCvs).await?;
     let id = parse_id(&id, "CV")?;
     let audit = Audit::of(&req, &caller);
     let company = caller.company_id.0;

@@ -83,7 +83,7 @@ async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec
 }
 
 async fn stream_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let company = caller.company_id;
     let last = req
         .headers()

@@ -145,7 +145,7 @@ async fn create(
     state: web::Data<AppState>,
     body: web::Json<JobInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let input = body.into_inner();
     if input.title.is_none() {
         return Err(AppError::bad_request("title", "missing_field", "`title` is required"));
@@ -183,7 +183,7 @@ async fn create(
 }
 
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "job")?;
     let mut conn = state.db.get().await?;
     let job = jobs::table
@@ -204,7 +204,7 @@ struct ListQuery {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = jobs::table.filter(jobs::company_id.eq(caller.company_id.0)).into_boxed();
@@ -232,7 +232,7 @@ async fn update(
     id: web::Path<String>,
     body: web::Json<JobInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "job")?;
     let changes = body.into_inner().validate()?;
     apply(&state, Audit::of(&req, &caller), caller.company_id.0, id, changes, "job.update").await
@@ -243,7 +243,7 @@ async fn archive(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "job")?;
     let changes = JobChanges { status: Some("archived".to_owned()), ..JobChanges::default() };
     apply(&state, Audit::of(&req, &caller), caller.company_id.0, id, changes, "job.archive").await

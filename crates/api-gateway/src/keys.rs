@@ -50,7 +50,7 @@ struct KeyView {
 }
 
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManageKeys).await?;
+    let caller = state.allow(&req, Action::ManageKeys).await?;
     let query: PageQuery = crate::page::query(&req)?;
     let (limit, after) = query.resolve()?;
     let mut q = api_keys::table.filter(api_keys::company_id.eq(caller.company_id.0)).into_boxed();
@@ -107,7 +107,7 @@ async fn create(
     state: web::Data<AppState>,
     body: web::Json<NewKey>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManageKeys).await?;
+    let caller = state.allow(&req, Action::ManageKeys).await?;
     let NewKey { name, scopes, user_id } = body.into_inner();
     let name = name.trim().to_owned();
     if name.is_empty() || name.chars().count() > NAME_MAX {
@@ -179,7 +179,7 @@ async fn revoke_in(conn: &mut AsyncPgConnection, company: i64, id: i64) -> Resul
 }
 
 async fn rotate(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManageKeys).await?;
+    let caller = state.allow(&req, Action::ManageKeys).await?;
     let id = parse_id(&id, "API key")?;
     let company = caller.company_id.0;
     let audit = Audit::of(&req, &caller);
@@ -205,7 +205,7 @@ async fn rotate(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
 }
 
 async fn revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManageKeys).await?;
+    let caller = state.allow(&req, Action::ManageKeys).await?;
     let id = parse_id(&id, "API key")?;
     let company = caller.company_id.0;
     let audit = Audit::of(&req, &caller);

@@ -13,6 +13,7 @@ pub mod cvs;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod llm;
 pub mod logged;
 pub mod matches;
@@ -119,6 +120,14 @@ pub async fn run(
     let state = web::Data::new(AppState {
         passwords: password::Passwords::new()?,
         interviews: recruiting::InterviewCheck::default(),
+        limits: Arc::new(limits::Limits::new(
+            redis.clone(),
+            &settings.redis.key_prefix,
+            settings.limits.clone(),
+            db.clone(),
+            metrics.clone(),
+            settings.llm_timeout,
+        )),
         seal,
         events,
         files,
@@ -142,6 +151,7 @@ pub async fn run(
             .app_data(probes.clone())
             .app_data(request_log.clone())
             .app_data(service_kit::error::json_config(max_body))
+            .wrap(from_fn(limits::headers))
             .wrap(from_fn(request_log::log_requests))
             .wrap(from_fn(request_id::assign))
             .configure(llm::routes)

@@ -140,7 +140,7 @@ async fn cvs_for_job(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: MatchQuery = crate::page::query(&req)?;
     let (limit, mode) = query.resolve()?;
     let company = caller.company_id.0;
@@ -188,7 +188,7 @@ async fn jobs_for_cv(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: MatchQuery = crate::page::query(&req)?;
     let (limit, mode) = query.resolve()?;
     let company = caller.company_id.0;

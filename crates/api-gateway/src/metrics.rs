@@ -1,7 +1,7 @@
 //! The gateway's own metrics, under `headhunter_gateway_` (the log producer's `queue_*`
 //! metrics sit beside them in the same registry).
 
-use prometheus::{CounterVec, IntCounterVec};
+use prometheus::{CounterVec, IntCounter, IntCounterVec};
 
 service_kit::metrics! {
     pub struct GatewayMetrics {
@@ -20,5 +20,14 @@ service_kit::metrics! {
         /// Match results of a CV's page of jobs: hit (the cached result was current) or
         /// miss (asked cv-processor).
         match_cache: IntCounterVec = "match_cache_total" ["result"],
+        /// Requests and LLM calls refused with 429 by a rate or concurrency limit.
+        rate_limited: IntCounter = "rate_limited_total",
+        /// LLM calls made while their company was past the soft share of its monthly
+        /// budget (alert on any increase).
+        llm_budget_soft_exceeded: IntCounter = "llm_budget_soft_exceeded_total",
+        /// LLM calls refused because their company's monthly budget was spent.
+        llm_budget_refused: IntCounter = "llm_budget_refused_total",
+        /// Limit checks or spend updates Redis could not answer (requests let through).
+        limits_unavailable: IntCounter = "limits_unavailable_total",
     }
 }

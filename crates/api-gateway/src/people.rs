@@ -55,7 +55,7 @@ fn user_not_found(id: impl std::fmt::Display) -> AppError {
 }
 
 async fn list_users(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: PageQuery = crate::page::query(&req)?;
     let (limit, after) = query.resolve()?;
     let mut q = users::table.filter(users::company_id.eq(caller.company_id.0)).into_boxed();
@@ -73,7 +73,7 @@ async fn read_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "user")?;
     let mut conn = state.db.get().await?;
     let user: UserView = users::table
@@ -100,7 +100,7 @@ async fn update_user(
     id: web::Path<String>,
     body: web::Json<UserUpdate>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManagePeople).await?;
+    let caller = state.allow(&req, Action::ManagePeople).await?;
     let id = parse_id(&id, "user")?;
     let UserUpdate { role, is_active, full_name } = body.into_inner();
     let role = role.map(|r| Role::from_input("role", &r)).transpose()?;
@@ -320,7 +320,7 @@ async fn invite(
     state: web::Data<AppState>,
     body: web::Json<NewInvitation>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManagePeople).await?;
+    let caller = state.allow(&req, Action::ManagePeople).await?;
     let NewInvitation { email, role } = body.into_inner();
     let email = normalise_email("email", &email)?;
     let role = Role::from_input("role", &role)?;
@@ -349,7 +349,7 @@ async fn invite(
 }
 
 async fn list_invitations(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManagePeople).await?;
+    let caller = state.allow(&req, Action::ManagePeople).await?;
     let query: PageQuery = crate::page::query(&req)?;
     let (limit, after) = query.resolve()?;
     let mut q = user_invitations::table.filter(user_invitations::company_id.eq(caller.company_id.0)).into_boxed();
@@ -395,7 +395,7 @@ async fn own_invitation(
 }
 
 async fn resend(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManagePeople).await?;
+    let caller = state.allow(&req, Action::ManagePeople).await?;
     let id = parse_id(&id, "invitation")?;
     let (company, actor) = (caller.company_id.0, caller.role);
     let audit = Audit::of(&req, &caller);
@@ -433,7 +433,7 @@ async fn resend(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
 }
 
 async fn revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::ManagePeople).await?;
+    let caller = state.allow(&req, Action::ManagePeople).await?;
     let id = parse_id(&id, "invitation")?;
     let (company, actor) = (caller.company_id.0, caller.role);
     let audit = Audit::of(&req, &caller);

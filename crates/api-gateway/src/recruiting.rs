@@ -118,7 +118,7 @@ async fn apply(
     state: web::Data<AppState>,
     body: web::Json<NewApplication>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let NewApplication { job_id, cv_id, notes } = body.into_inner();
     check_notes(&notes)?;
     let (company, author) = (caller.company_id.0, caller.user_id.map(|u| u.0));
@@ -183,7 +183,7 @@ fn id_param(field: &'static str, raw: &str) -> Result<i64, AppError> {
 }
 
 async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let query: ApplicationQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = applications::table.filter(applications::company_id.eq(caller.company_id.0)).into_boxed();
@@ -224,7 +224,7 @@ async fn read_application(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "application")?;
     let mut conn = state.db.get().await?;
     Ok(HttpResponse::Ok().json(find_application(&mut conn, caller.company_id.0, id, false).await?))
@@ -243,7 +243,7 @@ async fn update_application(
     id: web::Path<String>,
     body: web::Json<ApplicationUpdate>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "application")?;
     let ApplicationUpdate { stage, notes } = body.into_inner();
     if let Some(stage) = &stage {
@@ -346,7 +346,7 @@ async fn schedule(
     id: web::Path<String>,
     body: web::Json<InterviewInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let application = parse_id(&id, "application")?;
     let input = body.into_inner();
     input.check()?;
@@ -393,7 +393,7 @@ async fn list_interviews(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let application = parse_id(&id, "application")?;
     let mut conn = state.db.get().await?;
     find_application(&mut conn, caller.company_id.0, application, false).await?;
@@ -424,7 +424,7 @@ async fn read_interview(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::Read).await?;
+    let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "interview")?;
     let mut conn = state.db.get().await?;
     let interview = find_interview(&mut conn, caller.company_id.0, id, false).await?;
@@ -445,7 +445,7 @@ async fn update_interview(
     id: web::Path<String>,
     body: web::Json<InterviewInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "interview")?;
     let input = body.into_inner();
     input.check()?;
@@ -499,7 +499,7 @@ async fn give_feedback(
     id: web::Path<String>,
     body: web::Json<FeedbackInput>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::WriteJobs).await?;
+    let caller = state.allow(&req, Action::WriteJobs).await?;
     let id = parse_id(&id, "interview")?;
     let Some(author) = caller.user_id.map(|u| u.0) else {
         return Err(AppError::bad_body("not_a_user", "feedback is a person's: sign in, or use a key of your own"));

@@ -85,6 +85,8 @@ pub struct GatewaySettings {
     pub match_timeout: Duration,
     /// Sign-in, sessions and invitations.
     pub accounts: AccountSettings,
+    /// Rate limits, LLM concurrency and budgets per plan.
+    pub limits: crate::limits::LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +149,7 @@ impl GatewaySettings {
         anyhow::ensure!(!self.accounts.invitation_ttl.is_zero(), "accounts.invitation_ttl must be longer than 0");
         self.producer.validate()?;
         self.pricing.validate()?;
+        self.limits.validate()?;
         Ok(())
     }
 

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     pub auth: Arc<Authenticator>,
     pub passwords: crate::password::Passwords,
+    /// Rate limits, LLM concurrency, budgets.
+    pub limits: Arc<crate::limits::Limits>,
     /// `X-Interview-Id` checks, remembered.
     pub interviews: crate::recruiting::InterviewCheck,
     /// cache-service (LLM results, match results), when configured.
@@ -40,8 +42,25 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The caller, if its role (and a key's scopes) allow `action` and its rate limits
+    /// have room: 401, 403 or 429 otherwise.
+    pub async fn allow(
+        &self,
+        req: &actix_web::HttpRequest,
+        action: crate::access::Action,
+    ) -> Result<crate::auth::Caller, service_kit::AppError> {
+        let caller = self.auth.allow(req, action).await?;
+        self.limits.admit(req, &caller).await?;
+        Ok(caller)
+    }
+
     pub fn call_logger(&self) -> CallLogger {
-        CallLogger { producer: self.producer.clone(), settings: self.settings.clone(), metrics: self.metrics.clone() }
+        CallLogger {
+            producer: self.producer.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
+        }
     }
 
     /// Tells watching clients about a CV's new status, without waiting for Redis.

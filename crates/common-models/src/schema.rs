@@ -8,6 +8,8 @@ pub mod main {
             id -> Int8,
             name -> Varchar,
             created_at -> Timestamptz,
+            plan -> Nullable<Varchar>,
+            llm_budget_usd -> Nullable<Float8>,
         }
     }
 

@@ -32,7 +32,7 @@ async fn chat_completions(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.allow(&req, Action::UseLlm).await?;
+    let caller = state.allow(&req, Action::UseLlm).await?;
     let settings = &state.settings;
     let body = service_kit::body::read_limited(&req, payload, settings.max_body_bytes, settings.body_timeout).await?;
     let chat = ChatRequest::parse(body, settings.max_tokens_cap, settings.max_choices)?;
@@ -56,7 +56,8 @@ async fn chat_completions(
 
     let mut record = CallRecord::new(caller.clone(), context, request_id, chat.model.clone(), chat.stream);
     record.prompt_bytes = chat.body_len();
-    let mut guard = CallGuard::new(record, state.call_logger());
+    let slot = state.limits.admit_llm_call(caller.company_id.0).await?;
+    let mut guard = CallGuard::new(record, state.call_logger(), slot);
     let streaming = chat.stream;
 
     // The LLM results cache: a repeated deterministic request is answered from it.

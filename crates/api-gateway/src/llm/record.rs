@@ -248,6 +248,8 @@ pub struct CallLogger {
     pub producer: Producer,
     pub settings: Arc<GatewaySettings>,
     pub metrics: GatewayMetrics,
+    /// The month's spend of each company grows by its calls' costs.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl CallLogger {
@@ -265,6 +267,9 @@ impl CallLogger {
         if let (Some(cost), Some(model)) = (event.cost_usd, event.model.as_deref()) {
             let priced_as = self.settings.pricing.lookup(model).map_or("other", |p| p.name.as_str());
             m.llm_cost_usd.with_label_values(&[priced_as]).inc_by(cost);
+            if let Some(company) = event.company_id {
+                self.limits.record_spend(company.0, cost);
+            }
         }
         self.producer.publish(&event);
     }
@@ -275,11 +280,13 @@ impl CallLogger {
 pub struct CallGuard {
     record: Option<CallRecord>,
     logger: CallLogger,
+    /// The company's concurrency slot, given back when the call ends.
+    _slot: Option<crate::limits::Slot>,
 }
 
 impl CallGuard {
-    pub fn new(record: CallRecord, logger: CallLogger) -> Self {
-        Self { record: Some(record), logger }
+    pub fn new(record: CallRecord, logger: CallLogger, slot: Option<crate::limits::Slot>) -> Self {
+        Self { record: Some(record), logger, _slot: slot }
     }
 
     pub fn record(&mut self) -> Option<&mut CallRecord> {

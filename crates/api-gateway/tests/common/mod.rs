@@ -73,6 +73,8 @@ pub fn gateway_settings(
     s.logging.format = LogFormat::Text;
     // Never a cache-service that happens to run on this machine.
     s.cache_url = String::new();
+    // Tests send bursts; the limits have tests of their own.
+    s.limits.default_plan = "unlimited".to_owned();
     Ok(s)
 }
 
@@ -157,9 +159,18 @@ impl Stack {
 
     /// A second gateway on the same databases and Redis (its own spool).
     pub async fn another_gateway(&self) -> anyhow::Result<(Service, TempDir)> {
+        self.another_gateway_with(|_| {}).await
+    }
+
+    /// A second gateway, its settings changed by `tweak`.
+    pub async fn another_gateway_with(
+        &self,
+        tweak: impl FnOnce(&mut GatewaySettings),
+    ) -> anyhow::Result<(Service, TempDir)> {
         let spool = TempDir::new("spool-2")?;
-        let settings =
+        let mut settings =
             gateway_settings(&self.main_db, &self.analytics_db, &self.redis, &spool, &self.files, &self.sim)?;
+        tweak(&mut settings);
         let gateway = Service::start("api-gateway-2", |l, rx| api_gateway::run(settings, l, rx)).await?;
         Ok((gateway, spool))
     }

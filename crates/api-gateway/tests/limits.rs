@@ -1,0 +1,230 @@
+//! Rate limits, LLM concurrency and monthly budgets, held across two gateway instances
+//! sharing one Redis.
+#![expect(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use api_gateway::GatewaySettings;
+use api_gateway::limits::Plan;
+use common::{ADMIN_KEY, Options, Stack, chat_body};
+use serde_json::{Value, json};
+
+fn plan(name: &str, company: u32, credential: u32, burst: u32, concurrency: u32) -> Plan {
+    Plan {
+        name: name.to_owned(),
+        company_per_minute: company,
+        credential_per_minute: credential,
+        burst,
+        llm_concurrency: concurrency,
+        llm_budget_usd: 0.0,
+    }
+}
+
+/// Every gateway of the test gets the same plans, `default` being the default.
+fn plans(default: &'static str) -> impl Fn(&mut GatewaySettings) + Clone {
+    move |s: &mut GatewaySettings| {
+        s.limits.plans.push(plan("five-a-minute", 5, 0, 5, 0));
+        s.limits.plans.push(plan("three-per-key", 0, 3, 3, 0));
+        s.limits.plans.push(plan("two-at-once", 0, 0, 1, 2));
+        s.limits.default_plan = default.to_owned();
+    }
+}
+
+async fn start(default: &'static str) -> Stack {
+    let tweak = plans(default);
+    Stack::start(Options { with_worker: false, tweak: Box::new(tweak), ..Options::default() }).await.unwrap()
+}
+
+async fn get(stack: &Stack, base: &str, key: &str) -> reqwest::Response {
+    stack.http.get(format!("{base}/api/v1/jobs")).bearer_auth(key).send().await.unwrap()
+}
+
+fn header(res: &reqwest::Response, name: &str) -> Option<u64> {
+    res.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_company_limit_holds_across_two_gateways_and_says_when_to_retry() {
+    let stack = start("five-a-minute").await;
+    let (second, _spool) = stack.another_gateway_with(plans("five-a-minute")).await.unwrap();
+    let (_, key) = stack.create_company("Limited").await.unwrap();
+    let (_, other) = stack.create_company("Neighbour").await.unwrap();
+    // Five in the window, alternating replicas, each told what is left.
+    for i in 0..5u64 {
+        let base = if i % 2 == 0 { &stack.url } else { &second.url };
+        let res = get(&stack, base, &key).await;
+        assert_eq!(res.status(), 200, "request {}", i + 1);
+        assert_eq!(header(&res, "ratelimit-limit"), Some(5));
+        assert_eq!(header(&res, "ratelimit-remaining"), Some(4 - i));
+        assert!(header(&res, "ratelimit-reset").is_some_and(|r| r >= 1));
+    }
+    // The sixth, on either replica: 429, with when to come back (one request's share
+    // of the minute: 12 s).
+    for base in [&stack.url, &second.url] {
+        let res = get(&stack, base, &key).await;
+        assert_eq!(res.status(), 429);
+        let retry = header(&res, "retry-after").unwrap();
+        assert!((1..=12).contains(&retry), "{retry}");
+        assert_eq!(header(&res, "ratelimit-remaining"), Some(0));
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            (body["error"]["code"].as_str(), body["error"]["type"].as_str()),
+            (Some("rate_limited"), Some("rate_limit_error"))
+        );
+    }
+    // Another company has its own allowance.
+    assert_eq!(get(&stack, &second.url, &other).await.status(), 200);
+    let metrics = stack.metrics().await.unwrap();
+    assert!(common::metric_sum(&metrics, "headhunter_gateway_rate_limited_total") >= 1.0);
+    second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_key_has_its_own_allowance_and_an_operator_changes_a_companys_plan() {
+    let stack = start("unlimited").await;
+    let (company, key) = stack.create_company("Keys").await.unwrap();
+    // Unlimited: no headers, no refusals.
+    let res = get(&stack, &stack.url, &key).await;
+    assert!(res.headers().get("ratelimit-limit").is_none());
+    let res = stack
+        .http
+        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
+        .bearer_auth(common::ADMIN_KEY)
+        .json(&json!({"plan": "three-per-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = stack
+        .http
+        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
+        .bearer_auth(common::ADMIN_KEY)
+        .json(&json!({"plan": "gold"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "plan");
+    // A second key of the same company.
+    let mut conn = stack.main_db.connect().await.unwrap();
+    let (second_key, prefix, digest) = api_gateway::auth::generate_key().unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "INSERT INTO api_keys (company_id, name, key_prefix, key_hash) VALUES ($1, 'second', $2, $3)",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(company)
+        .bind::<diesel::sql_types::Text, _>(&prefix)
+        .bind::<diesel::sql_types::Bytea, _>(digest.to_vec()),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(&stack, &stack.url, &key).await.status(), 200);
+    }
+    assert_eq!(get(&stack, &stack.url, &key).await.status(), 429);
+    assert_eq!(get(&stack, &stack.url, &second_key).await.status(), 200, "the other key has its own allowance");
+    stack.stop().await.unwrap();
+}
+
+async fn spent(stack: &Stack, token: &str) -> f64 {
+    let res = stack.http.get(format!("{}/api/v1/company/limits", stack.url)).bearer_auth(token).send().await.unwrap();
+    let body: Value = res.json().await.unwrap();
+    body["llm_spent_this_month_usd"].as_f64().unwrap()
+}
+
+async fn set_budget(stack: &Stack, company: i64, budget: Value) {
+    let res = stack
+        .http
+        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"llm_budget_usd": budget}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_company_over_its_hard_budget_gets_429_and_no_upstream_call_until_it_is_raised() {
+    let stack = start("unlimited").await;
+    let team = common::team::team(&stack, "Spender").await.unwrap();
+    let owner = team.owner.token.clone();
+    set_budget(&stack, team.company_id, json!(0.000_000_1)).await;
+    // Under the budget: the call goes through, and its cost is added to the month.
+    let res = stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while spent(&stack, &owner).await <= 0.0 {
+        assert!(Instant::now() < deadline, "the call's cost never reached the month's spend");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let month = spent(&stack, &owner).await;
+    // Over it: 429 with the reason, and the upstream never hears of it.
+    let upstream = stack.sim.requests();
+    let res = stack.chat(&team.api_key, &chat_body(true)).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(header(&res, "retry-after").is_some_and(|s| (1..=31 * 86_400).contains(&s)));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert_eq!(stack.sim.requests(), upstream);
+    // The rest of the API is not affected by an LLM budget.
+    assert_eq!(get(&stack, &stack.url, &team.api_key).await.status(), 200);
+    // Raised so the month's spend is past the soft share only: calls go on, counted.
+    set_budget(&stack, team.company_id, json!(month / 0.9)).await;
+    let res = stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let metrics = stack.metrics().await.unwrap();
+    assert_eq!(common::metric_sum(&metrics, "headhunter_gateway_llm_budget_soft_exceeded_total"), 1.0);
+    assert_eq!(common::metric_sum(&metrics, "headhunter_gateway_llm_budget_refused_total"), 1.0);
+    // Back to the plan's (none): no limit.
+    set_budget(&stack, team.company_id, Value::Null).await;
+    assert_eq!(stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap().status(), 200);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_company_has_at_most_its_plans_llm_calls_in_flight_across_replicas() {
+    let stack = start("two-at-once").await;
+    let (second, _spool) = stack.another_gateway_with(plans("two-at-once")).await.unwrap();
+    let (_, key) = stack.create_company("Busy").await.unwrap();
+    stack.sim.configure(|b| b.latency_ms = 1500);
+    let slow = |base: String| {
+        let (http, key) = (stack.http.clone(), key.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&chat_body(false))
+                .send()
+                .await
+                .unwrap()
+                .status().as_u16()
+        })
+    };
+    let first = slow(stack.url.clone());
+    let second_call = slow(second.url.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let res = stack.chat(&key, &chat_body(false)).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "too_many_concurrent_calls");
+    assert_eq!((first.await.unwrap(), second_call.await.unwrap()), (200, 200));
+    // Both slots are given back when the calls end.
+    stack.sim.configure(|b| b.latency_ms = 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (a, b) = (
+            stack.chat(&key, &chat_body(false)).send().await.unwrap().status().as_u16(),
+            stack.chat(&key, &chat_body(false)).send().await.unwrap().status().as_u16(),
+        );
+        if (a, b) == (200, 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots were not given back: {a} {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}

@@ -1,0 +1,1 @@
+ALTER TABLE companies DROP COLUMN llm_budget_usd, DROP COLUMN plan;
