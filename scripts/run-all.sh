@@ -117,7 +117,20 @@ headhunter is running (stop it with: make stop-all)
     | sed -E 's/.*"id":([0-9]+).*/\\1/')
   curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/jobs/\$JOB/matches?limit=5" -H "Authorization: Bearer \$KEY"
 
-5. Dead letters (entries the worker could not write), and putting them back:
+5. People: a company whose owner is invited, accepts with a password (signed in at
+   once), signs in again later and reads the audit trail (invitations for others go
+   to the email_outbox table; no mail server runs here):
+
+  TOKEN=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
+    -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \\
+    -d '{"name": "Beta Hiring", "owner_email": "owner@beta.example.com"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+  curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/invitations/accept -H 'Content-Type: application/json' \\
+    -d "{\\"token\\": \\"\$TOKEN\\", \\"password\\": \\"a long passphrase\\"}"
+  SESSION=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/auth/login -H 'Content-Type: application/json' \\
+    -d '{"email": "owner@beta.example.com", "password": "a long passphrase"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+  curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/audit -H "Authorization: Bearer \$SESSION"
+
+6. Dead letters (entries the worker could not write), and putting them back:
 
   $BIN/llm-log-worker dead-letters list
   $BIN/llm-log-worker dead-letters replay --all
