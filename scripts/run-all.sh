@@ -30,6 +30,8 @@ export FILES__STORAGE_DIR=$CVS__STORAGE_DIR
 # cv-processor's vectors (embedded engine) and its embedding cache (cache-service).
 export VECTORS__DIR=${VECTORS__DIR:-$PWD/$RUN_DIR/vectors}
 GATEWAY_PORT=${PORT:-8080}
+# The gateway's internal listener: /metrics and the admin routes.
+GATEWAY_INTERNAL_PORT=${INTERNAL_PORT:-9080}
 WORKER_PORT=${WORKER_PORT:-9091}
 CACHE_PORT=${CACHE_PORT:-8081}
 CV_PORT=${CV_PORT:-9092}
@@ -60,7 +62,7 @@ PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
 PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
 PORT=$CV_PORT EMBEDDING__CACHE_URL=$CACHE_URL PRODUCER__SPOOL__DIR=$SPOOL_DIR/cv-processor \
   start cv-processor "$BIN/cv-processor"
-PORT=$GATEWAY_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT PRODUCER__SPOOL__DIR=$SPOOL_DIR/api-gateway \
+PORT=$GATEWAY_PORT INTERNAL_PORT=$GATEWAY_INTERNAL_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT PRODUCER__SPOOL__DIR=$SPOOL_DIR/api-gateway \
   start api-gateway "$BIN/api-gateway"
 wait_http llm-simulator http://127.0.0.1:8090/healthz
 wait_http cache-service "http://127.0.0.1:$CACHE_PORT/healthz"
@@ -71,7 +73,8 @@ wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
 cat <<MSG
 
 headhunter is running (stop it with: make stop-all)
-  api-gateway     http://127.0.0.1:$GATEWAY_PORT   (/metrics /healthz /readyz)
+  api-gateway     http://127.0.0.1:$GATEWAY_PORT   (the API, /healthz /readyz)
+                  http://127.0.0.1:$GATEWAY_INTERNAL_PORT   (internal: /metrics, /api/v1/admin/*)
   llm-log-worker  http://127.0.0.1:$WORKER_PORT   (/metrics /healthz /readyz)
   cache-service   http://127.0.0.1:$CACHE_PORT   (/v1/cache/{namespace}/{key}, /v1/stats, /metrics)
   cv-processor    http://127.0.0.1:$CV_PORT   (/metrics /healthz /readyz)
@@ -79,7 +82,7 @@ headhunter is running (stop it with: make stop-all)
 
 1. Create a company and keep its API key (shown once) in KEY:
 
-  KEY=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
+  KEY=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_INTERNAL_PORT/api/v1/admin/companies \\
     -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \\
     -d '{"name": "Acme Recruiting"}' | sed -E 's/.*"key":"([^"]+)".*/\\1/'); echo "\$KEY"
 
@@ -95,7 +98,7 @@ headhunter is running (stop it with: make stop-all)
 
   psql postgres://postgres@127.0.0.1:5432/headhunter_analytics \\
     -c 'SELECT created_at, company_id, model, tokens_used, cost_usd, latency_ms FROM llm_logs ORDER BY created_at DESC LIMIT 5'
-  curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/health -H "Authorization: Bearer $ADMIN_API_KEY"
+  curl -s http://127.0.0.1:$GATEWAY_INTERNAL_PORT/api/v1/admin/health -H "Authorization: Bearer $ADMIN_API_KEY"
 
 4. Upload CVs (PDF, DOCX or text; up to 50 files of 10 MiB a request), then see them
    processed, with their facts and summary:
@@ -121,7 +124,7 @@ headhunter is running (stop it with: make stop-all)
    once), signs in again later and reads the audit trail (invitations for others go
    to the email_outbox table; no mail server runs here):
 
-  TOKEN=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/admin/companies \\
+  TOKEN=\$(curl -s -X POST http://127.0.0.1:$GATEWAY_INTERNAL_PORT/api/v1/admin/companies \\
     -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \\
     -d '{"name": "Beta Hiring", "owner_email": "owner@beta.example.com"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
   curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/invitations/accept -H 'Content-Type: application/json' \\

@@ -41,7 +41,7 @@ use service_kit::probes::{self, Probes};
 use service_kit::redis::{ReplyTimeout, build_pool};
 use service_kit::request_id;
 use service_kit::request_log::{self, RequestLog};
-use service_kit::server::{ServerOptions, serve};
+use service_kit::server::{ServerOptions, serve_all};
 use task_queue::{Keys, Producer, ProducerMetrics};
 use tokio::sync::watch;
 
@@ -144,14 +144,22 @@ pub async fn run(
     });
 
     let max_body = settings.max_body_bytes;
+    let mut listeners = vec![listener];
+    if settings.internal_port != 0 {
+        let internal = std::net::TcpListener::bind((settings.server.bind_host.as_str(), settings.internal_port))
+            .with_context(|| format!("binding the internal port {}", settings.internal_port))?;
+        tracing::info!(addr = %internal.local_addr()?, "metrics and admin routes on the internal listener only");
+        listeners.push(internal);
+    }
     let options = ServerOptions { workers: settings.server.workers, shutdown_timeout: Duration::from_secs(30) };
-    let server = serve(listener, options, shutdown, move || {
+    let server = serve_all(listeners, options, shutdown, move || {
         App::new()
             .app_data(state.clone())
             .app_data(probes.clone())
             .app_data(request_log.clone())
             .app_data(service_kit::error::json_config(max_body))
             .wrap(from_fn(limits::headers))
+            .wrap(from_fn(internal_split))
             .wrap(from_fn(request_log::log_requests))
             .wrap(from_fn(request_id::assign))
             .configure(llm::routes)
@@ -173,6 +181,33 @@ pub async fn run(
     producer_task.shutdown().await;
     tracing::info!("api-gateway stopped");
     Ok(())
+}
+
+/// Routes only the internal listener serves (when one is configured).
+fn internal_route(path: &str) -> bool {
+    path == "/metrics" || path.starts_with("/api/v1/admin/") || path == "/api/v1/admin"
+}
+
+/// With an internal port: the internal listener serves the metrics, the admin routes and
+/// the probes, the public one everything else; either answers 404 for the other's.
+async fn internal_split(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    let internal_port = req.app_data::<web::Data<AppState>>().map_or(0, |s| s.settings.internal_port);
+    if internal_port != 0 {
+        let on_internal = req.app_config().local_addr().port() == internal_port;
+        let path = req.path();
+        let probe = path == "/healthz" || path == "/readyz";
+        if !probe && internal_route(path) != on_internal {
+            let err = service_kit::error::no_route(req.request());
+            return Ok(req.error_response(err).map_into_right_body());
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, AppError> {

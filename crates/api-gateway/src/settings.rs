@@ -61,6 +61,9 @@ pub struct GatewaySettings {
     pub cache_timeout: Duration,
     /// Guards `/api/v1/admin/*`; empty: the admin API is off (403).
     pub admin_api_key: Secret,
+    /// Port of the internal listener serving `/metrics` and `/api/v1/admin/*` (and the
+    /// probes), which the public one then does not serve; 0: everything on `port`.
+    pub internal_port: u16,
     /// Failed authentications allowed per client address a minute, per replica (0: no
     /// limit); beyond them 429 until the minute is over.
     pub auth_failures_per_minute: u32,
@@ -137,6 +140,10 @@ impl GatewaySettings {
         );
         anyhow::ensure!(self.max_body_bytes >= 1024, "max_body_bytes must be at least 1KiB");
         anyhow::ensure!(self.max_choices >= 1, "max_choices must be at least 1");
+        anyhow::ensure!(
+            self.internal_port == 0 || self.internal_port != self.server.port,
+            "internal_port must differ from port (or be 0)"
+        );
         anyhow::ensure!(!self.body_timeout.is_zero(), "body_timeout must be longer than 0");
         anyhow::ensure!(self.max_upstream_response_bytes >= 1024, "max_upstream_response_bytes must be at least 1KiB");
         anyhow::ensure!(self.database.pool_size >= 1, "database.pool_size must be at least 1");

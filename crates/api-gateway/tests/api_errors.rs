@@ -303,3 +303,45 @@ async fn a_model_without_a_price_is_refused_unless_unpriced_models_are_allowed()
     assert!(rows[0].usage_reported && rows[0].cost.is_none(), "{:?}", rows[0]);
     stack.stop().await
 }
+
+#[tokio::test]
+async fn metrics_and_admin_routes_are_served_on_the_internal_port_only() -> anyhow::Result<()> {
+    let port = test_support::local_listener()?.local_addr()?.port();
+    let options =
+        Options { with_worker: false, tweak: Box::new(move |s| s.internal_port = port), ..Options::default() };
+    let stack = Stack::start(options).await?;
+    let internal = format!("http://127.0.0.1:{port}");
+    let company = serde_json::json!({"name": "Split Ltd"});
+    // Public: the API, the probes; no metrics, no admin routes (404 as for any unknown path).
+    for path in ["/metrics", "/api/v1/admin/health"] {
+        let res = stack.http.get(format!("{}{path}", stack.url)).bearer_auth(ADMIN_KEY).send().await?;
+        assert_eq!(res.status(), 404, "public {path}");
+    }
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/admin/companies", stack.url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&company)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 404);
+    // Internal: metrics, admin, probes; not the public API.
+    assert_eq!(stack.http.get(format!("{internal}/metrics")).send().await?.status(), 200);
+    let res = stack
+        .http
+        .post(format!("{internal}/api/v1/admin/companies"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&company)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let key = res.json::<Value>().await?["api_key"]["key"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(stack.http.get(format!("{internal}/api/v1/jobs")).bearer_auth(&key).send().await?.status(), 404);
+    assert_eq!(stack.http.get(format!("{}/api/v1/jobs", stack.url)).bearer_auth(&key).send().await?.status(), 200);
+    for base in [&stack.url, &internal] {
+        for probe in ["/healthz", "/readyz"] {
+            assert_eq!(stack.http.get(format!("{base}{probe}")).send().await?.status(), 200, "{base}{probe}");
+        }
+    }
+    stack.stop().await
+}

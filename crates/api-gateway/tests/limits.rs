@@ -201,7 +201,8 @@ async fn a_company_has_at_most_its_plans_llm_calls_in_flight_across_replicas() {
                 .send()
                 .await
                 .unwrap()
-                .status().as_u16()
+                .status()
+                .as_u16()
         })
     };
     let first = slow(stack.url.clone());

@@ -246,6 +246,7 @@ pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -
             ("PRODUCER__SPOOL__DIR", String::new()),
             // A thousand uploads at once are the point here, not a plan's burst.
             ("LIMITS__DEFAULT_PLAN", "enterprise".to_owned()),
+            ("INTERNAL_PORT", "0".to_owned()),
             ("CVS__STORAGE_DIR", text(&files_dir)),
             ("FILES__STORAGE_DIR", text(&files_dir)),
             ("VECTORS__DIR", text(&vectors_dir)),

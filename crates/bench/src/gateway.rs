@@ -101,6 +101,8 @@ pub async fn run(rate: u32, seconds: u64, bin_dir: &Path, find_max: bool) -> any
             ("CACHE_URL", ""),
             // The rate limiter runs (its cost is part of the overhead) with room to spare.
             ("LIMITS__DEFAULT_PLAN", "enterprise"),
+            // The admin route the bench creates its company with, on the same port.
+            ("INTERNAL_PORT", "0"),
         ];
         let redis = redis_url();
         let spawn = |name: &str, port: u16, args: &[&str]| -> anyhow::Result<Child> {

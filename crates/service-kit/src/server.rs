@@ -23,6 +23,23 @@ pub struct ServerOptions {
 pub fn serve<F, T, B>(
     listener: std::net::TcpListener,
     options: ServerOptions,
+    shutdown: watch::Receiver<bool>,
+    app: F,
+) -> std::io::Result<Server>
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<B>, Error = Error, InitError = ()>
+        + 'static,
+    B: MessageBody + 'static,
+{
+    serve_all(vec![listener], options, shutdown, app)
+}
+
+/// [`serve`] on several listeners at once (a public and an internal port); handlers
+/// tell them apart by `HttpRequest::app_config().local_addr()`.
+pub fn serve_all<F, T, B>(
+    listeners: Vec<std::net::TcpListener>,
+    options: ServerOptions,
     mut shutdown: watch::Receiver<bool>,
     app: F,
 ) -> std::io::Result<Server>
@@ -39,7 +56,10 @@ where
     if options.workers > 0 {
         server = server.workers(options.workers);
     }
-    let server = server.listen(listener)?.run();
+    for listener in listeners {
+        server = server.listen(listener)?;
+    }
+    let server = server.run();
     let handle = server.handle();
     tokio::spawn(async move {
         drop(shutdown.wait_for(|stop| *stop).await);

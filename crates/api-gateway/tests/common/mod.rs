@@ -75,6 +75,9 @@ pub fn gateway_settings(
     s.cache_url = String::new();
     // Tests send bursts; the limits have tests of their own.
     s.limits.default_plan = "unlimited".to_owned();
+    // One listener: tests reach the admin routes and metrics on it (the split has its
+    // own test).
+    s.internal_port = 0;
     Ok(s)
 }
 
@@ -300,7 +303,13 @@ impl GatewayProcess {
     ) -> anyhow::Result<test_support::ServiceProcess> {
         let mut env = env.to_vec();
         let files = std::env::temp_dir().join("hh-test-gateway-files").display().to_string();
-        env.extend([("WORKERS", "2".to_owned()), ("CACHE_URL", String::new()), ("CVS__STORAGE_DIR", files)]);
+        env.extend([
+            ("WORKERS", "2".to_owned()),
+            ("CACHE_URL", String::new()),
+            ("CVS__STORAGE_DIR", files),
+            ("INTERNAL_PORT", "0".to_owned()),
+            ("LIMITS__DEFAULT_PLAN", "unlimited".to_owned()),
+        ]);
         test_support::ServiceProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_api-gateway")), &env, log).await
     }
 }

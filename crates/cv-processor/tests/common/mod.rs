@@ -56,6 +56,7 @@ pub fn gateway_settings(
     s.logging.format = LogFormat::Text;
     // The gateway's limits are tested with the gateway.
     s.limits.default_plan = "unlimited".to_owned();
+    s.internal_port = 0;
     Ok(s)
 }
 
