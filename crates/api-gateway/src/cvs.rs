@@ -159,6 +159,7 @@ async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart
             Ok(created)
         })
         .await?;
+    crate::api_cache::changed(&state, company.0).await;
     let existing: Vec<(i64, Vec<u8>, String)> = if created.len() < unique.len() {
         let hashes: Vec<Vec<u8>> =
             unique.iter().map(|f| f.sha256.to_vec()).filter(|h| !created.iter().any(|(_, c)| c == h)).collect();
@@ -366,6 +367,10 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
+    let cached = crate::api_cache::slot(&state, &req, &caller, "cvs").await;
+    if let Some(hit) = cached.hit(&state).await {
+        return Ok(hit);
+    }
     let mut q = cvs::table.filter(cvs::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(raw) = &query.status {
         let status = CvStatus::parse(raw).ok_or_else(|| {
@@ -386,7 +391,8 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     for row in &mut rows {
         row.facts = None;
     }
-    Ok(HttpResponse::Ok().json(Page::of(rows, limit, |cv| cv.id)))
+    drop(conn);
+    cached.answer(&state, &Page::of(rows, limit, |cv| cv.id)).await
 }
 
 async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
@@ -416,6 +422,7 @@ async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
         })
         .await?;
     drop(conn);
+    crate::api_cache::changed(&state, company).await;
     // Its vectors are cv-processor's to remove.
     state.producer.publish(&ForgetCv { cv_id: CvId(id), company_id: caller.company_id });
     // The row is gone, so the CV is gone for every reader; a file left behind by a

@@ -179,6 +179,7 @@ async fn create(
             Ok(job)
         })
         .await?;
+    crate::api_cache::changed(&state, company).await;
     Ok(HttpResponse::Created().json(job))
 }
 
@@ -207,6 +208,10 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
+    let cached = crate::api_cache::slot(&state, &req, &caller, "jobs").await;
+    if let Some(hit) = cached.hit(&state).await {
+        return Ok(hit);
+    }
     let mut q = jobs::table.filter(jobs::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(status) = &query.status {
         if !SETTABLE_STATUSES.contains(&status.as_str()) && status != "archived" {
@@ -223,7 +228,8 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     }
     let mut conn = state.db.get().await?;
     let rows: Vec<Job> = q.order(jobs::id.desc()).limit(limit + 1).select(Job::as_select()).load(&mut conn).await?;
-    Ok(HttpResponse::Ok().json(Page::of(rows, limit, |j| j.id)))
+    drop(conn);
+    cached.answer(&state, &Page::of(rows, limit, |j| j.id)).await
 }
 
 async fn update(
@@ -287,5 +293,6 @@ async fn apply(
             Ok(job)
         })
         .await?;
+    crate::api_cache::changed(state, company).await;
     Ok(HttpResponse::Ok().json(job))
 }

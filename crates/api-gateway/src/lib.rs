@@ -7,6 +7,7 @@
 pub mod access;
 pub mod accounts;
 pub mod admin;
+pub mod api_cache;
 pub mod audit;
 pub mod auth;
 pub mod cvs;

@@ -20,6 +20,9 @@ service_kit::metrics! {
         /// Match results of a CV's page of jobs: hit (the cached result was current) or
         /// miss (asked cv-processor).
         match_cache: IntCounterVec = "match_cache_total" ["result"],
+        /// List pages from the API response cache: hit, miss, bypassed (Redis did not
+        /// answer; read from the database).
+        api_cache: IntCounterVec = "api_cache_total" ["result"],
         /// Requests and LLM calls refused with 429 by a rate or concurrency limit.
         rate_limited: IntCounter = "rate_limited_total",
         /// LLM calls made while their company was past the soft share of its monthly

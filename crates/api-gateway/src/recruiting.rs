@@ -166,6 +166,7 @@ async fn apply(
             Ok(row)
         })
         .await?;
+    crate::api_cache::changed(&state, company).await;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -186,6 +187,10 @@ async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Resu
     let caller = state.allow(&req, Action::Read).await?;
     let query: ApplicationQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
+    let cached = crate::api_cache::slot(&state, &req, &caller, "applications").await;
+    if let Some(hit) = cached.hit(&state).await {
+        return Ok(hit);
+    }
     let mut q = applications::table.filter(applications::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(job) = &query.job_id {
         q = q.filter(applications::job_id.eq(id_param("job_id", job)?));
@@ -203,7 +208,8 @@ async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Resu
     let mut conn = state.db.get().await?;
     let rows: Vec<Application> =
         q.order(applications::id.desc()).limit(limit + 1).select(Application::as_select()).load(&mut conn).await?;
-    Ok(HttpResponse::Ok().json(Page::of(rows, limit, |a| a.id)))
+    drop(conn);
+    cached.answer(&state, &Page::of(rows, limit, |a| a.id)).await
 }
 
 async fn find_application(
@@ -286,6 +292,7 @@ async fn update_application(
             Ok(after)
         })
         .await?;
+    crate::api_cache::changed(&state, company).await;
     Ok(HttpResponse::Ok().json(updated))
 }
 

@@ -1034,3 +1034,84 @@ async fn applications_move_through_stages_interviews_gather_feedback_and_llm_cal
     assert_eq!(stack.sim.requests(), calls_before + 1);
     stack.stop().await.unwrap();
 }
+
+async fn list(stack: &Stack, token: &str, path: &str, no_cache: bool) -> (String, Value) {
+    let mut req = stack.http.get(format!("{}{path}", stack.url)).bearer_auth(token);
+    if no_cache {
+        req = req.header("cache-control", "no-cache");
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let cache = res.headers().get("x-cache").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (cache, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn list_pages_are_cached_per_company_and_role_and_every_change_invalidates_them() {
+    let stack = Stack::start(Options { with_worker: false, with_cache: true, ..Options::default() }).await.unwrap();
+    let team = team::team(&stack, "Cached Ltd").await.unwrap();
+    let other = team::team(&stack, "Uncached Ltd").await.unwrap();
+    let (owner, viewer) = (team.owner.token.clone(), team.viewer.token.clone());
+    create_job(&stack, &owner, "First").await;
+
+    let (first, page) = list(&stack, &owner, "/api/v1/jobs", false).await;
+    let (second, again) = list(&stack, &owner, "/api/v1/jobs", false).await;
+    assert_eq!((first.as_str(), second.as_str()), ("miss", "hit"));
+    assert_eq!(page, again);
+    // Another role, another query, another company: their own pages.
+    assert_eq!(list(&stack, &viewer, "/api/v1/jobs", false).await.0, "miss");
+    assert_eq!(list(&stack, &owner, "/api/v1/jobs?limit=1", false).await.0, "miss");
+    let (cache, theirs) = list(&stack, &other.owner.token, "/api/v1/jobs", false).await;
+    assert_eq!((cache.as_str(), theirs["data"].as_array().unwrap().len()), ("miss", 0));
+    // A write is seen at once by the next read.
+    create_job(&stack, &team.recruiter.token, "Second").await;
+    let (cache, page) = list(&stack, &owner, "/api/v1/jobs", false).await;
+    assert_eq!((cache.as_str(), page["data"].as_array().unwrap().len()), ("miss", 2));
+    assert_eq!(list(&stack, &viewer, "/api/v1/jobs", false).await.1["data"].as_array().unwrap().len(), 2);
+    // `Cache-Control: no-cache` reads the database.
+    assert_eq!(list(&stack, &owner, "/api/v1/jobs", true).await.0, "miss");
+    assert_eq!(list(&stack, &owner, "/api/v1/jobs", false).await.0, "hit");
+
+    // CVs: cv-processor's status events invalidate too.
+    let cv = upload_cv(&stack, &owner, "cached").await;
+    let (_, page) = list(&stack, &owner, "/api/v1/cvs", false).await;
+    assert_eq!(page["data"][0]["status"], "queued");
+    assert_eq!(list(&stack, &owner, "/api/v1/cvs", false).await.0, "hit");
+    let mut conn = stack.main_db.connect().await.unwrap();
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!("UPDATE cvs SET status = 'processing' WHERE id = {cv}")),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let event = common_models::cv::CvStatusEvent {
+        cv_id: common_models::ids::CvId(cv),
+        company_id: common_models::ids::CompanyId(team.company_id),
+        status: common_models::cv::CvStatus::Processing,
+        failure_reason: None,
+        file_name: "cached.txt".into(),
+        at: chrono::Utc::now(),
+    };
+    let pool = service_kit::redis::build_pool(
+        &stack.redis.url,
+        1,
+        service_kit::redis::ReplyTimeout::After(Duration::from_secs(1)),
+    )
+    .unwrap();
+    common_models::cv::events::emit(&pool, &stack.redis.prefix, &event).await.unwrap();
+    let (cache, page) = list(&stack, &owner, "/api/v1/cvs", false).await;
+    assert_eq!((cache.as_str(), page["data"][0]["status"].as_str()), ("miss", Some("processing")));
+
+    // Applications too.
+    let job = create_job(&stack, &owner, "Third").await;
+    assert_eq!(list(&stack, &owner, "/api/v1/applications", false).await.0, "miss");
+    assert_eq!(list(&stack, &owner, "/api/v1/applications", false).await.0, "hit");
+    let (status, _) =
+        call(&stack, &owner, Method::POST, "/api/v1/applications", Some(json!({"job_id": job, "cv_id": cv}))).await;
+    assert_eq!(status, 201);
+    let (cache, page) = list(&stack, &owner, "/api/v1/applications", false).await;
+    assert_eq!((cache.as_str(), page["data"].as_array().unwrap().len()), ("miss", 1));
+    let metrics = stack.metrics().await.unwrap();
+    assert!(common::metric_sum(&metrics, "headhunter_gateway_api_cache_total{result=\"hit\"}") >= 4.0);
+    stack.stop().await.unwrap();
+}

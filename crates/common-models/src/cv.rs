@@ -120,6 +120,13 @@ pub mod events {
         format!("{prefix}cv_events:{company}")
     }
 
+    /// The generation of a company's cached API lists (api-gateway's `api` cache): every
+    /// change to its jobs, CVs or applications, and every CV status event, moves it on,
+    /// so a list cached under an older generation is never served again.
+    pub fn api_generation(prefix: &str, company: CompanyId) -> String {
+        format!("{prefix}api_gen:{company}")
+    }
+
     /// Events kept per company for reconnecting clients (about: trimmed with `~`).
     pub const REPLAY_LEN: usize = 2_000;
     /// A company's replay log expires this long after its last event.
@@ -133,6 +140,8 @@ pub mod events {
             local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])
             redis.call('PEXPIRE', KEYS[1], ARGV[3])
             redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[2])
+            redis.call('INCR', KEYS[3])
+            redis.call('PEXPIRE', KEYS[3], ARGV[3])
             return id
             ",
         )
@@ -146,6 +155,7 @@ pub mod events {
         let id: String = EMIT
             .key(replay_log(prefix, event.company_id))
             .key(channel(prefix))
+            .key(api_generation(prefix, event.company_id))
             .arg(REPLAY_LEN)
             .arg(payload)
             .arg(REPLAY_TTL_MS)
