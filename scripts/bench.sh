@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench: ingest throughput vs raw COPY, the producer's spool, gateway overhead vs
-# the upstream alone, cache-service GET vs Redis GET, and CVs end to end.
+# the upstream alone, what the session check and rate limiter add, cache-service GET vs
+# Redis GET, and CVs end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v oha >/dev/null 2>&1; then
@@ -18,6 +19,8 @@ echo
 "$BIN/headhunter-bench" spool --events "${BENCH_SPOOL_EVENTS:-200000}"
 echo
 "$BIN/headhunter-bench" gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}" --bin-dir "$BIN"
+echo
+"$BIN/headhunter-bench" access --rate "${BENCH_ACCESS_RATE:-2000}" --seconds "${BENCH_ACCESS_SECONDS:-10}" --bin-dir "$BIN"
 echo
 "$BIN/headhunter-bench" cache --connections "${BENCH_CONNECTIONS:-64}" --seconds "${BENCH_CACHE_SECONDS:-5}" \
   --rounds "${BENCH_CACHE_ROUNDS:-5}" --bin-dir "$BIN"

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod cvs;
 pub mod events;
+pub mod hot_redis;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
@@ -114,7 +115,9 @@ pub async fn run(
         tracing::warn!("LLM_CACHE_SEAL_KEY is not set: this replica serves only the cached answers it stored itself");
     }
     let seal = llm::seal::Seal::new(settings.llm_cache_seal_key.expose())?;
-    let sessions = sessions::Sessions::new(redis.clone(), &settings.redis.key_prefix, settings.accounts.session_ttl);
+    let hot_redis = hot_redis::HotRedis::new(settings.redis.url.expose(), Duration::from_secs(1))?;
+    let sessions =
+        sessions::Sessions::new(hot_redis.clone(), &settings.redis.key_prefix, settings.accounts.session_ttl);
     let auth =
         Arc::new(Authenticator::new(db.clone(), sessions, settings.auth_cache_ttl, settings.auth_failures_per_minute));
     auth::follow_revocations(auth.clone(), settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
@@ -122,7 +125,7 @@ pub async fn run(
         passwords: password::Passwords::new()?,
         interviews: recruiting::InterviewCheck::default(),
         limits: Arc::new(limits::Limits::new(
-            redis.clone(),
+            hot_redis,
             &settings.redis.key_prefix,
             settings.limits.clone(),
             db.clone(),

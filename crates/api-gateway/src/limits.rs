@@ -133,7 +133,7 @@ return 1
 ";
 
 pub struct Limits {
-    redis: deadpool_redis::Pool,
+    redis: crate::hot_redis::HotRedis,
     prefix: String,
     settings: LimitSettings,
     db: PgPool,
@@ -152,7 +152,7 @@ pub const COMPANY_TTL: Duration = Duration::from_secs(30);
 
 impl Limits {
     pub fn new(
-        redis: deadpool_redis::Pool,
+        redis: crate::hot_redis::HotRedis,
         prefix: &str,
         settings: LimitSettings,
         db: PgPool,
@@ -235,8 +235,8 @@ impl Limits {
             invocation.arg(*arg);
         }
         let reply: Result<(i64, i64, i64, i64), AppError> = async {
-            let mut conn = self.redis.get().await.map_err(|e| AppError::unavailable("Redis", e))?;
-            invocation.invoke_async(&mut *conn).await.map_err(|e| AppError::unavailable("Redis", e))
+            let mut conn = self.redis.conn().await.map_err(|e| AppError::unavailable("Redis", e))?;
+            invocation.invoke_async(&mut conn).await.map_err(|e| AppError::unavailable("Redis", e))
         }
         .await;
         let (allowed, wait_ms, remaining, reset_ms) = match reply {
@@ -290,13 +290,13 @@ impl Limits {
         let key = format!("{}llm_inflight:{company}", self.prefix);
         let member = uuid::Uuid::now_v7().to_string();
         let taken: Result<i64, AppError> = async {
-            let mut conn = self.redis.get().await.map_err(|e| AppError::unavailable("Redis", e))?;
+            let mut conn = self.redis.conn().await.map_err(|e| AppError::unavailable("Redis", e))?;
             self.slot
                 .key(&key)
                 .arg(limits.plan.llm_concurrency)
                 .arg(&member)
                 .arg(u64::try_from(self.slot_lapse.as_millis()).unwrap_or(u64::MAX))
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| AppError::unavailable("Redis", e))
         }
@@ -344,8 +344,8 @@ impl Limits {
 
     /// This month's spend of `company` so far.
     pub async fn spent(&self, company: i64) -> anyhow::Result<f64> {
-        let mut conn = self.redis.get().await?;
-        let spent: Option<f64> = redis::cmd("GET").arg(self.spend_key(company)).query_async(&mut *conn).await?;
+        let mut conn = self.redis.conn().await?;
+        let spent: Option<f64> = redis::cmd("GET").arg(self.spend_key(company)).query_async(&mut conn).await?;
         Ok(spent.unwrap_or(0.0))
     }
 
@@ -358,7 +358,7 @@ impl Limits {
         tokio::spawn(async move {
             let key = this.spend_key(company);
             let done: anyhow::Result<()> = async {
-                let mut conn = this.redis.get().await?;
+                let mut conn = this.redis.conn().await?;
                 redis::pipe()
                     .cmd("INCRBYFLOAT")
                     .arg(&key)
@@ -367,7 +367,7 @@ impl Limits {
                     // Kept past the month's end for the month's last look-ups.
                     .expire(&key, 40 * 24 * 3600)
                     .ignore()
-                    .query_async::<()>(&mut *conn)
+                    .query_async::<()>(&mut conn)
                     .await?;
                 Ok(())
             }
@@ -382,7 +382,7 @@ impl Limits {
 
 /// A held LLM concurrency slot; given back on drop.
 pub struct Slot {
-    redis: deadpool_redis::Pool,
+    redis: crate::hot_redis::HotRedis,
     key: String,
     member: String,
 }
@@ -392,8 +392,8 @@ impl Drop for Slot {
         let (redis, key, member) =
             (self.redis.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.member));
         tokio::spawn(async move {
-            if let Ok(mut conn) = redis.get().await {
-                let _: Result<(), _> = redis::cmd("ZREM").arg(&key).arg(&member).query_async(&mut *conn).await;
+            if let Ok(mut conn) = redis.conn().await {
+                let _: Result<(), _> = redis::cmd("ZREM").arg(&key).arg(&member).query_async(&mut conn).await;
             }
         });
     }

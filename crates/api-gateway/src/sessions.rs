@@ -47,7 +47,7 @@ pub type SessionId = String;
 
 #[derive(Clone)]
 pub struct Sessions {
-    redis: deadpool_redis::Pool,
+    redis: crate::hot_redis::HotRedis,
     prefix: String,
     ttl: Duration,
 }
@@ -65,7 +65,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl Sessions {
-    pub fn new(redis: deadpool_redis::Pool, prefix: &str, ttl: Duration) -> Self {
+    pub fn new(redis: crate::hot_redis::HotRedis, prefix: &str, ttl: Duration) -> Self {
         Self { redis, prefix: prefix.to_owned(), ttl }
     }
 
@@ -86,7 +86,7 @@ impl Sessions {
         let token = crate::auth::random_token(TOKEN_PREFIX).map_err(AppError::internal)?;
         let id = session_id(&token);
         let value = serde_json::to_string(session).map_err(AppError::internal)?;
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         let user_key = self.user_key(session.user_id);
         // Forget ids of sessions that expired on their own, so the set stays small.
         let known: Vec<String> = conn.smembers(&user_key).await.map_err(redis_down)?;
@@ -99,21 +99,21 @@ impl Sessions {
                 for key in &keys {
                     check.exists(key);
                 }
-                check.query_async(&mut *conn).await.map_err(redis_down)?
+                check.query_async(&mut conn).await.map_err(redis_down)?
             };
             let dead: Vec<&String> = known.iter().zip(alive).filter(|(_, alive)| !alive).map(|(k, _)| k).collect();
             if !dead.is_empty() {
                 pipe.srem(&user_key, dead).ignore();
             }
         }
-        pipe.query_async::<()>(&mut *conn).await.map_err(redis_down)?;
+        pipe.query_async::<()>(&mut conn).await.map_err(redis_down)?;
         Ok((token, id))
     }
 
     /// The session `token` stands for, sliding its expiry; `None` when it has ended.
     pub async fn check(&self, token: &str) -> Result<Option<(SessionId, Session)>, AppError> {
         let id = session_id(token);
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         let value: Option<String> =
             conn.get_ex(self.key(&id), redis::Expiry::EX(self.ttl.as_secs())).await.map_err(redis_down)?;
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()).map(|s| (id, s)))
@@ -121,20 +121,20 @@ impl Sessions {
 
     /// Ends one session.
     pub async fn end(&self, id: &str, user_id: i64) -> Result<(), AppError> {
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         redis::pipe()
             .del(self.key(id))
             .ignore()
             .srem(self.user_key(user_id), id)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(redis_down)
     }
 
     /// Ends every session of `user_id`; returns how many were alive.
     pub async fn end_all(&self, user_id: i64) -> Result<usize, AppError> {
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         let user_key = self.user_key(user_id);
         let ids: Vec<String> = conn.smembers(&user_key).await.map_err(redis_down)?;
         let mut pipe = redis::pipe();
@@ -142,7 +142,7 @@ impl Sessions {
             pipe.del(self.key(id));
         }
         pipe.del(&user_key).ignore();
-        let removed: Vec<usize> = pipe.query_async(&mut *conn).await.map_err(redis_down)?;
+        let removed: Vec<usize> = pipe.query_async(&mut conn).await.map_err(redis_down)?;
         Ok(removed.into_iter().sum())
     }
 
@@ -170,12 +170,12 @@ impl Sessions {
             .into_iter()
             .map(|(key, limit)| (key, if limit == Limit::Account { per_account } else { per_address }))
             .collect();
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         let mut pipe = redis::pipe();
         for (key, _) in &checks {
             pipe.get(key).pttl(key);
         }
-        let replies: Vec<(Option<u32>, i64)> = pipe.query_async(&mut *conn).await.map_err(redis_down)?;
+        let replies: Vec<(Option<u32>, i64)> = pipe.query_async(&mut conn).await.map_err(redis_down)?;
         let wait = checks
             .iter()
             .zip(replies)
@@ -187,20 +187,20 @@ impl Sessions {
 
     /// Counts a failed login against the account and the address.
     pub async fn login_failed(&self, email: Option<&str>, address: Option<IpAddr>) -> Result<(), AppError> {
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         let mut pipe = redis::pipe();
         for (key, _) in self.failure_keys(email, address) {
             // The window starts with the first failure and is not extended by later ones.
             pipe.cmd("SET").arg(&key).arg(0).arg("EX").arg(THROTTLE_WINDOW.as_secs()).arg("NX").ignore();
             pipe.incr(&key, 1).ignore();
         }
-        pipe.query_async::<()>(&mut *conn).await.map_err(redis_down)
+        pipe.query_async::<()>(&mut conn).await.map_err(redis_down)
     }
 
     /// A successful login clears the account's failures (not the address's).
     pub async fn login_succeeded(&self, email: &str) -> Result<(), AppError> {
         let keys: Vec<String> = self.failure_keys(Some(email), None).into_iter().map(|(k, _)| k).collect();
-        let mut conn = self.redis.get().await.map_err(redis_down)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
         conn.del::<_, ()>(keys).await.map_err(redis_down)
     }
 }

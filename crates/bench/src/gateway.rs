@@ -16,42 +16,50 @@ const GATEWAY_PORT: u16 = 18080;
 const WORKER_PORT: u16 = 19091;
 const ADMIN_KEY: &str = "bench-admin-key";
 
-struct Measurement {
-    rate: u32,
-    achieved_rps: f64,
-    success: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
+pub struct Measurement {
+    pub rate: u32,
+    pub achieved_rps: f64,
+    pub success: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Answers with the expected status.
+    pub requests: u64,
 }
 
-fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurement> {
-    let body = json!({
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "Rate this candidate's Rust experience from 1 to 5."}],
-        "temperature": 0
-    });
-    let output = Command::new("oha")
-        .args([
-            "--no-tui",
-            "--latency-correction",
-            "--output-format",
-            "json",
-            "-z",
-            &format!("{seconds}s"),
-            "-q",
-            &rate.to_string(),
-        ])
-        .args(["-c", "64", "-m", "POST", "-H", "content-type: application/json"])
-        .args(["-H", &format!("authorization: Bearer {key}"), "-d", &body.to_string(), url])
-        .stderr(Stdio::inherit())
-        .output()?;
+/// A request for oha: method, headers, body, and the status that counts as success.
+pub struct Load<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: Vec<String>,
+    pub body: Option<String>,
+    pub expect: u16,
+    pub connections: u32,
+}
+
+/// Runs oha at `rate` requests a second for `seconds` (latency-corrected).
+pub fn oha_load(load: &Load<'_>, rate: u32, seconds: u64) -> anyhow::Result<Measurement> {
+    let mut cmd = Command::new("oha");
+    cmd.args(["--no-tui", "--latency-correction", "--output-format", "json", "-z", &format!("{seconds}s")]).args([
+        "-q",
+        &rate.to_string(),
+        "-c",
+        &load.connections.to_string(),
+        "-m",
+        load.method,
+    ]);
+    for header in &load.headers {
+        cmd.args(["-H", header]);
+    }
+    if let Some(body) = &load.body {
+        cmd.args(["-d", body]);
+    }
+    let output = cmd.arg(load.url).stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(output.status.success(), "oha failed");
     let report: Value = serde_json::from_slice(&output.stdout)?;
     let secs = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 1000.0;
     let requests: u64 =
         report["statusCodeDistribution"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
-    let ok: u64 = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let ok: u64 = report["statusCodeDistribution"][load.expect.to_string()].as_u64().unwrap_or(0);
     Ok(Measurement {
         rate,
         achieved_rps: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
@@ -62,7 +70,24 @@ fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurem
     })
 }
 
-fn print(label: &str, m: &Measurement) {
+fn oha(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Measurement> {
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Rate this candidate's Rust experience from 1 to 5."}],
+        "temperature": 0
+    });
+    let load = Load {
+        method: "POST",
+        url,
+        headers: vec!["content-type: application/json".into(), format!("authorization: Bearer {key}")],
+        body: Some(body.to_string()),
+        expect: 200,
+        connections: 64,
+    };
+    oha_load(&load, rate, seconds)
+}
+
+pub fn print(label: &str, m: &Measurement) {
     println!(
         "  {label:<28} {:>6} req/s asked {:>8.0} done  ok {:>6.2}%  p50 {:>7.3} ms  p99 {:>7.3} ms",
         m.rate,

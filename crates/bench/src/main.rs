@@ -14,6 +14,7 @@
 //! - `cvs`: CVs per minute end to end with a cold and a warm embedding cache, the
 //!   p99 of a main-DB endpoint while CVs process against idle, and upload speed.
 
+mod access;
 mod cache;
 mod cvs;
 mod gateway;
@@ -58,6 +59,17 @@ enum Command {
         /// Skip the search for the highest sustained rate.
         #[arg(long)]
         no_max_rate: bool,
+    },
+    /// What the session check and the rate limiter add to a request.
+    Access {
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: std::path::PathBuf,
     },
     /// cache-service GET (hot key in L1, and cold through Redis) vs Redis GET.
     Cache {
@@ -114,6 +126,9 @@ fn main() -> anyhow::Result<()> {
         Command::Spool { events } => runtime()?.block_on(spool::run(events)),
         Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
             runtime()?.block_on(gateway::run(rate, seconds, &bin_dir, !no_max_rate))
+        }
+        Command::Access { rate, seconds, rounds, bin_dir } => {
+            runtime()?.block_on(access::run(rate, seconds, rounds, &bin_dir))
         }
         Command::Cache { connections, seconds, rounds, bin_dir } => {
             runtime()?.block_on(cache::run(connections, seconds, rounds, &bin_dir))
