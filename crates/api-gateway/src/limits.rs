@@ -15,7 +15,8 @@
 //!   soft share, calls are counted in `llm_budget_soft_exceeded_total`.
 //!
 //! When Redis cannot answer, requests are let through and counted
-//! (`limits_unavailable_total`): a Redis outage must not become an API outage.
+//! (`limits_unavailable_total`): a Redis outage must not become an API outage. When the
+//! main database cannot say a company's plan, the default plan applies, counted alike.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,6 +200,28 @@ impl Limits {
         Ok(limits)
     }
 
+    /// The company's limits, or while the main database cannot say, the default plan's:
+    /// a database outage must not stop requests that need nothing else from it.
+    async fn of_or_default(&self, company: i64) -> Arc<CompanyLimits> {
+        match self.of(company).await {
+            Ok(limits) => limits,
+            Err(err) => {
+                self.metrics.limits_unavailable.inc();
+                tracing::warn!(company_id = company, error = %err, "the company's plan could not be read; the default plan applies");
+                let plan = self.settings.plan(&self.settings.default_plan).cloned().unwrap_or(Plan {
+                    name: self.settings.default_plan.clone(),
+                    company_per_minute: 0,
+                    credential_per_minute: 0,
+                    burst: 1,
+                    llm_concurrency: 0,
+                    llm_budget_usd: 0.0,
+                });
+                let budget_usd = plan.llm_budget_usd;
+                Arc::new(CompanyLimits { plan, budget_usd })
+            }
+        }
+    }
+
     fn unavailable(&self, what: &str, err: impl std::fmt::Display) {
         self.metrics.limits_unavailable.inc();
         tracing::warn!(error = %err, "{what} could not be checked (Redis); let through");
@@ -206,7 +229,7 @@ impl Limits {
 
     /// Spends one request from the company's and the credential's rates, or 429.
     pub async fn admit(&self, req: &HttpRequest, caller: &Caller) -> Result<(), AppError> {
-        let limits = self.of(caller.company_id.0).await?;
+        let limits = self.of_or_default(caller.company_id.0).await;
         let plan = &limits.plan;
         let mut keys = Vec::new();
         let mut args = Vec::new();
@@ -262,7 +285,7 @@ impl Limits {
     /// Admits one LLM call of `company`: under its budget and its concurrency cap. The
     /// slot is given back when the returned guard drops.
     pub async fn admit_llm_call(&self, company: i64) -> Result<Option<Slot>, AppError> {
-        let limits = self.of(company).await?;
+        let limits = self.of_or_default(company).await;
         if limits.budget_usd > 0.0 {
             match self.spent(company).await {
                 Ok(spent) if spent >= limits.budget_usd => {
