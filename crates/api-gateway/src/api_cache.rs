@@ -29,9 +29,9 @@ pub async fn slot(state: &AppState, req: &HttpRequest, caller: &Caller, resource
     if state.cache.is_none() || bypassed(req) {
         return Slot(None);
     }
-    let generation: Result<Option<u64>, _> = async {
-        let mut conn = state.redis.get().await.map_err(anyhow::Error::from)?;
-        conn.get(api_generation(state.keys.prefix(), caller.company_id)).await.map_err(anyhow::Error::from)
+    let generation: redis::RedisResult<Option<u64>> = async {
+        let mut conn = state.hot_redis.conn().await?;
+        conn.get(api_generation(state.keys.prefix(), caller.company_id)).await
     }
     .await;
     let Ok(generation) = generation else {
@@ -87,13 +87,13 @@ impl Slot {
 pub async fn changed(state: &AppState, company: i64) {
     let key = api_generation(state.keys.prefix(), common_models::ids::CompanyId(company));
     let done: anyhow::Result<()> = async {
-        let mut conn = state.redis.get().await?;
+        let mut conn = state.hot_redis.conn().await?;
         redis::pipe()
             .incr(&key, 1)
             .ignore()
             .pexpire(&key, GENERATION_TTL_MS)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(())
     }

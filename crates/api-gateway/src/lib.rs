@@ -124,6 +124,7 @@ pub async fn run(
     let state = web::Data::new(AppState {
         passwords: password::Passwords::new()?,
         interviews: recruiting::InterviewCheck::default(),
+        hot_redis: hot_redis.clone(),
         limits: Arc::new(limits::Limits::new(
             hot_redis,
             &settings.redis.key_prefix,

@@ -27,6 +27,9 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     pub auth: Arc<Authenticator>,
     pub passwords: crate::password::Passwords,
+    /// Redis for the per-request checks and the list cache's generations (one
+    /// multiplexed connection).
+    pub hot_redis: crate::hot_redis::HotRedis,
     /// Rate limits, LLM concurrency, budgets.
     pub limits: Arc<crate::limits::Limits>,
     /// `X-Interview-Id` checks, remembered.
