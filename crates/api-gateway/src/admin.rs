@@ -206,12 +206,8 @@ fn ms_to_time(ms: i64) -> Option<DateTime<Utc>> {
 struct CompanyUpdate {
     plan: Option<String>,
     /// `null` goes back to the plan's budget.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::jobs::present")]
     llm_budget_usd: Option<Option<f64>>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
-    Option::<f64>::deserialize(d).map(Some)
 }
 
 /// The operator sets a company's plan and monthly LLM budget (`PATCH

@@ -162,10 +162,10 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
         q = q.filter(audit_log::object_type.eq(object_type));
     }
     if let Some(object_id) = query.object_id {
-        q = q.filter(audit_log::object_id.eq(number("object_id", &object_id)?));
+        q = q.filter(audit_log::object_id.eq(crate::page::integer("object_id", &object_id)?));
     }
     if let Some(user) = query.actor_user_id {
-        q = q.filter(audit_log::actor_user_id.eq(number("actor_user_id", &user)?));
+        q = q.filter(audit_log::actor_user_id.eq(crate::page::integer("actor_user_id", &user)?));
     }
     if let Some(after) = after {
         q = q.filter(audit_log::id.lt(after));
@@ -174,8 +174,4 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     let rows: Vec<Row> =
         q.order(audit_log::id.desc()).limit(limit + 1).select(Row::as_select()).load(&mut conn).await?;
     Ok(HttpResponse::Ok().json(Page::of(rows, limit, |r| r.id)))
-}
-
-fn number(param: &'static str, raw: &str) -> Result<i64, AppError> {
-    raw.parse().map_err(|_| AppError::bad_request(param, "invalid_value", format!("`{param}` must be an integer")))
 }

@@ -318,7 +318,7 @@ fn make_room<K, V>(map: &mut HashMap<K, V>, limit: usize, fresh: impl Fn(&V) -> 
 }
 
 /// Shaped like a token issued here: `prefix` and 40 letters or digits.
-fn well_formed(token: &str, prefix: &str) -> bool {
+pub fn well_formed(token: &str, prefix: &str) -> bool {
     token.len() == prefix.len() + KEY_BODY_LEN
         && token.starts_with(prefix)
         && token.bytes().skip(prefix.len()).all(|b| b.is_ascii_alphanumeric())

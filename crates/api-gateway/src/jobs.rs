@@ -58,9 +58,10 @@ struct JobInput {
     status: Option<String>,
 }
 
-/// Tells an explicit `null` (Some(None)) from an absent field (None).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+/// `deserialize_with` telling an explicit `null` (Some(None)) from an absent field
+/// (None, with `#[serde(default)]`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(AsChangeset, Default)]
@@ -122,7 +123,8 @@ impl JobInput {
     }
 }
 
-fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
+/// 400 `invalid_length` naming `field` unless `value` has `min`-`max` characters.
+pub fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
     let n = value.chars().count();
     if n < min || n > max {
         let what = if min > 0 { format!("1-{max} characters, not blank") } else { format!("at most {max} characters") };

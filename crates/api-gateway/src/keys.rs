@@ -23,7 +23,7 @@ use service_kit::AppError;
 use crate::access::{Action, Role, Scopes};
 use crate::audit::{Audit, Change};
 use crate::auth::{Revoked, generate_key, publish_revocation};
-use crate::jobs::{not_found, parse_id};
+use crate::jobs::{check_len, not_found, parse_id};
 use crate::page::{Page, PageQuery};
 use crate::state::AppState;
 
@@ -110,13 +110,7 @@ async fn create(
     let caller = state.allow(&req, Action::ManageKeys).await?;
     let NewKey { name, scopes, user_id } = body.into_inner();
     let name = name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > NAME_MAX {
-        return Err(AppError::bad_request(
-            "name",
-            "invalid_length",
-            format!("`name` must be 1-{NAME_MAX} characters, not blank"),
-        ));
-    }
+    check_len("name", &name, 1, NAME_MAX)?;
     let scopes = match scopes {
         Some(names) => Scopes::from_input("scopes", &names)?,
         None => Scopes::EVERY,

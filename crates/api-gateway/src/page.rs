@@ -50,6 +50,12 @@ pub fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, AppError> {
     })
 }
 
+/// An integer query parameter, or 400 naming it (numbers arrive as text when a query
+/// struct flattens [`PageQuery`] in).
+pub fn integer(param: &'static str, raw: &str) -> Result<i64, AppError> {
+    raw.parse().map_err(|_| AppError::bad_request(param, "invalid_value", format!("`{param}` must be an integer")))
+}
+
 /// A page of a list.
 #[derive(Debug, Serialize)]
 pub struct Page<T> {

@@ -23,13 +23,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::AppError;
-use sha2::{Digest, Sha256};
 
 use crate::access::{Action, Role};
 use crate::accounts::{UserView, account_changed_everywhere, lower, normalise_email, signed_in};
 use crate::audit::{Audit, Change};
-use crate::auth::random_token;
-use crate::jobs::parse_id;
+use crate::auth::{hash_key, random_token, well_formed};
+use crate::jobs::{check_len, parse_id};
 use crate::page::{Page, PageQuery};
 use crate::password;
 use crate::sessions::Session;
@@ -105,14 +104,8 @@ async fn update_user(
     let UserUpdate { role, is_active, full_name } = body.into_inner();
     let role = role.map(|r| Role::from_input("role", &r)).transpose()?;
     let full_name = full_name.map(|n| n.trim().to_owned());
-    if let Some(name) = &full_name
-        && name.chars().count() > FULL_NAME_MAX
-    {
-        return Err(AppError::bad_request(
-            "full_name",
-            "invalid_length",
-            format!("`full_name` must be at most {FULL_NAME_MAX} characters"),
-        ));
+    if let Some(name) = &full_name {
+        check_len("full_name", name, 0, FULL_NAME_MAX)?;
     }
     if caller.user_id.map(|u| u.0) == Some(id) && (role.is_some() || is_active.is_some()) {
         return Err(AppError::forbidden(
@@ -218,7 +211,7 @@ impl InvitationRow {
 }
 
 fn token_digest(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+    hash_key(token).to_vec()
 }
 
 #[derive(Deserialize)]
@@ -479,14 +472,8 @@ async fn accept(
 ) -> Result<HttpResponse, AppError> {
     let Acceptance { token, password, full_name } = body.into_inner();
     let full_name = full_name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-    if let Some(name) = &full_name
-        && name.chars().count() > FULL_NAME_MAX
-    {
-        return Err(AppError::bad_request(
-            "full_name",
-            "invalid_length",
-            format!("`full_name` must be at most {FULL_NAME_MAX} characters"),
-        ));
+    if let Some(name) = &full_name {
+        check_len("full_name", name, 0, FULL_NAME_MAX)?;
     }
     password::check_new("password", &password)?;
     // Guessing tokens counts against the address like failed logins do.
@@ -500,10 +487,7 @@ async fn accept(
             wait.as_secs() + 1,
         ));
     }
-    let shaped = token.len() == INVITATION_PREFIX.len() + 40
-        && token.starts_with(INVITATION_PREFIX)
-        && token.bytes().skip(INVITATION_PREFIX.len()).all(|b| b.is_ascii_alphanumeric());
-    if !shaped {
+    if !well_formed(&token, INVITATION_PREFIX) {
         sessions.login_failed(None, address).await?;
         return Err(invalid_invitation());
     }

@@ -16,7 +16,7 @@ use service_kit::AppError;
 
 use crate::access::Action;
 use crate::audit::{Audit, Change};
-use crate::jobs::{not_found, parse_id};
+use crate::jobs::{check_len, not_found, parse_id};
 use crate::page::{Page, PageQuery};
 use crate::state::AppState;
 
@@ -91,14 +91,7 @@ fn one_of(field: &'static str, value: &str, allowed: &[&str]) -> Result<(), AppE
 }
 
 fn check_notes(notes: &Option<String>) -> Result<(), AppError> {
-    match notes {
-        Some(n) if n.chars().count() > NOTES_MAX => Err(AppError::bad_request(
-            "notes",
-            "invalid_length",
-            format!("`notes` must be at most {NOTES_MAX} characters"),
-        )),
-        _ => Ok(()),
-    }
+    notes.as_deref().map_or(Ok(()), |n| check_len("notes", n, 0, NOTES_MAX))
 }
 
 fn json_of<T: Serialize>(value: &T) -> Result<serde_json::Value, AppError> {
@@ -179,10 +172,6 @@ struct ApplicationQuery {
     page: PageQuery,
 }
 
-fn id_param(field: &'static str, raw: &str) -> Result<i64, AppError> {
-    raw.parse().map_err(|_| AppError::bad_request(field, "invalid_value", format!("`{field}` must be an integer")))
-}
-
 async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let query: ApplicationQuery = crate::page::query(&req)?;
@@ -193,10 +182,10 @@ async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Resu
     }
     let mut q = applications::table.filter(applications::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(job) = &query.job_id {
-        q = q.filter(applications::job_id.eq(id_param("job_id", job)?));
+        q = q.filter(applications::job_id.eq(crate::page::integer("job_id", job)?));
     }
     if let Some(cv) = &query.cv_id {
-        q = q.filter(applications::cv_id.eq(id_param("cv_id", cv)?));
+        q = q.filter(applications::cv_id.eq(crate::page::integer("cv_id", cv)?));
     }
     if let Some(stage) = &query.stage {
         one_of("stage", stage, &STAGES)?;
@@ -516,13 +505,7 @@ async fn give_feedback(
         return Err(AppError::bad_request("rating", "invalid_value", "`rating` must be 1-5"));
     }
     one_of("recommendation", &recommendation, &RECOMMENDATIONS)?;
-    if comments.chars().count() > NOTES_MAX {
-        return Err(AppError::bad_request(
-            "comments",
-            "invalid_length",
-            format!("`comments` must be at most {NOTES_MAX} characters"),
-        ));
-    }
+    check_len("comments", &comments, 0, NOTES_MAX)?;
     let company = caller.company_id.0;
     let audit = Audit::of(&req, &caller);
     let mut conn = state.db.get().await?;
