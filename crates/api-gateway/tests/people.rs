@@ -1074,6 +1074,14 @@ async fn list_pages_are_cached_per_company_and_role_and_every_change_invalidates
 
     // CVs: cv-processor's status events invalidate too.
     let cv = upload_cv(&stack, &owner, "cached").await;
+    // The upload's `queued` event is emitted after the answer, and moves the generation
+    // on too: read once it has.
+    let events = stack.redis.key(&format!("cv_events:{}", team.company_id));
+    test_support::wait_for(Duration::from_secs(5), "the upload's queued event", || async {
+        stack.redis.xlen(&events).await.ok().filter(|n| *n >= 1)
+    })
+    .await
+    .unwrap();
     let (_, page) = list(&stack, &owner, "/api/v1/cvs", false).await;
     assert_eq!(page["data"][0]["status"], "queued");
     assert_eq!(list(&stack, &owner, "/api/v1/cvs", false).await.0, "hit");
