@@ -21,6 +21,9 @@ export LOG_FORMAT=${LOG_FORMAT:-text}
 # key for sealing cached LLM answers; random for each local run unless given.
 export CACHE_API_KEY=${CACHE_API_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export LLM_CACHE_SEAL_KEY=${LLM_CACHE_SEAL_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+# Between the gateway and cv-processor: the gateway's matching calls, and the LLM calls
+# cv-processor makes through the gateway in a company's name (analyses).
+export INTERNAL_API_KEY=${INTERNAL_API_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 # Where the gateway and cv-processor keep log events while Redis does not take them:
 # one directory each (a spool is locked by its process).
 SPOOL_DIR=${SPOOL_DIR:-$PWD/$RUN_DIR/spool}
@@ -61,6 +64,7 @@ start llm-simulator "$BIN/llm-simulator" --bind 127.0.0.1:8090 --latency-ms "${S
 PORT=$WORKER_PORT start llm-log-worker "$BIN/llm-log-worker"
 PORT=$CACHE_PORT CACHE_ADMIN_API_KEY=${CACHE_ADMIN_API_KEY:-dev-cache-admin-key} start cache-service "$BIN/cache-service"
 PORT=$CV_PORT EMBEDDING__CACHE_URL=$CACHE_URL PRODUCER__SPOOL__DIR=$SPOOL_DIR/cv-processor \
+  ANALYSIS__GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT \
   start cv-processor "$BIN/cv-processor"
 PORT=$GATEWAY_PORT INTERNAL_PORT=$GATEWAY_INTERNAL_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT PRODUCER__SPOOL__DIR=$SPOOL_DIR/api-gateway \
   start api-gateway "$BIN/api-gateway"

@@ -7,6 +7,11 @@
 //! dropped by every replica at once; `auth_cache_ttl` bounds it only on a replica whose
 //! subscription was down (it forgets every key when it resubscribes). Sessions live in
 //! Redis (see `sessions`): one round trip, nothing cached here.
+//!
+//! cv-processor calls the LLM route in a company's name (analyses): it sends the
+//! internal service key as its bearer token and names the company (and the person who
+//! asked) in [`ON_BEHALF_OF_COMPANY`] / [`ON_BEHALF_OF_USER`]. Such a caller is a
+//! recruiter holding only the `llm` scope: the service key reaches nothing else.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -92,8 +97,15 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const THROTTLE_LIMIT: usize = 100_000;
 const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
+/// The company a service call acts for.
+pub const ON_BEHALF_OF_COMPANY: &str = "x-on-behalf-of-company";
+/// The person a service call acts for, when a person asked.
+pub const ON_BEHALF_OF_USER: &str = "x-on-behalf-of-user";
+
 pub struct Authenticator {
     pool: PgPool,
+    /// Digest of the internal service key (none configured: no service calls).
+    service_key: Option<[u8; 32]>,
     sessions: Sessions,
     ttl: Duration,
     known: RwLock<HashMap<[u8; 32], (KeyOwner, Instant)>>,
@@ -106,9 +118,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(pool: PgPool, sessions: Sessions, ttl: Duration, max_failures: u32) -> Self {
+    pub fn new(pool: PgPool, sessions: Sessions, ttl: Duration, max_failures: u32, service_key: &str) -> Self {
         Self {
             pool,
+            service_key: (!service_key.is_empty()).then(|| hash_key(service_key)),
             sessions,
             ttl,
             known: RwLock::new(HashMap::new()),
@@ -203,10 +216,13 @@ impl Authenticator {
             };
             return Ok(caller.attached_to(req));
         }
+        let digest = hash_key(token);
+        if self.service_key == Some(digest) {
+            return Ok(on_behalf_of(req)?.attached_to(req));
+        }
         if !well_formed(token, KEY_PREFIX) {
             return Err(unknown_key());
         }
-        let digest = hash_key(token);
         let owner = match self.cached(&digest) {
             Some(hit) => hit,
             None => {
@@ -308,6 +324,32 @@ impl Authenticator {
 }
 
 /// Drops expired entries when `map` is full; if all are fresh, empties it.
+/// The caller a service call names: a recruiter of the company, `llm` scope only.
+fn on_behalf_of(req: &HttpRequest) -> Result<Caller, AppError> {
+    let id = |header: &'static str| -> Result<Option<i64>, AppError> {
+        let Some(value) = req.headers().get(header) else { return Ok(None) };
+        let id = value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|id| *id > 0);
+        id.map(Some).ok_or_else(|| {
+            AppError::bad_request(header, "invalid_value", format!("`{header}` must be a positive integer id"))
+        })
+    };
+    let company = id(ON_BEHALF_OF_COMPANY)?.ok_or_else(|| {
+        AppError::bad_request(
+            ON_BEHALF_OF_COMPANY,
+            "missing_header",
+            format!("a service call must name the company it acts for in `{ON_BEHALF_OF_COMPANY}`"),
+        )
+    })?;
+    Ok(Caller {
+        company_id: CompanyId(company),
+        user_id: id(ON_BEHALF_OF_USER)?.map(UserId),
+        api_key_id: None,
+        session: None,
+        role: Role::Recruiter,
+        scopes: Some(Scopes::from_names(&[crate::access::Scope::Llm.as_str()])),
+    })
+}
+
 fn make_room<K, V>(map: &mut HashMap<K, V>, limit: usize, fresh: impl Fn(&V) -> bool) {
     if map.len() >= limit {
         map.retain(|_, v| fresh(v));

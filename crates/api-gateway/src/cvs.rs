@@ -9,7 +9,7 @@ use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use common_models::cv::{CvStatus, CvStatusEvent, ForgetCv, ProcessCv};
+use common_models::cv::{CvStatus, CvStatusEvent, ForgetCv, ProcessCv, StatusEvent};
 use common_models::ids::{CompanyId, CvId};
 use common_models::schema::main::cvs;
 use common_models::storage::key_for;
@@ -185,14 +185,14 @@ async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart
                 content_type: file.content_type.clone(),
                 queued_at: now,
             });
-            state.emit_cv_event(CvStatusEvent {
+            state.emit_event(StatusEvent::Cv(CvStatusEvent {
                 cv_id: CvId(*id),
                 company_id: company,
                 status: CvStatus::Queued,
                 failure_reason: None,
                 file_name: file.file_name.clone(),
                 at: now,
-            });
+            }));
             outcome[i] = Some((*id, CvStatus::Queued.as_str().to_owned(), false));
         } else if let Some((id, _, status)) = existing.iter().find(|(_, h, _)| h.as_slice() == file.sha256) {
             outcome[i] = Some((*id, status.clone(), true));

@@ -1,5 +1,5 @@
-//! Live CV status: `GET /api/v1/cvs/events`, server-sent events of the company's CV
-//! status changes. Every replica subscribes once to the Redis channel cv-processor and
+//! Live status: `GET /api/v1/cvs/events`, server-sent events of the company's CV
+//! status changes (`cv.status`) and analysis status changes (`analysis.status`). Every replica subscribes once to the Redis channel cv-processor and
 //! the gateway publish on, and fans the events out to its own clients, so any replica
 //! serves any client. Each event's SSE id is its id in the company's replay stream: a
 //! client reconnecting with `Last-Event-ID` first gets what it missed from there (the
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use common_models::cv::{CvStatusEvent, events};
+use common_models::cv::{StatusEvent, events};
 use common_models::ids::CompanyId;
 use redis::AsyncCommands;
 use service_kit::AppError;
@@ -24,7 +24,7 @@ const FAN_OUT_CAPACITY: usize = 4096;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// One event with its id.
-pub type Published = Arc<(String, CvStatusEvent)>;
+pub type Published = Arc<(String, StatusEvent)>;
 
 /// This replica's subscription, shared by its clients.
 pub struct EventHub {
@@ -59,13 +59,13 @@ fn id_key(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-fn frame(id: &str, event: &CvStatusEvent) -> Bytes {
+fn frame(id: &str, event: &StatusEvent) -> Bytes {
     let data = serde_json::to_string(event).unwrap_or_default();
-    Bytes::from(format!("id: {id}\nevent: cv.status\ndata: {data}\n\n"))
+    Bytes::from(format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.name()))
 }
 
 /// The company's events after `after` from its replay stream, oldest first.
-async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec<(String, CvStatusEvent)>, AppError> {
+async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec<(String, StatusEvent)>, AppError> {
     let mut conn = state.redis.get().await.map_err(|e| AppError::unavailable("Redis", e))?;
     let key = events::replay_log(state.keys.prefix(), company);
     let reply: redis::streams::StreamRangeReply = conn
@@ -133,7 +133,7 @@ async fn stream_events(req: HttpRequest, state: web::Data<AppState>) -> Result<H
             match next {
                 Ok(published) => {
                     let (id, event) = &*published;
-                    if event.company_id != company || id_key(id) <= sent {
+                    if event.company_id() != company || id_key(id) <= sent {
                         continue;
                     }
                     sent = id_key(id);

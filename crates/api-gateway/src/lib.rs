@@ -7,6 +7,7 @@
 pub mod access;
 pub mod accounts;
 pub mod admin;
+pub mod analysis;
 pub mod api_cache;
 pub mod audit;
 pub mod auth;
@@ -118,8 +119,13 @@ pub async fn run(
     let hot_redis = hot_redis::HotRedis::new(settings.redis.url.expose(), Duration::from_secs(1))?;
     let sessions =
         sessions::Sessions::new(hot_redis.clone(), &settings.redis.key_prefix, settings.accounts.session_ttl);
-    let auth =
-        Arc::new(Authenticator::new(db.clone(), sessions, settings.auth_cache_ttl, settings.auth_failures_per_minute));
+    let auth = Arc::new(Authenticator::new(
+        db.clone(),
+        sessions,
+        settings.auth_cache_ttl,
+        settings.auth_failures_per_minute,
+        settings.internal_api_key.expose(),
+    ));
     auth::follow_revocations(auth.clone(), settings.redis.url.expose(), &settings.redis.key_prefix, shutdown.clone())?;
     let state = web::Data::new(AppState {
         passwords: password::Passwords::new()?,
@@ -178,6 +184,7 @@ pub async fn run(
             .configure(audit::routes)
             .configure(keys::routes)
             .configure(recruiting::routes)
+            .configure(analysis::routes)
             .configure(admin::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))

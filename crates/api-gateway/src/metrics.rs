@@ -23,6 +23,8 @@ service_kit::metrics! {
         /// List pages from the API response cache: hit, miss, bypassed (Redis did not
         /// answer; read from the database).
         api_cache: IntCounterVec = "api_cache_total" ["result"],
+        /// Analyses read: hit (from the cache) or miss (from the main database).
+        analysis_cache: IntCounterVec = "analysis_cache_total" ["result"],
         /// Requests and LLM calls refused with 429 by a rate or concurrency limit.
         rate_limited: IntCounter = "rate_limited_total",
         /// LLM calls made while their company was past the soft share of its monthly

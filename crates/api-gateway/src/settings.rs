@@ -81,7 +81,8 @@ pub struct GatewaySettings {
     pub cvs: CvUploadSettings,
     /// cv-processor, asked for matches.
     pub cv_processor_url: String,
-    /// Sent to cv-processor as a bearer token; empty: none.
+    /// Sent to cv-processor as a bearer token, and accepted from it for LLM calls it
+    /// makes in a company's name (analyses; see `auth`). Empty: none either way.
     pub internal_api_key: Secret,
     /// Longest a match may take.
     #[serde(deserialize_with = "duration")]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use common_models::cv::{CvStatusEvent, events};
+use common_models::cv::{StatusEvent, events};
 use common_models::storage::FileStore;
 use service_kit::db::PgPool;
 use task_queue::{Keys, Producer};
@@ -66,12 +66,13 @@ impl AppState {
         }
     }
 
-    /// Tells watching clients about a CV's new status, without waiting for Redis.
-    pub fn emit_cv_event(&self, event: CvStatusEvent) {
+    /// Tells watching clients about a CV's or an analysis's new status, without waiting
+    /// for Redis.
+    pub fn emit_event(&self, event: StatusEvent) {
         let (redis, prefix) = (self.redis.clone(), self.keys.prefix().to_owned());
         tokio::spawn(async move {
             if let Err(err) = events::emit(&redis, &prefix, &event).await {
-                tracing::warn!(cv_id = %event.cv_id, error = %err, "a CV status event could not be published");
+                tracing::warn!(company_id = %event.company_id(), error = %err, "a status event could not be published");
             }
         });
     }

@@ -81,6 +81,17 @@ async fn every_role_gets_exactly_the_routes_the_table_allows() {
     let target_token = token_from_outbox(&stack, "target@roles.example.com").await.unwrap();
     let target = accept(&stack, &target_token).await.unwrap().1["user_id"].as_i64().unwrap();
 
+    let (status, app) = call(
+        &stack,
+        &team.owner.token,
+        Method::POST,
+        "/api/v1/applications",
+        Some(json!({"job_id": job, "cv_id": cv})),
+    )
+    .await;
+    assert_eq!(status, 201, "{app}");
+    let app = app["id"].as_i64().unwrap();
+
     let mut routes: Vec<(Method, String, Option<Value>, &[&str])> = vec![
         (Method::GET, "/api/v1/me".into(), None, VIEWER_UP),
         (Method::GET, "/api/v1/jobs".into(), None, VIEWER_UP),
@@ -102,6 +113,10 @@ async fn every_role_gets_exactly_the_routes_the_table_allows() {
         (Method::GET, "/api/v1/api-keys".into(), None, ADMIN_UP),
         (Method::GET, "/api/v1/applications".into(), None, VIEWER_UP),
         (Method::POST, "/api/v1/applications".into(), Some(json!({"job_id": job, "cv_id": cv})), RECRUITER_UP),
+        // No cv-processor runs here: the CV stays queued, an allowed request gets 409.
+        (Method::POST, format!("/api/v1/applications/{app}/analysis"), None, RECRUITER_UP),
+        (Method::GET, format!("/api/v1/applications/{app}/analyses"), None, VIEWER_UP),
+        (Method::GET, "/api/v1/analyses/1".into(), None, VIEWER_UP),
         (Method::POST, "/api/v1/api-keys".into(), Some(json!({"name": "ci", "scopes": ["read"]})), ADMIN_UP),
     ];
     let roles: Vec<(&str, &str)> = team.members().iter().map(|m| (m.role, m.token.as_str())).collect();
@@ -990,6 +1005,8 @@ async fn applications_move_through_stages_interviews_gather_feedback_and_llm_cal
         (Method::GET, format!("/api/v1/interviews/{interview_id}")),
         (Method::PATCH, format!("/api/v1/interviews/{interview_id}")),
         (Method::POST, feedback.clone()),
+        (Method::POST, format!("{path}/analysis")),
+        (Method::GET, format!("{path}/analyses")),
     ] {
         let body = if method == Method::GET {
             None
@@ -1106,7 +1123,9 @@ async fn list_pages_are_cached_per_company_and_role_and_every_change_invalidates
         service_kit::redis::ReplyTimeout::After(Duration::from_secs(1)),
     )
     .unwrap();
-    common_models::cv::events::emit(&pool, &stack.redis.prefix, &event).await.unwrap();
+    common_models::cv::events::emit(&pool, &stack.redis.prefix, &common_models::cv::StatusEvent::Cv(event))
+        .await
+        .unwrap();
     let (cache, page) = list(&stack, &owner, "/api/v1/cvs", false).await;
     assert_eq!((cache.as_str(), page["data"][0]["status"].as_str()), ("miss", Some("processing")));
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use task_queue::{DecodeError, Message, Task, decode_as};
 
+use crate::analysis::{AnalysisStatusEvent, AnalyzeApplication};
 use crate::ids::{CompanyId, CvId};
 
 /// The consumer group of the CV processors.
@@ -46,6 +47,7 @@ impl Task for ForgetCv {
 pub enum CvJob {
     Process(ProcessCv),
     Forget(ForgetCv),
+    Analyze(AnalyzeApplication),
 }
 
 impl Message for CvJob {
@@ -56,6 +58,8 @@ impl Message for CvJob {
     fn decode(_stream: &str, tag: &[u8], payload: &[u8]) -> Result<Self, DecodeError> {
         if tag == ForgetCv::TYPE_TAG.as_bytes() {
             decode_as(tag, payload).map(CvJob::Forget)
+        } else if tag == AnalyzeApplication::TYPE_TAG.as_bytes() {
+            decode_as(tag, payload).map(CvJob::Analyze)
         } else {
             decode_as(tag, payload).map(CvJob::Process)
         }
@@ -101,11 +105,37 @@ pub struct CvStatusEvent {
     pub at: DateTime<Utc>,
 }
 
+/// What a company's event stream carries: CV and analysis status changes (told apart
+/// by their fields; a CV event's JSON is the same as before analyses existed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StatusEvent {
+    Cv(CvStatusEvent),
+    Analysis(AnalysisStatusEvent),
+}
+
+impl StatusEvent {
+    pub fn company_id(&self) -> CompanyId {
+        match self {
+            Self::Cv(e) => e.company_id,
+            Self::Analysis(e) => e.company_id,
+        }
+    }
+
+    /// The server-sent event's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cv(_) => "cv.status",
+            Self::Analysis(_) => "analysis.status",
+        }
+    }
+}
+
 /// The status events in Redis, under the deployment's key prefix.
 pub mod events {
     use std::sync::LazyLock;
 
-    use super::CvStatusEvent;
+    use super::StatusEvent;
     use crate::ids::CompanyId;
 
     /// Every company's events are published on `<prefix>cv_events` (one subscription
@@ -149,13 +179,13 @@ pub mod events {
 
     /// Emits `event`; returns its id. Watching is best effort next to the CV's row (the
     /// source of truth): callers log a failure and go on.
-    pub async fn emit(redis: &deadpool_redis::Pool, prefix: &str, event: &CvStatusEvent) -> anyhow::Result<String> {
+    pub async fn emit(redis: &deadpool_redis::Pool, prefix: &str, event: &StatusEvent) -> anyhow::Result<String> {
         let payload = serde_json::to_string(event)?;
         let mut conn = redis.get().await?;
         let id: String = EMIT
-            .key(replay_log(prefix, event.company_id))
+            .key(replay_log(prefix, event.company_id()))
             .key(channel(prefix))
-            .key(api_generation(prefix, event.company_id))
+            .key(api_generation(prefix, event.company_id()))
             .arg(REPLAY_LEN)
             .arg(payload)
             .arg(REPLAY_TTL_MS)
@@ -165,7 +195,7 @@ pub mod events {
     }
 
     /// Splits a published message into (stream id, event).
-    pub fn parse_published(message: &str) -> Option<(&str, CvStatusEvent)> {
+    pub fn parse_published(message: &str) -> Option<(&str, StatusEvent)> {
         let (id, json) = message.split_once(' ')?;
         Some((id, serde_json::from_str(json).ok()?))
     }
@@ -183,5 +213,33 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert_eq!(CvStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn cv_and_analysis_events_are_told_apart_on_the_stream() {
+        use crate::analysis::{AnalysisStatus, AnalysisStatusEvent};
+        let at = Utc::now();
+        let cv = StatusEvent::Cv(CvStatusEvent {
+            cv_id: CvId(1),
+            company_id: CompanyId(2),
+            status: CvStatus::Processed,
+            failure_reason: None,
+            file_name: "a.pdf".into(),
+            at,
+        });
+        let analysis = StatusEvent::Analysis(AnalysisStatusEvent {
+            analysis_id: 3,
+            application_id: 4,
+            company_id: CompanyId(2),
+            status: AnalysisStatus::Failed,
+            failure_reason: Some("budget".into()),
+            at,
+        });
+        for event in [cv, analysis] {
+            let json = serde_json::to_string(&event).unwrap();
+            assert!(!json.contains("\"Cv\"") && !json.contains("\"Analysis\""), "{json}");
+            let (_, back) = events::parse_published(&format!("1-0 {json}")).unwrap();
+            assert_eq!(back, event);
+        }
     }
 }

@@ -169,6 +169,24 @@ pub mod main {
         }
     }
 
+    diesel::table! {
+        analysis_results (id) {
+            id -> Int8,
+            company_id -> Int8,
+            application_id -> Int8,
+            requested_by -> Nullable<Int8>,
+            status -> Varchar,
+            model -> Nullable<Varchar>,
+            result -> Nullable<Jsonb>,
+            failure_reason -> Nullable<Text>,
+            attempts -> Int4,
+            latency_ms -> Nullable<Int4>,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+            completed_at -> Nullable<Timestamptz>,
+        }
+    }
+
     diesel::joinable!(users -> companies (company_id));
     diesel::joinable!(api_keys -> companies (company_id));
     diesel::joinable!(jobs -> companies (company_id));
@@ -186,7 +204,8 @@ pub mod main {
         audit_log,
         applications,
         interviews,
-        interview_feedback
+        interview_feedback,
+        analysis_results
     );
 }
 

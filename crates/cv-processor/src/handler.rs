@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common_models::cv::{CvJob, CvStatus, CvStatusEvent, ForgetCv, ProcessCv, events};
+use common_models::cv::{CvJob, CvStatus, CvStatusEvent, ForgetCv, ProcessCv, StatusEvent, events};
 use common_models::ids::CvId;
 use common_models::schema::main::cvs;
 use common_models::storage::FileStore;
@@ -42,6 +42,8 @@ pub struct Context {
     /// How long a claim keeps another task for the same CV waiting (a run that died
     /// holds its CV no longer than this).
     pub claim_lease: Duration,
+    /// Runs analyses through the gateway.
+    pub analyst: crate::analysis::Analyst,
 }
 
 pub struct CvHandler {
@@ -68,6 +70,7 @@ impl BatchHandler<CvJob> for CvHandler {
                     done
                 }
                 CvJob::Forget(task) => self.ctx.forget(task).await?,
+                CvJob::Analyze(task) => self.ctx.analyze(task).await?,
             };
             if !done {
                 handled.already_done += 1;
@@ -79,6 +82,18 @@ impl BatchHandler<CvJob> for CvHandler {
     /// A CV whose processing keeps failing ends `failed` with the reason, as the queue
     /// dead-letters its task.
     async fn dead_lettered(&mut self, message: &CvJob, reason: &str, detail: &str) {
+        if let CvJob::Analyze(task) = message {
+            let why = format!("the analysis could not be run after several attempts ({detail})");
+            let marked = match self.ctx.claim_analysis(task).await {
+                Ok(Some(attempts)) => self.ctx.finish_analysis(task, Err(why), attempts, None).await.map(drop),
+                Ok(None) => Ok(()),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = marked {
+                tracing::warn!(analysis_id = task.analysis_id, error = %err, "a dead-lettered analysis could not be marked failed");
+            }
+            return;
+        }
         let CvJob::Process(task) = message else { return };
         let why = if reason == "delivery_limit" {
             crate::sweep::INTERRUPTED.to_owned()
@@ -345,7 +360,7 @@ impl Context {
             file_name: task.file_name.clone(),
             at: Utc::now(),
         };
-        if let Err(err) = events::emit(&self.redis, &self.key_prefix, &event).await {
+        if let Err(err) = events::emit(&self.redis, &self.key_prefix, &StatusEvent::Cv(event)).await {
             tracing::warn!(cv_id = %task.cv_id, error = %err, "a CV status event could not be published");
         }
     }

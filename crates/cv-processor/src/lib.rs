@@ -4,8 +4,10 @@
 //! for scoring ([`mask`]), its chunks embedded through the embedding cache ([`embed`])
 //! and stored as vectors ([`vectors`]); the main database gets back only the CV's
 //! status, counts, facts and a short summary. It also ranks CVs against jobs
-//! ([`matching`]) for the gateway, on an internal route ([`api`]).
+//! ([`matching`]) for the gateway, on an internal route ([`api`]), and runs the LLM
+//! analyses of applications ([`analysis`]).
 
+pub mod analysis;
 pub mod api;
 pub mod embed;
 pub mod extract;
@@ -88,6 +90,7 @@ pub async fn run(
         let (url, timeout) = (&settings.embedding.cache_url, settings.embedding.cache_timeout);
         Some(cache_client::CacheClient::new(url, timeout, settings.cache_api_key.expose())?)
     };
+    let analyst = analysis::Analyst::new(settings.analysis.clone(), settings.internal_api_key.expose(), cache.clone())?;
     let embedder = embed::CachedEmbedder { model, cache, batch_size: settings.embedding.batch_size };
     let dimension = embedder.model.dimension();
     let (store, edge) = vectors::open(&settings.vectors, dimension).await?;
@@ -103,6 +106,7 @@ pub async fn run(
         chunk_words: settings.chunk_words,
         metrics,
         claim_lease: settings.consumer.reclaim_idle / 2,
+        analyst,
     });
 
     let api_state = web::Data::new(api::ApiState {

@@ -25,6 +25,11 @@ service_kit::metrics! {
         chunks: IntCounter = "chunks_total",
         /// Unfinished CVs found without a live task and queued again by the sweep.
         requeued: IntCounter = "requeued_total",
+        /// Analyses finished, by outcome (completed, failed).
+        analyses: IntCounterVec = "analyses_total" ["outcome"],
+        /// LLM calls made for analyses, by result: answered, malformed (an answer off
+        /// the schema, asked again), refused (budget, permission), unavailable (retried).
+        analysis_calls: IntCounterVec = "analysis_llm_calls_total" ["result"],
         /// CV tasks that found their CV already finished or deleted.
         already_done: IntCounter = "already_done_total",
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use service_kit::config::{DatabaseSection, LoggingSection, RedisSection, ServerSection};
 use task_queue::{ConsumerConfig, ProducerConfig};
 
+use crate::analysis::AnalysisSettings;
 use crate::embed::EmbeddingSettings;
 use crate::matching::MatchSettings;
 use crate::sandbox::SandboxConfig;
@@ -33,7 +34,9 @@ pub struct ProcessorSettings {
     pub vectors: VectorsSection,
     pub matching: MatchSettings,
     pub sweep: SweepSettings,
-    /// Guards the internal matching route; empty: unguarded.
+    pub analysis: AnalysisSettings,
+    /// Guards the internal matching route, and is sent to the gateway for the LLM calls
+    /// of analyses (made in the company's name); empty: unguarded, and analyses fail.
     pub internal_api_key: service_kit::config::Secret,
     /// cache-service's credential (`CACHE_API_KEY`), sent with every embedding lookup.
     pub cache_api_key: service_kit::config::Secret,
@@ -81,6 +84,8 @@ impl ProcessorSettings {
         anyhow::ensure!((1..=10_000).contains(&self.matching.pool), "matching.pool must be 1 to 10000");
         anyhow::ensure!(self.matching.rrf_k >= 0.0, "matching.rrf_k must not be negative");
         anyhow::ensure!(self.sweep.batch >= 1, "sweep.batch must be at least 1");
+        anyhow::ensure!((1..=10).contains(&self.analysis.max_attempts), "analysis.max_attempts must be 1 to 10");
+        anyhow::ensure!(self.analysis.max_cv_chars >= 1_000, "analysis.max_cv_chars must be at least 1000");
         anyhow::ensure!(
             self.sweep.stale_after > self.sandbox.wall,
             "sweep.stale_after must be longer than sandbox.wall (a CV that slow is not stuck)"

@@ -5,7 +5,10 @@
 //! pacing, whether usage is reported, injected errors, and a count of requests. It
 //! also answers `/v1/embeddings` with hashed bag-of-words vectors ([`EMBEDDING_DIM`]
 //! dimensions): not a model's meaning, but the real wire format, deterministic, and
-//! texts sharing words come out close.
+//! texts sharing words come out close. A request with a `json_schema` response format
+//! is answered with JSON built from the schema (every property, the first enum value,
+//! numbers in the middle of their range), or with malformed text while
+//! [`Behaviour::malformed_structured_answers`] counts down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,11 +36,21 @@ pub struct Behaviour {
     pub fail_with_status: Option<u16>,
     /// Content pieces per answer (each one stream chunk).
     pub answer_pieces: usize,
+    /// Structured-output requests answered with text that is not the schema's JSON,
+    /// before the simulator answers them properly again (counts down).
+    pub malformed_structured_answers: u64,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Self { latency_ms: 0, chunk_delay_ms: 0, report_usage: true, fail_with_status: None, answer_pieces: 8 }
+        Self {
+            latency_ms: 0,
+            chunk_delay_ms: 0,
+            report_usage: true,
+            fail_with_status: None,
+            answer_pieces: 8,
+            malformed_structured_answers: 0,
+        }
     }
 }
 
@@ -203,6 +216,50 @@ async fn embeddings(state: web::Data<State>, body: Bytes) -> HttpResponse {
     }))
 }
 
+/// Counts one malformed structured answer down; true when one was due.
+fn take_malformed(state: &State) -> bool {
+    let Ok(mut b) = state.behaviour.write() else { return false };
+    if b.malformed_structured_answers == 0 {
+        return false;
+    }
+    b.malformed_structured_answers -= 1;
+    true
+}
+
+/// A value of JSON Schema `schema` (the subset structured outputs use): objects with
+/// every property, arrays of their least length (at least one item), the first enum
+/// value, numbers in the middle of their range, strings naming their property.
+fn instance(schema: &Value, name: &str) -> Value {
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
+    let middle = match (bound("minimum"), bound("maximum")) {
+        (Some(lo), Some(hi)) => (lo + hi) / 2.0,
+        (Some(lo), None) => lo,
+        (None, Some(hi)) => hi.min(0.0),
+        (None, None) => 0.0,
+    };
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let fields = properties.into_iter().flatten().map(|(key, sub)| (key.clone(), instance(sub, key)));
+            Value::Object(fields.collect())
+        }
+        Some("array") => {
+            let least = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1).max(1);
+            let most = schema.get("maxItems").and_then(Value::as_u64).unwrap_or(least);
+            let item = schema.get("items").cloned().unwrap_or(Value::Null);
+            Value::Array((0..least.min(most.max(1))).map(|_| instance(&item, name)).collect())
+        }
+        Some("string") => json!(format!("simulated {name}")),
+        Some("integer") => json!(middle.round() as i64),
+        Some("number") => json!(middle),
+        Some("boolean") => json!(true),
+        _ => Value::Null,
+    }
+}
+
 fn error_body(status: u16, message: &str) -> Value {
     let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
     json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
@@ -240,9 +297,18 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
         .unwrap_or_default();
     let last =
         prompt.split_whitespace().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" ");
-    let pieces: Vec<String> = (0..b.answer_pieces.max(1))
-        .map(|i| if i == 0 { format!("Simulated answer to \"{last}\"") } else { format!(" part{i}") })
-        .collect();
+    let schema = request
+        .pointer("/response_format/json_schema/schema")
+        .filter(|_| request.pointer("/response_format/type").and_then(Value::as_str) == Some("json_schema"));
+    let pieces: Vec<String> = match schema {
+        Some(_) if take_malformed(&state) => {
+            vec![format!("Here is the assessment you asked for: {{\"score\": \"{last}")]
+        }
+        Some(schema) => vec![instance(schema, "answer").to_string()],
+        None => (0..b.answer_pieces.max(1))
+            .map(|i| if i == 0 { format!("Simulated answer to \"{last}\"") } else { format!(" part{i}") })
+            .collect(),
+    };
     let prompt_tokens = estimate_tokens(&prompt);
     let completion_tokens = pieces.len() as u64;
     let usage = json!({
@@ -297,4 +363,23 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
     let bytes = answer.to_string().into_bytes();
     remember(&state, bytes.clone());
     HttpResponse::Ok().content_type("application/json").body(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_instance_has_every_property_within_its_bounds() {
+        let schema = json!({"type": "object", "properties": {
+            "score": {"type": "integer", "minimum": 0, "maximum": 100},
+            "verdict": {"type": "string", "enum": ["no", "yes"]},
+            "notes": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+            "checks": {"type": "array", "items": {"type": "object", "properties": {"met": {"type": "boolean"}}}}
+        }});
+        assert_eq!(
+            instance(&schema, "answer"),
+            json!({"score": 50, "verdict": "no", "notes": ["simulated notes"], "checks": [{"met": true}]})
+        );
+    }
 }

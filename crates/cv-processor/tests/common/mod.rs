@@ -140,7 +140,13 @@ impl CvStack {
 
     /// (Re)starts the gateway, pointed at the processor if one runs here.
     pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
-        let g = self.gateway_settings()?;
+        self.start_gateway_with(|_| {}).await
+    }
+
+    /// (Re)starts the gateway with changed settings.
+    pub async fn start_gateway_with(&mut self, tweak: impl FnOnce(&mut GatewaySettings)) -> anyhow::Result<()> {
+        let mut g = self.gateway_settings()?;
+        tweak(&mut g);
         let gateway = Service::start("api-gateway", |l, rx| api_gateway::run(g, l, rx)).await?;
         self.url = gateway.url.clone();
         self.gateway = Some(gateway);

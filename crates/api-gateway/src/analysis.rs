@@ -1,0 +1,204 @@
+//! Analyses of applications (see `common_models::analysis`): requested here, run by
+//! cv-processor through this gateway's own LLM route, read back here.
+//!
+//! - `POST /api/v1/applications/{id}/analysis`: 202 with the queued analysis and its
+//!   `Location`; the application's CV must be processed (409 otherwise). Takes the
+//!   `llm` permission: an analysis is an LLM call on the company's budget.
+//! - `GET /api/v1/analyses/{id}`: from the cache first (a finished analysis is cached
+//!   for 7 days, `x-cache: hit`), else the main database (and a finished one is cached).
+//! - `GET /api/v1/applications/{id}/analyses`: the application's analyses, newest first.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use common_models::analysis::{
+    AnalysisStatus, AnalysisStatusEvent, AnalysisView, AnalyzeApplication, CACHE_NAMESPACE, CACHE_TTL, cache_key,
+};
+use common_models::cv::{CvStatus, StatusEvent};
+use common_models::ids::CompanyId;
+use common_models::schema::main::{analysis_results, applications, cvs};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use service_kit::AppError;
+
+use crate::access::Action;
+use crate::audit::{Audit, Change};
+use crate::jobs::{not_found, parse_id};
+use crate::page::{Page, PageQuery};
+use crate::state::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/applications/{id}/analysis", web::post().to(request))
+        .route("/api/v1/applications/{id}/analyses", web::get().to(list))
+        .route("/api/v1/analyses/{id}", web::get().to(read));
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = analysis_results)]
+struct Row {
+    id: i64,
+    application_id: i64,
+    status: String,
+    model: Option<String>,
+    result: Option<serde_json::Value>,
+    failure_reason: Option<String>,
+    attempts: i32,
+    latency_ms: Option<i32>,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl Row {
+    fn view(self) -> Result<AnalysisView, AppError> {
+        let status = AnalysisStatus::parse(&self.status)
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("analysis {} has status {:?}", self.id, self.status)))?;
+        let result = self.result.map(serde_json::from_value).transpose().map_err(AppError::internal)?;
+        Ok(AnalysisView {
+            id: self.id,
+            application_id: self.application_id,
+            status,
+            model: self.model,
+            result,
+            failure_reason: self.failure_reason,
+            attempts: self.attempts,
+            latency_ms: self.latency_ms,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+async fn request(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let caller = state.allow(&req, Action::UseLlm).await?;
+    let application = parse_id(&id, "application")?;
+    let (company, user) = (caller.company_id, caller.user_id);
+    let audit = Audit::of(&req, &caller);
+    let mut conn = state.db.get().await?;
+    let row = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let cv_status: Option<String> = applications::table
+                .inner_join(cvs::table.on(cvs::id.eq(applications::cv_id)))
+                .filter(applications::id.eq(application).and(applications::company_id.eq(company.0)))
+                .select(cvs::status)
+                .first(conn)
+                .await
+                .optional()?;
+            let cv_status = cv_status.ok_or_else(|| not_found("application", application))?;
+            if cv_status != CvStatus::Processed.as_str() {
+                return Err(AppError::conflict(
+                    "cv_not_processed",
+                    format!("the application's CV is {cv_status}; it can be analysed once it is processed"),
+                ));
+            }
+            let row: Row = diesel::insert_into(analysis_results::table)
+                .values((
+                    analysis_results::company_id.eq(company.0),
+                    analysis_results::application_id.eq(application),
+                    analysis_results::requested_by.eq(user.map(|u| u.0)),
+                ))
+                .returning(Row::as_returning())
+                .get_result(conn)
+                .await?;
+            let change = Change {
+                action: "analysis.request",
+                object_type: "analysis",
+                object_id: Some(row.id),
+                before: None,
+                after: Some(json!({"application_id": application})),
+            };
+            audit.write(conn, change).await?;
+            Ok(row)
+        })
+        .await?;
+    drop(conn);
+    let view = row.view()?;
+    state.producer.publish(&AnalyzeApplication {
+        analysis_id: view.id,
+        application_id: application,
+        company_id: company,
+        requested_by: user,
+        queued_at: view.created_at,
+    });
+    emit(&state, company, &view);
+    Ok(HttpResponse::Accepted().insert_header(("location", format!("/api/v1/analyses/{}", view.id))).json(view))
+}
+
+/// Tells watching clients about the analysis's status.
+fn emit(state: &AppState, company: CompanyId, view: &AnalysisView) {
+    state.emit_event(StatusEvent::Analysis(AnalysisStatusEvent {
+        analysis_id: view.id,
+        application_id: view.application_id,
+        company_id: company,
+        status: view.status,
+        failure_reason: view.failure_reason.clone(),
+        at: Utc::now(),
+    }));
+}
+
+async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let caller = state.allow(&req, Action::Read).await?;
+    let id = parse_id(&id, "analysis")?;
+    let key = cache_key(caller.company_id, id);
+    if let Some(cache) = &state.cache
+        && let Some(bytes) = cache.get(CACHE_NAMESPACE, &key).await
+        && serde_json::from_slice::<AnalysisView>(&bytes).is_ok()
+    {
+        state.metrics.analysis_cache.with_label_values(&["hit"]).inc();
+        return Ok(HttpResponse::Ok().content_type("application/json").insert_header(("x-cache", "hit")).body(bytes));
+    }
+    state.metrics.analysis_cache.with_label_values(&["miss"]).inc();
+    let mut conn = state.db.get().await?;
+    let row = find(&mut conn, caller.company_id, id).await?;
+    drop(conn);
+    let view = row.view()?;
+    let body = serde_json::to_vec(&view).map_err(AppError::internal)?;
+    if view.status.is_final()
+        && let Some(cache) = &state.cache
+    {
+        cache.put(CACHE_NAMESPACE, &key, body.clone().into(), Some(CACHE_TTL)).await;
+    }
+    Ok(HttpResponse::Ok().content_type("application/json").insert_header(("x-cache", "miss")).body(body))
+}
+
+async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Result<Row, AppError> {
+    analysis_results::table
+        .filter(analysis_results::id.eq(id).and(analysis_results::company_id.eq(company.0)))
+        .select(Row::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| not_found("analysis", id))
+}
+
+async fn list(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let caller = state.allow(&req, Action::Read).await?;
+    let application = parse_id(&id, "application")?;
+    let query: PageQuery = crate::page::query(&req)?;
+    let (limit, after) = query.resolve()?;
+    let mut conn = state.db.get().await?;
+    let owned: i64 = applications::table
+        .filter(applications::id.eq(application).and(applications::company_id.eq(caller.company_id.0)))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    if owned == 0 {
+        return Err(not_found("application", application));
+    }
+    let mut q = analysis_results::table
+        .filter(
+            analysis_results::application_id.eq(application).and(analysis_results::company_id.eq(caller.company_id.0)),
+        )
+        .into_boxed();
+    if let Some(after) = after {
+        q = q.filter(analysis_results::id.lt(after));
+    }
+    let rows: Vec<Row> =
+        q.order(analysis_results::id.desc()).limit(limit + 1).select(Row::as_select()).load(&mut conn).await?;
+    drop(conn);
+    let views = rows.into_iter().map(Row::view).collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpResponse::Ok().json(Page::of(views, limit, |v| v.id)))
+}
