@@ -23,7 +23,8 @@ service_kit::metrics! {
         matches: IntCounterVec = "match_requests_total" ["direction"],
         /// Chunks made from processed CVs.
         chunks: IntCounter = "chunks_total",
-        /// Unfinished CVs found without a live task and queued again by the sweep.
+        /// Unfinished CVs and analyses found without a live task and queued again by the
+        /// sweep.
         requeued: IntCounter = "requeued_total",
         /// Analyses finished, by outcome (completed, failed).
         analyses: IntCounterVec = "analyses_total" ["outcome"],

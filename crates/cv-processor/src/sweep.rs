@@ -8,14 +8,16 @@
 //! queues them again; one interrupted `sweep.max_attempts` times is failed instead.
 //! Replicas share the work (`FOR UPDATE SKIP LOCKED`). A CV whose task was merely slow
 //! (a backlog older than `stale_after`) gets a second task; the claim makes that one a
-//! no-op.
+//! no-op. Analyses left `queued` or `running` as long are queued again the same way
+//! (the partial index `analysis_results_unfinished_idx`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common_models::analysis::AnalyzeApplication;
 use common_models::cv::{CvStatus, ProcessCv};
-use common_models::ids::{CompanyId, CvId};
-use common_models::schema::main::cvs;
+use common_models::ids::{CompanyId, CvId, UserId};
+use common_models::schema::main::{analysis_results, cvs};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::RunQueryDsl;
@@ -43,6 +45,7 @@ pub struct SweepSettings {
 pub struct Swept {
     pub requeued: usize,
     pub failed: usize,
+    pub analyses_requeued: usize,
 }
 
 type Row = (i64, i64, String, String, String, DateTime<Utc>);
@@ -55,6 +58,16 @@ struct StaleCv {
     storage_key: String,
     file_name: String,
     content_type: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+#[diesel(table_name = analysis_results)]
+struct StaleAnalysis {
+    id: i64,
+    application_id: i64,
+    company_id: i64,
+    requested_by: Option<i64>,
     created_at: DateTime<Utc>,
 }
 
@@ -115,7 +128,45 @@ impl Context {
             producer.publish(&task);
         }
         self.metrics.requeued.inc_by(requeued.len() as u64);
-        Ok(Swept { requeued: requeued.len(), failed: worn_out.len() })
+        let analyses_requeued = self.sweep_analyses(producer, settings, cutoff).await?;
+        Ok(Swept { requeued: requeued.len(), failed: worn_out.len(), analyses_requeued })
+    }
+
+    /// Queues the stale unfinished analyses again; how many.
+    async fn sweep_analyses(
+        &self,
+        producer: &Producer,
+        settings: &SweepSettings,
+        cutoff: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
+        let mut conn = self.db.get().await?;
+        let stale: Vec<StaleAnalysis> = diesel::sql_query(
+            "UPDATE analysis_results SET status = 'queued', updated_at = now() WHERE id IN ( \
+                 SELECT id FROM analysis_results WHERE status IN ('queued', 'running') AND updated_at < $1 \
+                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, application_id, company_id, requested_by, created_at",
+        )
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<BigInt, _>(settings.batch)
+        .load(&mut conn)
+        .await?;
+        drop(conn);
+        for row in &stale {
+            tracing::warn!(
+                analysis_id = row.id,
+                company_id = row.company_id,
+                "an unfinished analysis without a live task was queued again"
+            );
+            producer.publish(&AnalyzeApplication {
+                analysis_id: row.id,
+                application_id: row.application_id,
+                company_id: CompanyId(row.company_id),
+                requested_by: row.requested_by.map(UserId),
+                queued_at: row.created_at,
+            });
+        }
+        self.metrics.requeued.inc_by(stale.len() as u64);
+        Ok(stale.len())
     }
 }
 
@@ -147,10 +198,17 @@ pub async fn keep_sweeping(
         }
         match ctx.sweep(&producer, &settings).await {
             Ok(swept) if swept != Swept::default() => {
-                tracing::info!(requeued = swept.requeued, failed = swept.failed, "sweep")
+                tracing::info!(
+                    requeued = swept.requeued,
+                    failed = swept.failed,
+                    analyses_requeued = swept.analyses_requeued,
+                    "sweep"
+                )
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(error = %format!("{err:#}"), "the sweep for unfinished CVs failed; will retry"),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "the sweep for unfinished CVs and analyses failed; will retry")
+            }
         }
     }
 }

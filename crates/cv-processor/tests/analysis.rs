@@ -19,6 +19,10 @@ const SERVICE_KEY: &str = "test-internal-service-key";
 /// A stack whose gateway calls `sim` and accepts the processor's service calls, and a
 /// processor that analyses through that gateway.
 async fn analysing_stack(sim: &Simulator) -> CvStack {
+    analysing_stack_with(sim, |_| {}).await
+}
+
+async fn analysing_stack_with(sim: &Simulator, tweak: impl FnOnce(&mut cv_processor::ProcessorSettings)) -> CvStack {
     let mut stack = CvStack::start(false).await.unwrap();
     let base = sim.base_url();
     stack
@@ -34,6 +38,7 @@ async fn analysing_stack(sim: &Simulator) -> CvStack {
         .start_processor_with(|p| {
             p.analysis.gateway_url = gateway;
             p.internal_api_key = service_kit::config::Secret::new(SERVICE_KEY);
+            tweak(p);
         })
         .await
         .unwrap();
@@ -248,5 +253,26 @@ async fn an_application_whose_cv_is_not_processed_cannot_be_analysed_yet() {
     assert_eq!(stack.get(&key, "/api/v1/analyses/1").await.unwrap().0, 404);
     // No processor ran: the CV's task stays queued.
     stack.redis.leaves_work_behind();
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_analysis_whose_task_was_lost_is_queued_again_by_the_sweep() {
+    let sim = Simulator::start(test_support::local_listener().unwrap(), Behaviour::default()).unwrap();
+    let stack = analysing_stack_with(&sim, |p| p.sweep.interval = Duration::from_millis(300)).await;
+    let (company, key, app) = application(&stack, "Acme Recruiting").await;
+    // A row whose task never reached the queue (a producer that dropped it), an hour old.
+    let id = test_support::query_count(
+        &stack.db.url,
+        &format!(
+            "INSERT INTO analysis_results (company_id, application_id, status, created_at, updated_at) \
+             VALUES ({company}, {app}, 'queued', now() - interval '1 hour', now() - interval '1 hour') RETURNING id AS n"
+        ),
+    )
+    .await
+    .unwrap();
+    let (_, analysis) = finished(&stack, &key, id).await;
+    assert_eq!(analysis["status"], "completed", "{analysis}");
+    assert_eq!(stack.processor_metric("headhunter_cv_processor_requeued_total").await, 1.0);
     stack.stop().await.unwrap();
 }
