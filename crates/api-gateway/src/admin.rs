@@ -208,9 +208,40 @@ struct CompanyUpdate {
     /// `null` goes back to the plan's budget.
     #[serde(default, deserialize_with = "crate::jobs::present")]
     llm_budget_usd: Option<Option<f64>>,
+    /// The models the company may call; `null` goes back to every priced model.
+    #[serde(default, deserialize_with = "crate::jobs::present")]
+    allowed_models: Option<Option<Vec<String>>>,
 }
 
-/// The operator sets a company's plan and monthly LLM budget (`PATCH
+/// Most models one company's list may name.
+const ALLOWED_MODELS_MAX: usize = 100;
+
+/// Refuses a model list that is empty, too long, or names a model the gateway does not
+/// serve (one without a price, unless unpriced models are allowed), naming the entry.
+fn check_models(models: &[String], settings: &crate::settings::GatewaySettings) -> Result<(), AppError> {
+    if models.is_empty() || models.len() > ALLOWED_MODELS_MAX {
+        return Err(AppError::bad_request(
+            "allowed_models",
+            "invalid_value",
+            format!("`allowed_models` takes 1 to {ALLOWED_MODELS_MAX} model names, or null for every served model"),
+        ));
+    }
+    for (i, model) in models.iter().enumerate() {
+        let field = format!("allowed_models[{i}]");
+        crate::jobs::check_len("allowed_models", model, 1, 200).map_err(|e| e.with_param(field.clone()))?;
+        if !settings.allow_unpriced_models && settings.pricing.lookup(model).is_none() {
+            let served: Vec<&str> = settings.pricing.models.iter().map(|m| m.name.as_str()).collect();
+            return Err(AppError::bad_request(
+                field,
+                "invalid_value",
+                format!("model `{model}` is not served here; these are: {}", served.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The operator sets a company's plan, monthly LLM budget and allowed models (`PATCH
 /// /api/v1/admin/companies/{id}`); every replica applies it within
 /// `limits::COMPANY_TTL`.
 async fn update_company(
@@ -221,7 +252,10 @@ async fn update_company(
 ) -> Result<HttpResponse, AppError> {
     require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let id = crate::jobs::parse_id(&id, "company")?;
-    let CompanyUpdate { plan, llm_budget_usd } = body.into_inner();
+    let CompanyUpdate { plan, llm_budget_usd, allowed_models } = body.into_inner();
+    if let Some(Some(models)) = &allowed_models {
+        check_models(models, &state.settings)?;
+    }
     if let Some(plan) = &plan
         && state.settings.limits.plan(plan).is_none()
     {
@@ -241,32 +275,44 @@ async fn update_company(
     let mut conn = state.db.get().await?;
     let updated = conn
         .transaction::<_, AppError, _>(async move |conn| {
-            let before: (Option<String>, Option<f64>) = companies::table
+            type Row = (Option<String>, Option<f64>, Option<Vec<String>>);
+            let columns = (companies::plan, companies::llm_budget_usd, companies::allowed_models);
+            let before: Row = companies::table
                 .find(id)
-                .select((companies::plan, companies::llm_budget_usd))
+                .select(columns)
                 .for_update()
                 .first(conn)
                 .await
                 .optional()?
                 .ok_or_else(|| crate::jobs::not_found("company", id))?;
-            let after: (Option<String>, Option<f64>) = diesel::update(companies::table.find(id))
-                .set((plan.map(|p| companies::plan.eq(p)), llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b))))
-                .returning((companies::plan, companies::llm_budget_usd))
+            let after: Row = diesel::update(companies::table.find(id))
+                .set((
+                    plan.map(|p| companies::plan.eq(p)),
+                    llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b)),
+                    allowed_models.map(|m| companies::allowed_models.eq(m)),
+                ))
+                .returning(columns)
                 .get_result(conn)
                 .await?;
+            let view = |(plan, budget, models): &Row| json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models});
             let change = Change {
                 action: "company.update",
                 object_type: "company",
                 object_id: Some(id),
-                before: Some(json!({"plan": before.0, "llm_budget_usd": before.1})),
-                after: Some(json!({"plan": after.0, "llm_budget_usd": after.1})),
+                before: Some(view(&before)),
+                after: Some(view(&after)),
             };
             audit.write(conn, change).await?;
             Ok(after)
         })
         .await?;
     state.limits.forget(id);
-    Ok(HttpResponse::Ok().json(json!({"id": id, "plan": updated.0, "llm_budget_usd": updated.1})))
+    Ok(HttpResponse::Ok().json(json!({
+        "id": id,
+        "plan": updated.0,
+        "llm_budget_usd": updated.1,
+        "allowed_models": updated.2
+    })))
 }
 
 /// `GET /api/v1/company/limits`: the caller's plan, its limits and the month's LLM

@@ -88,6 +88,8 @@ impl LimitSettings {
 struct CompanyLimits {
     plan: Plan,
     budget_usd: f64,
+    /// The models the company may call (`None`: the price table's).
+    allowed_models: Option<Arc<[String]>>,
 }
 
 /// The request's limit state, for the response headers.
@@ -183,9 +185,9 @@ impl Limits {
             return Ok(found);
         }
         let mut conn = self.db.get().await?;
-        let (plan, budget): (Option<String>, Option<f64>) = companies::table
+        let (plan, budget, models): (Option<String>, Option<f64>, Option<Vec<String>>) = companies::table
             .find(company)
-            .select((companies::plan, companies::llm_budget_usd))
+            .select((companies::plan, companies::llm_budget_usd, companies::allowed_models))
             .first(&mut conn)
             .await?;
         let plan = plan
@@ -195,7 +197,8 @@ impl Limits {
             .cloned()
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("no plan {plan:?} and no default plan")))?;
         let budget_usd = budget.unwrap_or(plan.llm_budget_usd);
-        let limits = Arc::new(CompanyLimits { plan, budget_usd });
+        let allowed_models = models.map(Arc::from);
+        let limits = Arc::new(CompanyLimits { plan, budget_usd, allowed_models });
         self.companies.insert(company, limits.clone());
         Ok(limits)
     }
@@ -217,7 +220,7 @@ impl Limits {
                     llm_budget_usd: 0.0,
                 });
                 let budget_usd = plan.llm_budget_usd;
-                Arc::new(CompanyLimits { plan, budget_usd })
+                Arc::new(CompanyLimits { plan, budget_usd, allowed_models: None })
             }
         }
     }
@@ -280,6 +283,12 @@ impl Limits {
                 u64::try_from(wait_ms).unwrap_or(1).div_ceil(1000),
             ))
         }
+    }
+
+    /// The models `company` may call, when it has its own list (`None`: the price
+    /// table's; so too while the main database cannot say).
+    pub async fn allowed_models(&self, company: i64) -> Option<Arc<[String]>> {
+        self.of_or_default(company).await.allowed_models.clone()
     }
 
     /// Admits one LLM call of `company`: under its budget and its concurrency cap. The
@@ -357,6 +366,7 @@ impl Limits {
             "llm_concurrency": plan.llm_concurrency,
             "llm_budget_usd": limits.budget_usd,
             "llm_spent_this_month_usd": spent,
+            "allowed_models": limits.allowed_models.as_deref(),
             "month": Utc::now().format("%Y-%m").to_string(),
         }))
     }

@@ -229,3 +229,57 @@ async fn a_company_has_at_most_its_plans_llm_calls_in_flight_across_replicas() {
     second.stop().await.unwrap();
     stack.stop().await.unwrap();
 }
+
+async fn set_models(stack: &Stack, company: i64, models: Value) -> (u16, Value) {
+    let res = stack
+        .http
+        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"allowed_models": models}))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_company_calls_only_its_allowed_models_and_null_restores_every_priced_one() {
+    let stack = start("unlimited").await;
+    let (company, key) = stack.create_company("Careful").await.unwrap();
+    let (_, neighbour) = stack.create_company("Neighbour").await.unwrap();
+    let with_model = |model: &str| {
+        let mut body = chat_body(false);
+        body["model"] = json!(model);
+        body
+    };
+
+    // Names the gateway does not serve are refused, naming the entry.
+    let (status, err) = set_models(&stack, company, json!(["gpt-4o-mini", "gpt-9-ultra"])).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("allowed_models[1]")), "{err}");
+    let (status, err) = set_models(&stack, company, json!([])).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("allowed_models")), "{err}");
+
+    let (status, set) = set_models(&stack, company, json!(["gpt-4o-mini"])).await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["allowed_models"], json!(["gpt-4o-mini"]));
+    let before = stack.sim.requests();
+    let res = stack.chat(&key, &with_model("gpt-4o")).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(
+        (err["error"]["code"].as_str(), err["error"]["param"].as_str()),
+        (Some("model_not_allowed"), Some("model"))
+    );
+    assert_eq!(stack.sim.requests(), before, "a refused model reached the upstream");
+    // The listed model, and its dated versions, go through; other companies are untouched.
+    for model in ["gpt-4o-mini", "gpt-4o-mini-2024-07-18"] {
+        assert_eq!(stack.chat(&key, &with_model(model)).send().await.unwrap().status(), 200, "{model}");
+    }
+    assert_eq!(stack.chat(&neighbour, &with_model("gpt-4o")).send().await.unwrap().status(), 200);
+
+    // null: back to every priced model.
+    let (status, set) = set_models(&stack, company, Value::Null).await;
+    assert_eq!((status, set["allowed_models"].clone()), (200, Value::Null));
+    assert_eq!(stack.chat(&key, &with_model("gpt-4o")).send().await.unwrap().status(), 200);
+    stack.stop().await.unwrap();
+}

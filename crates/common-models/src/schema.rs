@@ -10,6 +10,7 @@ pub mod main {
             created_at -> Timestamptz,
             plan -> Nullable<Varchar>,
             llm_budget_usd -> Nullable<Float8>,
+            allowed_models -> Nullable<Array<Text>>,
         }
     }
 

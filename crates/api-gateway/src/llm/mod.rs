@@ -48,6 +48,17 @@ async fn chat_completions(
             ),
         ));
     }
+    if let Some(allowed) = state.limits.allowed_models(caller.company_id.0).await
+        && pricing::best_match(&allowed, &chat.model, String::as_str).is_none()
+    {
+        return Err(AppError::forbidden(format!(
+            "model `{}` is not one this company may call: {}",
+            chat.model,
+            allowed.join(", ")
+        ))
+        .with_code("model_not_allowed")
+        .with_param("model"));
+    }
     let context = CallContext::from_headers(&req)?;
     if let Some(interview) = context.interview_id {
         state.interviews.require(&state, caller.company_id.0, interview.0).await?;

@@ -32,10 +32,7 @@ impl PriceTable {
 
     /// The entry for `model`: exact, else the longest entry that prefixes it.
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
-        self.models
-            .iter()
-            .find(|m| m.name == model)
-            .or_else(|| self.models.iter().filter(|m| model.starts_with(&m.name)).max_by_key(|m| m.name.len()))
+        best_match(&self.models, model, |m| &m.name)
     }
 
     /// Cost in USD, when both the price and the token counts are known.
@@ -44,6 +41,15 @@ impl PriceTable {
         let (input, output) = (f64::from(input_tokens?), f64::from(output_tokens?));
         Some((input * price.input_per_million + output * price.output_per_million) / 1_000_000.0)
     }
+}
+
+/// The entry naming `model`: exactly, else the longest name that prefixes it (a dated
+/// version, `gpt-4o-2024-08-06`, goes with `gpt-4o`).
+pub fn best_match<'a, T>(entries: &'a [T], model: &str, name: impl Fn(&T) -> &str) -> Option<&'a T> {
+    entries
+        .iter()
+        .find(|e| name(e) == model)
+        .or_else(|| entries.iter().filter(|e| model.starts_with(name(e))).max_by_key(|e| name(e).len()))
 }
 
 #[cfg(test)]
