@@ -91,7 +91,7 @@ const OUTCOMES: &[&str] = &[
 
 /// A distinct CV of about 350 words: numbers and word choices vary per sentence, so its
 /// chunks are new to the embedding cache.
-fn synthetic_cv(i: usize) -> String {
+pub(crate) fn synthetic_cv(i: usize) -> String {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
     let name = format!("{} {}", rng.pick(FIRST), rng.pick(LAST));
     let sentence = |rng: &mut Rng| {
@@ -148,7 +148,7 @@ fn oha_get(url: &str, key: &str, rate: u32, seconds: u64) -> anyhow::Result<Late
     Ok(Latency { p50_ms: ms(&report["latencyPercentiles"]["p50"]), p99_ms: ms(&report["latencyPercentiles"]["p99"]) })
 }
 
-async fn company(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn company(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<String> {
     let created: Value = http
         .post(format!("{base}/api/v1/admin/companies"))
         .bearer_auth(ADMIN_KEY)
@@ -161,7 +161,7 @@ async fn company(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Resu
 }
 
 /// Uploads the files in requests of [`FILES_PER_UPLOAD`]; returns each request's time.
-async fn upload(
+pub(crate) async fn upload(
     http: &reqwest::Client,
     base: &str,
     key: &str,
@@ -201,7 +201,7 @@ async fn metric(http: &reqwest::Client, prefix: &str) -> f64 {
 
 /// CPU lists (for `taskset -c`) for the API side and the processing side: the last
 /// core for processing, the rest for the API; `None` with one core or no `taskset`.
-fn cpu_placement() -> (Option<String>, Option<String>) {
+pub(crate) fn cpu_placement() -> (Option<String>, Option<String>) {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let taskset = Command::new("taskset").arg("--version").output().is_ok_and(|o| o.status.success());
     if cores < 2 || !taskset {

@@ -13,12 +13,15 @@
 //! - `load`: that client, alone (the `cache` benchmark runs it pinned to a core).
 //! - `cvs`: CVs per minute end to end with a cold and a warm embedding cache, the
 //!   p99 of a main-DB endpoint while CVs process against idle, and upload speed.
+//! - `isolation`: the p99 of a main-DB endpoint (cache bypassed) idle against the same
+//!   under thousands of logged LLM calls a second and CV processing.
 
 mod access;
 mod cache;
 mod cvs;
 mod gateway;
 mod ingest;
+mod isolation;
 mod loadgen;
 mod spool;
 
@@ -100,6 +103,22 @@ enum Command {
         #[arg(long, default_value = ".models/all-minilm-l6-v2")]
         model_dir: std::path::PathBuf,
     },
+    /// A main-DB endpoint's p99 idle vs under logged LLM calls and CV processing.
+    Isolation {
+        /// LLM calls per second asked of the gateway.
+        #[arg(long, default_value_t = 5000)]
+        llm_rate: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// CVs uploaded before the loaded measurements.
+        #[arg(long, default_value_t = 300)]
+        cvs: usize,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: std::path::PathBuf,
+        #[arg(long, default_value = ".models/all-minilm-l6-v2")]
+        model_dir: std::path::PathBuf,
+    },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
         #[arg(long)]
@@ -135,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cvs { cvs, uploads, bin_dir, model_dir } => {
             runtime()?.block_on(cvs::run(cvs, uploads, &bin_dir, &model_dir))
+        }
+        Command::Isolation { llm_rate, seconds, cvs, bin_dir, model_dir } => {
+            runtime()?.block_on(isolation::run(llm_rate, seconds, cvs, &bin_dir, &model_dir))
         }
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
