@@ -159,8 +159,29 @@ impl Authenticator {
             && err.kind() == service_kit::ErrorKind::Unauthorized
         {
             self.failed(ip);
+            self.failed_everywhere(ip).await;
         }
         resolved
+    }
+
+    /// Counts the failure in Redis too, so an address failing against several replicas
+    /// is throttled by each once the failures of all of them reach the limit (each
+    /// learns it at its next failure). Without Redis the count stays per replica.
+    async fn failed_everywhere(&self, ip: IpAddr) {
+        if self.max_failures == 0 {
+            return;
+        }
+        match self.sessions.auth_failed(ip).await {
+            Ok((count, left)) if count >= self.max_failures => {
+                let since =
+                    Instant::now().checked_sub(THROTTLE_WINDOW.saturating_sub(left)).unwrap_or_else(Instant::now);
+                if let Ok(mut failures) = self.failures.write() {
+                    failures.insert(ip, (count, since));
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "failed authentications not counted in Redis; per replica only"),
+        }
     }
 
     /// How long `ip` must wait, if it is over its failures this minute.

@@ -185,6 +185,26 @@ impl Sessions {
         Ok(wait)
     }
 
+    /// Counts a failed API-key authentication from `address` for every replica; returns
+    /// the failures in the address's window and the time left in it.
+    pub async fn auth_failed(&self, address: IpAddr) -> redis::RedisResult<(u32, Duration)> {
+        let key = format!("{}auth_failures:address:{address}", self.prefix);
+        let mut conn = self.redis.conn().await?;
+        let (count, pttl): (u32, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(0)
+            .arg("EX")
+            .arg(THROTTLE_WINDOW.as_secs())
+            .arg("NX")
+            .ignore()
+            .incr(&key, 1)
+            .pttl(&key)
+            .query_async(&mut conn)
+            .await?;
+        Ok((count, Duration::from_millis(u64::try_from(pttl).unwrap_or(0))))
+    }
+
     /// Counts a failed login against the account and the address.
     pub async fn login_failed(&self, email: Option<&str>, address: Option<IpAddr>) -> Result<(), AppError> {
         let mut conn = self.redis.conn().await.map_err(redis_down)?;

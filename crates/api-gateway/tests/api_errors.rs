@@ -246,6 +246,34 @@ async fn an_address_that_keeps_failing_authentication_is_throttled() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_count_across_replicas() -> anyhow::Result<()> {
+    let limit = |s: &mut api_gateway::GatewaySettings| s.auth_failures_per_minute = 5;
+    let stack = Stack::start(Options { tweak: Box::new(limit), ..Options::default() }).await?;
+    let (second, _spool) = stack.another_gateway_with(limit).await?;
+    let guess = |i: u32| format!("hh_{i:0>40}");
+    let status = |base: String, key: String| {
+        let http = stack.http.clone();
+        async move {
+            let res = http.post(format!("{base}/v1/chat/completions")).bearer_auth(key).json(&chat_body(false));
+            res.send().await.map(|r| r.status().as_u16())
+        }
+    };
+    // Three failures on one replica, two on the other: five in the minute.
+    for i in 0..3 {
+        assert_eq!(status(stack.url.clone(), guess(i)).await?, 401);
+    }
+    for i in 3..5 {
+        assert_eq!(status(second.url.clone(), guess(i)).await?, 401);
+    }
+    // The replica that saw the fifth is closed at once; the other after one more try.
+    assert_eq!(status(second.url.clone(), guess(5)).await?, 429);
+    assert_eq!(status(stack.url.clone(), guess(6)).await?, 401);
+    assert_eq!(status(stack.url.clone(), guess(7)).await?, 429);
+    second.stop().await?;
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_tells_a_busy_pool_from_a_database_that_is_away() -> anyhow::Result<()> {
     use diesel_async::SimpleAsyncConnection;
     let stack = Stack::start(Options {
