@@ -20,6 +20,7 @@ pub mod llm;
 pub mod logged;
 pub mod matches;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod password;
 pub mod people;
@@ -179,6 +180,7 @@ pub async fn run(
             .configure(keys::routes)
             .configure(recruiting::routes)
             .configure(admin::routes)
+            .configure(openapi::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))
     })?;
