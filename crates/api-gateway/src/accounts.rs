@@ -127,6 +127,7 @@ async fn login(
     if email.trim().is_empty() {
         return Err(AppError::bad_request("email", "missing_field", "`email` is required"));
     }
+    crate::jobs::storable("email", &email)?;
     if password.is_empty() || password.len() > password::MAX_BYTES {
         return Err(AppError::bad_request(
             "password",

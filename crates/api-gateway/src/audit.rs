@@ -169,9 +169,11 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     let (limit, after) = query.page.resolve()?;
     let mut q = audit_log::table.filter(audit_log::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(action) = query.action {
+        crate::jobs::storable("action", &action)?;
         q = q.filter(audit_log::action.eq(action));
     }
     if let Some(object_type) = query.object_type {
+        crate::jobs::storable("object_type", &object_type)?;
         q = q.filter(audit_log::object_type.eq(object_type));
     }
     if let Some(object_id) = query.object_id {

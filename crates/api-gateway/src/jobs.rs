@@ -132,12 +132,28 @@ impl JobInput {
     }
 }
 
-/// 400 `invalid_length` naming `field` unless `value` has `min`-`max` characters.
+/// 400 `invalid_length` naming `field` unless `value` has `min`-`max` characters; 400
+/// `invalid_value` for a NUL character (see [`storable`]).
 pub fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
+    storable(field, value)?;
     let n = value.chars().count();
     if n < min || n > max {
         let what = if min > 0 { format!("1-{max} characters, not blank") } else { format!("at most {max} characters") };
         return Err(AppError::bad_request(field.to_owned(), "invalid_length", format!("`{field}` must be {what}")));
+    }
+    Ok(())
+}
+
+/// 400 `invalid_value` naming `field` when `value` holds a NUL character: PostgreSQL
+/// text cannot, so such a value would fail the query (a 500) rather than match or be
+/// stored.
+pub fn storable(field: &str, value: &str) -> Result<(), AppError> {
+    if value.contains('\0') {
+        return Err(AppError::bad_request(
+            field.to_owned(),
+            "invalid_value",
+            format!("`{field}` must not contain NUL characters"),
+        ));
     }
     Ok(())
 }
