@@ -360,7 +360,7 @@ async fn find(state: &AppState, company: CompanyId, raw_id: &str) -> Result<Cv, 
 }
 
 /// A CV, with its facts and summary once processed.
-#[utoipa::path(get, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, description = "The CV's id.")),
+#[utoipa::path(get, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
     responses((status = 200, description = "The CV.", body = Cv)))]
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
@@ -369,8 +369,8 @@ async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String
 }
 
 /// The CV's original file, as uploaded.
-#[utoipa::path(get, path = "/api/v1/cvs/{id}/file", tag = "cvs", params(("id" = i64, Path, minimum = 1, description = "The CV's id.")),
-    responses((status = 200, description = "The file, with the content type it was stored with.", content_type = "application/octet-stream", body = Vec<u8>)))]
+#[utoipa::path(get, path = "/api/v1/cvs/{id}/file", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
+    responses((status = 200, description = "The file, with the content type it was stored with.", content_type = "*/*", body = Vec<u8>)))]
 async fn download(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -437,7 +437,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 /// Deletes a CV, its file and its vectors.
-#[utoipa::path(delete, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, description = "The CV's id.")),
+#[utoipa::path(delete, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
     responses((status = 204, description = "Deleted.")))]
 async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::WriteCvs).await?;

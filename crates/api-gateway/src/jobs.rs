@@ -214,7 +214,7 @@ async fn create(
 }
 
 /// A job.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, description = "The job's id.")),
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")),
     responses((status = 200, description = "The job.", body = Job)))]
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
@@ -273,7 +273,7 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
 }
 
 /// Changes a job; absent fields stay as they are.
-#[utoipa::path(patch, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, description = "The job's id.")), request_body = JobInput,
+#[utoipa::path(patch, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")), request_body = JobInput,
     responses((status = 200, description = "The job as changed.", body = Job)))]
 async fn update(
     req: HttpRequest,
@@ -288,7 +288,7 @@ async fn update(
 }
 
 /// Archives a job.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/archive", tag = "jobs", params(("id" = i64, Path, minimum = 1, description = "The job's id.")),
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/archive", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")),
     responses((status = 200, description = "The archived job.", body = Job)))]
 async fn archive(
     req: HttpRequest,

@@ -194,7 +194,7 @@ async fn revoke_in(conn: &mut AsyncPgConnection, company: i64, id: i64) -> Resul
 }
 
 /// A new key with the same name, scopes and user; the old one is revoked.
-#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "keys", params(("id" = i64, Path, minimum = 1, description = "The API key's id.")),
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "keys", params(("id" = i64, Path, minimum = 1, example = 1, description = "The API key's id.")),
     responses(
         (status = 201, description = "The new key, shown once.", body = KeyShownOnce),
         (status = 409, description = "The key is revoked already (`key_revoked`).", body = crate::openapi::ErrorBody),
@@ -226,7 +226,7 @@ async fn rotate(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
 }
 
 /// Revokes a key, on every replica at once.
-#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "keys", params(("id" = i64, Path, minimum = 1, description = "The API key's id.")),
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "keys", params(("id" = i64, Path, minimum = 1, example = 1, description = "The API key's id.")),
     responses(
         (status = 204, description = "Revoked."),
         (status = 409, description = "The key is revoked already (`key_revoked`).", body = crate::openapi::ErrorBody),

@@ -188,7 +188,7 @@ async fn cv_cards(state: &AppState, company: i64, ids: &[i64]) -> Result<Vec<(i6
 }
 
 /// The company's best CVs for a job, with the evidence per requirement.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, description = "The job's id."), MatchQuery),
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id."), MatchQuery),
     responses((status = 200, description = "The best CVs.", body = CvsForJob)))]
 async fn cvs_for_job(
     req: HttpRequest,
@@ -238,7 +238,7 @@ async fn cvs_for_job(
 }
 
 /// A CV's best open jobs, with the evidence per requirement.
-#[utoipa::path(get, path = "/api/v1/cvs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, description = "The CV's id."), MatchQuery),
+#[utoipa::path(get, path = "/api/v1/cvs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id."), MatchQuery),
     responses((status = 200, description = "The best open jobs.", body = JobsForCv)))]
 async fn jobs_for_cv(
     req: HttpRequest,

@@ -8,7 +8,8 @@
 //! from the document itself: the credentials and the refusals that come with them (401,
 //! 403, 429 with `Retry-After` and the `RateLimit-*` headers), 400 and 413 for a JSON
 //! body, 400 for a malformed query, 404 for an id that names nothing, 503 while a
-//! dependency is down, and `X-Request-Id` on every answer.
+//! dependency is down, and `X-Request-Id` on every answer; and operation ids unique
+//! across modules.
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -217,6 +218,11 @@ fn add_shared_components(doc: &mut Value, settings: &GatewaySettings) {
 /// The credentials, refusals and headers that `operation` shares with others like it.
 fn add_shared_answers(method: &str, path: &str, operation: &mut Map<String, Value>) {
     let open = OPEN.contains(&(method, path));
+    // Handler names repeat across modules (`list`, `read`): the tag makes them unique.
+    let tag = operation.get("tags").and_then(|t| t[0].as_str()).unwrap_or("api").to_owned();
+    if let Some(Value::String(id)) = operation.get_mut("operationId") {
+        *id = format!("{tag}.{id}");
+    }
     let takes_json = operation
         .get("requestBody")
         .and_then(|b| b.get("content"))

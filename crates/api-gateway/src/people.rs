@@ -71,7 +71,7 @@ async fn list_users(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// A person of the company.
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, description = "The user's id.")),
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The user's id.")),
     responses((status = 200, description = "The person.", body = UserView)))]
 async fn read_user(
     req: HttpRequest,
@@ -106,7 +106,7 @@ struct UserUpdate {
 /// Changes a person's role, state or name (owners and admins). A new role or a
 /// deactivation ends their sessions; nobody changes their own role or deactivates
 /// themselves.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, description = "The user's id.")), request_body = UserUpdate,
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The user's id.")), request_body = UserUpdate,
     responses((status = 200, description = "The person as changed.", body = UserView)))]
 async fn update_user(
     req: HttpRequest,
@@ -423,7 +423,7 @@ async fn own_invitation(
 
 /// Sends an invitation again with a new token (the old link stops working) and a new
 /// expiry.
-#[utoipa::path(post, path = "/api/v1/invitations/{id}/resend", tag = "people", params(("id" = i64, Path, minimum = 1, description = "The invitation's id.")),
+#[utoipa::path(post, path = "/api/v1/invitations/{id}/resend", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The invitation's id.")),
     responses(
         (status = 200, description = "The invitation.", body = InvitationView),
         (status = 409, description = "Accepted or revoked already.", body = crate::openapi::ErrorBody),
@@ -467,7 +467,7 @@ async fn resend(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
 }
 
 /// Revokes an invitation.
-#[utoipa::path(delete, path = "/api/v1/invitations/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, description = "The invitation's id.")),
+#[utoipa::path(delete, path = "/api/v1/invitations/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The invitation's id.")),
     responses(
         (status = 204, description = "Revoked."),
         (status = 409, description = "Accepted or revoked already.", body = crate::openapi::ErrorBody),

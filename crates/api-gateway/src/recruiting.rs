@@ -237,7 +237,7 @@ async fn find_application(
 }
 
 /// An application.
-#[utoipa::path(get, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The application's id.")),
+#[utoipa::path(get, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
     responses((status = 200, description = "The application.", body = Application)))]
 async fn read_application(
     req: HttpRequest,
@@ -262,7 +262,7 @@ struct ApplicationUpdate {
 
 /// Moves an application to a stage or changes its notes; `hired` and `rejected` are
 /// final.
-#[utoipa::path(patch, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The application's id.")), request_body = ApplicationUpdate,
+#[utoipa::path(patch, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = ApplicationUpdate,
     responses(
         (status = 200, description = "The application as changed.", body = Application),
         (status = 409, description = "The application is hired or rejected already (`final_stage`).", body = crate::openapi::ErrorBody),
@@ -381,7 +381,7 @@ impl InterviewInput {
 }
 
 /// Schedules an interview on an application.
-#[utoipa::path(post, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The application's id.")), request_body = InterviewInput,
+#[utoipa::path(post, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = InterviewInput,
     responses((status = 201, description = "The interview.", body = Interview)))]
 async fn schedule(
     req: HttpRequest,
@@ -432,7 +432,7 @@ async fn schedule(
 }
 
 /// An application's interviews, earliest first.
-#[utoipa::path(get, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The application's id.")),
+#[utoipa::path(get, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
     responses((status = 200, description = "The interviews.", body = Interviews)))]
 async fn list_interviews(
     req: HttpRequest,
@@ -480,7 +480,7 @@ async fn find_interview(
 }
 
 /// An interview, with the interviewers' feedback.
-#[utoipa::path(get, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The interview's id.")),
+#[utoipa::path(get, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")),
     responses((status = 200, description = "The interview.", body = InterviewView)))]
 async fn read_interview(
     req: HttpRequest,
@@ -501,7 +501,7 @@ async fn read_interview(
 }
 
 /// Changes an interview.
-#[utoipa::path(patch, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The interview's id.")), request_body = InterviewInput,
+#[utoipa::path(patch, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")), request_body = InterviewInput,
     responses((status = 200, description = "The interview as changed.", body = Interview)))]
 async fn update_interview(
     req: HttpRequest,
@@ -562,7 +562,7 @@ struct FeedbackInput {
 }
 
 /// The signed-in interviewer's feedback on an interview (given again, it replaces theirs).
-#[utoipa::path(post, path = "/api/v1/interviews/{id}/feedback", tag = "recruiting", params(("id" = i64, Path, minimum = 1, description = "The interview's id.")), request_body = FeedbackInput,
+#[utoipa::path(post, path = "/api/v1/interviews/{id}/feedback", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")), request_body = FeedbackInput,
     responses(
         (status = 201, description = "The feedback.", body = Feedback),
         (status = 400, description = "A key without a user (`not_a_user`), or a field out of range.", body = crate::openapi::ErrorBody),

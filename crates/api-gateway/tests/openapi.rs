@@ -101,6 +101,10 @@ async fn the_document_covers_every_public_route_and_nothing_internal() -> anyhow
     let extra: Vec<_> = documented.difference(&configured).collect();
     assert!(extra.is_empty(), "documented routes the code does not configure: {extra:?}");
     assert!(documented.iter().all(|(_, path)| !internal(path)));
+    let ids: Vec<&str> =
+        documented.iter().filter_map(|(method, path)| doc["paths"][path][method]["operationId"].as_str()).collect();
+    assert_eq!(ids.len(), documented.len(), "every operation has an id");
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len(), "operation ids repeat: {ids:?}");
 
     // Every documented operation reaches a handler: none gets the "no route" answer.
     for (method, path) in &documented {

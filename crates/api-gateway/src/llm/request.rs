@@ -15,6 +15,9 @@ pub const DEFAULT_ACTION: &str = "chat_completion";
 
 /// The request as the gateway checks it; any other field goes upstream untouched.
 #[derive(utoipa::ToSchema)]
+#[schema(examples(json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+    {"role": "user", "content": "Summarise this CV in two sentences: …"}
+]})))]
 #[allow(dead_code)]
 pub struct ChatCompletionRequest {
     /// A model the gateway serves (with its dated versions).
