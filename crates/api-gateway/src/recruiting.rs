@@ -344,7 +344,7 @@ async fn check_participants(conn: &mut AsyncPgConnection, company: i64, ids: &[i
     }
 }
 
-/// An interview to schedule (`scheduled_at` required) or its changes.
+/// Changes to an interview.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InterviewInput {
@@ -361,6 +361,37 @@ struct InterviewInput {
     /// Active people of the company (user ids), at most 20.
     #[schema(max_items = 20)]
     participants: Option<Vec<i64>>,
+}
+
+/// An interview to schedule.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewInterview {
+    scheduled_at: DateTime<Utc>,
+    /// 5-480 (default 60).
+    #[schema(minimum = 5, maximum = 480)]
+    duration_minutes: Option<i32>,
+    /// `phone`, `video` (default), `onsite` or `technical`.
+    #[schema(pattern = "^(phone|video|onsite|technical)$")]
+    kind: Option<String>,
+    /// `scheduled` (default), `completed` or `cancelled`.
+    #[schema(pattern = "^(scheduled|completed|cancelled)$")]
+    status: Option<String>,
+    /// Active people of the company (user ids), at most 20.
+    #[schema(max_items = 20)]
+    participants: Option<Vec<i64>>,
+}
+
+impl From<NewInterview> for InterviewInput {
+    fn from(new: NewInterview) -> Self {
+        Self {
+            scheduled_at: Some(new.scheduled_at),
+            duration_minutes: new.duration_minutes,
+            kind: new.kind,
+            status: new.status,
+            participants: new.participants,
+        }
+    }
 }
 
 impl InterviewInput {
@@ -381,21 +412,20 @@ impl InterviewInput {
 }
 
 /// Schedules an interview on an application.
-#[utoipa::path(post, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = InterviewInput,
+#[utoipa::path(post, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = NewInterview,
     responses((status = 201, description = "The interview.", body = Interview)))]
 async fn schedule(
     req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<InterviewInput>,
+    body: web::Json<NewInterview>,
 ) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::WriteJobs).await?;
     let application = parse_id(&id, "application")?;
-    let input = body.into_inner();
+    let new = body.into_inner();
+    let at = new.scheduled_at;
+    let input = InterviewInput::from(new);
     input.check()?;
-    let Some(at) = input.scheduled_at else {
-        return Err(AppError::bad_request("scheduled_at", "missing_field", "`scheduled_at` is required"));
-    };
     let company = caller.company_id.0;
     let audit = Audit::of(&req, &caller);
     let mut conn = state.db.get().await?;
