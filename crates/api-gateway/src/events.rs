@@ -89,7 +89,7 @@ async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec
 #[utoipa::path(get, path = "/api/v1/cvs/events", tag = "cvs",
     params(("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received.")),
     responses(
-        (status = 200, description = "An endless event stream (a comment every 15 s keeps it open).", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An endless event stream (a comment every 15 s keeps it open).", content_type = "text/event-stream", body = crate::openapi::SseEvent),
         (status = 400, description = "`Last-Event-ID` is not an id this API sent.", body = crate::openapi::ErrorBody),
     ))]
 async fn stream_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

@@ -60,6 +60,21 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+/// One server-sent event of a `text/event-stream` answer, as a client's parser hands
+/// it over (the model OpenAPI 3.2 gives such streams).
+#[derive(ToSchema)]
+pub struct SseEvent {
+    /// The event's name (`message` when the stream gives none).
+    pub event: Option<String>,
+    /// The event's data: JSON text (a chunk of the answer, a CV status), or `[DONE]`
+    /// at the end of an LLM stream.
+    pub data: String,
+    /// The id to send back as `Last-Event-ID` when reconnecting.
+    pub id: Option<String>,
+    /// Milliseconds the client should wait before reconnecting.
+    pub retry: Option<u64>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

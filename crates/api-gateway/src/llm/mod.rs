@@ -43,7 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "The upstream's answer.",
             content(
                 (request::ChatCompletion = "application/json"),
-                (String = "text/event-stream"),
+                (crate::openapi::SseEvent = "text/event-stream"),
             ),
             headers(("X-Cache" = String, description = "`hit` when answered from the cache."))),
         (status = 400, description = "A malformed request, a model not served here (`model_not_allowed`), a bad header, or an interview not of the company (`unknown_interview`).", body = crate::openapi::ErrorBody),
