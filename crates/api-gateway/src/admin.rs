@@ -317,6 +317,8 @@ async fn update_company(
 
 /// `GET /api/v1/company/limits`: the caller's plan, its limits and the month's LLM
 /// spend (owners and admins).
+#[utoipa::path(get, path = "/api/v1/company/limits", tag = "audit",
+    responses((status = 200, description = "The plan, its limits and the month's LLM spend.", body = crate::limits::LimitsView)))]
 async fn company_limits(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, crate::access::Action::ReadAudit).await?;
     Ok(HttpResponse::Ok().json(state.limits.describe(caller.company_id.0).await?))

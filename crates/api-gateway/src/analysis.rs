@@ -68,6 +68,13 @@ impl Row {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/applications/{id}/analysis", tag = "recruiting",
+    params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
+    responses(
+        (status = 202, description = "The analysis, queued; `Location` says where to read it.", body = AnalysisView,
+         headers(("Location" = String, description = "`/api/v1/analyses/{id}`"))),
+        (status = 409, description = "The application's CV is not processed yet (`cv_not_processed`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn request(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -139,6 +146,10 @@ fn emit(state: &AppState, company: CompanyId, view: &AnalysisView) {
     }));
 }
 
+#[utoipa::path(get, path = "/api/v1/analyses/{id}", tag = "recruiting",
+    params(("id" = i64, Path, minimum = 1, example = 1, description = "The analysis's id.")),
+    responses((status = 200, description = "The analysis (a finished one from the cache: `x-cache: hit`).", body = AnalysisView,
+        headers(("x-cache" = String, description = "`hit` or `miss`")))))]
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "analysis")?;
@@ -174,6 +185,9 @@ async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Resu
         .ok_or_else(|| not_found("analysis", id))
 }
 
+#[utoipa::path(get, path = "/api/v1/applications/{id}/analyses", tag = "recruiting",
+    params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id."), PageQuery),
+    responses((status = 200, description = "A page of the application's analyses, newest first.", body = Page<AnalysisView>)))]
 async fn list(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let application = parse_id(&id, "application")?;

@@ -121,10 +121,12 @@ impl Audit {
     }
 }
 
-#[derive(Serialize, Queryable, Selectable)]
+/// One change in the trail.
+#[derive(Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = audit_log)]
 struct Row {
     id: i64,
+    /// `user`, `api_key`, `admin` (the operator) or `anonymous`.
     actor_kind: String,
     actor_user_id: Option<i64>,
     actor_key_id: Option<i64>,
@@ -140,25 +142,38 @@ struct Row {
 }
 
 /// Numbers arrive as text: `flatten` hands serde strings only.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this action (`job.create`, `session.create`, …).
     action: Option<String>,
+    /// Only changes to this kind of object (`job`, `user`, …).
     object_type: Option<String>,
+    /// Only changes to this object.
+    #[param(value_type = Option<i64>)]
     object_id: Option<String>,
+    /// Only changes by this user.
+    #[param(value_type = Option<i64>)]
     actor_user_id: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     page: PageQuery,
 }
 
+/// The company's audit trail, newest first (owners and admins signed in).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(ListQuery, PageQuery),
+    responses((status = 200, description = "A page of changes.", body = Page<Row>)))]
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ReadAudit).await?;
     let query: ListQuery = crate::page::query(&req)?;
     let (limit, after) = query.page.resolve()?;
     let mut q = audit_log::table.filter(audit_log::company_id.eq(caller.company_id.0)).into_boxed();
     if let Some(action) = query.action {
+        crate::jobs::storable("action", &action)?;
         q = q.filter(audit_log::action.eq(action));
     }
     if let Some(object_type) = query.object_type {
+        crate::jobs::storable("object_type", &object_type)?;
         q = q.filter(audit_log::object_type.eq(object_type));
     }
     if let Some(object_id) = query.object_id {

@@ -40,7 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// What a CV looks like through the API.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = cvs)]
 pub struct Cv {
     pub id: i64,
@@ -49,10 +49,13 @@ pub struct Cv {
     pub file_name: String,
     pub content_type: String,
     pub size_bytes: i64,
+    /// SHA-256 of the file, hex.
     #[serde(serialize_with = "hex")]
+    #[schema(value_type = String)]
     pub content_hash: Vec<u8>,
     #[serde(skip)]
     pub storage_key: String,
+    /// `queued`, `processing`, `processed` or `failed`.
     pub status: String,
     pub failure_reason: Option<String>,
     pub attempts: i32,
@@ -60,6 +63,7 @@ pub struct Cv {
     pub char_count: Option<i32>,
     pub section_count: Option<i32>,
     pub chunk_count: Option<i32>,
+    /// What processing found (left out of lists: read the CV).
     pub facts: Option<Value>,
     pub summary: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -90,7 +94,7 @@ impl Drop for Staged {
 }
 
 /// One line of the upload's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Accepted {
     id: i64,
     file_name: String,
@@ -99,6 +103,30 @@ struct Accepted {
     duplicate: bool,
 }
 
+/// The upload's answer: a line per file, in the order sent.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Uploaded {
+    data: Vec<Accepted>,
+}
+
+/// The form of an upload: one or more file parts named `file`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// PDF, DOCX or text.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+/// Uploads CVs (multipart, file parts named `file`); answers once they are stored,
+/// and cv-processor processes them. A file the company uploaded before is not redone.
+#[utoipa::path(post, path = "/api/v1/cvs", tag = "cvs",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Stored and queued.", body = Uploaded),
+        (status = 400, description = "No file part, a part that is not a file, or a broken form.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "A file over the size limit (`file_too_large`) or too many files (`too_many_files`); see the description of the API for the limits.", body = crate::openapi::ErrorBody),
+    ))]
 async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::WriteCvs).await?;
     let company = caller.company_id;
@@ -212,7 +240,7 @@ async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart
         data.push(Accepted { id, file_name, status, duplicate: duplicate || seen[i] });
         seen[i] = true;
     }
-    Ok(HttpResponse::Accepted().json(json!({ "data": data })))
+    Ok(HttpResponse::Accepted().json(Uploaded { data }))
 }
 
 /// Reads every file part into the staging directory, hashing as it goes; enforces the
@@ -331,12 +359,18 @@ async fn find(state: &AppState, company: CompanyId, raw_id: &str) -> Result<Cv, 
         .ok_or_else(|| not_found("CV", id))
 }
 
+/// A CV, with its facts and summary once processed.
+#[utoipa::path(get, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
+    responses((status = 200, description = "The CV.", body = Cv)))]
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let cv = find(&state, caller.company_id, &id).await?;
     Ok(HttpResponse::Ok().json(cv))
 }
 
+/// The CV's original file, as uploaded.
+#[utoipa::path(get, path = "/api/v1/cvs/{id}/file", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
+    responses((status = 200, description = "The file, with the content type it was stored with.", content_type = "*/*", body = Vec<u8>)))]
 async fn download(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -356,13 +390,20 @@ async fn download(
     Ok(HttpResponse::Ok().content_type(cv.content_type.clone()).insert_header(disposition).body(bytes))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only CVs with this status.
+    #[param(pattern = "^(queued|processing|processed|failed)$")]
     status: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     page: PageQuery,
 }
 
+/// The company's CVs, newest first (without their facts).
+#[utoipa::path(get, path = "/api/v1/cvs", tag = "cvs", params(ListQuery, PageQuery),
+    responses((status = 200, description = "A page of CVs.", body = Page<Cv>)))]
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
@@ -395,6 +436,9 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     cached.answer(&state, &Page::of(rows, limit, |cv| cv.id)).await
 }
 
+/// Deletes a CV, its file and its vectors.
+#[utoipa::path(delete, path = "/api/v1/cvs/{id}", tag = "cvs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id.")),
+    responses((status = 204, description = "Deleted.")))]
 async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::WriteCvs).await?;
     let id = parse_id(&id, "CV")?;

@@ -82,6 +82,16 @@ async fn replay(state: &AppState, company: CompanyId, after: &str) -> Result<Vec
         .collect())
 }
 
+/// Server-sent events of the company's CV status changes (`event: cv.status`, the data
+/// a JSON object with `cv_id`, `company_id`, `status`, `failure_reason`, `file_name`,
+/// `at`). Each event's `id` can be sent back as `Last-Event-ID` on reconnecting, to get
+/// what was missed first (the last ~2,000 events, 24 hours).
+#[utoipa::path(get, path = "/api/v1/cvs/events", tag = "cvs",
+    params(("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received.")),
+    responses(
+        (status = 200, description = "An endless event stream (a comment every 15 s keeps it open).", content_type = "text/event-stream", body = crate::openapi::SseEvent),
+        (status = 400, description = "`Last-Event-ID` is not an id this API sent.", body = crate::openapi::ErrorBody),
+    ))]
 async fn stream_events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let company = caller.company_id;

@@ -30,7 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/jobs/{id}/archive", web::post().to(archive));
 }
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = jobs)]
 pub struct Job {
     pub id: i64,
@@ -40,21 +40,30 @@ pub struct Job {
     pub description: String,
     pub requirements: Vec<String>,
     pub location: Option<String>,
+    /// `draft`, `open`, `closed` or `archived`.
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// A create or update body; on update, absent fields stay as they are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct JobInput {
+    /// Required on create; 1-200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     title: Option<String>,
+    #[schema(max_length = 20000)]
     description: Option<String>,
+    /// At most 50, each 1-500 characters.
+    #[schema(max_items = 50)]
     requirements: Option<Vec<String>>,
-    /// `null` clears it on update.
+    /// At most 200 characters; `null` clears it on update.
     #[serde(default, deserialize_with = "present")]
+    #[schema(max_length = 200)]
     location: Option<Option<String>>,
+    /// `draft`, `open` or `closed` (archive with `POST …/archive`).
+    #[schema(pattern = "^(draft|open|closed)$")]
     status: Option<String>,
 }
 
@@ -123,12 +132,28 @@ impl JobInput {
     }
 }
 
-/// 400 `invalid_length` naming `field` unless `value` has `min`-`max` characters.
+/// 400 `invalid_length` naming `field` unless `value` has `min`-`max` characters; 400
+/// `invalid_value` for a NUL character (see [`storable`]).
 pub fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
+    storable(field, value)?;
     let n = value.chars().count();
     if n < min || n > max {
         let what = if min > 0 { format!("1-{max} characters, not blank") } else { format!("at most {max} characters") };
         return Err(AppError::bad_request(field.to_owned(), "invalid_length", format!("`{field}` must be {what}")));
+    }
+    Ok(())
+}
+
+/// 400 `invalid_value` naming `field` when `value` holds a NUL character: PostgreSQL
+/// text cannot, so such a value would fail the query (a 500) rather than match or be
+/// stored.
+pub fn storable(field: &str, value: &str) -> Result<(), AppError> {
+    if value.contains('\0') {
+        return Err(AppError::bad_request(
+            field.to_owned(),
+            "invalid_value",
+            format!("`{field}` must not contain NUL characters"),
+        ));
     }
     Ok(())
 }
@@ -142,6 +167,9 @@ pub fn not_found(what: &str, id: impl std::fmt::Display) -> AppError {
     AppError::not_found(format!("no {what} with id {id}")).with_param("id")
 }
 
+/// Creates a job (`title` is required; the status is `open` unless given).
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobInput,
+    responses((status = 201, description = "The new job.", body = Job)))]
 async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -185,6 +213,9 @@ async fn create(
     Ok(HttpResponse::Created().json(job))
 }
 
+/// A job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")),
+    responses((status = 200, description = "The job.", body = Job)))]
 async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let id = parse_id(&id, "job")?;
@@ -199,13 +230,20 @@ async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String
     Ok(HttpResponse::Ok().json(job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs with this status.
+    #[param(pattern = "^(draft|open|closed|archived)$")]
     status: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     page: PageQuery,
 }
 
+/// The company's jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery, PageQuery),
+    responses((status = 200, description = "A page of jobs.", body = Page<Job>)))]
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let query: ListQuery = crate::page::query(&req)?;
@@ -234,6 +272,9 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     cached.answer(&state, &Page::of(rows, limit, |j| j.id)).await
 }
 
+/// Changes a job; absent fields stay as they are.
+#[utoipa::path(patch, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")), request_body = JobInput,
+    responses((status = 200, description = "The job as changed.", body = Job)))]
 async fn update(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -246,6 +287,9 @@ async fn update(
     apply(&state, Audit::of(&req, &caller), caller.company_id.0, id, changes, "job.update").await
 }
 
+/// Archives a job.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/archive", tag = "jobs", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id.")),
+    responses((status = 200, description = "The archived job.", body = Job)))]
 async fn archive(
     req: HttpRequest,
     state: web::Data<AppState>,

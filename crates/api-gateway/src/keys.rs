@@ -17,7 +17,7 @@ use common_models::schema::main::{api_keys, users};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use service_kit::AppError;
 
 use crate::access::{Action, Role, Scopes};
@@ -36,19 +36,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/api-keys/{id}", web::delete().to(revoke));
 }
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = api_keys)]
 struct KeyView {
     id: i64,
     name: String,
+    /// The key's first characters, to recognise it by.
     #[serde(rename = "prefix")]
     key_prefix: String,
+    /// From `read`, `cvs:write`, `llm`.
     scopes: Vec<String>,
     user_id: Option<i64>,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
 }
 
+/// The company's keys (never the keys themselves), newest first.
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "keys", params(PageQuery),
+    responses((status = 200, description = "A page of keys.", body = Page<KeyView>)))]
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManageKeys).await?;
     let query: PageQuery = crate::page::query(&req)?;
@@ -63,12 +68,28 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(Page::of(rows, limit, |k| k.id)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
+    /// 1-100 characters, not blank.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// From `read`, `cvs:write`, `llm` (all by default); at least one.
+    #[schema(min_items = 1)]
     scopes: Option<Vec<String>>,
+    /// The key acts as this active user of the company, with their role; none: a
+    /// company key (a recruiter).
     user_id: Option<i64>,
+}
+
+/// A new key, shown once.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyShownOnce {
+    #[serde(flatten)]
+    view: KeyView,
+    /// `hh_…`: store it now, it is shown only once.
+    key: String,
+    note: &'static str,
 }
 
 /// Inserts a new key; returns its row and the key.
@@ -95,13 +116,13 @@ async fn insert_key(
     Ok((row, key))
 }
 
-fn shown_once(row: &KeyView, key: String) -> Value {
-    let mut view = serde_json::to_value(row).unwrap_or(Value::Null);
-    view["key"] = json!(key);
-    view["note"] = json!("store this key now: it is shown only once");
-    view
+fn shown_once(row: &KeyView, key: String) -> KeyShownOnce {
+    KeyShownOnce { view: row.clone(), key, note: "store this key now: it is shown only once" }
 }
 
+/// Makes a key (owners and admins signed in).
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "keys", request_body = NewKey,
+    responses((status = 201, description = "The key, shown once.", body = KeyShownOnce)))]
 async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -172,6 +193,12 @@ async fn revoke_in(conn: &mut AsyncPgConnection, company: i64, id: i64) -> Resul
     Ok(row)
 }
 
+/// A new key with the same name, scopes and user; the old one is revoked.
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/rotate", tag = "keys", params(("id" = i64, Path, minimum = 1, example = 1, description = "The API key's id.")),
+    responses(
+        (status = 201, description = "The new key, shown once.", body = KeyShownOnce),
+        (status = 409, description = "The key is revoked already (`key_revoked`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn rotate(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManageKeys).await?;
     let id = parse_id(&id, "API key")?;
@@ -198,6 +225,12 @@ async fn rotate(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
     Ok(HttpResponse::Created().json(view))
 }
 
+/// Revokes a key, on every replica at once.
+#[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "keys", params(("id" = i64, Path, minimum = 1, example = 1, description = "The API key's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 409, description = "The key is revoked already (`key_revoked`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManageKeys).await?;
     let id = parse_id(&id, "API key")?;

@@ -21,6 +21,7 @@ pub mod llm;
 pub mod logged;
 pub mod matches;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod password;
 pub mod people;
@@ -186,6 +187,7 @@ pub async fn run(
             .configure(recruiting::routes)
             .configure(analysis::routes)
             .configure(admin::routes)
+            .configure(openapi::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))
     })?;

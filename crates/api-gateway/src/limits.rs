@@ -135,6 +135,23 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 ";
 
+/// A company's plan, its limits (0: none) and the month's LLM spend.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LimitsView {
+    pub plan: String,
+    pub company_per_minute: u32,
+    pub credential_per_minute: u32,
+    pub burst: u32,
+    pub llm_concurrency: u32,
+    /// The month's hard limit (0: none).
+    pub llm_budget_usd: f64,
+    pub llm_spent_this_month_usd: f64,
+    /// The models the company may call; `null`: every model the gateway prices.
+    pub allowed_models: Option<Vec<String>>,
+    /// `YYYY-MM` (UTC).
+    pub month: String,
+}
+
 pub struct Limits {
     redis: crate::hot_redis::HotRedis,
     prefix: String,
@@ -354,21 +371,21 @@ impl Limits {
     }
 
     /// The company's plan, limits and the month's spend, for its admins.
-    pub async fn describe(&self, company: i64) -> Result<serde_json::Value, AppError> {
+    pub async fn describe(&self, company: i64) -> Result<LimitsView, AppError> {
         let limits = self.of(company).await?;
         let spent = self.spent(company).await.map_err(|e| AppError::unavailable("Redis", e))?;
         let plan = &limits.plan;
-        Ok(serde_json::json!({
-            "plan": plan.name,
-            "company_per_minute": plan.company_per_minute,
-            "credential_per_minute": plan.credential_per_minute,
-            "burst": plan.burst,
-            "llm_concurrency": plan.llm_concurrency,
-            "llm_budget_usd": limits.budget_usd,
-            "llm_spent_this_month_usd": spent,
-            "allowed_models": limits.allowed_models.as_deref(),
-            "month": Utc::now().format("%Y-%m").to_string(),
-        }))
+        Ok(LimitsView {
+            plan: plan.name.clone(),
+            company_per_minute: plan.company_per_minute,
+            credential_per_minute: plan.credential_per_minute,
+            burst: plan.burst,
+            llm_concurrency: plan.llm_concurrency,
+            llm_budget_usd: limits.budget_usd,
+            llm_spent_this_month_usd: spent,
+            allowed_models: limits.allowed_models.as_deref().map(<[String]>::to_vec),
+            month: Utc::now().format("%Y-%m").to_string(),
+        })
     }
 
     fn spend_key(&self, company: i64) -> String {

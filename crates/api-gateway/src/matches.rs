@@ -33,9 +33,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/cvs/{id}/matches", web::get().to(jobs_for_cv));
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MatchQuery {
+    /// Results, 1-100 (default 10).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `hybrid` (default), `dense` (embeddings only) or `keywords` (BM25 only).
+    #[param(pattern = "^(hybrid|dense|keywords)$")]
     mode: Option<String>,
 }
 
@@ -60,14 +65,61 @@ impl MatchQuery {
 }
 
 /// One (CV, job) result as cv-processor computes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 struct CvMatch {
     cv_id: i64,
     job_id: i64,
     score: f32,
     requirements_met: usize,
     requirements_total: usize,
+    /// Per requirement: whether the CV meets it and the passage that shows it.
     requirements: Value,
+}
+
+/// The CV beside a job's result.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CvCard {
+    id: i64,
+    file_name: String,
+    summary: Option<String>,
+}
+
+/// The job beside a CV's result.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobCard {
+    id: i64,
+    title: String,
+    location: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct MatchedCv {
+    #[serde(flatten)]
+    result: CvMatch,
+    cv: CvCard,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct MatchedJob {
+    #[serde(flatten)]
+    result: CvMatch,
+    job: JobCard,
+}
+
+/// A job's best CVs, best first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CvsForJob {
+    job_id: i64,
+    mode: String,
+    data: Vec<MatchedCv>,
+}
+
+/// A CV's best open jobs, best first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobsForCv {
+    cv_id: i64,
+    mode: String,
+    data: Vec<MatchedJob>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +187,9 @@ async fn cv_cards(state: &AppState, company: i64, ids: &[i64]) -> Result<Vec<(i6
         .await?)
 }
 
+/// The company's best CVs for a job, with the evidence per requirement.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, example = 1, description = "The job's id."), MatchQuery),
+    responses((status = 200, description = "The best CVs.", body = CvsForJob)))]
 async fn cvs_for_job(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -171,18 +226,20 @@ async fn cvs_for_job(
     let ids: Vec<i64> = results.iter().map(|m| m.cv_id).collect();
     let cards = cv_cards(&state, company, &ids).await?;
     // A CV deleted since its vectors were searched has no card: it is left out.
-    let data: Vec<Value> = results
+    let data: Vec<MatchedCv> = results
         .into_iter()
         .filter_map(|m| {
             let (_, file_name, summary) = cards.iter().find(|(id, _, _)| *id == m.cv_id)?;
-            let mut v = serde_json::to_value(&m).ok()?;
-            v["cv"] = json!({"id": m.cv_id, "file_name": file_name, "summary": summary});
-            Some(v)
+            let cv = CvCard { id: m.cv_id, file_name: file_name.clone(), summary: summary.clone() };
+            Some(MatchedCv { result: m, cv })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"job_id": job.id, "mode": mode, "data": data})))
+    Ok(HttpResponse::Ok().json(CvsForJob { job_id: job.id, mode: mode.to_owned(), data }))
 }
 
+/// A CV's best open jobs, with the evidence per requirement.
+#[utoipa::path(get, path = "/api/v1/cvs/{id}/matches", tag = "matches", params(("id" = i64, Path, minimum = 1, example = 1, description = "The CV's id."), MatchQuery),
+    responses((status = 200, description = "The best open jobs.", body = JobsForCv)))]
 async fn jobs_for_cv(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -211,7 +268,7 @@ async fn jobs_for_cv(
             .await?
     };
     if open_jobs.is_empty() {
-        return Ok(HttpResponse::Ok().json(json!({"cv_id": id, "mode": mode, "data": []})));
+        return Ok(HttpResponse::Ok().json(JobsForCv { cv_id: id, mode: mode.to_owned(), data: Vec::new() }));
     }
     let generation = cv_generation(&state, company).await?;
     let keys: Vec<String> = open_jobs.iter().map(|j| key(id, j.id)).collect();
@@ -258,14 +315,13 @@ async fn jobs_for_cv(
     }
     results.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.job_id.cmp(&b.job_id)));
     results.truncate(limit);
-    let data: Vec<Value> = results
+    let data: Vec<MatchedJob> = results
         .into_iter()
         .filter_map(|m| {
             let job = open_jobs.iter().find(|j| j.id == m.job_id)?;
-            let mut v = serde_json::to_value(&m).ok()?;
-            v["job"] = json!({"id": job.id, "title": job.title, "location": job.location});
-            Some(v)
+            let card = JobCard { id: job.id, title: job.title.clone(), location: job.location.clone() };
+            Some(MatchedJob { result: m, job: card })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"cv_id": id, "mode": mode, "data": data})))
+    Ok(HttpResponse::Ok().json(JobsForCv { cv_id: id, mode: mode.to_owned(), data }))
 }

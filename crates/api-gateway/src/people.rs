@@ -53,6 +53,9 @@ fn user_not_found(id: impl std::fmt::Display) -> AppError {
     crate::jobs::not_found("user", id)
 }
 
+/// The company's people, newest first.
+#[utoipa::path(get, path = "/api/v1/users", tag = "people", params(PageQuery),
+    responses((status = 200, description = "A page of people.", body = Page<UserView>)))]
 async fn list_users(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let query: PageQuery = crate::page::query(&req)?;
@@ -67,6 +70,9 @@ async fn list_users(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     Ok(HttpResponse::Ok().json(Page::of(rows, limit, |u| u.id)))
 }
 
+/// A person of the company.
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The user's id.")),
+    responses((status = 200, description = "The person.", body = UserView)))]
 async fn read_user(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -85,14 +91,23 @@ async fn read_user(
     Ok(HttpResponse::Ok().json(user))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserUpdate {
+    /// `owner`, `admin`, `recruiter` or `viewer`; only an owner gives or takes `owner`.
+    #[schema(value_type = Option<Role>)]
     role: Option<String>,
     is_active: Option<bool>,
+    /// At most 200 characters; empty clears it.
+    #[schema(max_length = 200)]
     full_name: Option<String>,
 }
 
+/// Changes a person's role, state or name (owners and admins). A new role or a
+/// deactivation ends their sessions; nobody changes their own role or deactivates
+/// themselves.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The user's id.")), request_body = UserUpdate,
+    responses((status = 200, description = "The person as changed.", body = UserView)))]
 async fn update_user(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -176,7 +191,7 @@ fn user_fields(u: &UserView) -> Value {
     json!({"role": u.role, "is_active": u.is_active, "full_name": u.full_name})
 }
 
-#[derive(Serialize, Queryable, Selectable)]
+#[derive(Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = user_invitations)]
 struct InvitationRow {
     id: i64,
@@ -204,20 +219,29 @@ impl InvitationRow {
     }
 
     fn view(&self) -> Value {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        v["status"] = json!(self.status());
-        v
+        serde_json::to_value(InvitationView { invitation: self.clone(), status: self.status() }).unwrap_or(Value::Null)
     }
+}
+
+/// An invitation as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct InvitationView {
+    #[serde(flatten)]
+    invitation: InvitationRow,
+    /// `pending`, `accepted`, `revoked` or `expired`.
+    status: &'static str,
 }
 
 fn token_digest(token: &str) -> Vec<u8> {
     hash_key(token).to_vec()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewInvitation {
     email: String,
+    /// Only an owner invites owners.
+    #[schema(value_type = Role)]
     role: String,
 }
 
@@ -308,6 +332,13 @@ async fn queue_email(
     Ok(())
 }
 
+/// Invites someone into the company (owners and admins); the invitation email goes to
+/// the outbox.
+#[utoipa::path(post, path = "/api/v1/invitations", tag = "people", request_body = NewInvitation,
+    responses(
+        (status = 201, description = "The invitation.", body = InvitationView),
+        (status = 409, description = "The address has an account (`already_a_user`) or an open invitation (`already_invited`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn invite(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -341,6 +372,9 @@ async fn invite(
     Ok(HttpResponse::Created().json(view))
 }
 
+/// The company's invitations, newest first.
+#[utoipa::path(get, path = "/api/v1/invitations", tag = "people", params(PageQuery),
+    responses((status = 200, description = "A page of invitations.", body = Page<InvitationView>)))]
 async fn list_invitations(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManagePeople).await?;
     let query: PageQuery = crate::page::query(&req)?;
@@ -387,6 +421,13 @@ async fn own_invitation(
     Ok(row)
 }
 
+/// Sends an invitation again with a new token (the old link stops working) and a new
+/// expiry.
+#[utoipa::path(post, path = "/api/v1/invitations/{id}/resend", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The invitation's id.")),
+    responses(
+        (status = 200, description = "The invitation.", body = InvitationView),
+        (status = 409, description = "Accepted or revoked already.", body = crate::openapi::ErrorBody),
+    ))]
 async fn resend(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManagePeople).await?;
     let id = parse_id(&id, "invitation")?;
@@ -425,6 +466,12 @@ async fn resend(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// Revokes an invitation.
+#[utoipa::path(delete, path = "/api/v1/invitations/{id}", tag = "people", params(("id" = i64, Path, minimum = 1, example = 1, description = "The invitation's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 409, description = "Accepted or revoked already.", body = crate::openapi::ErrorBody),
+    ))]
 async fn revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::ManagePeople).await?;
     let id = parse_id(&id, "invitation")?;
@@ -453,7 +500,7 @@ async fn revoke(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Acceptance {
     token: String,
@@ -465,6 +512,14 @@ fn invalid_invitation() -> AppError {
     AppError::bad_request("token", "invalid_invitation", "this invitation is unknown, used, revoked or expired")
 }
 
+/// Accepts an invitation (no credentials): creates the account with this password and
+/// signs it in.
+#[utoipa::path(post, path = "/api/v1/invitations/accept", tag = "people", request_body = Acceptance,
+    responses(
+        (status = 201, description = "The account exists and is signed in.", body = crate::accounts::SessionGrant,
+            headers(("Set-Cookie" = String, description = "The `hh_session` cookie."))),
+        (status = 409, description = "The address has an account already (`already_a_user`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn accept(
     req: HttpRequest,
     state: web::Data<AppState>,

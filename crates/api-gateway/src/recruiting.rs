@@ -40,12 +40,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/interviews/{id}/feedback", web::post().to(give_feedback));
 }
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = applications)]
 struct Application {
     id: i64,
     job_id: i64,
     cv_id: i64,
+    /// `applied`, `screening`, `interview`, `offer`, `hired` or `rejected`.
     stage: String,
     notes: Option<String>,
     created_by: Option<i64>,
@@ -53,21 +54,24 @@ struct Application {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = interviews)]
 struct Interview {
     id: i64,
     application_id: i64,
     scheduled_at: DateTime<Utc>,
     duration_minutes: i32,
+    /// `phone`, `video`, `onsite` or `technical`.
     kind: String,
+    /// `scheduled`, `completed` or `cancelled`.
     status: String,
+    /// User ids.
     participants: Vec<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = interview_feedback)]
 struct Feedback {
     id: i64,
@@ -98,14 +102,21 @@ fn json_of<T: Serialize>(value: &T) -> Result<serde_json::Value, AppError> {
     serde_json::to_value(value).map_err(AppError::internal)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewApplication {
     job_id: i64,
     cv_id: i64,
+    #[schema(max_length = 20000)]
     notes: Option<String>,
 }
 
+/// A CV applies to a job (stage `applied`).
+#[utoipa::path(post, path = "/api/v1/applications", tag = "recruiting", request_body = NewApplication,
+    responses(
+        (status = 201, description = "The application.", body = Application),
+        (status = 409, description = "The CV has an application to the job already (`already_applied`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn apply(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -163,15 +174,26 @@ async fn apply(
     Ok(HttpResponse::Created().json(created))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ApplicationQuery {
+    /// Only applications to this job.
+    #[param(value_type = Option<i64>)]
     job_id: Option<String>,
+    /// Only applications of this CV.
+    #[param(value_type = Option<i64>)]
     cv_id: Option<String>,
+    /// Only applications at this stage.
+    #[param(pattern = "^(applied|screening|interview|offer|hired|rejected)$")]
     stage: Option<String>,
     #[serde(flatten)]
+    #[param(ignore)]
     page: PageQuery,
 }
 
+/// The company's applications, newest first.
+#[utoipa::path(get, path = "/api/v1/applications", tag = "recruiting", params(ApplicationQuery, PageQuery),
+    responses((status = 200, description = "A page of applications.", body = Page<Application>)))]
 async fn list_applications(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::Read).await?;
     let query: ApplicationQuery = crate::page::query(&req)?;
@@ -214,6 +236,9 @@ async fn find_application(
     found.optional()?.ok_or_else(|| not_found("application", id))
 }
 
+/// An application.
+#[utoipa::path(get, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
+    responses((status = 200, description = "The application.", body = Application)))]
 async fn read_application(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -225,13 +250,23 @@ async fn read_application(
     Ok(HttpResponse::Ok().json(find_application(&mut conn, caller.company_id.0, id, false).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApplicationUpdate {
+    /// `applied`, `screening`, `interview`, `offer`, `hired` or `rejected`.
+    #[schema(pattern = "^(applied|screening|interview|offer|hired|rejected)$")]
     stage: Option<String>,
+    #[schema(max_length = 20000)]
     notes: Option<String>,
 }
 
+/// Moves an application to a stage or changes its notes; `hired` and `rejected` are
+/// final.
+#[utoipa::path(patch, path = "/api/v1/applications/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = ApplicationUpdate,
+    responses(
+        (status = 200, description = "The application as changed.", body = Application),
+        (status = 409, description = "The application is hired or rejected already (`final_stage`).", body = crate::openapi::ErrorBody),
+    ))]
 async fn update_application(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -309,14 +344,54 @@ async fn check_participants(conn: &mut AsyncPgConnection, company: i64, ids: &[i
     }
 }
 
-#[derive(Deserialize)]
+/// Changes to an interview.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InterviewInput {
     scheduled_at: Option<DateTime<Utc>>,
+    /// 5-480 (default 60).
+    #[schema(minimum = 5, maximum = 480)]
     duration_minutes: Option<i32>,
+    /// `phone`, `video` (default), `onsite` or `technical`.
+    #[schema(pattern = "^(phone|video|onsite|technical)$")]
     kind: Option<String>,
+    /// `scheduled` (default), `completed` or `cancelled`.
+    #[schema(pattern = "^(scheduled|completed|cancelled)$")]
     status: Option<String>,
+    /// Active people of the company (user ids), at most 20.
+    #[schema(max_items = 20)]
     participants: Option<Vec<i64>>,
+}
+
+/// An interview to schedule.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewInterview {
+    scheduled_at: DateTime<Utc>,
+    /// 5-480 (default 60).
+    #[schema(minimum = 5, maximum = 480)]
+    duration_minutes: Option<i32>,
+    /// `phone`, `video` (default), `onsite` or `technical`.
+    #[schema(pattern = "^(phone|video|onsite|technical)$")]
+    kind: Option<String>,
+    /// `scheduled` (default), `completed` or `cancelled`.
+    #[schema(pattern = "^(scheduled|completed|cancelled)$")]
+    status: Option<String>,
+    /// Active people of the company (user ids), at most 20.
+    #[schema(max_items = 20)]
+    participants: Option<Vec<i64>>,
+}
+
+impl From<NewInterview> for InterviewInput {
+    fn from(new: NewInterview) -> Self {
+        Self {
+            scheduled_at: Some(new.scheduled_at),
+            duration_minutes: new.duration_minutes,
+            kind: new.kind,
+            status: new.status,
+            participants: new.participants,
+        }
+    }
 }
 
 impl InterviewInput {
@@ -336,19 +411,21 @@ impl InterviewInput {
     }
 }
 
+/// Schedules an interview on an application.
+#[utoipa::path(post, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")), request_body = NewInterview,
+    responses((status = 201, description = "The interview.", body = Interview)))]
 async fn schedule(
     req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<InterviewInput>,
+    body: web::Json<NewInterview>,
 ) -> Result<HttpResponse, AppError> {
     let caller = state.allow(&req, Action::WriteJobs).await?;
     let application = parse_id(&id, "application")?;
-    let input = body.into_inner();
+    let new = body.into_inner();
+    let at = new.scheduled_at;
+    let input = InterviewInput::from(new);
     input.check()?;
-    let Some(at) = input.scheduled_at else {
-        return Err(AppError::bad_request("scheduled_at", "missing_field", "`scheduled_at` is required"));
-    };
     let company = caller.company_id.0;
     let audit = Audit::of(&req, &caller);
     let mut conn = state.db.get().await?;
@@ -384,6 +461,9 @@ async fn schedule(
     Ok(HttpResponse::Created().json(created))
 }
 
+/// An application's interviews, earliest first.
+#[utoipa::path(get, path = "/api/v1/applications/{id}/interviews", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
+    responses((status = 200, description = "The interviews.", body = Interviews)))]
 async fn list_interviews(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -399,7 +479,21 @@ async fn list_interviews(
         .select(Interview::as_select())
         .load(&mut conn)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "data": rows })))
+    Ok(HttpResponse::Ok().json(Interviews { data: rows }))
+}
+
+/// An application's interviews.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Interviews {
+    data: Vec<Interview>,
+}
+
+/// An interview with its feedback.
+#[derive(Serialize, utoipa::ToSchema)]
+struct InterviewView {
+    #[serde(flatten)]
+    interview: Interview,
+    feedback: Vec<Feedback>,
 }
 
 async fn find_interview(
@@ -415,6 +509,9 @@ async fn find_interview(
     found.optional()?.ok_or_else(|| not_found("interview", id))
 }
 
+/// An interview, with the interviewers' feedback.
+#[utoipa::path(get, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")),
+    responses((status = 200, description = "The interview.", body = InterviewView)))]
 async fn read_interview(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -430,11 +527,12 @@ async fn read_interview(
         .select(Feedback::as_select())
         .load(&mut conn)
         .await?;
-    let mut view = json_of(&interview)?;
-    view["feedback"] = json_of(&feedback)?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(InterviewView { interview, feedback }))
 }
 
+/// Changes an interview.
+#[utoipa::path(patch, path = "/api/v1/interviews/{id}", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")), request_body = InterviewInput,
+    responses((status = 200, description = "The interview as changed.", body = Interview)))]
 async fn update_interview(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -480,15 +578,25 @@ async fn update_interview(
     Ok(HttpResponse::Ok().json(updated))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FeedbackInput {
+    #[schema(minimum = 1, maximum = 5)]
     rating: i16,
+    /// `strong_no`, `no`, `yes` or `strong_yes`.
+    #[schema(pattern = "^(strong_no|no|yes|strong_yes)$")]
     recommendation: String,
     #[serde(default)]
+    #[schema(max_length = 20000)]
     comments: String,
 }
 
+/// The signed-in interviewer's feedback on an interview (given again, it replaces theirs).
+#[utoipa::path(post, path = "/api/v1/interviews/{id}/feedback", tag = "recruiting", params(("id" = i64, Path, minimum = 1, example = 1, description = "The interview's id.")), request_body = FeedbackInput,
+    responses(
+        (status = 201, description = "The feedback.", body = Feedback),
+        (status = 400, description = "A key without a user (`not_a_user`), or a field out of range.", body = crate::openapi::ErrorBody),
+    ))]
 async fn give_feedback(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -373,3 +373,34 @@ async fn metrics_and_admin_routes_are_served_on_the_internal_port_only() -> anyh
     }
     stack.stop().await
 }
+
+/// PostgreSQL text cannot hold NUL: a filter, a field or a sign-in address with one is
+/// a 400 naming it, not a failed query (a schemathesis run found the audit filter's 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_with_a_nul_character_is_refused_by_name() -> anyhow::Result<()> {
+    let stack = Stack::start(Options { with_worker: false, ..Options::default() }).await?;
+    let team = common::team::team(&stack, "Nul Ltd").await?;
+    let owner = &team.owner.token;
+    let res =
+        stack.http.get(format!("{}/api/v1/audit?action=job%00create", stack.url)).bearer_auth(owner).send().await?;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await?["error"]["param"], "action");
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/jobs", stack.url))
+        .bearer_auth(owner)
+        .json(&json!({"title": "Back\u{0}end", "requirements": ["Rust"]}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await?["error"]["param"], "title");
+    let res = stack
+        .http
+        .post(format!("{}/api/v1/auth/login", stack.url))
+        .json(&json!({"email": "ada\u{0}@example.com", "password": "whatever it is"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await?["error"]["param"], "email");
+    stack.stop().await
+}

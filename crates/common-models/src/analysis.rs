@@ -45,6 +45,7 @@ impl Task for AnalyzeApplication {
 
 /// Where an analysis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AnalysisStatus {
     Queued,
@@ -89,6 +90,7 @@ pub struct AnalysisStatusEvent {
 
 /// An analysis as the API shows it (and as the cache keeps a finished one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnalysisView {
     pub id: i64,
     pub application_id: i64,
@@ -107,6 +109,7 @@ pub struct AnalysisView {
 
 /// What the assessment says of a requirement of the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RequirementCheck {
     pub requirement: String,
@@ -117,11 +120,14 @@ pub struct RequirementCheck {
 
 /// The structured assessment the LLM must return: exactly these fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Assessment {
     /// Fit of the CV for the job, 0–100.
+    #[cfg_attr(feature = "openapi", schema(maximum = 100))]
     pub score: u8,
     /// `strong_no`, `no`, `yes` or `strong_yes` (the scale of interview feedback).
+    #[cfg_attr(feature = "openapi", schema(example = "yes"))]
     pub recommendation: String,
     pub summary: String,
     pub strengths: Vec<String>,

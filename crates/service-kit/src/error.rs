@@ -271,14 +271,20 @@ pub fn json_config(limit: usize) -> actix_web::web::JsonConfig {
             JsonPayloadError::ContentType => {
                 AppError::bad_body("invalid_content_type", "Content-Type must be application/json")
             }
-            JsonPayloadError::Deserialize(e) => match unknown_field(&e.to_string()) {
-                Some(field) => AppError::bad_request(
-                    field.clone(),
-                    "unknown_field",
-                    format!("`{field}` is not a field this request takes; it was not applied"),
-                ),
-                None => AppError::bad_body("invalid_json", format!("invalid request body: {e}")),
-            },
+            JsonPayloadError::Deserialize(e) => {
+                let message = e.to_string();
+                match (unknown_field(&message), named_field("missing field `", &message)) {
+                    (Some(field), _) => AppError::bad_request(
+                        field.clone(),
+                        "unknown_field",
+                        format!("`{field}` is not a field this request takes; it was not applied"),
+                    ),
+                    (None, Some(field)) => {
+                        AppError::bad_request(field.clone(), "missing_field", format!("`{field}` is required"))
+                    }
+                    (None, None) => AppError::bad_body("invalid_json", format!("invalid request body: {e}")),
+                }
+            }
             other => AppError::bad_body("invalid_body", format!("invalid request body: {other}")),
         };
         actix_web::error::InternalError::from_response(err, api.error_response()).into()
@@ -288,7 +294,12 @@ pub fn json_config(limit: usize) -> actix_web::web::JsonConfig {
 /// The field serde names in "unknown field `x`, expected …" (a body carrying a field
 /// the route does not take: `company_id`, `role`, …, never silently dropped).
 fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+    named_field("unknown field `", message)
+}
+
+/// The field serde names after `prefix` ("missing field `x`", "unknown field `x`, …").
+fn named_field(prefix: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
     rest.split_once('`').map(|(field, _)| field.to_owned())
 }
 
@@ -345,5 +356,7 @@ mod tests {
         let err = serde_json::from_str::<Input>(r#"{"title":"x","company_id":7}"#).unwrap_err();
         assert_eq!(unknown_field(&err.to_string()).as_deref(), Some("company_id"));
         assert_eq!(unknown_field("missing field `title`"), None);
+        let err = serde_json::from_str::<Input>("{}").unwrap_err();
+        assert_eq!(named_field("missing field `", &err.to_string()).as_deref(), Some("title"));
     }
 }

@@ -27,6 +27,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions));
 }
 
+/// An OpenAI-compatible chat completion, forwarded to the upstream LLM and answered
+/// with exactly what it sent (server-sent events with `"stream": true`). A repeated
+/// deterministic request (temperature 0, one choice, not streamed) may be answered from
+/// the cache (`X-Cache: hit`). Every call is logged with its tokens, cost and latency.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "llm",
+    params(
+        ("X-Action" = Option<String>, Header, pattern = "^[A-Za-z0-9_.:-]{1,100}$",
+            description = "What the call is for (default `chat_completion`), kept with its log row."),
+        ("X-Interview-Id" = Option<i64>, Header, minimum = 1,
+            description = "The interview the call is about: one of the company's."),
+    ),
+    request_body = request::ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The upstream's answer.",
+            content(
+                (request::ChatCompletion = "application/json"),
+                (crate::openapi::SseEvent = "text/event-stream"),
+            ),
+            headers(("X-Cache" = String, description = "`hit` when answered from the cache."))),
+        (status = 400, description = "A malformed request, a model not served here (`model_not_allowed`), a bad header, or an interview not of the company (`unknown_interview`).", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The upstream could not be reached, refused the gateway's credentials, or answered more than the gateway relays.", body = crate::openapi::ErrorBody),
+        (status = 504, description = "The upstream did not answer in time.", body = crate::openapi::ErrorBody),
+        (status = "4XX", description = "The upstream's own refusal of the request, relayed as it sent it."),
+    ))]
 async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,

@@ -13,6 +13,51 @@ pub const INTERVIEW_ID_HEADER: &str = "x-interview-id";
 pub const ACTION_HEADER: &str = "x-action";
 pub const DEFAULT_ACTION: &str = "chat_completion";
 
+/// The request as the gateway checks it; any other field goes upstream untouched.
+#[derive(utoipa::ToSchema)]
+#[schema(examples(json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+    {"role": "user", "content": "Summarise this CV in two sentences: …"}
+]})))]
+#[allow(dead_code)]
+pub struct ChatCompletionRequest {
+    /// A model the gateway serves (with its dated versions).
+    #[schema(min_length = 1)]
+    model: String,
+    /// Objects with a string `role`; at least one.
+    #[schema(min_items = 1)]
+    messages: Vec<ChatMessage>,
+    stream: Option<bool>,
+    /// 1 to the gateway's cap.
+    #[schema(minimum = 1)]
+    max_tokens: Option<u64>,
+    #[schema(minimum = 1)]
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    /// Choices, 1 to the gateway's cap (each is billed).
+    #[schema(minimum = 1)]
+    n: Option<u64>,
+}
+
+/// One message of a conversation.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, …
+    role: String,
+    content: Option<serde_json::Value>,
+}
+
+/// The upstream's answer, relayed unchanged (the fields the gateway reads).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ChatCompletion {
+    id: Option<String>,
+    model: Option<String>,
+    choices: Vec<serde_json::Value>,
+    /// Tokens counted, for the log and the cost.
+    usage: Option<serde_json::Value>,
+}
+
 /// A validated request. The body is forwarded as the client sent it; only a stream
 /// request is rewritten (to ask for usage).
 pub struct ChatRequest {
