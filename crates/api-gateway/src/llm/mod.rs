@@ -47,6 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ),
             headers(("X-Cache" = String, description = "`hit` when answered from the cache."))),
         (status = 400, description = "A malformed request, a model not served here (`model_not_allowed`), a bad header, or an interview not of the company (`unknown_interview`).", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The caller's role or key scopes do not allow LLM calls (`insufficient_role`, `insufficient_scope`), or the model is not one the company may call (`model_not_allowed`).", body = crate::openapi::ErrorBody),
         (status = 502, description = "The upstream could not be reached, refused the gateway's credentials, or answered more than the gateway relays.", body = crate::openapi::ErrorBody),
         (status = 504, description = "The upstream did not answer in time.", body = crate::openapi::ErrorBody),
         (status = "4XX", description = "The upstream's own refusal of the request, relayed as it sent it."),
