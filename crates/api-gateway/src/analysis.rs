@@ -68,6 +68,8 @@ impl Row {
     }
 }
 
+/// Queues an LLM analysis of the application's CV against its job. The analysis is
+/// made through the company's own LLM budget; read it at its `Location`.
 #[utoipa::path(post, path = "/api/v1/applications/{id}/analysis", tag = "recruiting",
     params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id.")),
     responses(
@@ -146,6 +148,8 @@ fn emit(state: &AppState, company: CompanyId, view: &AnalysisView) {
     }));
 }
 
+/// An analysis: its status, and once completed its assessment (score, recommendation,
+/// summary, strengths, concerns, requirements met).
 #[utoipa::path(get, path = "/api/v1/analyses/{id}", tag = "recruiting",
     params(("id" = i64, Path, minimum = 1, example = 1, description = "The analysis's id.")),
     responses((status = 200, description = "The analysis (a finished one from the cache: `x-cache: hit`).", body = AnalysisView,
@@ -185,6 +189,7 @@ async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Resu
         .ok_or_else(|| not_found("analysis", id))
 }
 
+/// The application's analyses, newest first.
 #[utoipa::path(get, path = "/api/v1/applications/{id}/analyses", tag = "recruiting",
     params(("id" = i64, Path, minimum = 1, example = 1, description = "The application's id."), PageQuery),
     responses((status = 200, description = "A page of the application's analyses, newest first.", body = Page<AnalysisView>)))]
