@@ -13,7 +13,7 @@ CREATE TABLE analysis_results (
     -- The assessment (checked against its schema before it is stored).
     result          JSONB,
     failure_reason  TEXT,
-    -- LLM calls made (a malformed answer is asked again).
+    -- LLM answers it took (a malformed answer is asked again).
     attempts        INT NOT NULL DEFAULT 0,
     latency_ms      INT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),

@@ -179,6 +179,27 @@ async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String
     Ok(HttpResponse::Ok().content_type("application/json").insert_header(("x-cache", "miss")).body(body))
 }
 
+/// The analyses of the company's applications from CV `cv`.
+pub async fn of_cv(conn: &mut AsyncPgConnection, company: i64, cv: i64) -> diesel::QueryResult<Vec<i64>> {
+    analysis_results::table
+        .inner_join(applications::table.on(applications::id.eq(analysis_results::application_id)))
+        .filter(applications::cv_id.eq(cv).and(applications::company_id.eq(company)))
+        .select(analysis_results::id)
+        .load(conn)
+        .await
+}
+
+/// Removes deleted analyses from the cache, so a deleted candidate's assessment is not
+/// served from there for the rest of its 7 days.
+pub async fn forget_cached(state: &AppState, company: CompanyId, ids: &[i64]) {
+    let Some(cache) = &state.cache else { return };
+    for id in ids {
+        if !cache.delete(CACHE_NAMESPACE, &cache_key(company, *id)).await {
+            tracing::warn!(analysis_id = id, "a deleted analysis could not be removed from the cache");
+        }
+    }
+}
+
 async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Result<Row, AppError> {
     analysis_results::table
         .filter(analysis_results::id.eq(id).and(analysis_results::company_id.eq(company.0)))

@@ -11,7 +11,8 @@
 //! cv-processor calls the LLM route in a company's name (analyses): it sends the
 //! internal service key as its bearer token and names the company (and the person who
 //! asked) in [`ON_BEHALF_OF_COMPANY`] / [`ON_BEHALF_OF_USER`]. Such a caller is a
-//! recruiter holding only the `llm` scope: the service key reaches nothing else.
+//! recruiter holding only the `llm` scope, and the key is refused (403) on every other
+//! route.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -99,8 +100,11 @@ const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The company a service call acts for.
 pub const ON_BEHALF_OF_COMPANY: &str = "x-on-behalf-of-company";
-/// The person a service call acts for, when a person asked.
+/// The person a service call acts for, when a person asked (recorded with the call's
+/// log row; the service is trusted to name a person of the company).
 pub const ON_BEHALF_OF_USER: &str = "x-on-behalf-of-user";
+/// The one route the service key reaches.
+const SERVICE_ROUTE: &str = "/v1/chat/completions";
 
 pub struct Authenticator {
     pool: PgPool,
@@ -172,7 +176,7 @@ impl Authenticator {
             return;
         }
         match self.sessions.auth_failed(ip).await {
-            Ok((count, left)) if count >= self.max_failures => {
+            Ok((count, left)) if count >= self.max_failures && !left.is_zero() => {
                 let since =
                     Instant::now().checked_sub(THROTTLE_WINDOW.saturating_sub(left)).unwrap_or_else(Instant::now);
                 if let Ok(mut failures) = self.failures.write() {
@@ -239,6 +243,10 @@ impl Authenticator {
         }
         let digest = hash_key(token);
         if self.service_key == Some(digest) {
+            if req.path() != SERVICE_ROUTE {
+                return Err(AppError::forbidden("the service key is good for LLM calls in a company's name only")
+                    .with_code("insufficient_scope"));
+            }
             return Ok(on_behalf_of(req)?.attached_to(req));
         }
         if !well_formed(token, KEY_PREFIX) {

@@ -445,8 +445,10 @@ async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
     let audit = Audit::of(&req, &caller);
     let company = caller.company_id.0;
     let mut conn = state.db.get().await?;
-    let key: String = conn
+    let (key, analyses): (String, Vec<i64>) = conn
         .transaction::<_, AppError, _>(async move |conn| {
+            // Its applications' analyses go with it (cascade); their cached copies too.
+            let analyses = crate::analysis::of_cv(conn, company, id).await?;
             let target = cvs::table.filter(cvs::id.eq(id).and(cvs::company_id.eq(company)));
             let (key, file_name): (String, String) = diesel::delete(target)
                 .returning((cvs::storage_key, cvs::file_name))
@@ -462,11 +464,12 @@ async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<Stri
                 after: None,
             };
             audit.write(conn, change).await?;
-            Ok(key)
+            Ok((key, analyses))
         })
         .await?;
     drop(conn);
     crate::api_cache::changed(&state, company).await;
+    crate::analysis::forget_cached(&state, caller.company_id, &analyses).await;
     // Its vectors are cv-processor's to remove.
     state.producer.publish(&ForgetCv { cv_id: CvId(id), company_id: caller.company_id });
     // The row is gone, so the CV is gone for every reader; a file left behind by a

@@ -26,6 +26,21 @@ pub const TOKEN_PREFIX: &str = "hhs_";
 pub const COOKIE: &str = "hh_session";
 const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
+/// One more failure in a window that starts with the first: (failures, ms left).
+static COUNT_FAILURE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local count = redis.call('INCR', KEYS[1])
+        local left = redis.call('PTTL', KEYS[1])
+        if left < 0 then
+            redis.call('PEXPIRE', KEYS[1], ARGV[1])
+            left = tonumber(ARGV[1])
+        end
+        return {count, left}
+        ",
+    )
+});
+
 /// What a session stands for. The role is copied in so a request costs no database
 /// query; changing a user's role ends their sessions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,22 +201,13 @@ impl Sessions {
     }
 
     /// Counts a failed API-key authentication from `address` for every replica; returns
-    /// the failures in the address's window and the time left in it.
+    /// the failures in the address's window and the time left in it. One script, so a
+    /// window cannot lapse between the count and its expiry.
     pub async fn auth_failed(&self, address: IpAddr) -> redis::RedisResult<(u32, Duration)> {
         let key = format!("{}auth_failures:address:{address}", self.prefix);
         let mut conn = self.redis.conn().await?;
-        let (count, pttl): (u32, i64) = redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(0)
-            .arg("EX")
-            .arg(THROTTLE_WINDOW.as_secs())
-            .arg("NX")
-            .ignore()
-            .incr(&key, 1)
-            .pttl(&key)
-            .query_async(&mut conn)
-            .await?;
+        let (count, pttl): (u32, i64) =
+            COUNT_FAILURE.key(&key).arg(THROTTLE_WINDOW.as_millis() as u64).invoke_async(&mut conn).await?;
         Ok((count, Duration::from_millis(u64::try_from(pttl).unwrap_or(0))))
     }
 

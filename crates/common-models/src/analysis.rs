@@ -99,7 +99,8 @@ pub struct AnalysisView {
     pub model: Option<String>,
     pub result: Option<Assessment>,
     pub failure_reason: Option<String>,
-    /// LLM calls made for it (a malformed answer is asked again).
+    /// LLM answers it took (a malformed answer is asked again; a call the gateway did
+    /// not answer is retried and not counted).
     pub attempts: i32,
     /// Time spent in LLM calls, all attempts together.
     pub latency_ms: Option<i32>,

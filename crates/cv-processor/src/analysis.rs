@@ -32,7 +32,8 @@ pub struct AnalysisSettings {
     /// The gateway's base URL (its `/v1/chat/completions`).
     pub gateway_url: String,
     pub model: String,
-    /// LLM calls per analysis (a malformed answer is asked again).
+    /// LLM answers per analysis (a malformed answer is asked again); calls the gateway
+    /// did not answer do not count.
     pub max_attempts: u32,
     #[serde(deserialize_with = "service_kit::config::duration")]
     pub timeout: Duration,
@@ -144,14 +145,15 @@ impl Context {
                 }
                 Call::Later(reason) => {
                     self.metrics.analysis_calls.with_label_values(&["unavailable"]).inc();
-                    // The calls made so far count; the queue retries the task.
-                    self.save_attempts(task, attempts).await?;
+                    // Not an answer: it does not count. The answered calls so far do;
+                    // the queue retries the task (and fails it once it gives up).
+                    self.save_attempts(task, attempts - 1).await?;
                     return Err(HandlerError::Transient(reason));
                 }
             }
         }
         let reason = if last_problem.is_empty() {
-            format!("no attempts left ({} LLM calls made)", attempts)
+            format!("no attempts left ({attempts} answers from the LLM)")
         } else {
             format!("the model's answer did not match the assessment schema after {attempts} attempts: {last_problem}")
         };

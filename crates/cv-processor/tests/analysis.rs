@@ -172,9 +172,21 @@ async fn an_analysis_runs_through_the_gateway_and_is_stored_cached_logged_and_an
     let jobs = format!("{}/api/v1/jobs", stack.url);
     let res = stack.http.get(&jobs).bearer_auth(SERVICE_KEY).header("x-on-behalf-of-company", company.to_string());
     assert_eq!(res.send().await.unwrap().status().as_u16(), 403, "the service key reached a business route");
-    let (status, err) = stack.get(SERVICE_KEY, "/api/v1/jobs").await.unwrap();
-    assert_eq!(status, 400, "{err}");
-    assert_eq!(err["error"]["param"], "x-on-behalf-of-company");
+    for (method, route) in [(Method::GET, "/api/v1/me"), (Method::POST, "/api/v1/auth/logout")] {
+        let res = stack.http.request(method, format!("{}{route}", stack.url)).bearer_auth(SERVICE_KEY);
+        let res = res.header("x-on-behalf-of-company", company.to_string()).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 403, "{route}");
+    }
+    let res = stack.http.post(format!("{}/v1/chat/completions", stack.url)).bearer_auth(SERVICE_KEY);
+    let err: Value =
+        res.json(&json!({"model": "gpt-4o-mini", "messages": []})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(err["error"]["param"], "x-on-behalf-of-company", "{err}");
+
+    // Deleting the CV deletes its applications' analyses, from the cache too.
+    let (_, application) = stack.get(&key, &format!("/api/v1/applications/{app}")).await.unwrap();
+    let cv_id = application["cv_id"].as_i64().unwrap();
+    assert_eq!(stack.send(&key, Method::DELETE, &format!("/api/v1/cvs/{cv_id}"), None).await.unwrap().0, 204);
+    assert_eq!(stack.get(&key, &format!("/api/v1/analyses/{id}")).await.unwrap().0, 404);
     stack.stop().await.unwrap();
 }
 

@@ -74,7 +74,7 @@ async fn chat_completions(
         ));
     }
     if let Some(allowed) = state.limits.allowed_models(caller.company_id.0).await
-        && pricing::best_match(&allowed, &chat.model, String::as_str).is_none()
+        && !pricing::listed(&allowed, &chat.model)
     {
         return Err(AppError::forbidden(format!(
             "model `{}` is not one this company may call: {}",

@@ -52,9 +52,33 @@ pub fn best_match<'a, T>(entries: &'a [T], model: &str, name: impl Fn(&T) -> &st
         .or_else(|| entries.iter().filter(|e| model.starts_with(name(e))).max_by_key(|e| name(e).len()))
 }
 
+/// Whether a company's list allows `model`: a name on it, or a dated version of one
+/// (`gpt-4o-mini-2024-07-18` for `gpt-4o-mini`), but not another model that merely
+/// starts the same (`gpt-4o-audio-preview` for `gpt-4o`).
+pub fn listed(allowed: &[String], model: &str) -> bool {
+    allowed.iter().any(|name| {
+        model == name || model.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('-')).is_some_and(is_date)
+    })
+}
+
+/// `YYYY-MM-DD`.
+fn is_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_company_list_takes_its_names_and_their_dated_versions_only() {
+        let allowed = ["gpt-4o".to_owned()];
+        assert!(listed(&allowed, "gpt-4o") && listed(&allowed, "gpt-4o-2024-08-06"));
+        assert!(!listed(&allowed, "gpt-4o-mini") && !listed(&allowed, "gpt-4o-audio-preview"));
+        assert!(!listed(&allowed, "gpt-4o-2024-08") && !listed(&allowed, "gpt-4"));
+    }
 
     fn table() -> PriceTable {
         PriceTable {
