@@ -124,6 +124,16 @@ headhunter is running (stop it with: make stop-all)
     | sed -E 's/.*"id":([0-9]+).*/\\1/')
   curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/jobs/\$JOB/matches?limit=5" -H "Authorization: Bearer \$KEY"
 
+   An application of a processed CV to the job, and the LLM's assessment of it (asked
+   through the gateway, so logged and costed; the simulator answers from the schema):
+
+  CV=\$(curl -s "http://127.0.0.1:$GATEWAY_PORT/api/v1/cvs?limit=1" -H "Authorization: Bearer \$KEY" \\
+    | sed -E 's/^\{"data":\[\{"id":([0-9]+).*/\1/')
+  APP=\$(curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/applications -H "Authorization: Bearer \$KEY" \\
+    -H 'Content-Type: application/json' -d "{\\"job_id\\": \$JOB, \\"cv_id\\": \$CV}" | sed -E 's/^\{"id":([0-9]+).*/\1/')
+  curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/applications/\$APP/analysis -H "Authorization: Bearer \$KEY"
+  curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/applications/\$APP/analyses -H "Authorization: Bearer \$KEY"
+
 5. People: a company whose owner is invited, accepts with a password (signed in at
    once), signs in again later and reads the audit trail (invitations for others go
    to the email_outbox table; no mail server runs here):
