@@ -10,6 +10,7 @@
 #   SCHEMATHESIS_SEED      a seed, to repeat a run
 #   SCHEMATHESIS_CHECKS    the checks (default: no 5xx; status, content type, headers
 #                          and schema as documented)
+#   SCHEMATHESIS_KEEP=1    keep the run's databases and Redis keys afterwards
 #
 # Left out of the run:
 #   GET /api/v1/cvs/events      server-sent events: the stream never ends, schemathesis
@@ -62,9 +63,18 @@ done
 rm -rf "$RUN_DIR"
 mkdir -p "$RUN_DIR"
 pids=()
+# On the way out: the services stop, and their databases and Redis keys go (kept with
+# SCHEMATHESIS_KEEP=1, to look at what a failing run left).
 stop() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ "${SCHEMATHESIS_KEEP:-0}" = 1 ] && return
+  for db in "$MAIN_DB" "$ANALYTICS_DB"; do
+    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+  done
+  if command -v redis-cli >/dev/null 2>&1; then
+    redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -u "$REDIS_URL" DEL >/dev/null || true
+  fi
 }
 trap stop EXIT
 
