@@ -4,9 +4,9 @@
 //! The call goes through the gateway's `/v1/chat/completions` in the company's name,
 //! so it is logged, costed, rate-limited and budgeted like every other call. An answer
 //! that does not match the schema is asked again (a little warmer, so it is not the
-//! gateway's cached answer), up to `max_attempts` calls; then the analysis fails with
-//! the reason. A budget or permission refusal fails it at once; an unreachable or
-//! overloaded gateway is retried by the queue.
+//! gateway's cached answer), up to `max_attempts` answers; then the analysis fails
+//! with the reason. A budget or permission refusal fails it at once; an unreachable or
+//! overloaded gateway is retried by the queue (not counted as an answer).
 
 use std::time::{Duration, Instant};
 
