@@ -9,9 +9,9 @@
 //! - `GET /api/v1/applications/{id}/analyses`: the application's analyses, newest first.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common_models::analysis::{
-    AnalysisStatus, AnalysisStatusEvent, AnalysisView, AnalyzeApplication, CACHE_NAMESPACE, CACHE_TTL, cache_key,
+    AnalysisRow, AnalysisStatusEvent, AnalysisView, AnalyzeApplication, CACHE_NAMESPACE, CACHE_TTL, cache_key,
 };
 use common_models::cv::{CvStatus, StatusEvent};
 use common_models::ids::CompanyId;
@@ -33,39 +33,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/analyses/{id}", web::get().to(read));
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = analysis_results)]
-struct Row {
-    id: i64,
-    application_id: i64,
-    status: String,
-    model: Option<String>,
-    result: Option<serde_json::Value>,
-    failure_reason: Option<String>,
-    attempts: i32,
-    latency_ms: Option<i32>,
-    created_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-}
-
-impl Row {
-    fn view(self) -> Result<AnalysisView, AppError> {
-        let status = AnalysisStatus::parse(&self.status)
-            .ok_or_else(|| AppError::internal(anyhow::anyhow!("analysis {} has status {:?}", self.id, self.status)))?;
-        let result = self.result.map(serde_json::from_value).transpose().map_err(AppError::internal)?;
-        Ok(AnalysisView {
-            id: self.id,
-            application_id: self.application_id,
-            status,
-            model: self.model,
-            result,
-            failure_reason: self.failure_reason,
-            attempts: self.attempts,
-            latency_ms: self.latency_ms,
-            created_at: self.created_at,
-            completed_at: self.completed_at,
-        })
-    }
+/// An analysis row as the API shows it; a row the schema should have refused is a 500.
+fn view_of(row: AnalysisRow) -> Result<AnalysisView, AppError> {
+    row.view().map_err(AppError::internal)
 }
 
 /// Queues an LLM analysis of the application's CV against its job. The analysis is
@@ -103,13 +73,13 @@ async fn request(
                     format!("the application's CV is {cv_status}; it can be analysed once it is processed"),
                 ));
             }
-            let row: Row = diesel::insert_into(analysis_results::table)
+            let row: AnalysisRow = diesel::insert_into(analysis_results::table)
                 .values((
                     analysis_results::company_id.eq(company.0),
                     analysis_results::application_id.eq(application),
                     analysis_results::requested_by.eq(user.map(|u| u.0)),
                 ))
-                .returning(Row::as_returning())
+                .returning(AnalysisRow::as_returning())
                 .get_result(conn)
                 .await?;
             let change = Change {
@@ -124,7 +94,7 @@ async fn request(
         })
         .await?;
     drop(conn);
-    let view = row.view()?;
+    let view = view_of(row)?;
     state.producer.publish(&AnalyzeApplication {
         analysis_id: view.id,
         application_id: application,
@@ -169,7 +139,7 @@ async fn read(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String
     let mut conn = state.db.get().await?;
     let row = find(&mut conn, caller.company_id, id).await?;
     drop(conn);
-    let view = row.view()?;
+    let view = view_of(row)?;
     let body = serde_json::to_vec(&view).map_err(AppError::internal)?;
     if view.status.is_final()
         && let Some(cache) = &state.cache
@@ -200,10 +170,10 @@ pub async fn forget_cached(state: &AppState, company: CompanyId, ids: &[i64]) {
     }
 }
 
-async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Result<Row, AppError> {
+async fn find(conn: &mut AsyncPgConnection, company: CompanyId, id: i64) -> Result<AnalysisRow, AppError> {
     analysis_results::table
         .filter(analysis_results::id.eq(id).and(analysis_results::company_id.eq(company.0)))
-        .select(Row::as_select())
+        .select(AnalysisRow::as_select())
         .first(conn)
         .await
         .optional()?
@@ -236,9 +206,9 @@ async fn list(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String
     if let Some(after) = after {
         q = q.filter(analysis_results::id.lt(after));
     }
-    let rows: Vec<Row> =
-        q.order(analysis_results::id.desc()).limit(limit + 1).select(Row::as_select()).load(&mut conn).await?;
+    let rows: Vec<AnalysisRow> =
+        q.order(analysis_results::id.desc()).limit(limit + 1).select(AnalysisRow::as_select()).load(&mut conn).await?;
     drop(conn);
-    let views = rows.into_iter().map(Row::view).collect::<Result<Vec<_>, _>>()?;
+    let views = rows.into_iter().map(view_of).collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(Page::of(views, limit, |v| v.id)))
 }

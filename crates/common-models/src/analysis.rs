@@ -108,6 +108,45 @@ pub struct AnalysisView {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// An `analysis_results` row, as both services read it back.
+#[cfg(feature = "diesel")]
+#[derive(Debug, Clone, diesel::Queryable, diesel::Selectable)]
+#[diesel(table_name = crate::schema::main::analysis_results)]
+pub struct AnalysisRow {
+    pub id: i64,
+    pub application_id: i64,
+    pub status: String,
+    pub model: Option<String>,
+    pub result: Option<Value>,
+    pub failure_reason: Option<String>,
+    pub attempts: i32,
+    pub latency_ms: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(feature = "diesel")]
+impl AnalysisRow {
+    /// The row as the API shows it; an error for a status or result the schema refuses.
+    pub fn view(self) -> anyhow::Result<AnalysisView> {
+        let status = AnalysisStatus::parse(&self.status)
+            .ok_or_else(|| anyhow::anyhow!("analysis {} has status {:?}", self.id, self.status))?;
+        let result = self.result.map(serde_json::from_value).transpose()?;
+        Ok(AnalysisView {
+            id: self.id,
+            application_id: self.application_id,
+            status,
+            model: self.model,
+            result,
+            failure_reason: self.failure_reason,
+            attempts: self.attempts,
+            latency_ms: self.latency_ms,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
 /// What the assessment says of a requirement of the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

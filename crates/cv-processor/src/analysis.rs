@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use common_models::analysis::{
-    AnalysisStatus, AnalysisStatusEvent, AnalysisView, AnalyzeApplication, Assessment, CACHE_NAMESPACE, CACHE_TTL,
+    AnalysisRow, AnalysisStatus, AnalysisStatusEvent, AnalyzeApplication, Assessment, CACHE_NAMESPACE, CACHE_TTL,
     assessment_schema, cache_key,
 };
 use common_models::cv::{CvStatus, StatusEvent, events};
@@ -81,19 +81,6 @@ enum Call {
     /// Try again later (gateway unreachable, overloaded, rate-limited).
     Later(String),
 }
-
-/// An analysis row, as read back after a change.
-type ViewRow = (
-    i64,
-    String,
-    Option<String>,
-    Option<Value>,
-    Option<String>,
-    i32,
-    Option<i32>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
 
 impl Context {
     /// Runs one analysis; `false` when it was finished (or deleted) already.
@@ -299,7 +286,7 @@ impl Context {
             analysis_results::table.filter(analysis_results::id.eq(task.analysis_id).and(
                 analysis_results::status.eq_any([AnalysisStatus::Queued.as_str(), AnalysisStatus::Running.as_str()]),
             ));
-        let row: Option<ViewRow> = diesel::update(target)
+        let row: Option<AnalysisRow> = diesel::update(target)
             .set((
                 analysis_results::status.eq(status.as_str()),
                 analysis_results::result.eq(result),
@@ -310,41 +297,21 @@ impl Context {
                 analysis_results::updated_at.eq(diesel::dsl::now),
                 analysis_results::completed_at.eq(diesel::dsl::now),
             ))
-            .returning((
-                analysis_results::id,
-                analysis_results::status,
-                analysis_results::model,
-                analysis_results::result,
-                analysis_results::failure_reason,
-                analysis_results::attempts,
-                analysis_results::latency_ms,
-                analysis_results::created_at,
-                analysis_results::completed_at,
-            ))
+            .returning(AnalysisRow::as_returning())
             .get_result(&mut conn)
             .await
             .optional()
             .map_err(transient)?;
         drop(conn);
-        let Some((id, _, model, result, failure_reason, attempts, latency_ms, created_at, completed_at)) = row else {
+        let Some(row) = row else {
             self.metrics.already_done.inc();
             return Ok(false);
         };
+        let view = row.view().map_err(|e| HandlerError::Rejected(format!("{e:#}")))?;
+        let id = view.id;
         self.metrics.analyses.with_label_values(&[status.as_str()]).inc();
         tracing::info!(analysis_id = id, company_id = %task.company_id, status = status.as_str(),
-            reason = reason.as_deref().unwrap_or(""), attempts, "analysis finished");
-        let view = AnalysisView {
-            id,
-            application_id: task.application_id,
-            status,
-            model,
-            result: result.and_then(|r| serde_json::from_value(r).ok()),
-            failure_reason,
-            attempts,
-            latency_ms,
-            created_at,
-            completed_at,
-        };
+            reason = reason.as_deref().unwrap_or(""), attempts = view.attempts, "analysis finished");
         if let (Some(cache), Ok(bytes)) = (&self.analyst.cache, serde_json::to_vec(&view)) {
             cache.put(CACHE_NAMESPACE, &cache_key(task.company_id, id), bytes.into(), Some(CACHE_TTL)).await;
         }
