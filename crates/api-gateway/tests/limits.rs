@@ -89,25 +89,11 @@ async fn each_key_has_its_own_allowance_and_an_operator_changes_a_companys_plan(
     // Unlimited: no headers, no refusals.
     let res = get(&stack, &stack.url, &key).await;
     assert!(res.headers().get("ratelimit-limit").is_none());
-    let res = stack
-        .http
-        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
-        .bearer_auth(common::ADMIN_KEY)
-        .json(&json!({"plan": "three-per-key"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = stack
-        .http
-        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
-        .bearer_auth(common::ADMIN_KEY)
-        .json(&json!({"plan": "gold"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], "plan");
+    let (status, answer) = patch_company(&stack, company, json!({"plan": "three-per-key"})).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = patch_company(&stack, company, json!({"plan": "gold"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["param"], "plan");
     // A second key of the same company.
     let mut conn = stack.main_db.connect().await.unwrap();
     let (second_key, prefix, digest) = api_gateway::auth::generate_key().unwrap();
@@ -136,16 +122,22 @@ async fn spent(stack: &Stack, token: &str) -> f64 {
     body["llm_spent_this_month_usd"].as_f64().unwrap()
 }
 
-async fn set_budget(stack: &Stack, company: i64, budget: Value) {
+/// The operator's `PATCH /api/v1/admin/companies/{company}`: (status, answer).
+async fn patch_company(stack: &Stack, company: i64, body: Value) -> (u16, Value) {
     let res = stack
         .http
         .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
         .bearer_auth(ADMIN_KEY)
-        .json(&json!({"llm_budget_usd": budget}))
+        .json(&body)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn set_budget(stack: &Stack, company: i64, budget: Value) {
+    let (status, answer) = patch_company(stack, company, json!({"llm_budget_usd": budget})).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[tokio::test]
@@ -231,15 +223,7 @@ async fn a_company_has_at_most_its_plans_llm_calls_in_flight_across_replicas() {
 }
 
 async fn set_models(stack: &Stack, company: i64, models: Value) -> (u16, Value) {
-    let res = stack
-        .http
-        .patch(format!("{}/api/v1/admin/companies/{company}", stack.url))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"allowed_models": models}))
-        .send()
-        .await
-        .unwrap();
-    (res.status().as_u16(), res.json().await.unwrap())
+    patch_company(stack, company, json!({"allowed_models": models})).await
 }
 
 #[tokio::test]
