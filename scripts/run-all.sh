@@ -47,15 +47,8 @@ start() { # name, command...
   printf '==> %-15s pid %-7s log %s\n' "$name" "$!" "$RUN_DIR/$name.log"
 }
 
-wait_http() { # name, url
-  for _ in $(seq 1 150); do
-    curl -fsS -o /dev/null "$2" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "$1 did not come up; last lines of its log:" >&2
-  tail -n 20 "$RUN_DIR/$1.log" >&2
-  exit 1
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 echo "==> applying main database migrations"
 "$BIN/api-gateway" migrate

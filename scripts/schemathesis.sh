@@ -98,24 +98,17 @@ start() { # name, command...
   pids+=("$!")
 }
 
-wait_http() { # name, url
-  for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "$2" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "$1 did not come up; last lines of its log:" >&2
-  tail -n 20 "$RUN_DIR/$1.log" >&2
-  exit 1
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 "$BIN/api-gateway" migrate >"$RUN_DIR/migrate.log" 2>&1
 start llm-simulator "$BIN/llm-simulator" --bind "127.0.0.1:$SIM_PORT" --latency-ms 5
 PORT=$CV_PORT PRODUCER__SPOOL__DIR=$PWD/$RUN_DIR/spool/cv-processor start cv-processor "$BIN/cv-processor"
 PORT=$GATEWAY_PORT INTERNAL_PORT=$INTERNAL_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT \
   PRODUCER__SPOOL__DIR=$PWD/$RUN_DIR/spool/api-gateway start api-gateway "$BIN/api-gateway"
-wait_http llm-simulator "http://127.0.0.1:$SIM_PORT/healthz"
-wait_http cv-processor "http://127.0.0.1:$CV_PORT/healthz"
-wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
+wait_http llm-simulator "http://127.0.0.1:$SIM_PORT/healthz" 300
+wait_http cv-processor "http://127.0.0.1:$CV_PORT/healthz" 300
+wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz" 300
 
 API=http://127.0.0.1:$GATEWAY_PORT
 ADMIN=http://127.0.0.1:$INTERNAL_PORT
