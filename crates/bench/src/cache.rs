@@ -54,14 +54,7 @@ impl Placement {
     }
 
     fn command(core: Option<&str>, program: impl AsRef<OsStr>) -> Command {
-        match core {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core).arg(program);
-                c
-            }
-            None => Command::new(program),
-        }
+        crate::pinned(program, core)
     }
 
     fn server(&self, program: impl AsRef<OsStr>) -> Command {

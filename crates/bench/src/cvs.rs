@@ -263,14 +263,7 @@ pub async fn run(cvs: usize, uploads: usize, bin_dir: &Path, model_dir: &Path) -
         let placement = cpu_placement();
         let spawn = |name: &str, port: u16| -> anyhow::Result<Child> {
             let side = if matches!(name, "cv-processor" | "cache-service") { &placement.1 } else { &placement.0 };
-            let mut cmd = match side {
-                Some(cpus) => {
-                    let mut pinned = Command::new("taskset");
-                    pinned.args(["-c", cpus]).arg(bin_dir.join(name));
-                    pinned
-                }
-                None => Command::new(bin_dir.join(name)),
-            };
+            let mut cmd = crate::pinned(bin_dir.join(name), side.as_deref());
             if name == "cv-processor" {
                 cmd.env("RAYON_NUM_THREADS", "1");
             }

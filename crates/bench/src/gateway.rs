@@ -38,7 +38,12 @@ pub struct Load<'a> {
 
 /// Runs oha at `rate` requests a second for `seconds` (latency-corrected).
 pub fn oha_load(load: &Load<'_>, rate: u32, seconds: u64) -> anyhow::Result<Measurement> {
-    let mut cmd = Command::new("oha");
+    oha_load_on(load, rate, seconds, None)
+}
+
+/// [`oha_load`] with oha itself kept to `cpus` (`taskset -c`) when given.
+pub fn oha_load_on(load: &Load<'_>, rate: u32, seconds: u64, cpus: Option<&str>) -> anyhow::Result<Measurement> {
+    let mut cmd = crate::pinned("oha", cpus);
     cmd.args(["--no-tui", "--latency-correction", "--output-format", "json", "-z", &format!("{seconds}s")]).args([
         "-q",
         &rate.to_string(),

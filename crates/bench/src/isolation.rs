@@ -3,22 +3,24 @@
 //! system carries logged LLM calls at `--llm-rate` (gateway → Redis → llm-log-worker →
 //! analytics database) and cv-processor works through CVs.
 //!
-//! Production shape: the services run on nodes of their own and the main database is
-//! what they share. Here the API replica the reads go to has CPU 0; the LLM side (the
-//! simulator, the gateway replica the LLM clients call, the log worker, cv-processor,
-//! cache-service and the LLM load generator) has the last CPU; PostgreSQL (both
-//! databases on one server, unlike production) and Redis use any. A second measurement
-//! sends the LLM calls to the same replica as the reads, to show what sharing the
-//! replica's CPU costs on top.
+//! Production shape: the services run on nodes of their own, the main and the analytics
+//! databases on servers of their own, and Redis is what they share. Here the API replica
+//! the reads go to and the reads' load generator have CPU 0; the LLM side (the simulator,
+//! the gateway replica the LLM clients call, the log worker, cv-processor, cache-service,
+//! the LLM load generator and a PostgreSQL server of the benchmark's own for the analytics
+//! database) has the last CPU; the main database's server and Redis use any. A second
+//! measurement sends the LLM calls to the same replica as the reads, to show what sharing
+//! the replica's CPU costs on top.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::cvs::{company, cpu_placement, synthetic_cv, upload};
-use crate::gateway::{Load, Measurement, oha_load};
+use crate::gateway::{Load, Measurement, oha_load_on};
+use crate::private_pg::PrivatePostgres;
 use crate::{Processes, clear_redis, count, create_database, drop_database, redis_url, wait_http};
 
 const API_PORT: u16 = 18280;
@@ -27,6 +29,7 @@ const CACHE_PORT: u16 = 18282;
 const SIMULATOR_PORT: u16 = 18290;
 const WORKER_PORT: u16 = 19291;
 const PROCESSOR_PORT: u16 = 19292;
+const ANALYTICS_PG_PORT: u16 = 15499;
 const ADMIN_KEY: &str = "bench-admin-key";
 /// Reads of the watched endpoint per second.
 const READ_RATE: u32 = 100;
@@ -41,14 +44,7 @@ impl LlmLoad {
             "messages": [{"role": "user", "content": "Summarise this candidate's Rust experience in one line."}],
             "temperature": 0.7
         });
-        let mut cmd = match cpus {
-            Some(cpus) => {
-                let mut pinned = Command::new("taskset");
-                pinned.args(["-c", cpus, "oha"]);
-                pinned
-            }
-            None => Command::new("oha"),
-        };
+        let mut cmd = crate::pinned("oha", cpus);
         cmd.args(["--no-tui", "--output-format", "json", "-z", &format!("{seconds}s"), "-q", &rate.to_string()])
             .args(["-c", "64", "-m", "POST", "-H", "content-type: application/json"])
             .args(["-H", &format!("authorization: Bearer {key}"), "-d", &body.to_string(), url]);
@@ -74,13 +70,24 @@ pub async fn run(llm_rate: u32, seconds: u64, cvs: usize, bin_dir: &Path, model_
     let placement = cpu_placement();
     match &placement {
         (Some(api), Some(llm)) => println!(
-            "(CPU {api}: the API replica; CPU {llm}: simulator, the LLM replica, log worker, cv-processor, cache-service, the LLM load; PostgreSQL and Redis shared)"
+            "(CPU {api}: the API replica and the reads; CPU {llm}: simulator, the LLM replica, log worker, cv-processor, cache-service, the LLM load, the analytics database's server; the main database's server and Redis on any)"
         ),
         _ => println!("(one CPU or no taskset: every process shares every core)"),
     }
     anyhow::ensure!(model_dir.join("model.safetensors").exists(), "no model in {} (make models)", model_dir.display());
     let (main_url, main_name) = create_database("isolation_main").await?;
-    let (analytics_url, analytics_name) = create_database("isolation_analytics").await?;
+    // The analytics database on a server of its own where this machine can start one.
+    let analytics_server = match &placement {
+        (Some(_), Some(llm)) => PrivatePostgres::start(ANALYTICS_PG_PORT, Some(llm)),
+        _ => None,
+    };
+    let (analytics_url, analytics_name) = match &analytics_server {
+        Some(server) => (format!("{}/postgres", server.url()), None),
+        None => {
+            let (url, name) = create_database("isolation_analytics").await?;
+            (url, Some(name))
+        }
+    };
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let scratch = std::env::temp_dir().join(format!("{main_name}-data"));
     let outcome = async {
@@ -112,14 +119,7 @@ pub async fn run(llm_rate: u32, seconds: u64, cvs: usize, bin_dir: &Path, model_
         ];
         let spawn = |name: &str, port: u16, api_side: bool, args: &[&str]| -> anyhow::Result<Child> {
             let cpus = if api_side { &placement.0 } else { &placement.1 };
-            let mut cmd = match cpus {
-                Some(cpus) => {
-                    let mut pinned = Command::new("taskset");
-                    pinned.args(["-c", cpus]).arg(bin_dir.join(name));
-                    pinned
-                }
-                None => Command::new(bin_dir.join(name)),
-            };
+            let mut cmd = crate::pinned(bin_dir.join(name), cpus.as_deref());
             cmd.args(args).env("PORT", port.to_string()).env("RAYON_NUM_THREADS", "1");
             for (k, v) in &env {
                 cmd.env(k, v);
@@ -154,7 +154,7 @@ pub async fn run(llm_rate: u32, seconds: u64, cvs: usize, bin_dir: &Path, model_
             connections: 16,
         };
         let read = |secs: u64| -> anyhow::Result<Measurement> {
-            let m = oha_load(&reads, READ_RATE, secs)?;
+            let m = oha_load_on(&reads, READ_RATE, secs, placement.0.as_deref())?;
             anyhow::ensure!(m.success > 0.99, "the watched endpoint failed: {:.1}% ok", m.success * 100.0);
             Ok(m)
         };
@@ -223,7 +223,10 @@ pub async fn run(llm_rate: u32, seconds: u64, cvs: usize, bin_dir: &Path, model_
     .await;
     clear_redis(&prefix).await?;
     drop_database(&main_name).await?;
-    drop_database(&analytics_name).await?;
+    if let Some(name) = analytics_name {
+        drop_database(&name).await?;
+    }
+    drop(analytics_server);
     std::fs::remove_dir_all(&scratch).ok();
     outcome
 }

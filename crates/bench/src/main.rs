@@ -23,6 +23,7 @@ mod gateway;
 mod ingest;
 mod isolation;
 mod loadgen;
+mod private_pg;
 mod spool;
 
 use std::process::{Child, Command as Process};
@@ -171,6 +172,18 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+    }
+}
+
+/// `program`, kept to `cpus` (a `taskset -c` list) when given.
+pub fn pinned(program: impl AsRef<std::ffi::OsStr>, cpus: Option<&str>) -> Process {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = Process::new("taskset");
+            cmd.arg("-c").arg(cpus).arg(program);
+            cmd
+        }
+        None => Process::new(program),
     }
 }
 
