@@ -205,6 +205,26 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         "  all {n} rows committed ({distinct} distinct, {dropped} dropped); publishing itself took {publish_secs:.2} s"
     );
     println!("pipeline: {pipe_secs:.2} s, {pipe_rate:.0} rows/s");
+    // The hourly rollups are kept in the same transactions: what they cost, and that
+    // they hold every row once.
+    let rolled = count(
+        &pipe_url,
+        "SELECT coalesce(sum(calls), 0)::bigint AS n FROM (SELECT calls FROM llm_usage_hourly \
+         UNION ALL SELECT calls FROM llm_usage_pending) r",
+    )
+    .await?;
+    let groups = count(&pipe_url, "SELECT count(*) AS n FROM llm_usage_hourly").await?;
+    let text = http.get(format!("http://{worker_addr}/metrics")).send().await?.text().await?;
+    let sum = |name: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let (rollup_secs, write_secs) =
+        (sum("headhunter_log_worker_rollup_seconds_sum"), sum("headhunter_log_worker_write_seconds_sum"));
+    println!(
+        "rollups: {rolled} calls in {groups} hourly rows (and pending); adding to them took {rollup_secs:.2} s of {write_secs:.2} s of batch writes ({:.0}%)",
+        100.0 * rollup_secs / write_secs.max(f64::EPSILON)
+    );
+    anyhow::ensure!(rolled == n as i64, "the rollups hold {rolled} calls, expected {n}");
     println!();
     println!(
         "ingest   raw COPY {copy_rate:>8.0} rows/s   pipeline {pipe_rate:>8.0} rows/s   ratio {:.2} (target ≥ 0.60)",

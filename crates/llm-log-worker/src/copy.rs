@@ -3,7 +3,8 @@
 //! when a batch holds an event that is already stored (a redelivery after a crash) the
 //! transaction fails with a unique violation and the caller writes that batch again
 //! through the idempotent `INSERT … ON CONFLICT DO NOTHING` path. Duplicates are rare;
-//! the common case runs at the speed of COPY.
+//! the common case runs at the speed of COPY. The hourly rollups are added to in the same
+//! transaction (`rollup`).
 //!
 //! diesel-async has no COPY, so this path holds a plain tokio-postgres connection of
 //! its own (one per write loop), reconnecting after any connection-level failure.
@@ -67,8 +68,11 @@ impl CopyWriter {
             let tx = client.transaction().await.map_err(classify)?;
             tx.batch_execute(&limits).await.map_err(classify)?;
             let mut inserted = Inserted::default();
-            if !llm.is_empty() {
+            if let Some((ids, first, last)) = crate::rollup::batch_params(llm) {
                 inserted.llm_logs = copy(&tx, "llm_logs", LLM_COLUMNS, llm_csv(llm)).await?;
+                let started = std::time::Instant::now();
+                tx.execute(crate::rollup::ADD_INSERTED, &[&ids, &first, &last]).await.map_err(classify)?;
+                inserted.rollup_time = started.elapsed();
             }
             if !system.is_empty() {
                 inserted.system_logs = copy(&tx, "system_logs", SYSTEM_COLUMNS, system_csv(system)).await?;

@@ -44,11 +44,14 @@ impl LogWriter {
 impl BatchHandler<LogEvent> for LogWriter {
     async fn handle(&mut self, batch: &[Delivery<LogEvent>]) -> Result<Handled, HandlerError> {
         let (llm, system) = split(batch.iter().map(|d| &d.message));
+        let started = std::time::Instant::now();
         let inserted = self.write(&llm, &system).await.map_err(|err| match err {
             WriteError::Transient(msg) => HandlerError::Transient(msg),
             WriteError::Rejected(msg) => HandlerError::Rejected(msg),
         })?;
         let m = &self.metrics;
+        m.write_seconds.observe(started.elapsed().as_secs_f64());
+        m.rollup_seconds.observe(inserted.rollup_time.as_secs_f64());
         m.rows_written.with_label_values(&["llm_logs"]).inc_by(inserted.llm_logs as u64);
         m.rows_written.with_label_values(&["system_logs"]).inc_by(inserted.system_logs as u64);
         let llm_dupes = llm.len().saturating_sub(inserted.llm_logs) as u64;

@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod handler;
 pub mod metrics;
+pub mod rollup;
 pub mod settings;
 pub mod writer;
 
@@ -86,6 +87,7 @@ pub async fn run(
     let server = tokio::spawn(server);
     let partitions =
         tokio::spawn(keep_partitions_ahead(writer.clone(), settings.partition_check_interval, shutdown.clone()));
+    let rollups = tokio::spawn(keep_rollups_compact(pool.clone(), settings.rollup_interval, shutdown.clone()));
 
     let consumer = Consumer::<LogEvent>::new(redis, keys, settings.consumer.clone(), queue_metrics);
     let result = consumer
@@ -98,9 +100,32 @@ pub async fn run(
         )
         .await;
     drop(partitions.await);
+    drop(rollups.await);
     drop(server.await);
     tracing::info!("llm-log-worker stopped");
     result
+}
+
+/// Folds pending rollup rows into the hourly rollups every `every`, and once more when
+/// asked to stop (what is still pending after that waits for any other worker).
+async fn keep_rollups_compact(pool: service_kit::db::PgPool, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(every) => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        let folded = async {
+            let mut conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(rollup::compact(&mut conn).await?)
+        }
+        .await;
+        if let Err(err) = folded {
+            tracing::warn!(error = %err, "folding the pending rollups failed, will retry");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Creates next month's partitions ahead of time (a batch creates any other month it

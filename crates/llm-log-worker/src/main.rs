@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use clap::{Parser, Subcommand};
 use common_models::db::{self, Database};
 use common_models::events::LogEvent;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use llm_log_worker::WorkerSettings;
 use task_queue::cli::DeadLetterCommand;
 use task_queue::{Keys, Message};
@@ -26,6 +28,16 @@ enum Command {
     Migrate,
     /// Exit 0 when this worker's /healthz answers.
     Healthcheck,
+    /// Recompute the hourly rollups of the whole UTC hours covering [--from, --to) from the
+    /// raw rows, one day per transaction; safe to re-run and to run beside live workers.
+    RebuildRollups {
+        /// Start: `2026-11-01` (midnight UTC) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End (exclusive); now when left out.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+    },
     /// List, replay or drop the log streams' dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -47,11 +59,34 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+        Command::RebuildRollups { from, to } => {
+            let to = to.unwrap_or_else(Utc::now);
+            anyhow::ensure!(from < to, "--from must be before --to");
+            let mut conn = AsyncPgConnection::establish(settings.analytics_url().expose()).await?;
+            let started = std::time::Instant::now();
+            let rows = llm_log_worker::rollup::rebuild(&mut conn, from, to, |done, total| {
+                eprint!("\rrebuilding rollups: day {done}/{total}");
+            })
+            .await?;
+            eprintln!();
+            println!("{rows} rollup rows written for {from} .. {to} in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::DeadLetters(command) => {
             let keys = Keys::new(settings.redis.key_prefix.clone());
             task_queue::cli::run(command, settings.redis.url.expose(), &keys, &LogEvent::streams()).await
         }
     }
+}
+
+/// A UTC time from `YYYY-MM-DD` (midnight) or RFC 3339.
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(day.and_time(NaiveTime::MIN).and_utc());
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is neither YYYY-MM-DD nor an RFC 3339 time ({e})"))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The worker's own metrics, under `headhunter_log_worker_` (the consumer runtime's
 //! `queue_*` metrics sit beside them in the same registry).
 
-use prometheus::IntCounterVec;
+use prometheus::{Histogram, IntCounterVec};
 
 service_kit::metrics! {
     pub struct WorkerMetrics {
@@ -12,5 +12,11 @@ service_kit::metrics! {
         /// Batches written by INSERT instead of COPY, by reason: duplicate (a redelivered
         /// row was already stored) or rejected (the database refused a row).
         copy_fallbacks: IntCounterVec = "copy_fallbacks_total" ["reason"],
+        /// Seconds a batch's write took (partitions, COPY or INSERT, rollups, commit).
+        write_seconds: Histogram = "write_seconds"
+            buckets [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        /// Of that, seconds spent adding the batch to the hourly rollups.
+        rollup_seconds: Histogram = "rollup_seconds"
+            buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
     }
 }

@@ -37,6 +37,9 @@ pub struct WorkerSettings {
     /// How often this month's and next month's partitions are checked.
     #[serde(deserialize_with = "duration")]
     pub partition_check_interval: Duration,
+    /// How often pending rollup rows are folded into the hourly rollups.
+    #[serde(deserialize_with = "duration")]
+    pub rollup_interval: Duration,
 }
 
 impl WorkerSettings {
@@ -71,6 +74,7 @@ impl WorkerSettings {
     pub fn reacting_fast(mut self) -> Self {
         self.consumer = self.consumer.reacting_fast();
         self.lock_timeout = Duration::from_millis(500);
+        self.rollup_interval = Duration::from_millis(100);
         self.migrate_retry_delay = Duration::from_millis(200);
         self
     }

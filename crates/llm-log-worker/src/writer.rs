@@ -35,6 +35,8 @@ pub enum WriteError {
 pub struct Inserted {
     pub llm_logs: usize,
     pub system_logs: usize,
+    /// Time spent adding the inserted rows to the hourly rollups.
+    pub rollup_time: Duration,
 }
 
 pub struct AnalyticsWriter {
@@ -89,6 +91,9 @@ impl AnalyticsWriter {
             let mut inserted = Inserted::default();
             if let Some(rows) = llm_rows {
                 inserted.llm_logs = rows.insert(conn).await?;
+                let started = std::time::Instant::now();
+                crate::rollup::add_inserted(conn, llm).await?;
+                inserted.rollup_time = started.elapsed();
             }
             if let Some(rows) = system_rows {
                 inserted.system_logs = rows.insert(conn).await?;

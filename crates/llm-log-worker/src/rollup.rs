@@ -1,0 +1,198 @@
+//! Hourly rollups of `llm_logs` (`llm_usage_hourly`, see the analytics migration that
+//! creates it).
+//!
+//! Kept current by the write paths themselves: after a batch's rows are inserted, the
+//! same transaction aggregates the rows *that transaction inserted* (`xmin` is its id)
+//! into `llm_usage_pending`, which has no keys, so concurrent batches never wait on one
+//! another's rollup rows. [`compact`] (one worker at a time, under an advisory lock)
+//! moves pending rows into `llm_usage_hourly`, adding them up. A redelivered event was
+//! not inserted, so it adds nothing; a batch that rolls back adds nothing; a late event
+//! adds to its own (old) hour. [`rebuild`] recomputes a range from the raw rows, for
+//! after a repricing or to check the incremental figures; both use the one aggregate
+//! below.
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use common_models::events::LlmCallEvent;
+use diesel::sql_query;
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+/// The rollup's columns, in the order the aggregate yields them.
+macro_rules! usage_columns {
+    () => {
+        "hour, company_id, user_id, interview_id, action, model, error_type, calls, calls_without_usage, \
+         unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, \
+         latency_ms_sum, latency_ms_histogram, ttft_ms_histogram"
+    };
+}
+
+/// `llm_logs` rows matching `$where` grouped into rollup rows.
+macro_rules! usage_of {
+    ($where:literal) => {
+        concat!(
+            "SELECT date_trunc('hour', created_at, 'UTC'), company_id, user_id, interview_id, action, model, \
+             error_type, count(*), count(*) FILTER (WHERE NOT usage_reported), \
+             count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit), \
+             coalesce(sum(tokens_input), 0), coalesce(sum(tokens_output), 0), coalesce(sum(cost_usd), 0), \
+             count(*) FILTER (WHERE cache_hit), coalesce(sum(cost_saved_usd), 0), count(*) FILTER (WHERE streaming), \
+             coalesce(sum(latency_ms), 0), llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms) \
+             FROM llm_logs WHERE ",
+            $where,
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7"
+        )
+    };
+}
+
+/// Adds the rows the current transaction inserted among events `$1` (text uuids), whose
+/// `created_at` lie in [`$2`, `$3`] (which prunes the partitions searched), to the
+/// pending rollups.
+pub const ADD_INSERTED: &str = concat!(
+    "INSERT INTO llm_usage_pending (",
+    usage_columns!(),
+    ") ",
+    usage_of!(
+        "event_id = ANY($1::text[]::uuid[]) AND created_at BETWEEN $2::text::timestamptz AND $3::text::timestamptz \
+         AND xmin = pg_current_xact_id()::xid"
+    )
+);
+
+/// Moves every committed pending row into `llm_usage_hourly`, adding it to its hour's
+/// row; does nothing while another session compacts (the advisory lock is held to the
+/// end of this statement's transaction).
+const COMPACT: &str = concat!(
+    "WITH turn AS (SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact')) AS mine), \
+     moved AS (DELETE FROM llm_usage_pending WHERE (SELECT mine FROM turn) RETURNING *) \
+     INSERT INTO llm_usage_hourly (",
+    usage_columns!(),
+    ") SELECT hour, company_id, user_id, interview_id, action, model, error_type, sum(calls), \
+     sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), sum(tokens_output), sum(cost_usd), \
+     sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), sum(latency_ms_sum), \
+     llm_histogram_merge(latency_ms_histogram), llm_histogram_merge(ttft_ms_histogram) \
+     FROM moved GROUP BY 1, 2, 3, 4, 5, 6, 7 \
+     ON CONFLICT ON CONSTRAINT llm_usage_hourly_key DO UPDATE SET \
+     calls = llm_usage_hourly.calls + EXCLUDED.calls, \
+     calls_without_usage = llm_usage_hourly.calls_without_usage + EXCLUDED.calls_without_usage, \
+     unpriced_calls = llm_usage_hourly.unpriced_calls + EXCLUDED.unpriced_calls, \
+     tokens_input = llm_usage_hourly.tokens_input + EXCLUDED.tokens_input, \
+     tokens_output = llm_usage_hourly.tokens_output + EXCLUDED.tokens_output, \
+     cost_usd = llm_usage_hourly.cost_usd + EXCLUDED.cost_usd, \
+     cache_hits = llm_usage_hourly.cache_hits + EXCLUDED.cache_hits, \
+     cost_saved_usd = llm_usage_hourly.cost_saved_usd + EXCLUDED.cost_saved_usd, \
+     streaming_calls = llm_usage_hourly.streaming_calls + EXCLUDED.streaming_calls, \
+     latency_ms_sum = llm_usage_hourly.latency_ms_sum + EXCLUDED.latency_ms_sum, \
+     latency_ms_histogram = llm_histogram_add(llm_usage_hourly.latency_ms_histogram, EXCLUDED.latency_ms_histogram), \
+     ttft_ms_histogram = llm_histogram_add(llm_usage_hourly.ttft_ms_histogram, EXCLUDED.ttft_ms_histogram)"
+);
+
+/// Folds the pending rollups into `llm_usage_hourly`; returns the hourly rows written
+/// (0 as well when another worker holds the turn).
+pub async fn compact(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
+    sql_query(COMPACT).execute(conn).await
+}
+
+const REBUILD_INSERT: &str = concat!(
+    "INSERT INTO llm_usage_hourly (",
+    usage_columns!(),
+    ") ",
+    usage_of!("created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz")
+);
+
+/// The parameters of [`ADD_INSERTED`] for a batch: event ids and the batch's time span.
+pub fn batch_params(events: &[&LlmCallEvent]) -> Option<(Vec<String>, String, String)> {
+    let first = events.iter().map(|e| e.created_at).min()?;
+    let last = events.iter().map(|e| e.created_at).max()?;
+    Some((events.iter().map(|e| e.event_id.to_string()).collect(), sql_time(first), sql_time(last)))
+}
+
+/// A timestamp as PostgreSQL reads it back exactly (microseconds, UTC).
+pub fn sql_time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Adds what the current transaction inserted among `events` to the pending rollups.
+pub async fn add_inserted(conn: &mut AsyncPgConnection, events: &[&LlmCallEvent]) -> diesel::QueryResult<()> {
+    let Some((ids, first, last)) = batch_params(events) else { return Ok(()) };
+    sql_query(ADD_INSERTED)
+        .bind::<Array<Text>, _>(ids)
+        .bind::<Text, _>(first)
+        .bind::<Text, _>(last)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The whole UTC hours covering [`from`, `to`).
+pub fn whole_hours(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let hour = TimeDelta::hours(1);
+    let start = from.duration_trunc(hour).unwrap_or(from);
+    let mut end = to.duration_trunc(hour).unwrap_or(to);
+    if end < to {
+        end += hour;
+    }
+    (start, end)
+}
+
+/// Recomputes the rollup rows of the whole UTC hours covering [`from`, `to`) from the
+/// raw rows, one day per transaction, calling `progress(done, total)` after each day.
+/// Safe to re-run and to run while workers write: each day's transaction locks both
+/// rollup tables against concurrent additions (they wait, then add on top), and drops
+/// the range's pending rows with its hourly rows, so no batch is counted twice or lost.
+/// Returns the rollup rows written.
+pub async fn rebuild(
+    conn: &mut AsyncPgConnection,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<u64> {
+    let (start, end) = whole_hours(from, to);
+    let day = TimeDelta::days(1);
+    let total = usize::try_from((end - start).num_hours().max(0).unsigned_abs().div_ceil(24)).unwrap_or(0);
+    let mut written = 0u64;
+    let mut at = start;
+    let mut done = 0;
+    while at < end {
+        let until = (at + day).min(end);
+        let (lo, hi) = (sql_time(at), sql_time(until));
+        written += conn
+            .transaction::<u64, diesel::result::Error, _>(async move |conn| {
+                conn.batch_execute("LOCK TABLE llm_usage_hourly, llm_usage_pending IN SHARE ROW EXCLUSIVE MODE")
+                    .await?;
+                for table in ["llm_usage_hourly", "llm_usage_pending"] {
+                    sql_query(format!(
+                        "DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"
+                    ))
+                    .bind::<Text, _>(&lo)
+                    .bind::<Text, _>(&hi)
+                    .execute(conn)
+                    .await?;
+                }
+                let n = sql_query(REBUILD_INSERT).bind::<Text, _>(&lo).bind::<Text, _>(&hi).execute(conn).await?;
+                Ok(n as u64)
+            })
+            .await?;
+        at = until;
+        done += 1;
+        progress(done, total);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn ranges_widen_to_whole_utc_hours() {
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 11, 27, h, m, 0).unwrap();
+        assert_eq!(whole_hours(at(10, 15), at(12, 0)), (at(10, 0), at(12, 0)));
+        assert_eq!(whole_hours(at(10, 0), at(11, 1)), (at(10, 0), at(12, 0)));
+    }
+
+    #[test]
+    fn timestamps_keep_their_microseconds() {
+        let at = Utc.timestamp_opt(1_764_000_000, 123_456_000).unwrap();
+        assert_eq!(sql_time(at), "2025-11-24T16:00:00.123456Z");
+    }
+}

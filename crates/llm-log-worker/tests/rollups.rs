@@ -1,0 +1,154 @@
+//! Hourly rollups kept by the worker: exact under redelivery and late events, and equal
+//! to a rebuild from the raw rows (the `rebuild-rollups` command, run as a user would).
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::*;
+use common_models::events::LogEvent;
+use common_models::ids::{CompanyId, UserId};
+use common_models::queue::LogStream;
+use diesel::sql_types::Text;
+use diesel_async::RunQueryDsl;
+use test_support::{TestDb, TestRedis};
+
+#[derive(diesel::QueryableByName)]
+struct Snapshot {
+    #[diesel(sql_type = Text)]
+    s: String,
+}
+
+/// The whole rollup table as text, rows sorted: equal snapshots, equal tables.
+async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
+    let mut conn = db.connect().await?;
+    let row: Snapshot = diesel::sql_query(
+        "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') AS s FROM llm_usage_hourly t",
+    )
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.s)
+}
+
+async fn number(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
+    test_support::query_count(&db.url, sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()> {
+    let db = TestDb::empty("worker_rollups").await?;
+    let redis = TestRedis::new();
+    let worker = start(settings(&db, &redis)).await?;
+
+    // A varied hour's traffic: three companies, two models, users, errors without usage,
+    // cache hits, a model without a price, streams with a first token, latencies from
+    // 0 ms to a minute; plus late events from 3 hours and 40 days ago.
+    let now = Utc::now();
+    let events: Vec<LogEvent> = (0..600)
+        .map(|i| {
+            let mut e = llm_event(i);
+            e.company_id = Some(CompanyId(1 + (i % 3) as i64));
+            e.user_id = (i % 4 == 0).then_some(UserId(100 + (i % 8) as i64));
+            e.model = Some(if i % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" }.into());
+            e.latency_ms = Some(((i * 97) % 60_000) as i32);
+            e.cost_usd = Some(0.0001 * (1 + i % 7) as f64);
+            if i % 11 == 0 {
+                (e.error_type, e.http_status, e.usage_reported) = (Some("upstream_error".into()), Some(502), false);
+                (e.tokens_input, e.tokens_output, e.tokens_total, e.cost_usd) = (None, None, None, None);
+            } else if i % 13 == 0 {
+                (e.cache_hit, e.cost_saved_usd, e.cost_usd) = (true, Some(0.002), Some(0.0));
+            } else if i % 17 == 0 {
+                (e.model, e.cost_usd) = (Some("unpriced-model".into()), None);
+            } else if i % 2 == 0 {
+                (e.streaming, e.time_to_first_token_ms) = (true, Some((i % 900) as i32));
+            }
+            if i % 50 == 1 {
+                e.created_at = now - TimeDelta::hours(3);
+            }
+            if i % 100 == 2 {
+                e.created_at = now - TimeDelta::days(40);
+            }
+            LogEvent::LlmCall(e)
+        })
+        .collect();
+    publish(&redis, &events[..400]).await?;
+    db.wait_rows("llm_logs", 400, Duration::from_secs(30)).await?;
+    // A redelivery of stored events mixed with new ones (the INSERT path), then every
+    // event once more (a producer replaying its spool).
+    publish(&redis, &events[300..]).await?;
+    db.wait_rows("llm_logs", 600, Duration::from_secs(30)).await?;
+    publish(&redis, &events).await?;
+    test_support::wait_for(Duration::from_secs(20), "the redeliveries to be settled", || async {
+        (unsettled(&redis, LogStream::LlmLogs).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(db.counts("llm_logs").await?, (600, 600));
+    test_support::wait_for(Duration::from_secs(10), "the pending rollups to be folded", || async {
+        (number(&db, "SELECT count(*) AS n FROM llm_usage_pending").await.ok()? == 0).then_some(())
+    })
+    .await?;
+
+    // Each call counted once, in its own UTC hour, with its figures.
+    assert_eq!(number(&db, "SELECT sum(calls)::bigint AS n FROM llm_usage_hourly").await?, 600);
+    let per_hour_mismatches = number(
+        &db,
+        "SELECT count(*) AS n FROM (SELECT date_trunc('hour', created_at, 'UTC') AS hour, company_id, count(*) AS calls, \
+         sum(cost_usd) AS cost FROM llm_logs GROUP BY 1, 2) raw FULL JOIN (SELECT hour, company_id, sum(calls) AS calls, \
+         sum(cost_usd) AS cost FROM llm_usage_hourly GROUP BY 1, 2) r USING (hour, company_id) \
+         WHERE raw.calls IS DISTINCT FROM r.calls OR coalesce(raw.cost, 0) IS DISTINCT FROM r.cost",
+    )
+    .await?;
+    assert_eq!(per_hour_mismatches, 0, "rollup hours and companies disagree with the raw rows");
+    assert_eq!(number(&db, "SELECT count(DISTINCT hour) AS n FROM llm_usage_hourly").await? >= 3, true);
+    let errors =
+        number(&db, "SELECT sum(calls)::bigint AS n FROM llm_usage_hourly WHERE error_type = 'upstream_error'");
+    assert_eq!(errors.await?, (0..600).filter(|i| i % 11 == 0).count() as i64);
+    let unpriced = number(&db, "SELECT sum(unpriced_calls)::bigint AS n FROM llm_usage_hourly").await?;
+    assert_eq!(unpriced, (0..600).filter(|i| i % 11 != 0 && i % 13 != 0 && i % 17 == 0).count() as i64);
+    let hits = number(&db, "SELECT sum(cache_hits)::bigint AS n FROM llm_usage_hourly").await?;
+    assert_eq!(hits, (0..600).filter(|i| i % 11 != 0 && i % 13 == 0).count() as i64);
+    // Every latency landed in exactly one histogram bucket.
+    let counted =
+        number(&db, "SELECT sum(b)::bigint AS n FROM llm_usage_hourly, unnest(latency_ms_histogram) AS b").await?;
+    assert_eq!(counted, 600);
+    let first_tokens =
+        number(&db, "SELECT sum(b)::bigint AS n FROM llm_usage_hourly, unnest(ttft_ms_histogram) AS b").await?;
+    assert_eq!(first_tokens, number(&db, "SELECT count(time_to_first_token_ms) AS n FROM llm_logs").await?);
+
+    // A rebuild of the whole range from the raw rows gives the same table, twice.
+    let incremental = snapshot(&db).await?;
+    let from = (now - TimeDelta::days(41)).format("%Y-%m-%d").to_string();
+    let to = (now + TimeDelta::hours(2)).to_rfc3339();
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llm-log-worker"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("LOG_FORMAT", "text")
+            .args(["rebuild-rollups", "--from", &from, "--to", &to])
+            .output()?;
+        assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("rebuilding rollups: day 1/"), "no progress shown");
+        assert_eq!(snapshot(&db).await?, incremental, "the rebuild differs from the incremental rollups");
+    }
+    worker.stop().await
+}
+
+#[tokio::test]
+async fn a_rebuild_refuses_an_empty_range_and_an_unreadable_time() -> anyhow::Result<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_llm-log-worker"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .arg("rebuild-rollups")
+            .args(args)
+            .output()
+    };
+    let backwards = run(&["--from", "2026-11-02", "--to", "2026-11-01"])?;
+    assert!(!backwards.status.success());
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("--from must be before --to"));
+    let unreadable = run(&["--from", "last tuesday"])?;
+    assert!(!unreadable.status.success());
+    assert!(String::from_utf8_lossy(&unreadable.stderr).contains("neither YYYY-MM-DD nor an RFC 3339 time"));
+    Ok(())
+}
