@@ -179,6 +179,45 @@ async fn a_company_over_its_hard_budget_gets_429_and_no_upstream_call_until_it_i
 }
 
 #[tokio::test]
+async fn a_company_over_its_hard_budget_still_gets_cached_answers_free() {
+    let tweak = plans("unlimited");
+    let options = Options { with_worker: false, with_cache: true, tweak: Box::new(tweak), ..Options::default() };
+    let stack = Stack::start(options).await.unwrap();
+    let team = common::team::team(&stack, "Thrifty").await.unwrap();
+    set_budget(&stack, team.company_id, json!(0.000_000_1)).await;
+    // One deterministic call under the budget: answered upstream, costed, cached.
+    let res = stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let first: Value = res.json().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = stack.metrics().await.unwrap();
+        let stored = common::metric_sum(&metrics, "headhunter_gateway_llm_cache_total{result=\"stored\"}");
+        if stored >= 1.0 && spent(&stack, &team.owner.token).await > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the answer was never cached or its cost never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Over the budget now: the same request is answered from the cache, upstream silent;
+    // a new one is refused.
+    let upstream = stack.sim.requests();
+    let res = stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("hit"));
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["choices"], first["choices"]);
+    let mut other = chat_body(false);
+    other["messages"][0]["content"] = json!("A question never asked before.");
+    let res = stack.chat(&team.api_key, &other).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert_eq!(stack.sim.requests(), upstream, "neither call reached the upstream");
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_company_has_at_most_its_plans_llm_calls_in_flight_across_replicas() {
     let stack = start("two-at-once").await;
     let (second, _spool) = stack.another_gateway_with(plans("two-at-once")).await.unwrap();

@@ -92,11 +92,11 @@ async fn chat_completions(
 
     let mut record = CallRecord::new(caller.clone(), context, request_id, chat.model.clone(), chat.stream);
     record.prompt_bytes = chat.body_len();
-    let slot = state.limits.admit_llm_call(caller.company_id.0).await?;
-    let mut guard = CallGuard::new(record, state.call_logger(), slot);
     let streaming = chat.stream;
 
-    // The LLM results cache: a repeated deterministic request is answered from it.
+    // The LLM results cache: a repeated deterministic request is answered from it. Before
+    // the budget and the concurrency cap: an answer from the cache costs nothing and
+    // calls no one, so a company over its budget still gets the answers it paid for.
     let cache = state.cache.as_ref().zip(chat.deterministic.then(|| chat.cache_key(caller.company_id)).flatten());
     if let Some((client, key)) = &cache {
         let found = client.get(LLM_CACHE_NAMESPACE, key).await;
@@ -108,14 +108,12 @@ async fn chat_completions(
         match opened {
             Some(cached) => {
                 state.metrics.llm_cache.with_label_values(&["hit"]).inc();
-                if let Some(record) = guard.record() {
-                    record.cache_hit = true;
-                    record.http_status = Some(200);
-                    if let Ok(answer) = serde_json::from_slice::<AnswerView>(&cached) {
-                        record.observe_answer(answer);
-                    }
+                record.cache_hit = true;
+                record.http_status = Some(200);
+                if let Ok(answer) = serde_json::from_slice::<AnswerView>(&cached) {
+                    record.observe_answer(answer);
                 }
-                guard.finish();
+                CallGuard::new(record, state.call_logger(), None).finish();
                 return Ok(HttpResponse::Ok()
                     .content_type("application/json")
                     .insert_header(("x-cache", "hit"))
@@ -124,6 +122,8 @@ async fn chat_completions(
             None => state.metrics.llm_cache.with_label_values(&["miss"]).inc(),
         }
     }
+    let slot = state.limits.admit_llm_call(caller.company_id.0).await?;
+    let mut guard = CallGuard::new(record, state.call_logger(), slot);
     let upstream_body = chat.upstream_body()?;
 
     let mut upstream_req = state
