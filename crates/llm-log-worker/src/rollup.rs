@@ -31,12 +31,9 @@ macro_rules! usage_of {
     ($where:literal) => {
         concat!(
             "SELECT date_trunc('hour', created_at, 'UTC'), company_id, user_id, interview_id, action, model, \
-             error_type, count(*), count(*) FILTER (WHERE NOT usage_reported), \
-             count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit), \
-             coalesce(sum(tokens_input), 0), coalesce(sum(tokens_output), 0), coalesce(sum(cost_usd), 0), \
-             count(*) FILTER (WHERE cache_hit), coalesce(sum(cost_saved_usd), 0), count(*) FILTER (WHERE streaming), \
-             coalesce(sum(latency_ms), 0), llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms) \
-             FROM llm_logs WHERE ",
+             error_type, ",
+            common_models::llm_usage_measures!(),
+            " FROM llm_logs WHERE ",
             $where,
             " GROUP BY 1, 2, 3, 4, 5, 6, 7"
         )
@@ -155,7 +152,10 @@ pub async fn rebuild(
         let (lo, hi) = (sql_time(at), sql_time(until));
         written += conn
             .transaction::<u64, diesel::result::Error, _>(async move |conn| {
-                conn.batch_execute("LOCK TABLE llm_usage_hourly, llm_usage_pending IN SHARE ROW EXCLUSIVE MODE")
+                // Pending first, then hourly: the order the compaction statement takes
+                // them in (its WITH clause is opened before its INSERT's target), so the
+                // two never deadlock.
+                conn.batch_execute("LOCK TABLE llm_usage_pending, llm_usage_hourly IN SHARE ROW EXCLUSIVE MODE")
                     .await?;
                 for table in ["llm_usage_hourly", "llm_usage_pending"] {
                     sql_query(format!(
