@@ -74,10 +74,12 @@ pub enum Action {
     ReadAudit,
     /// Create, rotate and revoke API keys.
     ManageKeys,
+    /// Read the company's LLM usage and cost figures and the calls behind them.
+    ReadAnalytics,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Read,
         Action::WriteJobs,
         Action::WriteCvs,
@@ -85,6 +87,7 @@ impl Action {
         Action::ManagePeople,
         Action::ReadAudit,
         Action::ManageKeys,
+        Action::ReadAnalytics,
     ];
 
     /// The lowest role allowed to take this action: the permission table.
@@ -92,14 +95,14 @@ impl Action {
         match self {
             Action::Read => Role::Viewer,
             Action::WriteJobs | Action::WriteCvs | Action::UseLlm => Role::Recruiter,
-            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys => Role::Admin,
+            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys | Action::ReadAnalytics => Role::Admin,
         }
     }
 
     /// The scope a key needs for this action; `None`: no key may take it.
     pub const fn scope(self) -> Option<Scope> {
         match self {
-            Action::Read => Some(Scope::Read),
+            Action::Read | Action::ReadAnalytics => Some(Scope::Read),
             Action::WriteJobs | Action::WriteCvs => Some(Scope::CvsWrite),
             Action::UseLlm => Some(Scope::Llm),
             Action::ManagePeople | Action::ReadAudit | Action::ManageKeys => None,
@@ -115,6 +118,7 @@ impl Action {
             Action::ManagePeople => "manage people and invitations",
             Action::ReadAudit => "read the audit trail",
             Action::ManageKeys => "manage API keys",
+            Action::ReadAnalytics => "read the LLM usage and cost analytics",
         }
     }
 }

@@ -211,6 +211,8 @@ struct CompanyUpdate {
     /// The models the company may call; `null` goes back to every priced model.
     #[serde(default, deserialize_with = "crate::jobs::present")]
     allowed_models: Option<Option<Vec<String>>>,
+    /// The IANA timezone the company's analytics are cut in (`Europe/Berlin`).
+    timezone: Option<String>,
 }
 
 /// Most models one company's list may name.
@@ -252,7 +254,11 @@ async fn update_company(
 ) -> Result<HttpResponse, AppError> {
     require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let id = crate::jobs::parse_id(&id, "company")?;
-    let CompanyUpdate { plan, llm_budget_usd, allowed_models } = body.into_inner();
+    let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone } = body.into_inner();
+    if let Some(tz) = &timezone {
+        let mut conn = state.db.get().await?;
+        crate::analytics::check_timezone(&mut conn, "timezone", tz).await?;
+    }
     if let Some(Some(models)) = &allowed_models {
         check_models(models, &state.settings)?;
     }
@@ -275,8 +281,8 @@ async fn update_company(
     let mut conn = state.db.get().await?;
     let updated = conn
         .transaction::<_, AppError, _>(async move |conn| {
-            type Row = (Option<String>, Option<f64>, Option<Vec<String>>);
-            let columns = (companies::plan, companies::llm_budget_usd, companies::allowed_models);
+            type Row = (Option<String>, Option<f64>, Option<Vec<String>>, String);
+            let columns = (companies::plan, companies::llm_budget_usd, companies::allowed_models, companies::timezone);
             let before: Row = companies::table
                 .find(id)
                 .select(columns)
@@ -290,11 +296,14 @@ async fn update_company(
                     plan.map(|p| companies::plan.eq(p)),
                     llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b)),
                     allowed_models.map(|m| companies::allowed_models.eq(m)),
+                    timezone.map(|tz| companies::timezone.eq(tz)),
                 ))
                 .returning(columns)
                 .get_result(conn)
                 .await?;
-            let view = |(plan, budget, models): &Row| json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models});
+            let view = |(plan, budget, models, tz): &Row| {
+                json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models, "timezone": tz})
+            };
             let change = Change {
                 action: "company.update",
                 object_type: "company",
@@ -311,7 +320,8 @@ async fn update_company(
         "id": id,
         "plan": updated.0,
         "llm_budget_usd": updated.1,
-        "allowed_models": updated.2
+        "allowed_models": updated.2,
+        "timezone": updated.3
     })))
 }
 

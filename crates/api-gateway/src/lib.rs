@@ -8,6 +8,7 @@ pub mod access;
 pub mod accounts;
 pub mod admin;
 pub mod analysis;
+pub mod analytics;
 pub mod api_cache;
 pub mod audit;
 pub mod auth;
@@ -74,6 +75,11 @@ pub async fn run(
         settings.analytics_url().expose(),
         "api-gateway-health",
         settings.analytics_database.pool_size,
+    )?;
+    let analytics_read = service_kit::db::build_pool(
+        settings.analytics_read_url().expose(),
+        "api-gateway-analytics",
+        settings.analytics_read_database.pool_size,
     )?;
     let redis = build_pool(settings.redis.url.expose(), 8, ReplyTimeout::After(Duration::from_secs(1)))?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
@@ -148,6 +154,7 @@ pub async fn run(
         settings: settings.clone(),
         db,
         analytics,
+        analytics_read,
         redis,
         keys,
         http,
@@ -186,6 +193,7 @@ pub async fn run(
             .configure(keys::routes)
             .configure(recruiting::routes)
             .configure(analysis::routes)
+            .configure(analytics::routes)
             .configure(admin::routes)
             .configure(openapi::routes)
             .configure(probes::routes)

@@ -20,8 +20,15 @@ pub struct GatewaySettings {
     pub server: ServerSection,
     /// Main database: tenants and keys.
     pub database: DatabaseSection,
-    /// Analytics database, for the admin health view only.
+    /// Analytics database, for the admin health view (and the analytics reads when
+    /// `analytics_read_database` has no URL).
     pub analytics_database: DatabaseSection,
+    /// Where the analytics API reads: a replica of the analytics database; empty URL:
+    /// the analytics database itself.
+    pub analytics_read_database: DatabaseSection,
+    /// Longest an analytics read may run (the database cancels it; 503 to the caller).
+    #[serde(deserialize_with = "duration")]
+    pub analytics_query_timeout: Duration,
     /// The queue Redis.
     pub redis: RedisSection,
     pub logging: LoggingSection,
@@ -163,6 +170,11 @@ impl GatewaySettings {
 
     pub fn analytics_url(&self) -> &ConnectionUrl {
         self.analytics_database.url.or(&self.database.url)
+    }
+
+    /// Where the analytics API reads.
+    pub fn analytics_read_url(&self) -> &ConnectionUrl {
+        self.analytics_read_database.url.or(self.analytics_url())
     }
 
     pub fn chat_completions_url(&self) -> String {

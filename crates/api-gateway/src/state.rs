@@ -18,6 +18,8 @@ pub struct AppState {
     pub db: PgPool,
     /// Analytics database: read by the admin health view only; never written here.
     pub analytics: PgPool,
+    /// Where the analytics API reads (a replica, or the analytics database).
+    pub analytics_read: PgPool,
     /// Queue Redis, for the admin health view (short reply timeouts).
     pub redis: deadpool_redis::Pool,
     pub keys: Keys,

@@ -11,6 +11,7 @@ pub mod events;
 pub mod ids;
 pub mod queue;
 pub mod storage;
+pub mod usage;
 
 #[cfg(feature = "diesel")]
 pub mod db;

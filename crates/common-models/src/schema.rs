@@ -11,6 +11,7 @@ pub mod main {
             plan -> Nullable<Varchar>,
             llm_budget_usd -> Nullable<Float8>,
             allowed_models -> Nullable<Array<Text>>,
+            timezone -> Varchar,
         }
     }
 

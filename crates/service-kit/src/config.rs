@@ -6,7 +6,7 @@
 //! also answer to the flat names people and the seeds use: `PORT`, `BIND_HOST`,
 //! `WORKERS`, `REDIS_URL` (or `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`, `REDIS_PASSWORD`),
 //! `REDIS_KEY_PREFIX`, `DATABASE_URL`, `DB_POOL_SIZE`, `ANALYTICS_DATABASE_URL` (or
-//! `LOGS_DATABASE_URL`), `LOG_FORMAT`, `LOG_LEVEL`; cv-processor's vector store to
+//! `LOGS_DATABASE_URL`), `ANALYTICS_READ_DATABASE_URL`, `LOG_FORMAT`, `LOG_LEVEL`; cv-processor's vector store to
 //! `QDRANT_URL` and `QDRANT_API_KEY`.
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 /// Flat environment names and the nested keys they stand for.
-const FLAT_ALIASES: [(&str, &str); 12] = [
+const FLAT_ALIASES: [(&str, &str); 13] = [
     ("PORT", "SERVER__PORT"),
     ("BIND_HOST", "SERVER__BIND_HOST"),
     ("WORKERS", "SERVER__WORKERS"),
@@ -28,6 +28,8 @@ const FLAT_ALIASES: [(&str, &str); 12] = [
     ("DATABASE_URL", "DATABASE__URL"),
     ("DB_POOL_SIZE", "DATABASE__POOL_SIZE"),
     ("ANALYTICS_DATABASE_URL", "ANALYTICS_DATABASE__URL"),
+    // The gateway's analytics reads: a replica of the analytics database.
+    ("ANALYTICS_READ_DATABASE_URL", "ANALYTICS_READ_DATABASE__URL"),
     ("LOG_FORMAT", "LOGGING__FORMAT"),
     ("LOG_LEVEL", "LOGGING__LEVEL"),
     // cv-processor's vector store: a Qdrant server instead of the embedded engine.

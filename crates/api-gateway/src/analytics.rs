@@ -1,0 +1,1188 @@
+//! The analytics API: a company's LLM usage and cost, read from the analytics database
+//! (its read replica when `ANALYTICS_READ_DATABASE_URL` is set).
+//!
+//! - `GET /api/v1/analytics/usage`: calls, errors, tokens, cost, unpriced calls, our
+//!   cache's hits and savings, latency and time-to-first-token percentiles, per hour,
+//!   day, week or month in the company's timezone, optionally grouped by model,
+//!   action, user, interview or error type;
+//! - `GET /api/v1/analytics/top`: the biggest spenders among models, actions, users or
+//!   interviews;
+//! - `GET /api/v1/analytics/calls`: the raw calls behind a figure, newest first.
+//!
+//! Owners and admins see their company; the operator (`/api/v1/admin/analytics/*`, the
+//! admin key) sees every company or one (`company_id`), and may rank companies. Each
+//! takes `format=csv`.
+//!
+//! Figures come from the hourly UTC rollups (`llm_usage_hourly`) wherever a whole UTC
+//! hour lies in one bucket of the requested timezone and inside the range; the hours
+//! that straddle a bucket's edge (every hour, in a zone half an hour off UTC, such as
+//! Asia/Kolkata) or the range's ends are read from the raw rows, each row put in its
+//! own local bucket. So a local day adds up to exactly the raw rows of its local hours,
+//! in any zone and across a DST change. Both sides are aggregated by the one SQL
+//! definition the rollups use (`common_models::llm_usage_measures!`).
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use common_models::schema::main::companies;
+use common_models::usage::{HISTOGRAM_BUCKETS, quantile};
+use diesel::prelude::*;
+use diesel::sql_query;
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+use service_kit::AppError;
+use service_kit::auth::require_admin;
+
+use crate::access::Action;
+use crate::state::AppState;
+
+/// Most buckets one usage answer spans (2,000 hours is 83 days).
+pub const MAX_BUCKETS: i64 = 2_000;
+/// Most rows (buckets × groups) one usage answer holds.
+pub const MAX_POINTS: i64 = 20_000;
+/// Largest `limit` of the top list, and of a page of calls.
+pub const MAX_TOP: i64 = 100;
+pub const MAX_CALLS_PAGE: i64 = 500;
+/// Rows fetched per query while a calls CSV streams.
+const CSV_PAGE: i64 = 1_000;
+const TIMEZONE_MAX: usize = 64;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/analytics/usage", web::get().to(usage))
+        .route("/api/v1/analytics/top", web::get().to(top))
+        .route("/api/v1/analytics/calls", web::get().to(calls))
+        .route("/api/v1/admin/analytics/usage", web::get().to(admin_usage))
+        .route("/api/v1/admin/analytics/top", web::get().to(admin_top))
+        .route("/api/v1/admin/analytics/calls", web::get().to(admin_calls));
+}
+
+// ---------------------------------------------------------------------------------
+// Who is asking, and about whom.
+
+/// The companies a request reads: one, or (the operator) all.
+#[derive(Debug, Clone, Copy)]
+struct Audience {
+    company: Option<i64>,
+    operator: bool,
+}
+
+/// An owner or admin of a company reads that company; `company_id` is the operator's.
+async fn company_audience(
+    req: &HttpRequest,
+    state: &AppState,
+    company_param: &Option<String>,
+) -> Result<(Audience, String), AppError> {
+    let caller = state.allow(req, Action::ReadAnalytics).await?;
+    if company_param.is_some() {
+        return Err(AppError::bad_request(
+            "company_id",
+            "invalid_query",
+            "`company_id` is for the operator's /api/v1/admin/analytics routes; you read your own company",
+        ));
+    }
+    let tz = company_timezone(state, caller.company_id.0).await?;
+    Ok((Audience { company: Some(caller.company_id.0), operator: false }, tz))
+}
+
+/// The operator reads every company, or the one `company_id` names (in its timezone).
+async fn operator_audience(
+    req: &HttpRequest,
+    state: &AppState,
+    company_param: &Option<String>,
+) -> Result<(Audience, String), AppError> {
+    require_admin(req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
+    match company_param {
+        None => Ok((Audience { company: None, operator: true }, "UTC".to_owned())),
+        Some(raw) => {
+            let id = crate::page::integer("company_id", raw)?;
+            let tz = company_timezone(state, id).await?;
+            Ok((Audience { company: Some(id), operator: true }, tz))
+        }
+    }
+}
+
+async fn company_timezone(state: &AppState, company: i64) -> Result<String, AppError> {
+    let mut conn = state.db.get().await?;
+    companies::table
+        .find(company)
+        .select(companies::timezone)
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| crate::jobs::not_found("company", company))
+}
+
+// ---------------------------------------------------------------------------------
+// Query parameters.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Bucket {
+    fn parse(raw: &str) -> Result<Bucket, AppError> {
+        Ok(match raw {
+            "hour" => Bucket::Hour,
+            "day" => Bucket::Day,
+            "week" => Bucket::Week,
+            "month" => Bucket::Month,
+            _ => {
+                return Err(AppError::bad_request(
+                    "bucket",
+                    "invalid_value",
+                    format!("`bucket` must be hour, day, week or month, not {raw:?}"),
+                ));
+            }
+        })
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+            Bucket::Week => "week",
+            Bucket::Month => "month",
+        }
+    }
+
+    /// The shortest a bucket can be, for counting buckets in a range.
+    fn hours(self) -> i64 {
+        match self {
+            Bucket::Hour => 1,
+            Bucket::Day => 23,
+            Bucket::Week => 167,
+            Bucket::Month => 28 * 24 - 1,
+        }
+    }
+}
+
+/// What figures are split by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Model,
+    Action,
+    User,
+    Interview,
+    ErrorType,
+    Company,
+}
+
+impl Group {
+    fn parse(param: &'static str, raw: &str, operator: bool) -> Result<Group, AppError> {
+        Ok(match raw {
+            "model" => Group::Model,
+            "action" => Group::Action,
+            "user" => Group::User,
+            "interview" => Group::Interview,
+            "error_type" => Group::ErrorType,
+            "company" if operator => Group::Company,
+            _ => {
+                let company = if operator { ", company" } else { "" };
+                return Err(AppError::bad_request(
+                    param,
+                    "invalid_value",
+                    format!(
+                        "`{param}` must be one of model, action, user, interview, error_type{company}, not {raw:?}"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The group's key as text (a column of both `llm_logs` and `llm_usage_hourly`).
+    fn sql(group: Option<Group>) -> &'static str {
+        match group {
+            None => "NULL::text",
+            Some(Group::Model) => "model::text",
+            Some(Group::Action) => "action::text",
+            Some(Group::User) => "user_id::text",
+            Some(Group::Interview) => "interview_id::text",
+            Some(Group::ErrorType) => "error_type::text",
+            Some(Group::Company) => "company_id::text",
+        }
+    }
+}
+
+/// `from` and `to`: a date (the whole local day; `to`'s day is included) or an
+/// RFC 3339 instant (`to` excluded). Passed to PostgreSQL as text it reads under the
+/// session's timezone.
+fn bound(param: &'static str, raw: &Option<String>, end: bool) -> Result<Option<String>, AppError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if let Ok(day) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        let day = if end { day.succ_opt().unwrap_or(day) } else { day };
+        return Ok(Some(day.format("%Y-%m-%d").to_string()));
+    }
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(at) => Ok(Some(at.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())),
+        Err(_) => Err(AppError::bad_request(
+            param,
+            "invalid_value",
+            format!("`{param}` must be a date (2026-11-01) or an RFC 3339 time (2026-11-01T09:30:00+01:00)"),
+        )),
+    }
+}
+
+fn format(raw: &Option<String>) -> Result<bool, AppError> {
+    match raw.as_deref() {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(AppError::bad_request(
+            "format",
+            "invalid_value",
+            format!("`format` must be json or csv, not {other:?}"),
+        )),
+    }
+}
+
+fn limit(raw: &Option<String>, default: i64, max: i64) -> Result<i64, AppError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            AppError::bad_request("limit", "invalid_value", format!("`limit` must be an integer from 1 to {max}"))
+        }),
+    }
+}
+
+/// Timezone names PostgreSQL has confirmed, so each is asked about once per process.
+fn known_timezones() -> &'static Mutex<HashSet<String>> {
+    static KNOWN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    KNOWN.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// 400 naming `param` unless `tz` is an IANA timezone name PostgreSQL knows
+/// (`Europe/Berlin`, `Asia/Kolkata`, `UTC`); POSIX strings such as `UTC+5`, whose sign
+/// reads backwards, are refused.
+pub async fn check_timezone(conn: &mut AsyncPgConnection, param: &'static str, tz: &str) -> Result<(), AppError> {
+    let refuse = || {
+        AppError::bad_request(
+            param,
+            "invalid_value",
+            format!("`{param}` must be an IANA timezone name such as Europe/Berlin or Asia/Kolkata, not {tz:?}"),
+        )
+    };
+    let plausible = !tz.is_empty()
+        && tz.len() <= TIMEZONE_MAX
+        && tz.starts_with(|c: char| c.is_ascii_alphabetic())
+        && tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c));
+    if !plausible {
+        return Err(refuse());
+    }
+    if known_timezones().lock().map(|k| k.contains(tz)).unwrap_or(false) {
+        return Ok(());
+    }
+    #[derive(QueryableByName)]
+    struct Known {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        known: bool,
+    }
+    let found: Known = sql_query("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1) AS known")
+        .bind::<Text, _>(tz)
+        .get_result(conn)
+        .await?;
+    if !found.known {
+        return Err(refuse());
+    }
+    if let Ok(mut known) = known_timezones().lock() {
+        known.insert(tz.to_owned());
+    }
+    Ok(())
+}
+
+/// A connection to the analytics reads, its session in `tz` and under the query
+/// timeout (every user of this pool sets both first).
+async fn reader(
+    state: &AppState,
+    tz: &str,
+) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, AppError> {
+    let mut conn = state.analytics_read.get().await.map_err(|e| AppError::unavailable("the analytics database", e))?;
+    check_timezone(&mut conn, "tz", tz).await?;
+    let timeout = format!("{}ms", state.settings.analytics_query_timeout.as_millis());
+    sql_query("SELECT set_config('TimeZone', $1, false), set_config('statement_timeout', $2, false)")
+        .bind::<Text, _>(tz)
+        .bind::<Text, _>(timeout)
+        .execute(&mut conn)
+        .await
+        .map_err(query_failed)?;
+    Ok(conn)
+}
+
+/// A failed analytics read: 503 (the analytics database is another server), saying
+/// so when the query ran over its time limit.
+fn query_failed(err: diesel::result::Error) -> AppError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match &err {
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) if info.message().contains("statement timeout") => {
+            AppError::new(
+                service_kit::error::ErrorKind::Unavailable,
+                "the analytics query ran over its time limit (analytics_query_timeout); narrow the range or use a \
+                 coarser bucket",
+            )
+            .with_code("analytics_timeout")
+        }
+        Error::NotFound => AppError::internal(err),
+        _ => AppError::unavailable("the analytics database", err),
+    }
+}
+
+/// The range as UTC instants: the given bounds read in the session's timezone, by
+/// default the last 30 local days (today included). 400 unless it runs forwards.
+async fn resolve_range(
+    conn: &mut AsyncPgConnection,
+    from: &Option<String>,
+    to: &Option<String>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
+    #[derive(QueryableByName)]
+    struct Range {
+        #[diesel(sql_type = Timestamptz)]
+        lo: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        hi: DateTime<Utc>,
+    }
+    let (from, to) = (bound("from", from, false)?, bound("to", to, true)?);
+    let range: Range = sql_query(
+        "SELECT coalesce($1::timestamptz, date_trunc('day', now()) - interval '29 days') AS lo, \
+                coalesce($2::timestamptz, date_trunc('day', now()) + interval '1 day') AS hi",
+    )
+    .bind::<Nullable<Text>, _>(from)
+    .bind::<Nullable<Text>, _>(to)
+    .get_result(conn)
+    .await
+    .map_err(query_failed)?;
+    if range.lo >= range.hi {
+        return Err(AppError::bad_request("to", "invalid_value", "`to` must come after `from`"));
+    }
+    Ok((range.lo, range.hi))
+}
+
+// ---------------------------------------------------------------------------------
+// Figures.
+
+/// Sums of one bucket × group, as the query yields them.
+#[derive(QueryableByName, Debug, Clone)]
+struct UsageRow {
+    /// The bucket's start in the request's timezone (RFC 3339); NULL without buckets.
+    #[diesel(sql_type = Nullable<Text>)]
+    start: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    grp: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+    #[diesel(sql_type = BigInt)]
+    calls_without_usage: i64,
+    #[diesel(sql_type = BigInt)]
+    unpriced_calls: i64,
+    #[diesel(sql_type = BigInt)]
+    tokens_input: i64,
+    #[diesel(sql_type = BigInt)]
+    tokens_output: i64,
+    #[diesel(sql_type = Double)]
+    cost_usd: f64,
+    #[diesel(sql_type = BigInt)]
+    cache_hits: i64,
+    #[diesel(sql_type = Double)]
+    cost_saved_usd: f64,
+    #[diesel(sql_type = BigInt)]
+    streaming_calls: i64,
+    #[diesel(sql_type = BigInt)]
+    latency_ms_sum: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    latency_ms_histogram: Vec<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    ttft_ms_histogram: Vec<i64>,
+    #[diesel(sql_type = BigInt)]
+    errors: i64,
+}
+
+impl UsageRow {
+    fn empty() -> Self {
+        Self {
+            start: None,
+            grp: None,
+            calls: 0,
+            calls_without_usage: 0,
+            unpriced_calls: 0,
+            tokens_input: 0,
+            tokens_output: 0,
+            cost_usd: 0.0,
+            cache_hits: 0,
+            cost_saved_usd: 0.0,
+            streaming_calls: 0,
+            latency_ms_sum: 0,
+            latency_ms_histogram: vec![0; HISTOGRAM_BUCKETS],
+            ttft_ms_histogram: vec![0; HISTOGRAM_BUCKETS],
+            errors: 0,
+        }
+    }
+
+    fn add(&mut self, other: &UsageRow) {
+        self.calls += other.calls;
+        self.calls_without_usage += other.calls_without_usage;
+        self.unpriced_calls += other.unpriced_calls;
+        self.tokens_input += other.tokens_input;
+        self.tokens_output += other.tokens_output;
+        self.cost_usd += other.cost_usd;
+        self.cache_hits += other.cache_hits;
+        self.cost_saved_usd += other.cost_saved_usd;
+        self.streaming_calls += other.streaming_calls;
+        self.latency_ms_sum += other.latency_ms_sum;
+        for (a, b) in self.latency_ms_histogram.iter_mut().zip(&other.latency_ms_histogram) {
+            *a += b;
+        }
+        for (a, b) in self.ttft_ms_histogram.iter_mut().zip(&other.ttft_ms_histogram) {
+            *a += b;
+        }
+        self.errors += other.errors;
+    }
+
+    fn figures(&self) -> Figures {
+        let timed: i64 = self.latency_ms_histogram.iter().sum();
+        let percentiles = |h: &[i64]| Percentiles {
+            p50: quantile(h, 0.50).map(round1),
+            p95: quantile(h, 0.95).map(round1),
+            p99: quantile(h, 0.99).map(round1),
+        };
+        Figures {
+            calls: self.calls,
+            errors: self.errors,
+            error_rate: if self.calls > 0 { self.errors as f64 / self.calls as f64 } else { 0.0 },
+            tokens_input: self.tokens_input,
+            tokens_output: self.tokens_output,
+            cost_usd: self.cost_usd,
+            unpriced_calls: self.unpriced_calls,
+            calls_without_usage: self.calls_without_usage,
+            cache_hits: self.cache_hits,
+            cost_saved_usd: self.cost_saved_usd,
+            streaming_calls: self.streaming_calls,
+            latency_ms_mean: (timed > 0).then(|| round1(self.latency_ms_sum as f64 / timed as f64)),
+            latency_ms: percentiles(&self.latency_ms_histogram),
+            ttft_ms: percentiles(&self.ttft_ms_histogram),
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The figures of a set of calls.
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct Figures {
+    pub calls: i64,
+    /// Calls that failed (any `error_type`).
+    pub errors: i64,
+    /// `errors / calls` (0 without calls).
+    pub error_rate: f64,
+    pub tokens_input: i64,
+    pub tokens_output: i64,
+    /// Cost in USD of the priced calls; see `unpriced_calls` for the others.
+    pub cost_usd: f64,
+    /// Calls whose model had no price: their cost is unknown, not $0.
+    pub unpriced_calls: i64,
+    /// Calls whose upstream reported no token usage.
+    pub calls_without_usage: i64,
+    /// Calls answered from our LLM results cache (no upstream call, cost 0).
+    pub cache_hits: i64,
+    /// What those calls would have cost.
+    pub cost_saved_usd: f64,
+    pub streaming_calls: i64,
+    pub latency_ms_mean: Option<f64>,
+    /// Latency percentiles, each within one histogram bucket (±12 %) of the exact one.
+    pub latency_ms: Percentiles,
+    /// Time to the first token of streamed calls, likewise.
+    pub ttft_ms: Percentiles,
+}
+
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// The aggregate over [`$1`, `$2`) for `$3`'s company (NULL: every company), split by
+/// `bucket` (in the session's timezone) and `group`, at most `$4` rows, ordered by
+/// bucket and group, or with `by_cost` by cost, largest first.
+fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool) -> String {
+    let trunc = |x: &str| match bucket {
+        Some(b) => format!("date_trunc('{}', {x})", b.sql()),
+        None => "NULL::timestamptz".to_owned(),
+    };
+    let same_bucket = match bucket {
+        Some(_) => format!("{} = {}", trunc("h"), trunc("h + interval '1 hour' - interval '1 microsecond'")),
+        None => "TRUE".to_owned(),
+    };
+    let whole = format!("h >= $1 AND h + interval '1 hour' <= $2 AND {same_bucket}");
+    let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
+    let grp = Group::sql(group);
+    let order = if by_cost { "sum(cost_usd) DESC, sum(calls) DESC, grp" } else { "b, grp" };
+    format!(
+        "WITH hours AS (SELECT h FROM generate_series(date_trunc('hour', $1::timestamptz, 'UTC'), \
+                                $2::timestamptz - interval '1 microsecond', interval '1 hour') AS h), \
+         whole AS (SELECT h FROM hours WHERE {whole}), \
+         edge AS (SELECT h FROM hours WHERE NOT ({whole})), \
+         parts AS ( \
+           SELECT {b_hour} AS b, {grp} AS grp, calls, calls_without_usage, unpriced_calls, tokens_input, \
+                  tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
+                  latency_ms_histogram, ttft_ms_histogram, \
+                  CASE WHEN error_type IS NULL THEN 0 ELSE calls END AS errors \
+           FROM llm_usage_hourly JOIN whole ON hour = whole.h WHERE {company} \
+           UNION ALL \
+           SELECT {b_row}, {grp}, {measures}, count(*) FILTER (WHERE error_type IS NOT NULL) \
+           FROM llm_logs JOIN edge ON created_at >= edge.h AND created_at < edge.h + interval '1 hour' \
+           WHERE created_at >= $1 AND created_at < $2 AND {company} \
+           GROUP BY 1, 2) \
+         SELECT to_char(b, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') AS start, grp, \
+                sum(calls)::int8 AS calls, sum(calls_without_usage)::int8 AS calls_without_usage, \
+                sum(unpriced_calls)::int8 AS unpriced_calls, sum(tokens_input)::int8 AS tokens_input, \
+                sum(tokens_output)::int8 AS tokens_output, sum(cost_usd)::float8 AS cost_usd, \
+                sum(cache_hits)::int8 AS cache_hits, sum(cost_saved_usd)::float8 AS cost_saved_usd, \
+                sum(streaming_calls)::int8 AS streaming_calls, sum(latency_ms_sum)::int8 AS latency_ms_sum, \
+                llm_histogram_merge(latency_ms_histogram) AS latency_ms_histogram, \
+                llm_histogram_merge(ttft_ms_histogram) AS ttft_ms_histogram, sum(errors)::int8 AS errors \
+         FROM parts GROUP BY b, grp ORDER BY {order} LIMIT $4",
+        b_hour = trunc("hour"),
+        b_row = trunc("created_at"),
+        measures = common_models::llm_usage_measures!(),
+    )
+}
+
+async fn aggregate(
+    conn: &mut AsyncPgConnection,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    audience: Audience,
+    bucket: Option<Bucket>,
+    group: Option<Group>,
+    by_cost: bool,
+    max_rows: i64,
+) -> Result<Vec<UsageRow>, AppError> {
+    sql_query(usage_sql(bucket, group, audience.company.is_some(), by_cost))
+        .bind::<Timestamptz, _>(range.0)
+        .bind::<Timestamptz, _>(range.1)
+        .bind::<Nullable<BigInt>, _>(audience.company)
+        .bind::<BigInt, _>(max_rows)
+        .load(conn)
+        .await
+        .map_err(query_failed)
+}
+
+// ---------------------------------------------------------------------------------
+// GET …/usage
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// First day (`2026-11-01`, from its local midnight) or instant (RFC 3339); default:
+    /// 29 days before today.
+    from: Option<String>,
+    /// Last day, included (`2026-11-30`), or instant, excluded; default: today included.
+    to: Option<String>,
+    /// IANA timezone the days are cut in; default: the company's (`timezone`), UTC for
+    /// the operator's all-company view.
+    tz: Option<String>,
+    /// hour, day (default), week (from Monday) or month.
+    bucket: Option<String>,
+    /// Split each bucket by model, action, user, interview or error_type.
+    group_by: Option<String>,
+    /// json (default) or csv.
+    format: Option<String>,
+    /// The operator's routes only: one company.
+    #[param(value_type = Option<i64>)]
+    company_id: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct UsagePoint {
+    /// The bucket's start, in the request's timezone.
+    start: String,
+    /// The group's key (model, action, user id, interview id, error type); `null` for
+    /// calls without one (e.g. a user-less key, or no error).
+    group: Option<String>,
+    #[serde(flatten)]
+    figures: Figures,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct UsageAnswer {
+    company_id: Option<i64>,
+    /// The range read: [from, to).
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    timezone: String,
+    bucket: &'static str,
+    group_by: Option<String>,
+    data: Vec<UsagePoint>,
+    /// The whole range's figures.
+    totals: Figures,
+}
+
+/// A company's LLM usage and cost over time (owners and admins).
+#[utoipa::path(get, path = "/api/v1/analytics/usage", tag = "analytics", params(UsageQuery),
+    responses((status = 200, description = "Figures per bucket (and group), and the range's totals; \
+        `text/csv` with `format=csv`.", body = UsageAnswer)))]
+async fn usage(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: UsageQuery = crate::page::query(&req)?;
+    let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;
+    usage_answer(&state, q, audience, tz).await
+}
+
+async fn admin_usage(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: UsageQuery = crate::page::query(&req)?;
+    let (audience, tz) = operator_audience(&req, &state, &q.company_id).await?;
+    usage_answer(&state, q, audience, tz).await
+}
+
+async fn usage_answer(
+    state: &AppState,
+    q: UsageQuery,
+    audience: Audience,
+    tz: String,
+) -> Result<HttpResponse, AppError> {
+    let bucket = Bucket::parse(q.bucket.as_deref().unwrap_or("day"))?;
+    let group = q.group_by.as_deref().map(|g| Group::parse("group_by", g, audience.operator)).transpose()?;
+    let csv = format(&q.format)?;
+    let tz = q.tz.clone().unwrap_or(tz);
+    let mut conn = reader(state, &tz).await?;
+    let range = resolve_range(&mut conn, &q.from, &q.to).await?;
+    let spans = (range.1 - range.0).num_hours() / bucket.hours();
+    if spans > MAX_BUCKETS {
+        return Err(AppError::bad_request(
+            "bucket",
+            "too_many_points",
+            format!(
+                "the range holds about {spans} {}s; at most {MAX_BUCKETS}: use a coarser bucket or a shorter range",
+                bucket.sql()
+            ),
+        ));
+    }
+    let rows = aggregate(&mut conn, range, audience, Some(bucket), group, false, MAX_POINTS + 1).await?;
+    if rows.len() as i64 > MAX_POINTS {
+        return Err(AppError::bad_request(
+            "group_by",
+            "too_many_points",
+            format!("more than {MAX_POINTS} buckets × groups; use a coarser bucket, a shorter range or no group_by"),
+        ));
+    }
+    let mut totals = UsageRow::empty();
+    rows.iter().for_each(|r| totals.add(r));
+    if csv {
+        return Ok(csv_answer("usage", usage_csv(rows)));
+    }
+    let data = rows
+        .into_iter()
+        .map(|r| UsagePoint { start: r.start.clone().unwrap_or_default(), group: r.grp.clone(), figures: r.figures() })
+        .collect();
+    Ok(HttpResponse::Ok().json(UsageAnswer {
+        company_id: audience.company,
+        from: range.0,
+        to: range.1,
+        timezone: tz,
+        bucket: bucket.sql(),
+        group_by: q.group_by,
+        data,
+        totals: totals.figures(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------
+// GET …/top
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct TopQuery {
+    /// What is ranked: model, action, user, interview or error_type (the operator's
+    /// routes also: company).
+    by: Option<String>,
+    /// As for usage.
+    from: Option<String>,
+    to: Option<String>,
+    tz: Option<String>,
+    /// How many, 1-100 (default 10).
+    #[param(value_type = Option<i64>)]
+    limit: Option<String>,
+    format: Option<String>,
+    #[param(value_type = Option<i64>)]
+    company_id: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TopEntry {
+    key: Option<String>,
+    /// This entry's share of the range's cost (0 when nothing cost anything).
+    cost_share: f64,
+    #[serde(flatten)]
+    figures: Figures,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TopAnswer {
+    company_id: Option<i64>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    timezone: String,
+    by: String,
+    data: Vec<TopEntry>,
+    totals: Figures,
+}
+
+/// The biggest spenders among models, actions, users or interviews (owners and admins).
+#[utoipa::path(get, path = "/api/v1/analytics/top", tag = "analytics", params(TopQuery),
+    responses((status = 200, description = "Ranked by cost, then calls.", body = TopAnswer)))]
+async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: TopQuery = crate::page::query(&req)?;
+    let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;
+    top_answer(&state, q, audience, tz).await
+}
+
+async fn admin_top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: TopQuery = crate::page::query(&req)?;
+    let (audience, tz) = operator_audience(&req, &state, &q.company_id).await?;
+    top_answer(&state, q, audience, tz).await
+}
+
+async fn top_answer(state: &AppState, q: TopQuery, audience: Audience, tz: String) -> Result<HttpResponse, AppError> {
+    let Some(by) = q.by.as_deref() else {
+        return Err(AppError::bad_request(
+            "by",
+            "missing_field",
+            "`by` is required (model, action, user, interview, error_type)",
+        ));
+    };
+    let group = Group::parse("by", by, audience.operator)?;
+    let n = limit(&q.limit, 10, MAX_TOP)?;
+    let csv = format(&q.format)?;
+    let tz = q.tz.clone().unwrap_or(tz);
+    let mut conn = reader(state, &tz).await?;
+    let range = resolve_range(&mut conn, &q.from, &q.to).await?;
+    let rows = aggregate(&mut conn, range, audience, None, Some(group), true, n).await?;
+    let totals =
+        aggregate(&mut conn, range, audience, None, None, false, 1).await?.pop().unwrap_or_else(UsageRow::empty);
+    if csv {
+        return Ok(csv_answer("top", usage_csv(rows)));
+    }
+    let share = |cost: f64| if totals.cost_usd > 0.0 { cost / totals.cost_usd } else { 0.0 };
+    let data = rows
+        .into_iter()
+        .map(|r| TopEntry { key: r.grp.clone(), cost_share: share(r.cost_usd), figures: r.figures() })
+        .collect();
+    Ok(HttpResponse::Ok().json(TopAnswer {
+        company_id: audience.company,
+        from: range.0,
+        to: range.1,
+        timezone: tz,
+        by: by.to_owned(),
+        data,
+        totals: totals.figures(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------
+// GET …/calls
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// As for usage.
+    from: Option<String>,
+    to: Option<String>,
+    tz: Option<String>,
+    /// Only this model / action / error type (`none`: only calls that succeeded).
+    model: Option<String>,
+    action: Option<String>,
+    error_type: Option<String>,
+    #[param(value_type = Option<i64>)]
+    interview_id: Option<String>,
+    #[param(value_type = Option<i64>)]
+    user_id: Option<String>,
+    /// Page size, 1-500 (default 50); ignored by `format=csv`, which streams them all.
+    #[param(value_type = Option<i64>)]
+    limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+    format: Option<String>,
+    #[param(value_type = Option<i64>)]
+    company_id: Option<String>,
+}
+
+/// One LLM call, as logged.
+#[derive(QueryableByName, Serialize, utoipa::ToSchema)]
+struct Call {
+    #[serde(skip)]
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    event_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    company_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    user_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    interview_id: Option<i64>,
+    #[diesel(sql_type = Text)]
+    action: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    model: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    tokens_input: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    tokens_output: Option<i32>,
+    #[diesel(sql_type = Bool)]
+    usage_reported: bool,
+    /// `null`: unknown (an unpriced model, or no usage reported); 0 for a cache hit.
+    #[diesel(sql_type = Nullable<Double>)]
+    cost_usd: Option<f64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    price_table_version: Option<String>,
+    #[diesel(sql_type = Bool)]
+    cache_hit: bool,
+    #[diesel(sql_type = Nullable<Double>)]
+    cost_saved_usd: Option<f64>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    latency_ms: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    time_to_first_token_ms: Option<i32>,
+    #[diesel(sql_type = Bool)]
+    streaming: bool,
+    #[diesel(sql_type = Nullable<SmallInt>)]
+    http_status: Option<i16>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_message: Option<String>,
+}
+
+/// The calls of [`$1`, `$2`) matching the filters, newest first, below the cursor
+/// (`$9`, `$10`), at most `$11`.
+fn calls_sql(company: bool) -> String {
+    let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
+    format!(
+        "SELECT id, event_id::text AS event_id, created_at, company_id, user_id, interview_id, action, model, \
+                request_id, tokens_input, tokens_output, usage_reported, cost_usd::float8 AS cost_usd, \
+                price_table_version, cache_hit, cost_saved_usd::float8 AS cost_saved_usd, latency_ms, \
+                time_to_first_token_ms, streaming, http_status, error_type, error_message \
+         FROM llm_logs \
+         WHERE created_at >= $1 AND created_at < $2 AND {company} \
+           AND ($4::text IS NULL OR model = $4) AND ($5::text IS NULL OR action = $5) \
+           AND ($6::text IS NULL OR error_type IS NOT DISTINCT FROM nullif($6, 'none')) \
+           AND ($7::int8 IS NULL OR interview_id = $7) AND ($8::int8 IS NULL OR user_id = $8) \
+           AND ($9::timestamptz IS NULL OR (created_at, id) < ($9, $10)) \
+         ORDER BY created_at DESC, id DESC LIMIT $11"
+    )
+}
+
+/// The filters of a calls query, checked.
+#[derive(Clone)]
+struct CallFilter {
+    range: (DateTime<Utc>, DateTime<Utc>),
+    company: Option<i64>,
+    model: Option<String>,
+    action: Option<String>,
+    error_type: Option<String>,
+    interview: Option<i64>,
+    user: Option<i64>,
+}
+
+async fn load_calls(
+    conn: &mut AsyncPgConnection,
+    f: &CallFilter,
+    after: Option<(DateTime<Utc>, i64)>,
+    n: i64,
+) -> Result<Vec<Call>, AppError> {
+    sql_query(calls_sql(f.company.is_some()))
+        .bind::<Timestamptz, _>(f.range.0)
+        .bind::<Timestamptz, _>(f.range.1)
+        .bind::<Nullable<BigInt>, _>(f.company)
+        .bind::<Nullable<Text>, _>(f.model.as_deref())
+        .bind::<Nullable<Text>, _>(f.action.as_deref())
+        .bind::<Nullable<Text>, _>(f.error_type.as_deref())
+        .bind::<Nullable<BigInt>, _>(f.interview)
+        .bind::<Nullable<BigInt>, _>(f.user)
+        .bind::<Nullable<Timestamptz>, _>(after.map(|a| a.0))
+        .bind::<BigInt, _>(after.map_or(0, |a| a.1))
+        .bind::<BigInt, _>(n)
+        .load(conn)
+        .await
+        .map_err(query_failed)
+}
+
+fn encode_call_cursor(call: &Call) -> String {
+    format!("t{:x}.{:x}", call.created_at.timestamp_micros(), call.id)
+}
+
+fn decode_call_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), AppError> {
+    let bad = || AppError::bad_request("cursor", "invalid_value", "`cursor` is not one this API returned");
+    let (micros, id) = raw.strip_prefix('t').and_then(|r| r.split_once('.')).ok_or_else(bad)?;
+    let micros = i64::from_str_radix(micros, 16).map_err(|_| bad())?;
+    let id = i64::from_str_radix(id, 16).map_err(|_| bad())?;
+    Ok((DateTime::from_timestamp_micros(micros).ok_or_else(bad)?, id))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct CallsPage {
+    data: Vec<Call>,
+    next_cursor: Option<String>,
+}
+
+/// The LLM calls behind a figure, newest first (owners and admins).
+#[utoipa::path(get, path = "/api/v1/analytics/calls", tag = "analytics", params(CallsQuery),
+    responses((status = 200, description = "A page of calls; with `format=csv`, every matching call as \
+        streamed `text/csv`.", body = CallsPage)))]
+async fn calls(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: CallsQuery = crate::page::query(&req)?;
+    let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;
+    calls_answer(&state, q, audience, tz).await
+}
+
+async fn admin_calls(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    let q: CallsQuery = crate::page::query(&req)?;
+    let (audience, tz) = operator_audience(&req, &state, &q.company_id).await?;
+    calls_answer(&state, q, audience, tz).await
+}
+
+async fn calls_answer(
+    state: &AppState,
+    q: CallsQuery,
+    audience: Audience,
+    tz: String,
+) -> Result<HttpResponse, AppError> {
+    for (param, value) in [("model", &q.model), ("action", &q.action), ("error_type", &q.error_type)] {
+        if let Some(v) = value {
+            crate::jobs::storable(param, v)?;
+        }
+    }
+    let interview = q.interview_id.as_deref().map(|v| crate::page::integer("interview_id", v)).transpose()?;
+    let user = q.user_id.as_deref().map(|v| crate::page::integer("user_id", v)).transpose()?;
+    let n = limit(&q.limit, 50, MAX_CALLS_PAGE)?;
+    let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_call_cursor).transpose()?;
+    let csv = format(&q.format)?;
+    let mut conn = reader(state, q.tz.as_deref().unwrap_or(&tz)).await?;
+    let filter = CallFilter {
+        range: resolve_range(&mut conn, &q.from, &q.to).await?,
+        company: audience.company,
+        model: q.model,
+        action: q.action,
+        error_type: q.error_type,
+        interview,
+        user,
+    };
+    if csv {
+        return Ok(csv_answer("calls", calls_csv(conn, filter, after)));
+    }
+    let mut rows = load_calls(&mut conn, &filter, after, n + 1).await?;
+    let more = rows.len() as i64 > n;
+    rows.truncate(n as usize);
+    let next_cursor = if more { rows.last().map(encode_call_cursor) } else { None };
+    Ok(HttpResponse::Ok().json(CallsPage { data: rows, next_cursor }))
+}
+
+// ---------------------------------------------------------------------------------
+// CSV.
+
+type Chunks = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+fn csv_answer(name: &str, body: Chunks) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.csv\"")))
+        .streaming(body)
+}
+
+/// One CSV field: quoted when it holds a separator, quote or line break; text that a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a leading `'`.
+fn text_field(out: &mut String, value: Option<&str>) {
+    let Some(v) = value else { return };
+    let guarded = if v.starts_with(['=', '+', '-', '@']) { format!("'{v}") } else { v.to_owned() };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&guarded.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(&guarded);
+    }
+}
+
+fn number_field<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
+    if let Some(v) = value {
+        out.push_str(&v.to_string());
+    }
+}
+
+const USAGE_HEADER: &str = "start,group,calls,errors,error_rate,tokens_input,tokens_output,cost_usd,unpriced_calls,\
+calls_without_usage,cache_hits,cost_saved_usd,streaming_calls,latency_ms_mean,latency_ms_p50,latency_ms_p95,\
+latency_ms_p99,ttft_ms_p50,ttft_ms_p95,ttft_ms_p99\n";
+
+/// Usage rows as CSV, a chunk per row (their number is bounded by [`MAX_POINTS`]).
+fn usage_csv(rows: Vec<UsageRow>) -> Chunks {
+    let header = std::iter::once(Ok(Bytes::from_static(USAGE_HEADER.as_bytes())));
+    let lines = rows.into_iter().map(|r| {
+        let f = r.figures();
+        let mut line = String::with_capacity(160);
+        text_field(&mut line, r.start.as_deref());
+        line.push(',');
+        text_field(&mut line, r.grp.as_deref());
+        let numbers: [Option<String>; 18] = [
+            Some(f.calls.to_string()),
+            Some(f.errors.to_string()),
+            Some(f.error_rate.to_string()),
+            Some(f.tokens_input.to_string()),
+            Some(f.tokens_output.to_string()),
+            Some(f.cost_usd.to_string()),
+            Some(f.unpriced_calls.to_string()),
+            Some(f.calls_without_usage.to_string()),
+            Some(f.cache_hits.to_string()),
+            Some(f.cost_saved_usd.to_string()),
+            Some(f.streaming_calls.to_string()),
+            f.latency_ms_mean.map(|v| v.to_string()),
+            f.latency_ms.p50.map(|v| v.to_string()),
+            f.latency_ms.p95.map(|v| v.to_string()),
+            f.latency_ms.p99.map(|v| v.to_string()),
+            f.ttft_ms.p50.map(|v| v.to_string()),
+            f.ttft_ms.p95.map(|v| v.to_string()),
+            f.ttft_ms.p99.map(|v| v.to_string()),
+        ];
+        for n in numbers {
+            line.push(',');
+            number_field(&mut line, n);
+        }
+        line.push('\n');
+        Ok(Bytes::from(line))
+    });
+    Box::pin(futures_util::stream::iter(header.chain(lines)))
+}
+
+const CALLS_HEADER: &str = "event_id,created_at,company_id,user_id,interview_id,action,model,request_id,tokens_input,\
+tokens_output,usage_reported,cost_usd,price_table_version,cache_hit,cost_saved_usd,latency_ms,time_to_first_token_ms,\
+streaming,http_status,error_type,error_message\n";
+
+fn call_line(out: &mut String, c: &Call) {
+    out.push_str(&c.event_id);
+    out.push(',');
+    out.push_str(&c.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    for n in [c.company_id, c.user_id, c.interview_id] {
+        out.push(',');
+        number_field(out, n);
+    }
+    for t in [Some(c.action.as_str()), c.model.as_deref(), c.request_id.as_deref()] {
+        out.push(',');
+        text_field(out, t);
+    }
+    for n in [c.tokens_input, c.tokens_output] {
+        out.push(',');
+        number_field(out, n);
+    }
+    out.push(',');
+    out.push_str(if c.usage_reported { "true" } else { "false" });
+    out.push(',');
+    number_field(out, c.cost_usd);
+    out.push(',');
+    text_field(out, c.price_table_version.as_deref());
+    out.push(',');
+    out.push_str(if c.cache_hit { "true" } else { "false" });
+    out.push(',');
+    number_field(out, c.cost_saved_usd);
+    for n in [c.latency_ms, c.time_to_first_token_ms] {
+        out.push(',');
+        number_field(out, n);
+    }
+    out.push(',');
+    out.push_str(if c.streaming { "true" } else { "false" });
+    out.push(',');
+    number_field(out, c.http_status);
+    out.push(',');
+    text_field(out, c.error_type.as_deref());
+    out.push(',');
+    text_field(out, c.error_message.as_deref());
+    out.push('\n');
+}
+
+/// Every matching call as CSV, read [`CSV_PAGE`] rows at a time while the client
+/// takes them: memory stays one page whatever the range holds.
+fn calls_csv(
+    conn: diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>,
+    filter: CallFilter,
+    after: Option<(DateTime<Utc>, i64)>,
+) -> Chunks {
+    struct Walk {
+        conn: diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>,
+        filter: CallFilter,
+        after: Option<(DateTime<Utc>, i64)>,
+        started: bool,
+        done: bool,
+    }
+    let walk = Walk { conn, filter, after, started: false, done: false };
+    Box::pin(futures_util::stream::try_unfold(walk, |mut w| async move {
+        if !w.started {
+            w.started = true;
+            return Ok(Some((Bytes::from_static(CALLS_HEADER.as_bytes()), w)));
+        }
+        if w.done {
+            return Ok(None);
+        }
+        let rows = load_calls(&mut w.conn, &w.filter, w.after, CSV_PAGE).await.map_err(|e| {
+            tracing::warn!(error = %e, "a calls export stopped: the analytics database failed mid-stream");
+            std::io::Error::other("the analytics database failed mid-export")
+        })?;
+        w.done = (rows.len() as i64) < CSV_PAGE;
+        w.after = rows.last().map(|c| (c.created_at, c.id));
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut chunk = String::with_capacity(rows.len() * 200);
+        rows.iter().for_each(|c| call_line(&mut chunk, c));
+        Ok(Some((Bytes::from(chunk), w)))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        let mut out = String::new();
+        text_field(&mut out, Some("plain"));
+        out.push('|');
+        text_field(&mut out, Some("a,b \"c\""));
+        out.push('|');
+        text_field(&mut out, Some("=HYPERLINK(1)"));
+        out.push('|');
+        text_field(&mut out, None);
+        assert_eq!(out, "plain|\"a,b \"\"c\"\"\"|'=HYPERLINK(1)|");
+    }
+
+    #[test]
+    fn bounds_read_days_whole_and_instants_exactly() {
+        assert_eq!(bound("from", &Some("2026-11-01".into()), false).unwrap().unwrap(), "2026-11-01");
+        assert_eq!(bound("to", &Some("2026-11-30".into()), true).unwrap().unwrap(), "2026-12-01");
+        assert_eq!(
+            bound("to", &Some("2026-11-30T10:00:00+05:30".into()), true).unwrap().unwrap(),
+            "2026-11-30T04:30:00.000000Z"
+        );
+        assert_eq!(bound("from", &Some("yesterday".into()), false).unwrap_err().param(), Some("from"));
+        assert_eq!(bound("from", &None, false).unwrap(), None);
+    }
+
+    #[test]
+    fn call_cursors_round_trip() {
+        let (at, id) = decode_call_cursor("t5f5e100.2a").unwrap();
+        assert_eq!((at.timestamp_micros(), id), (0x5f5e100, 42));
+        assert!(decode_call_cursor("c12").is_err());
+        assert!(decode_call_cursor("tzz.1").is_err());
+    }
+}

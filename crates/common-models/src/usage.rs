@@ -1,0 +1,92 @@
+//! How a set of `llm_logs` rows becomes usage figures: the one definition both the
+//! worker's hourly rollups (`llm_usage_hourly`) and the analytics API's reads of raw
+//! rows use, so a figure read from rollups and one read from raw rows cannot disagree.
+
+/// SQL aggregates over `llm_logs` rows yielding, in order: calls, calls without usage
+/// (tokens unknown, not zero), unpriced calls (tokens known, no price: cost unknown,
+/// never $0), tokens in, tokens out, cost, our cache's hits, the cost they saved,
+/// streaming calls, the latency sum, and the latency and time-to-first-token
+/// histograms (`llm_histogram`, see the analytics migration `llm_usage_hourly`).
+#[macro_export]
+macro_rules! llm_usage_measures {
+    () => {
+        "count(*), count(*) FILTER (WHERE NOT usage_reported), \
+         count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit), \
+         coalesce(sum(tokens_input), 0), coalesce(sum(tokens_output), 0), coalesce(sum(cost_usd), 0), \
+         count(*) FILTER (WHERE cache_hit), coalesce(sum(cost_saved_usd), 0), count(*) FILTER (WHERE streaming), \
+         coalesce(sum(latency_ms), 0), llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms)"
+    };
+}
+
+/// Buckets of the latency histograms: element 1 counts values under 1 ms, element k
+/// (2..59) values in [1.25^(k-2), 1.25^(k-1)) ms, element 60 values from 1.25^58 ms.
+pub const HISTOGRAM_BUCKETS: usize = 60;
+const GROWTH: f64 = 1.25;
+
+/// The 1-based bucket a latency of `ms` falls in (`llm_latency_bucket` in SQL).
+pub fn histogram_bucket(ms: f64) -> usize {
+    if ms < 1.0 {
+        return 1;
+    }
+    let k = 2.0 + (ms.ln() / GROWTH.ln()).floor();
+    if k >= HISTOGRAM_BUCKETS as f64 { HISTOGRAM_BUCKETS } else { k as usize }
+}
+
+/// The value reported for bucket `k`: its geometric middle (the last bucket, open
+/// above, reports its lower bound; the first, its upper half-point 0.5 ms).
+pub fn bucket_value(k: usize) -> f64 {
+    match k {
+        0 | 1 => 0.5,
+        k if k >= HISTOGRAM_BUCKETS => GROWTH.powi(HISTOGRAM_BUCKETS as i32 - 2),
+        k => GROWTH.powf(k as f64 - 1.5),
+    }
+}
+
+/// The `q`-quantile (0 < q ≤ 1) of a histogram: the value of the first bucket whose
+/// running count reaches `ceil(q · n)` (as `percentile_disc` picks its row), so it lies
+/// in the same bucket as the exact percentile. `None` for an empty histogram.
+pub fn quantile(histogram: &[i64], q: f64) -> Option<f64> {
+    let n: i64 = histogram.iter().sum();
+    if n <= 0 {
+        return None;
+    }
+    let rank = ((q * n as f64).ceil() as i64).clamp(1, n);
+    let mut seen = 0;
+    for (i, count) in histogram.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(bucket_value(i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bucket_values_fall_in_their_buckets() {
+        for k in 1..=HISTOGRAM_BUCKETS {
+            assert_eq!(histogram_bucket(bucket_value(k)), k, "bucket {k}");
+        }
+        assert_eq!(histogram_bucket(0.0), 1);
+        assert_eq!(histogram_bucket(1.0), 2);
+        assert_eq!(histogram_bucket(1.24), 2);
+        assert_eq!(histogram_bucket(1.25), 3);
+        assert_eq!(histogram_bucket(1e12), HISTOGRAM_BUCKETS);
+    }
+
+    #[test]
+    fn quantiles_pick_the_bucket_of_the_ranked_value() {
+        let mut h = vec![0i64; HISTOGRAM_BUCKETS];
+        // 90 calls near 100 ms, 10 near 2 s.
+        h[histogram_bucket(100.0) - 1] = 90;
+        h[histogram_bucket(2000.0) - 1] = 10;
+        assert_eq!(histogram_bucket(quantile(&h, 0.5).unwrap()), histogram_bucket(100.0));
+        assert_eq!(histogram_bucket(quantile(&h, 0.9).unwrap()), histogram_bucket(100.0));
+        assert_eq!(histogram_bucket(quantile(&h, 0.91).unwrap()), histogram_bucket(2000.0));
+        assert_eq!(quantile(&[0; HISTOGRAM_BUCKETS], 0.5), None);
+    }
+}
