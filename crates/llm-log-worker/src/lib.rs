@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod handler;
 pub mod metrics;
+pub mod retention;
 pub mod rollup;
 pub mod settings;
 pub mod writer;
@@ -88,6 +89,7 @@ pub async fn run(
     let partitions =
         tokio::spawn(keep_partitions_ahead(writer.clone(), settings.partition_check_interval, shutdown.clone()));
     let rollups = tokio::spawn(keep_rollups_compact(pool.clone(), settings.rollup_interval, shutdown.clone()));
+    let retention = tokio::spawn(keep_retention(pool.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
 
     let consumer = Consumer::<LogEvent>::new(redis, keys, settings.consumer.clone(), queue_metrics);
     let result = consumer
@@ -101,6 +103,7 @@ pub async fn run(
         .await;
     drop(partitions.await);
     drop(rollups.await);
+    drop(retention.await);
     drop(server.await);
     tracing::info!("llm-log-worker stopped");
     result
@@ -124,6 +127,41 @@ async fn keep_rollups_compact(pool: service_kit::db::PgPool, every: Duration, mu
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Every `retention_interval`: drops the raw partitions past `raw_retention` (when set;
+/// one worker at a time) and refreshes the partition metrics.
+async fn keep_retention(
+    pool: service_kit::db::PgPool,
+    settings: WorkerSettings,
+    metrics: WorkerMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let checked = async {
+            let mut conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let now = chrono::Utc::now();
+            if !settings.raw_retention.is_zero() {
+                let outcome =
+                    retention::run(&mut conn, now, settings.raw_retention, settings.lock_timeout, false).await?;
+                for p in &outcome.dropped {
+                    metrics.partitions_dropped.with_label_values(&[p.table]).inc();
+                }
+            }
+            let (ahead, oldest) = retention::upkeep(&retention::partitions(&mut conn).await?, now);
+            metrics.partition_months_ahead.set(ahead);
+            metrics.oldest_partition_age_days.set(oldest.unwrap_or(0));
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = checked {
+            tracing::warn!(error = %err, "raw log retention failed, will retry");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.retention_interval.max(Duration::from_secs(1))) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }

@@ -38,6 +38,16 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         to: Option<DateTime<Utc>>,
     },
+    /// Drop the raw log partitions whose whole month is older than the retention age
+    /// (`raw_retention`, 90 days); the rollups stay. One instance at a time.
+    Retention {
+        /// Only list what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
+        /// The age instead of `raw_retention` (`120d`).
+        #[arg(long, value_parser = parse_age)]
+        max_age: Option<std::time::Duration>,
+    },
     /// List, replay or drop the log streams' dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -72,6 +82,28 @@ async fn main() -> anyhow::Result<()> {
             println!("{rows} rollup rows written for {from} .. {to} in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
         }
+        Command::Retention { dry_run, max_age } => {
+            let max_age = max_age.unwrap_or(settings.raw_retention);
+            anyhow::ensure!(!max_age.is_zero(), "retention is off (raw_retention = 0d): nothing to drop");
+            let mut conn = AsyncPgConnection::establish(settings.analytics_url().expose()).await?;
+            let now = Utc::now();
+            let all = llm_log_worker::retention::partitions(&mut conn).await?;
+            let expired = llm_log_worker::retention::expired(&all, now, max_age);
+            eprintln!("{} raw partitions; {} past {} days:", all.len(), expired.len(), max_age.as_secs() / 86_400);
+            for p in &expired {
+                let rows =
+                    if p.rows_estimate < 0 { "not yet counted".to_owned() } else { format!("~{}", p.rows_estimate) };
+                eprintln!("  {} ({} .. {}): rows {rows}, {} KiB", p.name, p.month, p.end(), p.bytes >> 10);
+            }
+            if dry_run {
+                println!("dry run: {} partitions would be dropped", expired.len());
+                return Ok(());
+            }
+            let outcome = llm_log_worker::retention::run(&mut conn, now, max_age, settings.lock_timeout, false).await?;
+            anyhow::ensure!(outcome.ran, "another instance is running retention; nothing done");
+            println!("{} partitions dropped", outcome.dropped.len());
+            Ok(())
+        }
         Command::DeadLetters(command) => {
             let keys = Keys::new(settings.redis.key_prefix.clone());
             task_queue::cli::run(command, settings.redis.url.expose(), &keys, &LogEvent::streams()).await
@@ -80,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A UTC time from `YYYY-MM-DD` (midnight) or RFC 3339.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    service_kit::config::parse_duration(text)
+}
+
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(day.and_time(NaiveTime::MIN).and_utc());

@@ -1,7 +1,7 @@
 //! The worker's own metrics, under `headhunter_log_worker_` (the consumer runtime's
 //! `queue_*` metrics sit beside them in the same registry).
 
-use prometheus::{Histogram, IntCounterVec};
+use prometheus::{Histogram, IntCounterVec, IntGauge};
 
 service_kit::metrics! {
     pub struct WorkerMetrics {
@@ -18,5 +18,13 @@ service_kit::metrics! {
         /// Of that, seconds spent adding the batch to the hourly rollups.
         rollup_seconds: Histogram = "rollup_seconds"
             buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        /// Months after the current one whose raw partitions exist for both tables (1:
+        /// next month is ready; 0 or -1: partition upkeep is failing).
+        partition_months_ahead: IntGauge = "partition_months_ahead",
+        /// Age in days of the oldest raw partition's month start (grows past the
+        /// retention age plus a month when retention is not dropping).
+        oldest_partition_age_days: IntGauge = "oldest_partition_age_days",
+        /// Raw partitions dropped by retention, per table.
+        partitions_dropped: IntCounterVec = "partitions_dropped_total" ["table"],
     }
 }

@@ -40,6 +40,12 @@ pub struct WorkerSettings {
     /// How often pending rollup rows are folded into the hourly rollups.
     #[serde(deserialize_with = "duration")]
     pub rollup_interval: Duration,
+    /// Raw partitions whose whole month is older than this are dropped; 0: kept forever.
+    #[serde(deserialize_with = "duration")]
+    pub raw_retention: Duration,
+    /// How often retention runs (and the partition metrics are refreshed).
+    #[serde(deserialize_with = "duration")]
+    pub retention_interval: Duration,
 }
 
 impl WorkerSettings {
