@@ -231,7 +231,7 @@ fn bound(param: &'static str, raw: &Option<String>, end: bool) -> Result<Option<
     }
 }
 
-fn format(raw: &Option<String>) -> Result<bool, AppError> {
+pub(crate) fn format(raw: &Option<String>) -> Result<bool, AppError> {
     match raw.as_deref() {
         None | Some("json") => Ok(false),
         Some("csv") => Ok(true),
@@ -243,7 +243,7 @@ fn format(raw: &Option<String>) -> Result<bool, AppError> {
     }
 }
 
-fn limit(raw: &Option<String>, default: i64, max: i64) -> Result<i64, AppError> {
+pub(crate) fn limit(raw: &Option<String>, default: i64, max: i64) -> Result<i64, AppError> {
     match raw {
         None => Ok(default),
         Some(raw) => raw.parse::<i64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
@@ -299,7 +299,7 @@ pub async fn check_timezone(conn: &mut AsyncPgConnection, param: &'static str, t
 
 /// A connection to the analytics reads, its session in `tz` and under the query
 /// timeout (every user of this pool sets both first).
-async fn reader(
+pub(crate) async fn reader(
     state: &AppState,
     tz: &str,
 ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, AppError> {
@@ -317,7 +317,7 @@ async fn reader(
 
 /// A failed analytics read: 503 (the analytics database is another server), saying
 /// so when the query ran over its time limit.
-fn query_failed(err: diesel::result::Error) -> AppError {
+pub(crate) fn query_failed(err: diesel::result::Error) -> AppError {
     use diesel::result::{DatabaseErrorKind, Error};
     match &err {
         Error::DatabaseError(DatabaseErrorKind::Unknown, info) if info.message().contains("statement timeout") => {
@@ -335,7 +335,7 @@ fn query_failed(err: diesel::result::Error) -> AppError {
 
 /// The range as UTC instants: the given bounds read in the session's timezone, by
 /// default the last 30 local days (today included). 400 unless it runs forwards.
-async fn resolve_range(
+pub(crate) async fn resolve_range(
     conn: &mut AsyncPgConnection,
     from: &Option<String>,
     to: &Option<String>,
@@ -920,11 +920,12 @@ async fn load_calls(
         .map_err(query_failed)
 }
 
-fn encode_call_cursor(call: &Call) -> String {
-    format!("t{:x}.{:x}", call.created_at.timestamp_micros(), call.id)
+/// A cursor for lists ordered by (time, id), newest first.
+pub(crate) fn time_cursor(at: DateTime<Utc>, id: i64) -> String {
+    format!("t{:x}.{:x}", at.timestamp_micros(), id)
 }
 
-fn decode_call_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), AppError> {
+pub(crate) fn decode_time_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), AppError> {
     let bad = || AppError::bad_request("cursor", "invalid_value", "`cursor` is not one this API returned");
     let (micros, id) = raw.strip_prefix('t').and_then(|r| r.split_once('.')).ok_or_else(bad)?;
     let micros = i64::from_str_radix(micros, 16).map_err(|_| bad())?;
@@ -968,7 +969,7 @@ async fn calls_answer(
     let interview = q.interview_id.as_deref().map(|v| crate::page::integer("interview_id", v)).transpose()?;
     let user = q.user_id.as_deref().map(|v| crate::page::integer("user_id", v)).transpose()?;
     let n = limit(&q.limit, 50, MAX_CALLS_PAGE)?;
-    let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_call_cursor).transpose()?;
+    let after = q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_time_cursor).transpose()?;
     let csv = format(&q.format)?;
     let mut conn = reader(state, q.tz.as_deref().unwrap_or(&tz)).await?;
     let filter = CallFilter {
@@ -986,16 +987,16 @@ async fn calls_answer(
     let mut rows = load_calls(&mut conn, &filter, after, n + 1).await?;
     let more = rows.len() as i64 > n;
     rows.truncate(n as usize);
-    let next_cursor = if more { rows.last().map(encode_call_cursor) } else { None };
+    let next_cursor = if more { rows.last().map(|c| time_cursor(c.created_at, c.id)) } else { None };
     Ok(HttpResponse::Ok().json(CallsPage { data: rows, next_cursor }))
 }
 
 // ---------------------------------------------------------------------------------
 // CSV.
 
-type Chunks = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+pub(crate) type Chunks = futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-fn csv_answer(name: &str, body: Chunks) -> HttpResponse {
+pub(crate) fn csv_answer(name: &str, body: Chunks) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.csv\"")))
@@ -1004,7 +1005,7 @@ fn csv_answer(name: &str, body: Chunks) -> HttpResponse {
 
 /// One CSV field: quoted when it holds a separator, quote or line break; text that a
 /// spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a leading `'`.
-fn text_field(out: &mut String, value: Option<&str>) {
+pub(crate) fn text_field(out: &mut String, value: Option<&str>) {
     let Some(v) = value else { return };
     let guarded = if v.starts_with(['=', '+', '-', '@']) { format!("'{v}") } else { v.to_owned() };
     if guarded.contains([',', '"', '\n', '\r']) {
@@ -1016,7 +1017,7 @@ fn text_field(out: &mut String, value: Option<&str>) {
     }
 }
 
-fn number_field<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
+pub(crate) fn number_field<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
     if let Some(v) = value {
         out.push_str(&v.to_string());
     }
@@ -1180,9 +1181,9 @@ mod tests {
 
     #[test]
     fn call_cursors_round_trip() {
-        let (at, id) = decode_call_cursor("t5f5e100.2a").unwrap();
+        let (at, id) = decode_time_cursor("t5f5e100.2a").unwrap();
         assert_eq!((at.timestamp_micros(), id), (0x5f5e100, 42));
-        assert!(decode_call_cursor("c12").is_err());
-        assert!(decode_call_cursor("tzz.1").is_err());
+        assert!(decode_time_cursor("c12").is_err());
+        assert!(decode_time_cursor("tzz.1").is_err());
     }
 }

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod llm;
 pub mod logged;
+pub mod logs_search;
 pub mod matches;
 pub mod metrics;
 pub mod openapi;
@@ -194,6 +195,7 @@ pub async fn run(
             .configure(recruiting::routes)
             .configure(analysis::routes)
             .configure(analytics::routes)
+            .configure(logs_search::routes)
             .configure(admin::routes)
             .configure(openapi::routes)
             .configure(probes::routes)
