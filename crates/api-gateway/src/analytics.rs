@@ -511,7 +511,7 @@ pub struct Percentiles {
 /// The aggregate over [`$1`, `$2`) for `$3`'s company (NULL: every company), split by
 /// `bucket` (in the session's timezone) and `group`, at most `$4` rows, ordered by
 /// bucket and group, or with `by_cost` by cost, largest first.
-fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool) -> String {
+fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool, from_raw: bool) -> String {
     let trunc = |x: &str| match bucket {
         Some(b) => format!("date_trunc('{}', {x})", b.sql()),
         None => "NULL::timestamptz".to_owned(),
@@ -520,7 +520,11 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
         Some(_) => format!("{} = {}", trunc("h"), trunc("h + interval '1 hour' - interval '1 microsecond'")),
         None => "TRUE".to_owned(),
     };
-    let whole = format!("h >= $1 AND h + interval '1 hour' <= $2 AND {same_bucket}");
+    let whole = if from_raw {
+        "FALSE".to_owned()
+    } else {
+        format!("h >= $1 AND h + interval '1 hour' <= $2 AND {same_bucket}")
+    };
     let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
     let grp = Group::sql(group);
     let order = if by_cost { "sum(cost_usd) DESC, sum(calls) DESC, grp" } else { "b, grp" };
@@ -555,6 +559,22 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
     )
 }
 
+/// The usage aggregate's SQL exactly as the API runs it, for the benchmark (binds: from,
+/// to, company or NULL, most rows; the session's timezone cuts the buckets). With
+/// `from_raw` every hour is read from the raw rows instead of the rollups: the same
+/// figures as a dashboard over raw logs would compute them.
+pub fn usage_sql_for(
+    bucket: Option<&str>,
+    group: Option<&str>,
+    company: bool,
+    by_cost: bool,
+    from_raw: bool,
+) -> Result<String, AppError> {
+    let bucket = bucket.map(Bucket::parse).transpose()?;
+    let group = group.map(|g| Group::parse("group_by", g, true)).transpose()?;
+    Ok(usage_sql(bucket, group, company, by_cost, from_raw))
+}
+
 async fn aggregate(
     conn: &mut AsyncPgConnection,
     range: (DateTime<Utc>, DateTime<Utc>),
@@ -564,7 +584,7 @@ async fn aggregate(
     by_cost: bool,
     max_rows: i64,
 ) -> Result<Vec<UsageRow>, AppError> {
-    sql_query(usage_sql(bucket, group, audience.company.is_some(), by_cost))
+    sql_query(usage_sql(bucket, group, audience.company.is_some(), by_cost, false))
         .bind::<Timestamptz, _>(range.0)
         .bind::<Timestamptz, _>(range.1)
         .bind::<Nullable<BigInt>, _>(audience.company)

@@ -17,6 +17,7 @@
 //!   under thousands of logged LLM calls a second and CV processing.
 
 mod access;
+mod analytics;
 mod cache;
 mod cvs;
 mod gateway;
@@ -120,6 +121,15 @@ enum Command {
         #[arg(long, default_value = ".models/all-minilm-l6-v2")]
         model_dir: std::path::PathBuf,
     },
+    /// The dashboard's queries over a month of raw rows: from the rollups vs from raw.
+    Analytics {
+        /// Raw llm_logs rows generated over 30 days.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Runs of each query (each from both sides).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
         #[arg(long)]
@@ -159,6 +169,7 @@ fn main() -> anyhow::Result<()> {
         Command::Isolation { llm_rate, seconds, cvs, bin_dir, model_dir } => {
             runtime()?.block_on(isolation::run(llm_rate, seconds, cvs, &bin_dir, &model_dir))
         }
+        Command::Analytics { rows, rounds } => runtime()?.block_on(analytics::run(rows, rounds)),
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
             let report = loadgen::run(

@@ -1,0 +1,229 @@
+//! The dashboard's main queries over a month of raw `llm_logs` (10 million rows by
+//! default): from the hourly rollups, as the analytics API runs them, against the same
+//! figures computed from the raw rows, side by side on one database.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use common_models::db::{Database, run_migrations};
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::{count, create_database, drop_database};
+
+const COMPANIES: i64 = 50;
+const CHUNK: u64 = 500_000;
+
+pub async fn run(rows: u64, rounds: usize) -> anyhow::Result<()> {
+    let (url, name) = create_database("analytics").await?;
+    let result = measure(&url, rows, rounds.max(1)).await;
+    drop_database(&name).await?;
+    result
+}
+
+/// One query of the dashboard.
+struct Query {
+    name: &'static str,
+    bucket: Option<&'static str>,
+    group: Option<&'static str>,
+    /// One company (varied per round) or all.
+    company: bool,
+    by_cost: bool,
+    tz: &'static str,
+}
+
+const QUERIES: [Query; 6] = [
+    Query {
+        name: "company: 30 days by day",
+        bucket: Some("day"),
+        group: None,
+        company: true,
+        by_cost: false,
+        tz: "Europe/Berlin",
+    },
+    Query {
+        name: "company: by day and model",
+        bucket: Some("day"),
+        group: Some("model"),
+        company: true,
+        by_cost: false,
+        tz: "Europe/Berlin",
+    },
+    Query {
+        name: "company: by day, Asia/Kolkata",
+        bucket: Some("day"),
+        group: None,
+        company: true,
+        by_cost: false,
+        tz: "Asia/Kolkata",
+    },
+    Query {
+        name: "company: top users",
+        bucket: None,
+        group: Some("user"),
+        company: true,
+        by_cost: true,
+        tz: "Europe/Berlin",
+    },
+    Query {
+        name: "all companies: by day",
+        bucket: Some("day"),
+        group: None,
+        company: false,
+        by_cost: false,
+        tz: "UTC",
+    },
+    Query {
+        name: "all companies: top companies",
+        bucket: None,
+        group: Some("company"),
+        company: false,
+        by_cost: true,
+        tz: "UTC",
+    },
+];
+
+#[derive(diesel::QueryableByName)]
+struct Figure {
+    #[diesel(sql_type = BigInt)]
+    calls: i64,
+    #[diesel(sql_type = Double)]
+    cost_usd: f64,
+}
+
+async fn measure(url: &str, rows: u64, rounds: usize) -> anyhow::Result<()> {
+    run_migrations(url, Database::Analytics).await?;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    let end = Utc::now().duration_trunc(TimeDelta::hours(1))?;
+    let start = end - TimeDelta::days(30);
+    for months_back in 0..=2 {
+        for table in ["llm_logs", "system_logs"] {
+            diesel::sql_query(format!(
+                "SELECT ensure_monthly_partition('{table}', (now() - interval '{months_back} months')::date)"
+            ))
+            .execute(&mut conn)
+            .await?;
+        }
+    }
+
+    // A month of traffic: 50 companies, ~30 users each (a tenth of calls by a user-less
+    // key), a fifth of calls in one of 50 interviews a company, three actions, four
+    // models (one unpriced), 2 % errors, 5 % our cache's hits, half streamed.
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let upto = (done + CHUNK).min(rows);
+        diesel::sql_query(
+            "INSERT INTO llm_logs (event_id, created_at, action, company_id, user_id, interview_id, model, \
+               tokens_input, tokens_output, tokens_used, usage_reported, cost_usd, price_table_version, latency_ms, \
+               time_to_first_token_ms, streaming, http_status, error_type, cache_hit, cost_saved_usd) \
+             SELECT gen_random_uuid(), $1 + (i::float8 / $4) * ($2 - $1), \
+               (ARRAY['chat_completion', 'cv_summary', 'match_explain'])[1 + h % 3], c, \
+               CASE WHEN h % 10 = 0 THEN NULL ELSE c * 100 + (h / 7) % 30 END, \
+               CASE WHEN h % 5 = 0 THEN c * 1000 + (h / 11) % 50 END, m, ti, tout, ti + tout, ti IS NOT NULL, \
+               CASE WHEN hit THEN 0 WHEN m = 'local-llama' OR ti IS NULL THEN NULL \
+                    ELSE (ti * 2 + tout * 8) / 1000000.0 END, '2026-11-01', \
+               50 + (h / 13) % 5000, CASE WHEN h % 2 = 0 THEN 20 + (h / 17) % 800 END, h % 2 = 0, \
+               CASE WHEN err THEN 502 ELSE 200 END, CASE WHEN err THEN 'upstream_error' END, hit, \
+               CASE WHEN hit THEN 0.002 END \
+             FROM (SELECT i, h, 1 + h % $3 AS c, h % 50 = 7 AS err, h % 20 = 3 AS hit, \
+                          CASE WHEN h % 20 = 9 THEN 'local-llama' \
+                               ELSE (ARRAY['gpt-4.1', 'gpt-4.1-mini', 'o4-mini'])[1 + (h / 3) % 3] END AS m, \
+                          CASE WHEN h % 50 <> 7 THEN 200 + (h / 19) % 1500 END AS ti, \
+                          CASE WHEN h % 50 <> 7 THEN 20 + (h / 23) % 600 END AS tout \
+                   FROM (SELECT i, (i * 2654435761) % 4294967291 AS h FROM generate_series($5, $6) AS i) AS s) AS g",
+        )
+        .bind::<Timestamptz, _>(start)
+        .bind::<Timestamptz, _>(end)
+        .bind::<BigInt, _>(COMPANIES)
+        .bind::<Double, _>(rows as f64)
+        .bind::<BigInt, _>(done as i64)
+        .bind::<BigInt, _>(upto as i64 - 1)
+        .execute(&mut conn)
+        .await?;
+        done = upto;
+        eprint!("\rgenerating raw rows: {done} / {rows} ({:.0} s)", started.elapsed().as_secs_f64());
+    }
+    eprintln!();
+    conn.batch_execute("ANALYZE llm_logs").await?;
+    let rolled = Instant::now();
+    llm_log_worker::rollup::rebuild(&mut conn, start, end, |day, days| {
+        eprint!("\rrolling up: day {day} / {days}");
+    })
+    .await?;
+    eprintln!();
+    conn.batch_execute("ANALYZE llm_usage_hourly").await?;
+    let rollup_secs = rolled.elapsed().as_secs_f64();
+    let raw_rows = count(url, "SELECT count(*) AS n FROM llm_logs").await?;
+    let rollup_rows = count(url, "SELECT count(*) AS n FROM llm_usage_hourly").await?;
+    let raw_mib = count(
+        url,
+        "SELECT (sum(pg_total_relation_size(inhrelid)) / 1048576)::int8 AS n FROM pg_inherits \
+                               WHERE inhparent = 'llm_logs'::regclass",
+    )
+    .await?;
+    let rollup_mib = count(url, "SELECT (pg_total_relation_size('llm_usage_hourly') / 1048576)::int8 AS n").await?;
+    println!(
+        "analytics: {raw_rows} raw llm_logs rows over 30 days ({raw_mib} MiB), {rollup_rows} hourly rollup rows \
+              ({rollup_mib} MiB, {:.1} % of the rows), rolled up in {rollup_secs:.0} s",
+        100.0 * rollup_rows as f64 / raw_rows.max(1) as f64
+    );
+    println!(
+        "{:<34} {:>13} {:>13} {:>13} {:>13} {:>8}",
+        "query (server time, ms)", "rollups p50", "rollups p99", "raw p50", "raw p99", "raw/rollups"
+    );
+
+    for q in QUERIES {
+        let mut timings = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            let company = q.company.then_some(1 + (round as i64 % COMPANIES));
+            let mut answers = Vec::new();
+            for (source, from_raw) in [false, true].into_iter().enumerate() {
+                let sql = api_gateway::analytics::usage_sql_for(q.bucket, q.group, q.company, q.by_cost, from_raw)
+                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                diesel::sql_query("SELECT set_config('TimeZone', $1, false)")
+                    .bind::<Text, _>(q.tz)
+                    .execute(&mut conn)
+                    .await?;
+                let began = Instant::now();
+                let figures: Vec<Figure> = diesel::sql_query(sql)
+                    .bind::<Timestamptz, _>(start)
+                    .bind::<Timestamptz, _>(end)
+                    .bind::<Nullable<BigInt>, _>(company)
+                    .bind::<BigInt, _>(20_001)
+                    .load(&mut conn)
+                    .await?;
+                timings[source].push(began.elapsed());
+                answers.push(figures.iter().map(|f| (f.calls, (f.cost_usd * 1e6).round() as i64)).collect::<Vec<_>>());
+            }
+            anyhow::ensure!(answers[0] == answers[1], "{}: the rollups and the raw rows disagree", q.name);
+        }
+        let [rollups, raw] = timings.map(|mut t| {
+            t.sort();
+            (percentile(&t, 0.5), percentile(&t, 0.99))
+        });
+        println!(
+            "{:<34} {:>13.1} {:>13.1} {:>13.1} {:>13.1} {:>7.0}×",
+            q.name,
+            ms(rollups.0),
+            ms(rollups.1),
+            ms(raw.0),
+            ms(raw.1),
+            raw.1.as_secs_f64() / rollups.1.as_secs_f64().max(1e-9)
+        );
+    }
+    println!(
+        "(the same figures from both sides, checked each round; {rounds} rounds per query; target: every \
+              dashboard query ≤ 100 ms)"
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
