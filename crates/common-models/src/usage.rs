@@ -5,16 +5,25 @@
 /// SQL aggregates over `llm_logs` rows yielding, in order: calls, calls without usage
 /// (tokens unknown, not zero), unpriced calls (tokens known, no price: cost unknown,
 /// never $0), tokens in, tokens out, cost, our cache's hits, the cost they saved,
-/// streaming calls, the latency sum, and the latency and time-to-first-token
-/// histograms (`llm_histogram`, see the analytics migration `llm_usage_hourly`).
+/// streaming calls and the latency sum.
 #[macro_export]
-macro_rules! llm_usage_measures {
+macro_rules! llm_usage_sums {
     () => {
         "count(*), count(*) FILTER (WHERE NOT usage_reported), \
          count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit), \
          coalesce(sum(tokens_input), 0), coalesce(sum(tokens_output), 0), coalesce(sum(cost_usd), 0), \
          count(*) FILTER (WHERE cache_hit), coalesce(sum(cost_saved_usd), 0), count(*) FILTER (WHERE streaming), \
-         coalesce(sum(latency_ms), 0), llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms)"
+         coalesce(sum(latency_ms), 0)"
+    };
+}
+
+/// [`llm_usage_sums!`] followed by the latency and time-to-first-token histograms
+/// (`llm_histogram`, see the analytics migration `llm_usage_hourly`): a rollup row's
+/// measures.
+#[macro_export]
+macro_rules! llm_usage_measures {
+    () => {
+        concat!($crate::llm_usage_sums!(), ", llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms)")
     };
 }
 

@@ -53,38 +53,79 @@ pub const ADD_INSERTED: &str = concat!(
     )
 );
 
-/// Moves every committed pending row into `llm_usage_hourly`, adding it to its hour's
-/// row; does nothing while another session compacts (the advisory lock is held to the
-/// end of this statement's transaction).
+/// The keys of `llm_usage_hourly`, and of its coarser grain `llm_usage_hourly_models`.
+macro_rules! fine_keys {
+    () => {
+        "hour, company_id, user_id, interview_id, action, model, error_type"
+    };
+}
+macro_rules! coarse_keys {
+    () => {
+        "hour, company_id, action, model, error_type"
+    };
+}
+
+/// Adds the rollup rows of `$source`, summed per `$keys`, to `$table`: a new key is
+/// inserted, an existing one added to (on `$constraint`).
+macro_rules! add_to {
+    ($table:literal, $keys:expr, $source:literal, $constraint:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " AS t (",
+            $keys,
+            ", calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, \
+             cost_saved_usd, streaming_calls, latency_ms_sum, latency_ms_histogram, ttft_ms_histogram) SELECT ",
+            $keys,
+            ", sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), sum(tokens_output), \
+             sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), sum(latency_ms_sum), \
+             llm_histogram_merge(latency_ms_histogram), llm_histogram_merge(ttft_ms_histogram) FROM ",
+            $source,
+            " GROUP BY ",
+            $keys,
+            " ON CONFLICT ON CONSTRAINT ",
+            $constraint,
+            " DO UPDATE SET calls = t.calls + EXCLUDED.calls, \
+             calls_without_usage = t.calls_without_usage + EXCLUDED.calls_without_usage, \
+             unpriced_calls = t.unpriced_calls + EXCLUDED.unpriced_calls, \
+             tokens_input = t.tokens_input + EXCLUDED.tokens_input, \
+             tokens_output = t.tokens_output + EXCLUDED.tokens_output, \
+             cost_usd = t.cost_usd + EXCLUDED.cost_usd, cache_hits = t.cache_hits + EXCLUDED.cache_hits, \
+             cost_saved_usd = t.cost_saved_usd + EXCLUDED.cost_saved_usd, \
+             streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
+             latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
+             latency_ms_histogram = llm_histogram_add(t.latency_ms_histogram, EXCLUDED.latency_ms_histogram), \
+             ttft_ms_histogram = llm_histogram_add(t.ttft_ms_histogram, EXCLUDED.ttft_ms_histogram)"
+        )
+    };
+}
+
+/// Moves every committed pending row into `llm_usage_hourly` and its coarser grain
+/// `llm_usage_hourly_models`, adding it to its hour's rows, in one statement; does
+/// nothing while another session compacts (the advisory lock is held to the end of
+/// this statement's transaction). [`compact`] locks the tables first, in
+/// [`LOCK_ORDER`].
 const COMPACT: &str = concat!(
     "WITH turn AS (SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact')) AS mine), \
-     moved AS (DELETE FROM llm_usage_pending WHERE (SELECT mine FROM turn) RETURNING *) \
-     INSERT INTO llm_usage_hourly (",
-    usage_columns!(),
-    ") SELECT hour, company_id, user_id, interview_id, action, model, error_type, sum(calls), \
-     sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), sum(tokens_output), sum(cost_usd), \
-     sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), sum(latency_ms_sum), \
-     llm_histogram_merge(latency_ms_histogram), llm_histogram_merge(ttft_ms_histogram) \
-     FROM moved GROUP BY 1, 2, 3, 4, 5, 6, 7 \
-     ON CONFLICT ON CONSTRAINT llm_usage_hourly_key DO UPDATE SET \
-     calls = llm_usage_hourly.calls + EXCLUDED.calls, \
-     calls_without_usage = llm_usage_hourly.calls_without_usage + EXCLUDED.calls_without_usage, \
-     unpriced_calls = llm_usage_hourly.unpriced_calls + EXCLUDED.unpriced_calls, \
-     tokens_input = llm_usage_hourly.tokens_input + EXCLUDED.tokens_input, \
-     tokens_output = llm_usage_hourly.tokens_output + EXCLUDED.tokens_output, \
-     cost_usd = llm_usage_hourly.cost_usd + EXCLUDED.cost_usd, \
-     cache_hits = llm_usage_hourly.cache_hits + EXCLUDED.cache_hits, \
-     cost_saved_usd = llm_usage_hourly.cost_saved_usd + EXCLUDED.cost_saved_usd, \
-     streaming_calls = llm_usage_hourly.streaming_calls + EXCLUDED.streaming_calls, \
-     latency_ms_sum = llm_usage_hourly.latency_ms_sum + EXCLUDED.latency_ms_sum, \
-     latency_ms_histogram = llm_histogram_add(llm_usage_hourly.latency_ms_histogram, EXCLUDED.latency_ms_histogram), \
-     ttft_ms_histogram = llm_histogram_add(llm_usage_hourly.ttft_ms_histogram, EXCLUDED.ttft_ms_histogram)"
+     moved AS (DELETE FROM llm_usage_pending WHERE (SELECT mine FROM turn) RETURNING *), \
+     fine AS (",
+    add_to!("llm_usage_hourly", fine_keys!(), "moved", "llm_usage_hourly_key"),
+    " RETURNING 1) ",
+    add_to!("llm_usage_hourly_models", coarse_keys!(), "moved", "llm_usage_hourly_models_key")
 );
 
-/// Folds the pending rollups into `llm_usage_hourly`; returns the hourly rows written
+/// The three rollup tables, in the one order every writer of several takes them
+/// ([`compact`] and [`rebuild`]), so that none deadlocks another.
+const LOCK_ORDER: &str = "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models";
+
+/// Folds the pending rollups into the hourly rollups; returns the coarse rows written
 /// (0 as well when another worker holds the turn).
 pub async fn compact(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
-    sql_query(COMPACT).execute(conn).await
+    conn.transaction(async |conn| {
+        conn.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
+        sql_query(COMPACT).execute(conn).await
+    })
+    .await
 }
 
 const REBUILD_INSERT: &str = concat!(
@@ -92,6 +133,14 @@ const REBUILD_INSERT: &str = concat!(
     usage_columns!(),
     ") ",
     usage_of!("created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz")
+);
+
+/// The coarse grain of a range, from its (just rebuilt) hourly rows.
+const REBUILD_COARSE: &str = add_to!(
+    "llm_usage_hourly_models",
+    coarse_keys!(),
+    "(SELECT * FROM llm_usage_hourly WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz) AS src",
+    "llm_usage_hourly_models_key"
 );
 
 /// The parameters of [`ADD_INSERTED`] for a batch: event ids and the batch's time span.
@@ -152,12 +201,8 @@ pub async fn rebuild(
         let (lo, hi) = (sql_time(at), sql_time(until));
         written += conn
             .transaction::<u64, diesel::result::Error, _>(async move |conn| {
-                // Pending first, then hourly: the order the compaction statement takes
-                // them in (its WITH clause is opened before its INSERT's target), so the
-                // two never deadlock.
-                conn.batch_execute("LOCK TABLE llm_usage_pending, llm_usage_hourly IN SHARE ROW EXCLUSIVE MODE")
-                    .await?;
-                for table in ["llm_usage_hourly", "llm_usage_pending"] {
+                conn.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN SHARE ROW EXCLUSIVE MODE")).await?;
+                for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_pending"] {
                     sql_query(format!(
                         "DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"
                     ))
@@ -167,6 +212,7 @@ pub async fn rebuild(
                     .await?;
                 }
                 let n = sql_query(REBUILD_INSERT).bind::<Text, _>(&lo).bind::<Text, _>(&hi).execute(conn).await?;
+                sql_query(REBUILD_COARSE).bind::<Text, _>(&lo).bind::<Text, _>(&hi).execute(conn).await?;
                 Ok(n as u64)
             })
             .await?;

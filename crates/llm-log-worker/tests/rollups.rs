@@ -20,11 +20,13 @@ struct Snapshot {
     s: String,
 }
 
-/// The whole rollup table as text, rows sorted: equal snapshots, equal tables.
+/// Both rollup tables as text, rows sorted: equal snapshots, equal tables.
 async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
     let mut conn = db.connect().await?;
     let row: Snapshot = diesel::sql_query(
-        "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') AS s FROM llm_usage_hourly t",
+        "SELECT coalesce((SELECT string_agg(t::text, E'\\n' ORDER BY t::text) FROM llm_usage_hourly t), '') \
+         || E'\\n--\\n' || coalesce((SELECT string_agg(m::text, E'\\n' ORDER BY m::text) FROM llm_usage_hourly_models m), '') \
+         AS s",
     )
     .get_result(&mut conn)
     .await?;
@@ -91,6 +93,7 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
 
     // Each call counted once, in its own UTC hour, with its figures.
     assert_eq!(number(&db, "SELECT sum(calls)::bigint AS n FROM llm_usage_hourly").await?, 600);
+    assert_eq!(number(&db, "SELECT sum(calls)::bigint AS n FROM llm_usage_hourly_models").await?, 600);
     let per_hour_mismatches = number(
         &db,
         "SELECT count(*) AS n FROM (SELECT date_trunc('hour', created_at, 'UTC') AS hour, company_id, count(*) AS calls, \
