@@ -297,8 +297,8 @@ pub async fn check_timezone(conn: &mut AsyncPgConnection, param: &'static str, t
     Ok(())
 }
 
-/// A connection to the analytics reads, its session in `tz` and under the query
-/// timeout (every user of this pool sets both first).
+/// A connection to the analytics reads, its session in `tz`, under the query timeout
+/// and without JIT (every user of this pool sets them first).
 pub(crate) async fn reader(
     state: &AppState,
     tz: &str,
@@ -306,12 +306,17 @@ pub(crate) async fn reader(
     let mut conn = state.analytics_read.get().await.map_err(|e| AppError::unavailable("the analytics database", e))?;
     check_timezone(&mut conn, "tz", tz).await?;
     let timeout = format!("{}ms", state.settings.analytics_query_timeout.as_millis());
-    sql_query("SELECT set_config('TimeZone', $1, false), set_config('statement_timeout', $2, false)")
-        .bind::<Text, _>(tz)
-        .bind::<Text, _>(timeout)
-        .execute(&mut conn)
-        .await
-        .map_err(query_failed)?;
+    // JIT compiling these short aggregates costs seconds (their row estimates look
+    // large) and saves nothing.
+    sql_query(
+        "SELECT set_config('TimeZone', $1, false), set_config('statement_timeout', $2, false), \
+                set_config('jit', 'off', false)",
+    )
+    .bind::<Text, _>(tz)
+    .bind::<Text, _>(timeout)
+    .execute(&mut conn)
+    .await
+    .map_err(query_failed)?;
     Ok(conn)
 }
 
@@ -394,12 +399,16 @@ struct UsageRow {
     streaming_calls: i64,
     #[diesel(sql_type = BigInt)]
     latency_ms_sum: i64,
-    #[diesel(sql_type = Array<BigInt>)]
-    latency_ms_histogram: Vec<i64>,
-    #[diesel(sql_type = Array<BigInt>)]
-    ttft_ms_histogram: Vec<i64>,
     #[diesel(sql_type = BigInt)]
     errors: i64,
+    /// The histograms, sparse: their non-empty buckets (1-based) and the latency and
+    /// time-to-first-token counts in each (NULL: no calls were timed).
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    ks: Option<Vec<i64>>,
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    lvs: Option<Vec<i64>>,
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    tvs: Option<Vec<i64>>,
 }
 
 impl UsageRow {
@@ -417,10 +426,26 @@ impl UsageRow {
             cost_saved_usd: 0.0,
             streaming_calls: 0,
             latency_ms_sum: 0,
-            latency_ms_histogram: vec![0; HISTOGRAM_BUCKETS],
-            ttft_ms_histogram: vec![0; HISTOGRAM_BUCKETS],
             errors: 0,
+            ks: None,
+            lvs: None,
+            tvs: None,
         }
+    }
+
+    /// The latency and time-to-first-token histograms, dense.
+    fn histograms(&self) -> (Vec<i64>, Vec<i64>) {
+        let mut latency = vec![0; HISTOGRAM_BUCKETS];
+        let mut ttft = vec![0; HISTOGRAM_BUCKETS];
+        for (i, k) in self.ks.iter().flatten().enumerate() {
+            let Some(slot) = usize::try_from(*k).ok().and_then(|k| k.checked_sub(1)).filter(|k| *k < HISTOGRAM_BUCKETS)
+            else {
+                continue;
+            };
+            latency[slot] += self.lvs.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(0);
+            ttft[slot] += self.tvs.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(0);
+        }
+        (latency, ttft)
     }
 
     fn add(&mut self, other: &UsageRow) {
@@ -434,17 +459,19 @@ impl UsageRow {
         self.cost_saved_usd += other.cost_saved_usd;
         self.streaming_calls += other.streaming_calls;
         self.latency_ms_sum += other.latency_ms_sum;
-        for (a, b) in self.latency_ms_histogram.iter_mut().zip(&other.latency_ms_histogram) {
-            *a += b;
-        }
-        for (a, b) in self.ttft_ms_histogram.iter_mut().zip(&other.ttft_ms_histogram) {
-            *a += b;
-        }
+        let (mut latency, mut ttft) = self.histograms();
+        let (l, t) = other.histograms();
+        latency.iter_mut().zip(l).for_each(|(a, b)| *a += b);
+        ttft.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+        self.ks = Some((1..=HISTOGRAM_BUCKETS as i64).collect());
+        self.lvs = Some(latency);
+        self.tvs = Some(ttft);
         self.errors += other.errors;
     }
 
     fn figures(&self) -> Figures {
-        let timed: i64 = self.latency_ms_histogram.iter().sum();
+        let (latency, ttft) = self.histograms();
+        let timed: i64 = latency.iter().sum();
         let percentiles = |h: &[i64]| Percentiles {
             p50: quantile(h, 0.50).map(round1),
             p95: quantile(h, 0.95).map(round1),
@@ -463,8 +490,8 @@ impl UsageRow {
             cost_saved_usd: self.cost_saved_usd,
             streaming_calls: self.streaming_calls,
             latency_ms_mean: (timed > 0).then(|| round1(self.latency_ms_sum as f64 / timed as f64)),
-            latency_ms: percentiles(&self.latency_ms_histogram),
-            ttft_ms: percentiles(&self.ttft_ms_histogram),
+            latency_ms: percentiles(&latency),
+            ttft_ms: percentiles(&ttft),
         }
     }
 }
@@ -511,6 +538,10 @@ pub struct Percentiles {
 /// The aggregate over [`$1`, `$2`) for `$3`'s company (NULL: every company), split by
 /// `bucket` (in the session's timezone) and `group`, at most `$4` rows, ordered by
 /// bucket and group, or with `by_cost` by cost, largest first.
+///
+/// Sums and histograms are aggregated apart: the histograms as (bucket, count) pairs,
+/// only the non-empty buckets (`unnest` of the rollups' arrays, `llm_latency_bucket` of
+/// the raw rows), added per bucket with plain `sum`s and handed over sparse.
 fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool, from_raw: bool) -> String {
     let trunc = |x: &str| match bucket {
         Some(b) => format!("date_trunc('{}', {x})", b.sql()),
@@ -527,35 +558,63 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
     };
     let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
     let grp = Group::sql(group);
-    let order = if by_cost { "sum(cost_usd) DESC, sum(calls) DESC, grp" } else { "b, grp" };
+    // Users and interviews are keys of the fine rollups only; everything else reads the
+    // coarse grain, a few dozen rows per company and hour.
+    let rollups = match group {
+        Some(Group::User | Group::Interview) => "llm_usage_hourly",
+        _ => "llm_usage_hourly_models",
+    };
+    let order = if by_cost { "t.cost_usd DESC, t.calls DESC, t.grp" } else { "t.b, t.grp" };
     format!(
         "WITH hours AS (SELECT h FROM generate_series(date_trunc('hour', $1::timestamptz, 'UTC'), \
                                 $2::timestamptz - interval '1 microsecond', interval '1 hour') AS h), \
          whole AS (SELECT h FROM hours WHERE {whole}), \
          edge AS (SELECT h FROM hours WHERE NOT ({whole})), \
-         parts AS ( \
-           SELECT {b_hour} AS b, {grp} AS grp, calls, calls_without_usage, unpriced_calls, tokens_input, \
-                  tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
-                  latency_ms_histogram, ttft_ms_histogram, \
+         rolled AS MATERIALIZED (SELECT {b_hour} AS b, {grp} AS grp, r.* \
+           FROM {rollups} r JOIN whole ON r.hour = whole.h WHERE {company}), \
+         raw AS MATERIALIZED (SELECT {b_row} AS b, {grp} AS grp, l.* \
+           FROM llm_logs l JOIN edge ON l.created_at >= edge.h AND l.created_at < edge.h + interval '1 hour' \
+           WHERE l.created_at >= $1 AND l.created_at < $2 AND {company}), \
+         sums AS ( \
+           SELECT b, grp, calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, \
+                  cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
                   CASE WHEN error_type IS NULL THEN 0 ELSE calls END AS errors \
-           FROM llm_usage_hourly JOIN whole ON hour = whole.h WHERE {company} \
+           FROM rolled \
            UNION ALL \
-           SELECT {b_row}, {grp}, {measures}, count(*) FILTER (WHERE error_type IS NOT NULL) \
-           FROM llm_logs JOIN edge ON created_at >= edge.h AND created_at < edge.h + interval '1 hour' \
-           WHERE created_at >= $1 AND created_at < $2 AND {company} \
-           GROUP BY 1, 2) \
-         SELECT to_char(b, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') AS start, grp, \
-                sum(calls)::int8 AS calls, sum(calls_without_usage)::int8 AS calls_without_usage, \
-                sum(unpriced_calls)::int8 AS unpriced_calls, sum(tokens_input)::int8 AS tokens_input, \
-                sum(tokens_output)::int8 AS tokens_output, sum(cost_usd)::float8 AS cost_usd, \
-                sum(cache_hits)::int8 AS cache_hits, sum(cost_saved_usd)::float8 AS cost_saved_usd, \
-                sum(streaming_calls)::int8 AS streaming_calls, sum(latency_ms_sum)::int8 AS latency_ms_sum, \
-                llm_histogram_merge(latency_ms_histogram) AS latency_ms_histogram, \
-                llm_histogram_merge(ttft_ms_histogram) AS ttft_ms_histogram, sum(errors)::int8 AS errors \
-         FROM parts GROUP BY b, grp ORDER BY {order} LIMIT $4",
-        b_hour = trunc("hour"),
-        b_row = trunc("created_at"),
-        measures = common_models::llm_usage_measures!(),
+           SELECT b, grp, {sums}, count(*) FILTER (WHERE error_type IS NOT NULL) FROM raw GROUP BY b, grp), \
+         hist AS ( \
+           SELECT b, grp, u.k, u.lv, u.tv \
+           FROM rolled, unnest(latency_ms_histogram, ttft_ms_histogram) WITH ORDINALITY AS u(lv, tv, k) \
+           WHERE u.lv <> 0 OR u.tv <> 0 \
+           UNION ALL \
+           SELECT b, grp, llm_latency_bucket(latency_ms), count(*), 0 FROM raw \
+           WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3 \
+           UNION ALL \
+           SELECT b, grp, llm_latency_bucket(time_to_first_token_ms), 0, count(*) FROM raw \
+           WHERE time_to_first_token_ms IS NOT NULL GROUP BY 1, 2, 3), \
+         per_bucket AS (SELECT b, grp, k, sum(lv)::int8 AS lv, sum(tv)::int8 AS tv FROM hist GROUP BY 1, 2, 3), \
+         histograms AS ( \
+           SELECT b, grp, array_agg(k::int8 ORDER BY k) AS ks, array_agg(lv ORDER BY k) AS lvs, \
+                  array_agg(tv ORDER BY k) AS tvs \
+           FROM per_bucket GROUP BY b, grp), \
+         t AS ( \
+           SELECT b, grp, sum(calls)::int8 AS calls, sum(calls_without_usage)::int8 AS calls_without_usage, \
+                  sum(unpriced_calls)::int8 AS unpriced_calls, sum(tokens_input)::int8 AS tokens_input, \
+                  sum(tokens_output)::int8 AS tokens_output, sum(cost_usd)::float8 AS cost_usd, \
+                  sum(cache_hits)::int8 AS cache_hits, sum(cost_saved_usd)::float8 AS cost_saved_usd, \
+                  sum(streaming_calls)::int8 AS streaming_calls, sum(latency_ms_sum)::int8 AS latency_ms_sum, \
+                  sum(errors)::int8 AS errors \
+           FROM sums GROUP BY b, grp) \
+         SELECT to_char(t.b, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') AS start, t.grp, t.calls, t.calls_without_usage, \
+                t.unpriced_calls, t.tokens_input, t.tokens_output, t.cost_usd, t.cache_hits, t.cost_saved_usd, \
+                t.streaming_calls, t.latency_ms_sum, t.errors, h.ks, h.lvs, h.tvs \
+         FROM t LEFT JOIN histograms h \
+           ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
+            = (h.b IS NULL, coalesce(h.b, 'epoch'), h.grp IS NULL, coalesce(h.grp, '')) \
+         ORDER BY {order} LIMIT $4",
+        b_hour = trunc("r.hour"),
+        b_row = trunc("l.created_at"),
+        sums = common_models::llm_usage_sums!(),
     )
 }
 

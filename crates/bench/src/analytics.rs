@@ -14,10 +14,15 @@ use crate::{count, create_database, drop_database};
 const COMPANIES: i64 = 50;
 const CHUNK: u64 = 500_000;
 
-pub async fn run(rows: u64, rounds: usize) -> anyhow::Result<()> {
+/// With `keep`, the database is left for inspection (its name is printed).
+pub async fn run(rows: u64, rounds: usize, keep: bool) -> anyhow::Result<()> {
     let (url, name) = create_database("analytics").await?;
     let result = measure(&url, rows, rounds.max(1)).await;
-    drop_database(&name).await?;
+    if keep {
+        eprintln!("kept the database {name}");
+    } else {
+        drop_database(&name).await?;
+    }
     result
 }
 
@@ -156,17 +161,23 @@ async fn measure(url: &str, rows: u64, rounds: usize) -> anyhow::Result<()> {
     let rollup_secs = rolled.elapsed().as_secs_f64();
     let raw_rows = count(url, "SELECT count(*) AS n FROM llm_logs").await?;
     let rollup_rows = count(url, "SELECT count(*) AS n FROM llm_usage_hourly").await?;
+    let coarse_rows = count(url, "SELECT count(*) AS n FROM llm_usage_hourly_models").await?;
     let raw_mib = count(
         url,
         "SELECT (sum(pg_total_relation_size(inhrelid)) / 1048576)::int8 AS n FROM pg_inherits \
                                WHERE inhparent = 'llm_logs'::regclass",
     )
     .await?;
-    let rollup_mib = count(url, "SELECT (pg_total_relation_size('llm_usage_hourly') / 1048576)::int8 AS n").await?;
+    let mib = |table: &str| format!("SELECT (pg_total_relation_size('{table}') / 1048576)::int8 AS n");
+    let rollup_mib = count(url, &mib("llm_usage_hourly")).await?;
+    let coarse_mib = count(url, &mib("llm_usage_hourly_models")).await?;
+    let share = |n: i64| 100.0 * n as f64 / raw_rows.max(1) as f64;
     println!(
-        "analytics: {raw_rows} raw llm_logs rows over 30 days ({raw_mib} MiB), {rollup_rows} hourly rollup rows \
-              ({rollup_mib} MiB, {:.1} % of the rows), rolled up in {rollup_secs:.0} s",
-        100.0 * rollup_rows as f64 / raw_rows.max(1) as f64
+        "analytics: {raw_rows} raw llm_logs rows over 30 days ({raw_mib} MiB); rollups: {rollup_rows} rows by user and \
+         interview ({rollup_mib} MiB, {:.1} % of the raw rows), {coarse_rows} by company, action, model and error \
+         ({coarse_mib} MiB, {:.2} %); rolled up in {rollup_secs:.0} s",
+        share(rollup_rows),
+        share(coarse_rows)
     );
     println!(
         "{:<34} {:>13} {:>13} {:>13} {:>13} {:>8}",
@@ -181,7 +192,7 @@ async fn measure(url: &str, rows: u64, rounds: usize) -> anyhow::Result<()> {
             for (source, from_raw) in [false, true].into_iter().enumerate() {
                 let sql = api_gateway::analytics::usage_sql_for(q.bucket, q.group, q.company, q.by_cost, from_raw)
                     .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-                diesel::sql_query("SELECT set_config('TimeZone', $1, false)")
+                diesel::sql_query("SELECT set_config('TimeZone', $1, false), set_config('jit', 'off', false)")
                     .bind::<Text, _>(q.tz)
                     .execute(&mut conn)
                     .await?;

@@ -129,6 +129,9 @@ enum Command {
         /// Runs of each query (each from both sides).
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// Leave the generated database behind (to look at plans).
+        #[arg(long)]
+        keep: bool,
     },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
@@ -169,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         Command::Isolation { llm_rate, seconds, cvs, bin_dir, model_dir } => {
             runtime()?.block_on(isolation::run(llm_rate, seconds, cvs, &bin_dir, &model_dir))
         }
-        Command::Analytics { rows, rounds } => runtime()?.block_on(analytics::run(rows, rounds)),
+        Command::Analytics { rows, rounds, keep } => runtime()?.block_on(analytics::run(rows, rounds, keep)),
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
             let report = loadgen::run(
