@@ -45,6 +45,11 @@ use crate::state::AppState;
 pub const MAX_BUCKETS: i64 = 2_000;
 /// Most rows (buckets × groups) one usage answer holds.
 pub const MAX_POINTS: i64 = 20_000;
+/// Longest range one request reads (about three years).
+pub const MAX_RANGE_DAYS: i64 = 1_100;
+/// Dates and times outside these years are refused.
+const MIN_YEAR: i32 = 2000;
+const MAX_YEAR: i32 = 2100;
 /// Largest `limit` of the top list, and of a page of calls.
 pub const MAX_TOP: i64 = 100;
 pub const MAX_CALLS_PAGE: i64 = 500;
@@ -216,13 +221,29 @@ impl Group {
 /// RFC 3339 instant (`to` excluded). Passed to PostgreSQL as text it reads under the
 /// session's timezone.
 fn bound(param: &'static str, raw: &Option<String>, end: bool) -> Result<Option<String>, AppError> {
+    use chrono::Datelike;
     let Some(raw) = raw else { return Ok(None) };
+    let outside = |year: i32| {
+        (!(MIN_YEAR..=MAX_YEAR).contains(&year)).then(|| {
+            AppError::bad_request(
+                param,
+                "invalid_value",
+                format!("`{param}` must lie in the years {MIN_YEAR}-{MAX_YEAR}"),
+            )
+        })
+    };
     if let Ok(day) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        if let Some(err) = outside(day.year()) {
+            return Err(err);
+        }
         let day = if end { day.succ_opt().unwrap_or(day) } else { day };
         return Ok(Some(day.format("%Y-%m-%d").to_string()));
     }
     match DateTime::parse_from_rfc3339(raw) {
-        Ok(at) => Ok(Some(at.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())),
+        Ok(at) => match outside(at.year()) {
+            Some(err) => Err(err),
+            None => Ok(Some(at.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())),
+        },
         Err(_) => Err(AppError::bad_request(
             param,
             "invalid_value",
@@ -364,6 +385,13 @@ pub(crate) async fn resolve_range(
     .map_err(query_failed)?;
     if range.lo >= range.hi {
         return Err(AppError::bad_request("to", "invalid_value", "`to` must come after `from`"));
+    }
+    if (range.hi - range.lo).num_days() > MAX_RANGE_DAYS {
+        return Err(AppError::bad_request(
+            "from",
+            "range_too_long",
+            format!("a range spans at most {MAX_RANGE_DAYS} days; split longer ones"),
+        ));
     }
     Ok((range.lo, range.hi))
 }
@@ -707,7 +735,8 @@ struct UsageAnswer {
 /// A company's LLM usage and cost over time (owners and admins).
 #[utoipa::path(get, path = "/api/v1/analytics/usage", tag = "analytics", params(UsageQuery),
     responses((status = 200, description = "Figures per bucket (and group), and the range's totals; \
-        `text/csv` with `format=csv`.", body = UsageAnswer)))]
+        `text/csv` with `format=csv`.", content(
+            (UsageAnswer = "application/json"), (String = "text/csv")))))]
 async fn usage(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let q: UsageQuery = crate::page::query(&req)?;
     let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;
@@ -816,7 +845,8 @@ struct TopAnswer {
 
 /// The biggest spenders among models, actions, users or interviews (owners and admins).
 #[utoipa::path(get, path = "/api/v1/analytics/top", tag = "analytics", params(TopQuery),
-    responses((status = 200, description = "Ranked by cost, then calls.", body = TopAnswer)))]
+    responses((status = 200, description = "Ranked by cost, then calls; `text/csv` with `format=csv`.", content(
+        (TopAnswer = "application/json"), (String = "text/csv")))))]
 async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let q: TopQuery = crate::page::query(&req)?;
     let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;
@@ -1021,7 +1051,7 @@ struct CallsPage {
 /// The LLM calls behind a figure, newest first (owners and admins).
 #[utoipa::path(get, path = "/api/v1/analytics/calls", tag = "analytics", params(CallsQuery),
     responses((status = 200, description = "A page of calls; with `format=csv`, every matching call as \
-        streamed `text/csv`.", body = CallsPage)))]
+        streamed `text/csv`.", content((CallsPage = "application/json"), (String = "text/csv")))))]
 async fn calls(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let q: CallsQuery = crate::page::query(&req)?;
     let (audience, tz) = company_audience(&req, &state, &q.company_id).await?;

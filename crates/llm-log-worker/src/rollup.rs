@@ -1,11 +1,12 @@
-//! Hourly rollups of `llm_logs` (`llm_usage_hourly`, see the analytics migration that
-//! creates it).
+//! Hourly rollups of `llm_logs`: `llm_usage_hourly` (keyed down to user and
+//! interview) and its coarser grain `llm_usage_hourly_models` (company, action, model,
+//! error), see the analytics migrations that create them.
 //!
 //! Kept current by the write paths themselves: after a batch's rows are inserted, the
 //! same transaction aggregates the rows *that transaction inserted* (`xmin` is its id)
 //! into `llm_usage_pending`, which has no keys, so concurrent batches never wait on one
 //! another's rollup rows. [`compact`] (one worker at a time, under an advisory lock)
-//! moves pending rows into `llm_usage_hourly`, adding them up. A redelivered event was
+//! moves pending rows into both tables, adding them up. A redelivered event was
 //! not inserted, so it adds nothing; a batch that rolls back adds nothing; a late event
 //! adds to its own (old) hour. [`rebuild`] recomputes a range from the raw rows, for
 //! after a repricing or to check the incremental figures; both use the one aggregate
