@@ -50,8 +50,8 @@ fi
 
 scripts/ensure-services.sh
 scripts/fetch-model.sh
-say "building api-gateway, cv-processor and llm-simulator"
-cargo build -q -p api-gateway -p cv-processor -p llm-simulator --bins
+say "building api-gateway, cv-processor, llm-log-worker and llm-simulator"
+cargo build -q -p api-gateway -p cv-processor -p llm-log-worker -p llm-simulator --bins
 BIN=$(scripts/target-dir.sh)/debug
 
 say "fresh databases $MAIN_DB and $ANALYTICS_DB"
@@ -102,6 +102,8 @@ start() { # name, command...
 source scripts/lib.sh
 
 "$BIN/api-gateway" migrate >"$RUN_DIR/migrate.log" 2>&1
+# The analytics routes read the rollup tables the worker's migrations create.
+"$BIN/llm-log-worker" migrate >>"$RUN_DIR/migrate.log" 2>&1
 start llm-simulator "$BIN/llm-simulator" --bind "127.0.0.1:$SIM_PORT" --latency-ms 5
 PORT=$CV_PORT PRODUCER__SPOOL__DIR=$PWD/$RUN_DIR/spool/cv-processor start cv-processor "$BIN/cv-processor"
 PORT=$GATEWAY_PORT INTERNAL_PORT=$INTERNAL_PORT CV_PROCESSOR_URL=http://127.0.0.1:$CV_PORT \
