@@ -429,8 +429,14 @@ struct UsageRow {
     latency_ms_sum: i64,
     #[diesel(sql_type = BigInt)]
     errors: i64,
-    /// The histograms, sparse: their non-empty buckets (1-based) and the latency and
-    /// time-to-first-token counts in each (NULL: no calls were timed).
+    /// The rollups' latency and time-to-first-token histograms, dense (NULL: no rollup
+    /// rows).
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    lh: Option<Vec<i64>>,
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    th: Option<Vec<i64>>,
+    /// The raw rows' histograms, sparse: their non-empty buckets (1-based) and the
+    /// latency and time-to-first-token counts in each (NULL: no raw rows timed).
     #[diesel(sql_type = Nullable<Array<BigInt>>)]
     ks: Option<Vec<i64>>,
     #[diesel(sql_type = Nullable<Array<BigInt>>)]
@@ -455,6 +461,8 @@ impl UsageRow {
             streaming_calls: 0,
             latency_ms_sum: 0,
             errors: 0,
+            lh: None,
+            th: None,
             ks: None,
             lvs: None,
             tvs: None,
@@ -463,8 +471,11 @@ impl UsageRow {
 
     /// The latency and time-to-first-token histograms, dense.
     fn histograms(&self) -> (Vec<i64>, Vec<i64>) {
-        let mut latency = vec![0; HISTOGRAM_BUCKETS];
-        let mut ttft = vec![0; HISTOGRAM_BUCKETS];
+        let dense = |h: &Option<Vec<i64>>| match h {
+            Some(h) if h.len() == HISTOGRAM_BUCKETS => h.clone(),
+            _ => vec![0; HISTOGRAM_BUCKETS],
+        };
+        let (mut latency, mut ttft) = (dense(&self.lh), dense(&self.th));
         for (i, k) in self.ks.iter().flatten().enumerate() {
             let Some(slot) = usize::try_from(*k).ok().and_then(|k| k.checked_sub(1)).filter(|k| *k < HISTOGRAM_BUCKETS)
             else {
@@ -491,9 +502,9 @@ impl UsageRow {
         let (l, t) = other.histograms();
         latency.iter_mut().zip(l).for_each(|(a, b)| *a += b);
         ttft.iter_mut().zip(t).for_each(|(a, b)| *a += b);
-        self.ks = Some((1..=HISTOGRAM_BUCKETS as i64).collect());
-        self.lvs = Some(latency);
-        self.tvs = Some(ttft);
+        self.lh = Some(latency);
+        self.th = Some(ttft);
+        (self.ks, self.lvs, self.tvs) = (None, None, None);
         self.errors += other.errors;
     }
 
@@ -567,9 +578,9 @@ pub struct Percentiles {
 /// `bucket` (in the session's timezone) and `group`, at most `$4` rows, ordered by
 /// bucket and group, or with `by_cost` by cost, largest first.
 ///
-/// Sums and histograms are aggregated apart: the histograms as (bucket, count) pairs,
-/// only the non-empty buckets (`unnest` of the rollups' arrays, `llm_latency_bucket` of
-/// the raw rows), added per bucket with plain `sum`s and handed over sparse.
+/// The rollups' histograms are added element by element with plain sums; the raw rows'
+/// are counted per bucket (`llm_latency_bucket`) and handed over sparse, as (bucket,
+/// count) pairs of the non-empty buckets; the two are added here.
 fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool, from_raw: bool) -> String {
     let trunc = |x: &str| match bucket {
         Some(b) => format!("date_trunc('{}', {x})", b.sql()),
@@ -598,30 +609,32 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
                                 $2::timestamptz - interval '1 microsecond', interval '1 hour') AS h), \
          whole AS (SELECT h FROM hours WHERE {whole}), \
          edge AS (SELECT h FROM hours WHERE NOT ({whole})), \
-         rolled AS MATERIALIZED (SELECT {b_hour} AS b, {grp} AS grp, r.* \
-           FROM {rollups} r JOIN whole ON r.hour = whole.h WHERE {company}), \
+         rolled AS ( \
+           SELECT {b_hour} AS b, {grp} AS grp, sum(calls) AS calls, sum(calls_without_usage) AS calls_without_usage, \
+                  sum(unpriced_calls) AS unpriced_calls, sum(tokens_input) AS tokens_input, \
+                  sum(tokens_output) AS tokens_output, sum(cost_usd) AS cost_usd, sum(cache_hits) AS cache_hits, \
+                  sum(cost_saved_usd) AS cost_saved_usd, sum(streaming_calls) AS streaming_calls, \
+                  sum(latency_ms_sum) AS latency_ms_sum, \
+                  sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END) AS errors, \
+                  {dense_latency} AS lh, {dense_ttft} AS th \
+           FROM {rollups} r JOIN whole ON r.hour = whole.h WHERE {company} GROUP BY 1, 2), \
          raw AS MATERIALIZED (SELECT {b_row} AS b, {grp} AS grp, l.* \
            FROM llm_logs l JOIN edge ON l.created_at >= edge.h AND l.created_at < edge.h + interval '1 hour' \
            WHERE l.created_at >= $1 AND l.created_at < $2 AND {company}), \
          sums AS ( \
            SELECT b, grp, calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, \
-                  cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
-                  CASE WHEN error_type IS NULL THEN 0 ELSE calls END AS errors \
+                  cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, errors \
            FROM rolled \
            UNION ALL \
            SELECT b, grp, {sums}, count(*) FILTER (WHERE error_type IS NOT NULL) FROM raw GROUP BY b, grp), \
-         hist AS ( \
-           SELECT b, grp, u.k, u.lv, u.tv \
-           FROM rolled, unnest(latency_ms_histogram, ttft_ms_histogram) WITH ORDINALITY AS u(lv, tv, k) \
-           WHERE u.lv <> 0 OR u.tv <> 0 \
-           UNION ALL \
-           SELECT b, grp, llm_latency_bucket(latency_ms), count(*), 0 FROM raw \
+         raw_hist AS ( \
+           SELECT b, grp, llm_latency_bucket(latency_ms) AS k, count(*) AS lv, 0 AS tv FROM raw \
            WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3 \
            UNION ALL \
            SELECT b, grp, llm_latency_bucket(time_to_first_token_ms), 0, count(*) FROM raw \
            WHERE time_to_first_token_ms IS NOT NULL GROUP BY 1, 2, 3), \
-         per_bucket AS (SELECT b, grp, k, sum(lv)::int8 AS lv, sum(tv)::int8 AS tv FROM hist GROUP BY 1, 2, 3), \
-         histograms AS ( \
+         per_bucket AS (SELECT b, grp, k, sum(lv)::int8 AS lv, sum(tv)::int8 AS tv FROM raw_hist GROUP BY 1, 2, 3), \
+         raw_histograms AS ( \
            SELECT b, grp, array_agg(k::int8 ORDER BY k) AS ks, array_agg(lv ORDER BY k) AS lvs, \
                   array_agg(tv ORDER BY k) AS tvs \
            FROM per_bucket GROUP BY b, grp), \
@@ -635,15 +648,26 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
            FROM sums GROUP BY b, grp) \
          SELECT to_char(t.b, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') AS start, t.grp, t.calls, t.calls_without_usage, \
                 t.unpriced_calls, t.tokens_input, t.tokens_output, t.cost_usd, t.cache_hits, t.cost_saved_usd, \
-                t.streaming_calls, t.latency_ms_sum, t.errors, h.ks, h.lvs, h.tvs \
-         FROM t LEFT JOIN histograms h \
-           ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
+                t.streaming_calls, t.latency_ms_sum, t.errors, r.lh, r.th, h.ks, h.lvs, h.tvs \
+         FROM t \
+         LEFT JOIN rolled r ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
+            = (r.b IS NULL, coalesce(r.b, 'epoch'), r.grp IS NULL, coalesce(r.grp, '')) \
+         LEFT JOIN raw_histograms h ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
             = (h.b IS NULL, coalesce(h.b, 'epoch'), h.grp IS NULL, coalesce(h.grp, '')) \
          ORDER BY {order} LIMIT $4",
         b_hour = trunc("r.hour"),
         b_row = trunc("l.created_at"),
         sums = common_models::llm_usage_sums!(),
+        dense_latency = dense_sum("latency_ms_histogram"),
+        dense_ttft = dense_sum("ttft_ms_histogram"),
     )
+}
+
+/// `ARRAY[sum(column[1])::int8, …, sum(column[60])::int8]`: histograms added element by
+/// element with plain sums (no per-row function call, no unnesting).
+fn dense_sum(column: &str) -> String {
+    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("sum({column}[{k}])::int8")).collect();
+    format!("ARRAY[{}]", sums.join(", "))
 }
 
 /// The usage aggregate's SQL exactly as the API runs it, for the benchmark (binds: from,

@@ -132,6 +132,9 @@ enum Command {
         /// Leave the generated database behind (to look at plans).
         #[arg(long)]
         keep: bool,
+        /// Measure again on a database a `--keep` run left (no generation).
+        #[arg(long)]
+        reuse: Option<String>,
     },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
@@ -172,7 +175,9 @@ fn main() -> anyhow::Result<()> {
         Command::Isolation { llm_rate, seconds, cvs, bin_dir, model_dir } => {
             runtime()?.block_on(isolation::run(llm_rate, seconds, cvs, &bin_dir, &model_dir))
         }
-        Command::Analytics { rows, rounds, keep } => runtime()?.block_on(analytics::run(rows, rounds, keep)),
+        Command::Analytics { rows, rounds, keep, reuse } => {
+            runtime()?.block_on(analytics::run(rows, rounds, keep, reuse))
+        }
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
             let report = loadgen::run(
