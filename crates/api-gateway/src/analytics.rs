@@ -726,8 +726,8 @@ struct UsageQuery {
     group_by: Option<String>,
     /// json (default) or csv.
     format: Option<String>,
-    /// The operator's routes only: one company.
-    #[param(value_type = Option<i64>)]
+    /// The operator's routes only (`/api/v1/admin/analytics/…`): one company.
+    #[param(ignore)]
     company_id: Option<String>,
 }
 
@@ -843,7 +843,8 @@ struct TopQuery {
     #[param(value_type = Option<i64>)]
     limit: Option<String>,
     format: Option<String>,
-    #[param(value_type = Option<i64>)]
+    /// The operator's routes only (`/api/v1/admin/analytics/…`): one company.
+    #[param(ignore)]
     company_id: Option<String>,
 }
 
@@ -944,7 +945,8 @@ struct CallsQuery {
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
     format: Option<String>,
-    #[param(value_type = Option<i64>)]
+    /// The operator's routes only (`/api/v1/admin/analytics/…`): one company.
+    #[param(ignore)]
     company_id: Option<String>,
 }
 

@@ -88,6 +88,8 @@ pub fn worker_settings(analytics_db: &TestDb, redis: &TestRedis) -> anyhow::Resu
     w.redis.key_prefix = redis.prefix.clone();
     w.consumer.consumer = format!("{}worker", redis.prefix);
     w.logging.format = LogFormat::Text;
+    // Tests write fixed past dates; retention has its own test.
+    w.raw_retention = Duration::ZERO;
     Ok(w)
 }
 
