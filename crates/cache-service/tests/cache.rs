@@ -452,6 +452,40 @@ async fn a_dead_or_hung_cache_service_is_a_miss_for_the_client() -> anyhow::Resu
     Ok(())
 }
 
+/// A client pool keeps idle connections for up to a minute or so: the server must not
+/// close one sooner, or a request sent on it as it closes meets a broken pipe.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_a_few_seconds() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = TestRedis::new();
+    let svc = Running::start(&redis.url, &redis.prefix, |_| {}).await?;
+    let mut socket = tokio::net::TcpStream::connect(svc.url.trim_start_matches("http://")).await?;
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        socket.write_all(b"GET /healthz HTTP/1.1\r\nHost: cache\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "the server closed the connection before answering request {}", round + 1);
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let have = answer.len() - (answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4);
+        let mut rest = vec![0u8; length.saturating_sub(have)];
+        socket.read_exact(&mut rest).await?;
+    }
+    svc.stop().await
+}
+
 fn bytes_of(s: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(s.as_bytes())
 }

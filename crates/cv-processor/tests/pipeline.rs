@@ -225,11 +225,16 @@ async fn jobs_are_created_read_updated_listed_and_archived_with_clear_errors() {
 async fn uploads_over_the_limits_are_refused_whole_with_413_and_nothing_is_kept() {
     let stack = CvStack::start(false).await.unwrap();
     let key = stack.company("Acme").await.unwrap();
-    let big = vec![b'a'; (10 << 20) + 1];
+    // Refused part-way (the limit is 10 MiB a file) or before a byte of the body is read:
+    // the sender, still sending, gets the answer, not a connection closed under it.
+    let big = vec![b'a'; 12 << 20];
     let (status, err) = stack.upload(&key, &[("ok.txt", b"fine text".to_vec()), ("big.txt", big)]).await.unwrap();
     assert_eq!(status, 413, "{err}");
     assert_eq!(err["error"]["code"], "file_too_large");
     assert!(err["error"]["message"].as_str().unwrap().contains("big.txt"));
+    let (status, err) = stack.upload("not-a-key", &[("cv.txt", vec![b'a'; 12 << 20])]).await.unwrap();
+    assert_eq!(status, 401, "{err}");
+    assert!(err["error"]["message"].is_string(), "{err}");
     let many: Vec<(&str, Vec<u8>)> = (0..51).map(|i| ("cv.txt", format!("cv {i}").into_bytes())).collect();
     let (status, err) = stack.upload(&key, &many).await.unwrap();
     assert_eq!((status, err["error"]["code"].as_str()), (413, Some("too_many_files")));

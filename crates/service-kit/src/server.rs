@@ -9,6 +9,12 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, Error, HttpServer};
 use tokio::sync::watch;
 
+/// How long an idle keep-alive connection is held open. Longer than the idle timeouts
+/// of load balancers and client connection pools (60 s is common): the client side
+/// closes first, so a client never sends a request on a connection the server is
+/// closing at that moment (it would see a broken pipe, not an answer).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+
 /// How a server is run.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
@@ -52,6 +58,7 @@ where
     let mut server = HttpServer::new(app)
         .backlog(4096)
         .disable_signals()
+        .keep_alive(KEEP_ALIVE)
         .shutdown_timeout(options.shutdown_timeout.as_secs().max(1));
     if options.workers > 0 {
         server = server.workers(options.workers);
