@@ -213,6 +213,10 @@ struct CompanyUpdate {
     allowed_models: Option<Option<Vec<String>>>,
     /// The IANA timezone the company's analytics are cut in (`Europe/Berlin`).
     timezone: Option<String>,
+    /// The spend of one of the company's local days that raises a spend alert; `null`:
+    /// no daily alert.
+    #[serde(default, deserialize_with = "crate::jobs::present")]
+    daily_spend_alert_usd: Option<Option<f64>>,
 }
 
 /// Most models one company's list may name.
@@ -254,7 +258,7 @@ async fn update_company(
 ) -> Result<HttpResponse, AppError> {
     require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let id = crate::jobs::parse_id(&id, "company")?;
-    let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone } = body.into_inner();
+    let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone, daily_spend_alert_usd } = body.into_inner();
     if let Some(tz) = &timezone {
         let mut conn = state.db.get().await?;
         crate::analytics::check_timezone(&mut conn, "timezone", tz).await?;
@@ -277,12 +281,27 @@ async fn update_company(
     {
         return Err(AppError::bad_request("llm_budget_usd", "invalid_value", "`llm_budget_usd` must be ≥ 0"));
     }
+    if let Some(Some(alert)) = daily_spend_alert_usd
+        && !(alert.is_finite() && alert > 0.0)
+    {
+        return Err(AppError::bad_request(
+            "daily_spend_alert_usd",
+            "invalid_value",
+            "`daily_spend_alert_usd` must be above 0, or null for no daily alert",
+        ));
+    }
     let audit = Audit::operator(&req).for_company(id);
     let mut conn = state.db.get().await?;
     let updated = conn
         .transaction::<_, AppError, _>(async move |conn| {
-            type Row = (Option<String>, Option<f64>, Option<Vec<String>>, String);
-            let columns = (companies::plan, companies::llm_budget_usd, companies::allowed_models, companies::timezone);
+            type Row = (Option<String>, Option<f64>, Option<Vec<String>>, String, Option<f64>);
+            let columns = (
+                companies::plan,
+                companies::llm_budget_usd,
+                companies::allowed_models,
+                companies::timezone,
+                companies::daily_spend_alert_usd,
+            );
             let before: Row = companies::table
                 .find(id)
                 .select(columns)
@@ -297,12 +316,14 @@ async fn update_company(
                     llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b)),
                     allowed_models.map(|m| companies::allowed_models.eq(m)),
                     timezone.map(|tz| companies::timezone.eq(tz)),
+                    daily_spend_alert_usd.map(|a| companies::daily_spend_alert_usd.eq(a)),
                 ))
                 .returning(columns)
                 .get_result(conn)
                 .await?;
-            let view = |(plan, budget, models, tz): &Row| {
-                json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models, "timezone": tz})
+            let view = |(plan, budget, models, tz, alert): &Row| {
+                json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models, "timezone": tz,
+                       "daily_spend_alert_usd": alert})
             };
             let change = Change {
                 action: "company.update",
@@ -321,7 +342,8 @@ async fn update_company(
         "plan": updated.0,
         "llm_budget_usd": updated.1,
         "allowed_models": updated.2,
-        "timezone": updated.3
+        "timezone": updated.3,
+        "daily_spend_alert_usd": updated.4
     })))
 }
 

@@ -31,6 +31,7 @@ pub mod pubsub;
 pub mod recruiting;
 pub mod sessions;
 pub mod settings;
+pub mod spend_alerts;
 pub mod state;
 
 use std::sync::Arc;
@@ -196,6 +197,7 @@ pub async fn run(
             .configure(analysis::routes)
             .configure(analytics::routes)
             .configure(logs_search::routes)
+            .configure(spend_alerts::routes)
             .configure(admin::routes)
             .configure(openapi::routes)
             .configure(probes::routes)

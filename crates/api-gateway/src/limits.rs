@@ -27,9 +27,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use chrono::{DateTime, Datelike, TimeZone, Utc};
-use common_models::schema::main::companies;
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Date, Double, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde::Deserialize;
 use service_kit::AppError;
@@ -37,6 +37,7 @@ use service_kit::db::PgPool;
 
 use crate::auth::Caller;
 use crate::metrics::GatewayMetrics;
+use crate::spend_alerts::{self, Crossing};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
@@ -44,6 +45,8 @@ pub struct LimitSettings {
     pub default_plan: String,
     /// Past this share of its budget, a company's calls are counted for alerting.
     pub soft_budget_ratio: f64,
+    /// Shares of a company's monthly budget whose crossing is a spend alert.
+    pub budget_alert_shares: Vec<f64>,
     pub plans: Vec<Plan>,
 }
 
@@ -71,6 +74,10 @@ impl LimitSettings {
             self.default_plan
         );
         anyhow::ensure!((0.0..=1.0).contains(&self.soft_budget_ratio), "limits.soft_budget_ratio must be 0-1");
+        anyhow::ensure!(
+            self.budget_alert_shares.iter().all(|s| *s > 0.0 && *s <= 1.0),
+            "limits.budget_alert_shares must each be above 0 and at most 1"
+        );
         for plan in &self.plans {
             anyhow::ensure!(plan.burst >= 1, "limits.plans {:?}: burst must be at least 1", plan.name);
             anyhow::ensure!(plan.llm_budget_usd >= 0.0, "limits.plans {:?}: llm_budget_usd must be ≥ 0", plan.name);
@@ -90,7 +97,34 @@ struct CompanyLimits {
     budget_usd: f64,
     /// The models the company may call (`None`: the price table's).
     allowed_models: Option<Arc<[String]>>,
+    /// The day's spend that raises a `daily_spend` alert.
+    daily_alert_usd: Option<f64>,
+    /// The company's local day when these were read, and the instant it ends.
+    today: NaiveDate,
+    day_ends: DateTime<Utc>,
 }
+
+/// A company's row as [`Limits`] reads it: its day cut in its own timezone.
+#[derive(QueryableByName)]
+struct CompanyRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    plan: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    llm_budget_usd: Option<f64>,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    allowed_models: Option<Vec<String>>,
+    #[diesel(sql_type = Nullable<Double>)]
+    daily_spend_alert_usd: Option<f64>,
+    #[diesel(sql_type = Date)]
+    today: NaiveDate,
+    #[diesel(sql_type = Timestamptz)]
+    day_ends: DateTime<Utc>,
+}
+
+const COMPANY: &str = "SELECT plan, llm_budget_usd, allowed_models, daily_spend_alert_usd, \
+        (now() AT TIME ZONE timezone)::date AS today, \
+        (date_trunc('day', now() AT TIME ZONE timezone) + interval '1 day') AT TIME ZONE timezone AS day_ends \
+     FROM companies WHERE id = $1";
 
 /// The request's limit state, for the response headers.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +184,12 @@ pub struct LimitsView {
     pub allowed_models: Option<Vec<String>>,
     /// `YYYY-MM` (UTC).
     pub month: String,
+    /// The day's spend that raises a `daily_spend` alert (`null`: none).
+    pub llm_daily_spend_alert_usd: Option<f64>,
+    /// The spend of the company's current local day.
+    pub llm_spent_today_usd: f64,
+    /// The company's current local day (`YYYY-MM-DD`, in its timezone).
+    pub today: String,
 }
 
 pub struct Limits {
@@ -198,15 +238,15 @@ impl Limits {
     }
 
     async fn of(&self, company: i64) -> Result<Arc<CompanyLimits>, AppError> {
-        if let Some(found) = self.companies.get(&company) {
+        if let Some(found) = self.companies.get(&company)
+            && found.day_ends > Utc::now()
+        {
             return Ok(found);
         }
         let mut conn = self.db.get().await?;
-        let (plan, budget, models): (Option<String>, Option<f64>, Option<Vec<String>>) = companies::table
-            .find(company)
-            .select((companies::plan, companies::llm_budget_usd, companies::allowed_models))
-            .first(&mut conn)
-            .await?;
+        let row: CompanyRow = diesel::sql_query(COMPANY).bind::<BigInt, _>(company).get_result(&mut conn).await?;
+        let CompanyRow { plan, llm_budget_usd: budget, allowed_models: models, daily_spend_alert_usd, today, day_ends } =
+            row;
         let plan = plan
             .as_deref()
             .and_then(|name| self.settings.plan(name))
@@ -215,7 +255,14 @@ impl Limits {
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("no plan {plan:?} and no default plan")))?;
         let budget_usd = budget.unwrap_or(plan.llm_budget_usd);
         let allowed_models = models.map(Arc::from);
-        let limits = Arc::new(CompanyLimits { plan, budget_usd, allowed_models });
+        let limits = Arc::new(CompanyLimits {
+            plan,
+            budget_usd,
+            allowed_models,
+            daily_alert_usd: daily_spend_alert_usd,
+            today,
+            day_ends,
+        });
         self.companies.insert(company, limits.clone());
         Ok(limits)
     }
@@ -237,7 +284,18 @@ impl Limits {
                     llm_budget_usd: 0.0,
                 });
                 let budget_usd = plan.llm_budget_usd;
-                Arc::new(CompanyLimits { plan, budget_usd, allowed_models: None })
+                // Without its timezone the day is the UTC one; no daily alert.
+                let now = Utc::now();
+                let today = now.date_naive();
+                let day_ends = today.succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0)).map_or(now, |d| d.and_utc());
+                Arc::new(CompanyLimits {
+                    plan,
+                    budget_usd,
+                    allowed_models: None,
+                    daily_alert_usd: None,
+                    today,
+                    day_ends,
+                })
             }
         }
     }
@@ -374,6 +432,7 @@ impl Limits {
     pub async fn describe(&self, company: i64) -> Result<LimitsView, AppError> {
         let limits = self.of(company).await?;
         let spent = self.spent(company).await.map_err(|e| AppError::unavailable("Redis", e))?;
+        let spent_today = self.spent_on(company, limits.today).await.map_err(|e| AppError::unavailable("Redis", e))?;
         let plan = &limits.plan;
         Ok(LimitsView {
             plan: plan.name.clone(),
@@ -385,6 +444,9 @@ impl Limits {
             llm_spent_this_month_usd: spent,
             allowed_models: limits.allowed_models.as_deref().map(<[String]>::to_vec),
             month: Utc::now().format("%Y-%m").to_string(),
+            llm_daily_spend_alert_usd: limits.daily_alert_usd,
+            llm_spent_today_usd: spent_today,
+            today: limits.today.to_string(),
         })
     }
 
@@ -392,41 +454,96 @@ impl Limits {
         format!("{}spend:{company}:{}", self.prefix, Utc::now().format("%Y-%m"))
     }
 
+    /// The spend of `company`'s local `day` (see [`Limits::record_spend`]).
+    fn day_key(&self, company: i64, day: NaiveDate) -> String {
+        format!("{}spend_day:{company}:{day}", self.prefix)
+    }
+
     /// This month's spend of `company` so far.
     pub async fn spent(&self, company: i64) -> anyhow::Result<f64> {
+        self.read_spend(self.spend_key(company)).await
+    }
+
+    async fn spent_on(&self, company: i64, day: NaiveDate) -> anyhow::Result<f64> {
+        self.read_spend(self.day_key(company, day)).await
+    }
+
+    async fn read_spend(&self, key: String) -> anyhow::Result<f64> {
         let mut conn = self.redis.conn().await?;
-        let spent: Option<f64> = redis::cmd("GET").arg(self.spend_key(company)).query_async(&mut conn).await?;
+        let spent: Option<f64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
         Ok(spent.unwrap_or(0.0))
     }
 
-    /// Adds a logged call's cost to its company's month, without waiting.
+    /// Adds a logged call's cost to its company's month and local day, without waiting,
+    /// and records the spend alerts the addition raised.
     pub fn record_spend(self: &Arc<Self>, company: i64, cost_usd: f64) {
         if cost_usd <= 0.0 {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let key = this.spend_key(company);
-            let done: anyhow::Result<()> = async {
+            let limits = this.of_or_default(company).await;
+            let month_key = this.spend_key(company);
+            let day_key = this.day_key(company, limits.today);
+            let totals: anyhow::Result<(f64, f64)> = async {
                 let mut conn = this.redis.conn().await?;
-                redis::pipe()
+                Ok(redis::pipe()
                     .cmd("INCRBYFLOAT")
-                    .arg(&key)
+                    .arg(&month_key)
                     .arg(cost_usd)
-                    .ignore()
                     // Kept past the month's end for the month's last look-ups.
-                    .expire(&key, 40 * 24 * 3600)
+                    .expire(&month_key, 40 * 24 * 3600)
                     .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
+                    .cmd("INCRBYFLOAT")
+                    .arg(&day_key)
+                    .arg(cost_usd)
+                    .expire(&day_key, 3 * 24 * 3600)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?)
             }
             .await;
-            if let Err(err) = done {
-                this.metrics.limits_unavailable.inc();
-                tracing::warn!(company_id = company, cost_usd, error = %err, "a call's cost could not be added to the month's spend");
+            match totals {
+                Ok((month, day)) => {
+                    let crossings = this.crossings(&limits, cost_usd, month, day);
+                    crate::spend_alerts::record(&this.db, &this.metrics, company, crossings).await;
+                }
+                Err(err) => {
+                    this.metrics.limits_unavailable.inc();
+                    tracing::warn!(company_id = company, cost_usd, error = %err, "a call's cost could not be added to the month's spend");
+                }
             }
         });
+    }
+
+    /// The alert thresholds a cost of `cost` crossed, bringing the month to `month` and
+    /// the day to `day`.
+    fn crossings(&self, limits: &CompanyLimits, cost: f64, month: f64, day: f64) -> Vec<Crossing> {
+        let mut out = Vec::new();
+        if let Some(threshold) = limits.daily_alert_usd {
+            out.extend(spend_alerts::crossed(day, cost, [threshold]).map(|t| Crossing {
+                kind: spend_alerts::DAILY_SPEND,
+                period_start: limits.today,
+                threshold_usd: t,
+                budget_share: None,
+                spent_usd: day,
+            }));
+        }
+        if limits.budget_usd > 0.0 {
+            let month_start = Utc::now().date_naive().with_day(1).unwrap_or_default();
+            let shares = &self.settings.budget_alert_shares;
+            for share in shares {
+                let threshold = limits.budget_usd * share;
+                out.extend(spend_alerts::crossed(month, cost, [threshold]).map(|t| Crossing {
+                    kind: spend_alerts::BUDGET_SHARE,
+                    period_start: month_start,
+                    threshold_usd: t,
+                    budget_share: Some(*share),
+                    spent_usd: month,
+                }));
+            }
+        }
+        out
     }
 }
 

@@ -32,6 +32,11 @@ service_kit::metrics! {
         llm_budget_soft_exceeded: IntCounter = "llm_budget_soft_exceeded_total",
         /// LLM calls refused because their company's monthly budget was spent.
         llm_budget_refused: IntCounter = "llm_budget_refused_total",
+        /// Spend alerts raised (a company's LLM spend crossed one of its thresholds), by
+        /// kind (daily_spend, budget_share); alert on any increase.
+        spend_alerts: IntCounterVec = "spend_alerts_total" ["kind"],
+        /// Spend alerts that were crossed but could not be recorded (main database).
+        spend_alerts_unrecorded: IntCounter = "spend_alerts_unrecorded_total",
         /// Limit checks or spend updates Redis could not answer (requests let through).
         limits_unavailable: IntCounter = "limits_unavailable_total",
     }

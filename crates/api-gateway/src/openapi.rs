@@ -136,6 +136,7 @@ pub struct SseEvent {
         crate::analytics::usage,
         crate::analytics::top,
         crate::analytics::calls,
+        crate::spend_alerts::list,
         healthz,
         readyz,
         spec,

@@ -306,3 +306,167 @@ async fn a_company_calls_only_its_allowed_models_and_null_restores_every_priced_
     assert_eq!(stack.chat(&key, &with_model("gpt-4o")).send().await.unwrap().status(), 200);
     stack.stop().await.unwrap();
 }
+
+/// Waits until `token`'s company has spent more than `above` this month.
+async fn spent_above(stack: &Stack, token: &str, above: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = spent(stack, token).await;
+        if now > above * (1.0 + 1e-9) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the month's spend stayed at {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn alerts(stack: &Stack, token: &str, query: &str) -> (u16, Value) {
+    let res = stack.http.get(format!("{}/api/v1/analytics/alerts{query}", stack.url)).bearer_auth(token).send().await;
+    let res = res.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+}
+
+/// (kind, threshold in calls' costs) of each alert on a page, oldest first.
+fn crossed(page: &Value, cost: f64) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_owned(),
+                (a["threshold_usd"].as_f64().unwrap() / cost * 100.0).round() / 100.0,
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn spend_crossing_a_threshold_raises_one_alert_in_the_companys_day_seen_by_its_admins_only() {
+    let stack = start("unlimited").await;
+    let (second, _spool) = stack.another_gateway_with(plans("unlimited")).await.unwrap();
+    let team = common::team::team(&stack, "Watched").await.unwrap();
+    let owner = team.owner.token.clone();
+    // Its days are cut in Kolkata's time.
+    assert_eq!(patch_company(&stack, team.company_id, json!({"timezone": "Asia/Kolkata"})).await.0, 200);
+    // One call says what a call costs.
+    assert_eq!(stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap().status(), 200);
+    let cost = spent_above(&stack, &owner, 0.0).await;
+    // Budget 3.5 calls (alerts at 50 %, 80 %, 100 %: 1.75, 2.8, 3.5 calls); a day's
+    // alert at 1.5 calls.
+    let (status, answer) = patch_company(
+        &stack,
+        team.company_id,
+        json!({"llm_budget_usd": cost * 3.5, "daily_spend_alert_usd": cost * 1.5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["daily_spend_alert_usd"].as_f64(), Some(cost * 1.5));
+    let mut total = cost;
+    let mut raised = Vec::new();
+    for expected in
+        [vec![("daily_spend", 1.5), ("budget_share", 1.75)], vec![("budget_share", 2.8)], vec![("budget_share", 3.5)]]
+    {
+        assert_eq!(stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap().status(), 200);
+        total = spent_above(&stack, &owner, total).await;
+        raised.extend(expected.into_iter().map(|(k, t)| (k.to_owned(), t)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, page) = alerts(&stack, &owner, "").await;
+            assert_eq!(status, 200, "{page}");
+            let mut got = crossed(&page, cost);
+            got.sort_by(|a, b| a.1.total_cmp(&b.1));
+            if got == raised {
+                break;
+            }
+            assert!(Instant::now() < deadline, "alerts {got:?}, expected {raised:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The budget is spent: the next call is refused and raises nothing more.
+    assert_eq!(stack.chat(&team.api_key, &chat_body(false)).send().await.unwrap().status(), 429);
+    let (_, page) = alerts(&stack, &team.admin.token, "").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 4, "{page}");
+
+    // The day is Kolkata's, the month UTC's; the spend is the period's as it crossed.
+    let mut conn = stack.main_db.connect().await.unwrap();
+    let kolkata_today: String = diesel_async::RunQueryDsl::get_result(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "((now() AT TIME ZONE 'Asia/Kolkata')::date)::text",
+        )),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let month_start = chrono::Utc::now().format("%Y-%m-01").to_string();
+    let (_, daily) = alerts(&stack, &owner, "?kind=daily_spend").await;
+    let daily = &daily["data"][0];
+    assert_eq!(daily["period_start"], kolkata_today.as_str());
+    assert!((daily["spent_usd"].as_f64().unwrap() - 2.0 * cost).abs() < cost * 1e-6, "{daily}");
+    let (_, shares) = alerts(&stack, &owner, "?kind=budget_share&limit=2").await;
+    assert_eq!(shares["data"].as_array().unwrap().len(), 2);
+    assert_eq!(shares["data"][0]["budget_share"], 1.0);
+    assert_eq!(shares["data"][0]["period_start"], month_start.as_str());
+    let (_, rest) =
+        alerts(&stack, &owner, &format!("?kind=budget_share&cursor={}", shares["next_cursor"].as_str().unwrap())).await;
+    assert_eq!(rest["data"][0]["budget_share"], 0.5);
+    let res = stack.http.get(format!("{}/api/v1/company/limits", stack.url)).bearer_auth(&owner).send().await.unwrap();
+    let limits: Value = res.json().await.unwrap();
+    assert_eq!(limits["today"], kolkata_today.as_str());
+    assert!((limits["llm_spent_today_usd"].as_f64().unwrap() - 4.0 * cost).abs() < cost * 1e-6, "{limits}");
+
+    // Many calls at once on two replicas cross a threshold once.
+    let busy = common::team::team(&stack, "Busy").await.unwrap();
+    let (status, _) = patch_company(&stack, busy.company_id, json!({"daily_spend_alert_usd": cost * 2.5})).await;
+    assert_eq!(status, 200);
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let base = if i % 2 == 0 { stack.url.clone() } else { second.url.clone() };
+            let (http, key) = (stack.http.clone(), busy.api_key.clone());
+            tokio::spawn(async move {
+                let res = http.post(format!("{base}/v1/chat/completions")).bearer_auth(key).json(&chat_body(false));
+                res.send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    spent_above(&stack, &busy.owner.token, 7.5 * cost).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, page) = alerts(&stack, &busy.owner.token, "").await;
+    assert_eq!(crossed(&page, cost), vec![("daily_spend".to_owned(), 2.5)]);
+    let mut counted = 0.0;
+    for base in [&stack.url, &second.url] {
+        let metrics = stack.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        counted += common::metric_sum(&metrics, "headhunter_gateway_spend_alerts_total{kind=\"daily_spend\"}");
+    }
+    assert_eq!(counted, 2.0, "one daily alert per company, counted once");
+
+    // Who sees what: another company's admin sees its own only; a recruiter, a viewer
+    // and a recruiter's key may not look; the operator sees any company's.
+    let (_, theirs) = alerts(&stack, &busy.admin.token, "").await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 1);
+    for token in [&team.recruiter.token, &team.viewer.token, &team.api_key] {
+        assert_eq!(alerts(&stack, token, "").await.0, 403);
+    }
+    let (status, err) = alerts(&stack, &owner, "?kind=weekly").await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("kind")), "{err}");
+    let (status, err) = alerts(&stack, &owner, &format!("?company_id={}", busy.company_id)).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("company_id")), "{err}");
+    let operator = |query: String| {
+        let url = format!("{}/api/v1/admin/analytics/alerts{query}", stack.url);
+        stack.http.get(url).bearer_auth(ADMIN_KEY).send()
+    };
+    let all: Value = operator(String::new()).await.unwrap().json().await.unwrap();
+    assert_eq!(all["data"].as_array().unwrap().len(), 5);
+    let one: Value = operator(format!("?company_id={}", busy.company_id)).await.unwrap().json().await.unwrap();
+    assert_eq!(one["data"][0]["company_id"], busy.company_id);
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+    let (status, err) = patch_company(&stack, busy.company_id, json!({"daily_spend_alert_usd": 0})).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("daily_spend_alert_usd")));
+    second.stop().await.unwrap();
+    stack.stop().await.unwrap();
+}

@@ -12,6 +12,7 @@ pub mod main {
             llm_budget_usd -> Nullable<Float8>,
             allowed_models -> Nullable<Array<Text>>,
             timezone -> Varchar,
+            daily_spend_alert_usd -> Nullable<Float8>,
         }
     }
 
@@ -189,6 +190,19 @@ pub mod main {
         }
     }
 
+    diesel::table! {
+        spend_alerts (id) {
+            id -> Int8,
+            company_id -> Int8,
+            kind -> Varchar,
+            period_start -> Date,
+            threshold_usd -> Float8,
+            budget_share -> Nullable<Float8>,
+            spent_usd -> Float8,
+            created_at -> Timestamptz,
+        }
+    }
+
     diesel::joinable!(users -> companies (company_id));
     diesel::joinable!(api_keys -> companies (company_id));
     diesel::joinable!(jobs -> companies (company_id));
@@ -207,7 +221,8 @@ pub mod main {
         applications,
         interviews,
         interview_feedback,
-        analysis_results
+        analysis_results,
+        spend_alerts
     );
 }
 
