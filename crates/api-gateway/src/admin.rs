@@ -235,8 +235,8 @@ fn check_models(models: &[String], settings: &crate::settings::GatewaySettings) 
     for (i, model) in models.iter().enumerate() {
         let field = format!("allowed_models[{i}]");
         crate::jobs::check_len("allowed_models", model, 1, 200).map_err(|e| e.with_param(field.clone()))?;
-        if !settings.allow_unpriced_models && settings.pricing.lookup(model).is_none() {
-            let served: Vec<&str> = settings.pricing.models.iter().map(|m| m.name.as_str()).collect();
+        if !settings.allow_unpriced_models && !settings.pricing.prices(model) {
+            let served = settings.pricing.names();
             return Err(AppError::bad_request(
                 field,
                 "invalid_value",

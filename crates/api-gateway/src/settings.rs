@@ -10,7 +10,7 @@ use service_kit::config::{
 };
 use task_queue::ProducerConfig;
 
-use crate::llm::pricing::PriceTable;
+use common_models::pricing::PriceTable;
 
 /// The documented defaults, embedded.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");

@@ -53,6 +53,7 @@ async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> a
         let (i, o) = (f64::from(row.tokens_input.unwrap_or(-1)), f64::from(row.tokens_output.unwrap_or(-1)));
         let expected = (i * 0.15 + o * 0.60) / 1_000_000.0;
         assert!(row.cost.is_some_and(|c| (c - expected).abs() < 1e-9), "cost {:?} != {expected}", row.cost);
+        assert_eq!((row.tokens_cached_input, row.tokens_reasoning), (Some(0), Some(0)));
     }
     assert!(!p.streaming && s.streaming);
     assert_eq!(p.tokens_input, usage["prompt_tokens"].as_i64().and_then(|v| i32::try_from(v).ok()));
@@ -82,6 +83,47 @@ async fn plain_and_streamed_answers_are_relayed_unchanged_and_logged_once() -> a
         .filter(|n| *n == 2)
     })
     .await?;
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_and_reasoning_tokens_are_kept_apart_and_priced_by_the_entry_of_the_day() -> anyhow::Result<()> {
+    let today = chrono::Utc::now().date_naive();
+    let tweak = move |s: &mut api_gateway::GatewaySettings| {
+        let entry =
+            |from: chrono::NaiveDate, input: f64, cached: f64, output: f64| common_models::pricing::ModelPrice {
+                name: "gpt-4o-mini".to_owned(),
+                effective_from: Some(from),
+                input_per_million: input,
+                cached_input_per_million: Some(cached),
+                output_per_million: output,
+            };
+        // A new price since yesterday, and one announced for the day after tomorrow.
+        s.pricing.models.push(entry(today - chrono::Days::new(1), 0.2, 0.05, 0.8));
+        s.pricing.models.push(entry(today + chrono::Days::new(2), 9.0, 9.0, 9.0));
+    };
+    let stack = Stack::start(Options { tweak: Box::new(tweak), ..Options::default() }).await?;
+    let (_, key) = stack.create_company("Cached").await?;
+    stack.sim.configure(|b| {
+        b.cached_prompt_share = 0.5;
+        b.reasoning_tokens = 7;
+    });
+    for stream in [false, true] {
+        assert_eq!(stack.chat(&key, &chat_body(stream)).send().await?.status(), 200);
+    }
+    stack.wait_llm_rows(2).await?;
+    let rows = llm_rows(&stack.analytics_db).await?;
+    let version = format!("2026-11-01@{}", today - chrono::Days::new(1));
+    for row in &rows {
+        let (input, output) = (row.tokens_input.unwrap_or(-1), row.tokens_output.unwrap_or(-1));
+        let cached = row.tokens_cached_input.unwrap_or(-1);
+        assert_eq!(cached, input / 2, "{row:?}");
+        assert_eq!(row.tokens_reasoning, Some(7));
+        assert!(output >= 7);
+        let expected = (f64::from(input - cached) * 0.2 + f64::from(cached) * 0.05 + f64::from(output) * 0.8) / 1e6;
+        assert!(row.cost.is_some_and(|c| (c - expected).abs() < 1e-9), "cost {:?} != {expected}", row.cost);
+        assert_eq!(row.price_table_version.as_deref(), Some(version.as_str()));
+    }
     stack.stop().await
 }
 

@@ -18,7 +18,7 @@ use crate::{clear_redis, count, create_database, drop_database, redis_url};
 const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, \
     model, tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
     time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, deployment_version, \
-    deployment_environment, cache_hit, cost_saved_usd";
+    deployment_environment, cache_hit, cost_saved_usd, tokens_cached_input, tokens_reasoning";
 
 pub fn event(i: usize) -> LlmCallEvent {
     let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
@@ -52,6 +52,8 @@ pub fn event(i: usize) -> LlmCallEvent {
         deployment_environment: Some("bench".to_owned()),
         cache_hit: false,
         cost_saved_usd: None,
+        tokens_cached_input: i.is_multiple_of(3).then_some(200),
+        tokens_reasoning: i.is_multiple_of(5).then_some(20),
     }
 }
 
@@ -92,6 +94,8 @@ fn csv_row(e: &LlmCallEvent) -> String {
         text(&e.deployment_environment),
         e.cache_hit.to_string(),
         csv_opt(e.cost_saved_usd),
+        csv_opt(e.tokens_cached_input),
+        csv_opt(e.tokens_reasoning),
     ]
     .join(",")
 }

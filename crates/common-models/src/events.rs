@@ -98,6 +98,13 @@ pub struct LlmCallEvent {
     /// For a cache hit, what the call would have cost.
     #[serde(default)]
     pub cost_saved_usd: Option<f64>,
+    /// Of `tokens_input`, those the upstream served from its prompt cache (priced
+    /// apart); `None` when it did not say.
+    #[serde(default)]
+    pub tokens_cached_input: Option<i32>,
+    /// Of `tokens_output`, the reasoning tokens; `None` when the upstream did not say.
+    #[serde(default)]
+    pub tokens_reasoning: Option<i32>,
 }
 
 /// One API request or operational message: a row of `system_logs`.

@@ -9,6 +9,7 @@ pub mod cache_wire;
 pub mod cv;
 pub mod events;
 pub mod ids;
+pub mod pricing;
 pub mod queue;
 pub mod storage;
 pub mod usage;

@@ -257,6 +257,8 @@ pub mod analytics {
             deployment_environment -> Nullable<Varchar>,
             cache_hit -> Bool,
             cost_saved_usd -> Nullable<Numeric>,
+            tokens_cached_input -> Nullable<Int4>,
+            tokens_reasoning -> Nullable<Int4>,
         }
     }
 

@@ -179,6 +179,8 @@ fn llm_csv(events: &[&LlmCallEvent]) -> String {
         text(&mut out, fit_opt(e.deployment_environment.as_ref(), 50).as_deref());
         num(&mut out, Some(e.cache_hit));
         num(&mut out, e.cost_saved_usd.filter(|c| c.is_finite()));
+        num(&mut out, e.tokens_cached_input);
+        num(&mut out, e.tokens_reasoning);
         end_row(&mut out);
     }
     out

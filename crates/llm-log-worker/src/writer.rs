@@ -225,7 +225,8 @@ macro_rules! llm_columns {
         "event_id, created_at, action, message, user_id, company_id, interview_id, request_id, model, \
          tokens_used, tokens_input, tokens_output, usage_reported, cost_usd, price_table_version, latency_ms, \
          time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, \
-         deployment_version, deployment_environment, cache_hit, cost_saved_usd"
+         deployment_version, deployment_environment, cache_hit, cost_saved_usd, tokens_cached_input, \
+         tokens_reasoning"
     };
 }
 pub const LLM_COLUMNS: &str = llm_columns!();
@@ -236,7 +237,7 @@ const INSERT_LLM_LOGS: &str = concat!(
     ") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
      $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::float8[], \
      $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[], $21::text[], $22::jsonb[], \
-     $23::text[], $24::text[], $25::bool[], $26::float8[]) ON CONFLICT DO NOTHING"
+     $23::text[], $24::text[], $25::bool[], $26::float8[], $27::int4[], $28::int4[]) ON CONFLICT DO NOTHING"
 );
 
 /// One batch of `llm_logs` rows, column by column.
@@ -267,6 +268,8 @@ struct LlmColumns<'a> {
     deployment_environment: Vec<Option<Cow<'a, str>>>,
     cache_hit: Vec<bool>,
     cost_saved_usd: Vec<Option<f64>>,
+    tokens_cached_input: Vec<Option<i32>>,
+    tokens_reasoning: Vec<Option<i32>>,
 }
 
 impl<'a> LlmColumns<'a> {
@@ -301,6 +304,8 @@ impl<'a> LlmColumns<'a> {
             deployment_environment: events.iter().map(|e| fit_opt(e.deployment_environment.as_ref(), 50)).collect(),
             cache_hit: events.iter().map(|e| e.cache_hit).collect(),
             cost_saved_usd: events.iter().map(|e| e.cost_saved_usd.filter(|c| c.is_finite())).collect(),
+            tokens_cached_input: events.iter().map(|e| e.tokens_cached_input).collect(),
+            tokens_reasoning: events.iter().map(|e| e.tokens_reasoning).collect(),
         })
     }
 
@@ -332,6 +337,8 @@ impl<'a> LlmColumns<'a> {
             .bind::<Array<Nullable<Text>>, _>(self.deployment_environment)
             .bind::<Array<Bool>, _>(self.cache_hit)
             .bind::<Array<Nullable<Float8>>, _>(self.cost_saved_usd)
+            .bind::<Array<Nullable<Int4>>, _>(self.tokens_cached_input)
+            .bind::<Array<Nullable<Int4>>, _>(self.tokens_reasoning)
             .execute(conn)
             .await
     }

@@ -39,6 +39,12 @@ pub struct Behaviour {
     /// Structured-output requests answered with text that is not the schema's JSON,
     /// before the simulator answers them properly again (counts down).
     pub malformed_structured_answers: u64,
+    /// The share of prompt tokens reported as served from the prompt cache
+    /// (`usage.prompt_tokens_details.cached_tokens`), 0-1.
+    pub cached_prompt_share: f64,
+    /// Reasoning tokens added to each answer's completion tokens and reported as such
+    /// (`usage.completion_tokens_details.reasoning_tokens`).
+    pub reasoning_tokens: u64,
 }
 
 impl Default for Behaviour {
@@ -50,6 +56,8 @@ impl Default for Behaviour {
             fail_with_status: None,
             answer_pieces: 8,
             malformed_structured_answers: 0,
+            cached_prompt_share: 0.0,
+            reasoning_tokens: 0,
         }
     }
 }
@@ -310,11 +318,14 @@ async fn chat_completions(req: HttpRequest, state: web::Data<State>, body: Bytes
             .collect(),
     };
     let prompt_tokens = estimate_tokens(&prompt);
-    let completion_tokens = pieces.len() as u64;
+    let completion_tokens = pieces.len() as u64 + b.reasoning_tokens;
+    let cached_tokens = (prompt_tokens as f64 * b.cached_prompt_share.clamp(0.0, 1.0)).floor() as u64;
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": b.reasoning_tokens}
     });
     let id = format!("chatcmpl-sim{}", state.requests.load(Ordering::SeqCst));
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -33,6 +33,8 @@ pub fn llm_event(i: usize) -> LlmCallEvent {
         deployment_environment: Some("test".into()),
         cache_hit: false,
         cost_saved_usd: None,
+        tokens_cached_input: None,
+        tokens_reasoning: None,
     }
 }
 

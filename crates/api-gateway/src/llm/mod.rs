@@ -2,7 +2,7 @@
 //! configured upstream, answered with exactly what the upstream sent, and logged
 //! (through the queue producer, never waiting on it).
 
-pub mod pricing;
+pub use common_models::pricing;
 pub mod record;
 pub mod request;
 pub mod seal;
@@ -61,8 +61,8 @@ async fn chat_completions(
     let settings = &state.settings;
     let body = service_kit::body::read_limited(&req, payload, settings.max_body_bytes, settings.body_timeout).await?;
     let chat = ChatRequest::parse(body, settings.max_tokens_cap, settings.max_choices)?;
-    if !settings.allow_unpriced_models && settings.pricing.lookup(&chat.model).is_none() {
-        let served: Vec<&str> = settings.pricing.models.iter().map(|m| m.name.as_str()).collect();
+    if !settings.allow_unpriced_models && !settings.pricing.prices(&chat.model) {
+        let served = settings.pricing.names();
         return Err(AppError::bad_request(
             "model",
             "model_not_allowed",

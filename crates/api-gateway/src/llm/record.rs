@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use common_models::events::{LlmCallEvent, LlmErrorType, new_event_id};
+use common_models::pricing::Tokens;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -25,6 +26,10 @@ pub struct Usage {
     pub input: i32,
     pub output: i32,
     pub total: i32,
+    /// Of `input`, the tokens the upstream served from its prompt cache (when it says).
+    pub cached_input: Option<i32>,
+    /// Of `output`, the reasoning tokens (when it says).
+    pub reasoning: Option<i32>,
 }
 
 /// An OpenAI `usage` object, as sent.
@@ -33,6 +38,18 @@ pub struct UsageView {
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,
     total_tokens: Option<i64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PromptDetails {
+    cached_tokens: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionDetails {
+    reasoning_tokens: Option<i64>,
 }
 
 impl Usage {
@@ -41,7 +58,18 @@ impl Usage {
         let n = |v: Option<i64>| v.and_then(|v| i32::try_from(v).ok());
         let input = n(view.prompt_tokens)?;
         let output = n(view.completion_tokens)?;
-        Some(Self { input, output, total: n(view.total_tokens).unwrap_or(input.saturating_add(output)) })
+        // A part can't exceed its whole; a count that does is not believed.
+        let cached_input =
+            n(view.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens)).filter(|c| (0..=input).contains(c));
+        let reasoning = n(view.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens))
+            .filter(|r| (0..=output).contains(r));
+        Some(Self {
+            input,
+            output,
+            total: n(view.total_tokens).unwrap_or(input.saturating_add(output)),
+            cached_input,
+            reasoning,
+        })
     }
 }
 
@@ -138,7 +166,8 @@ impl CallRecord {
         }
         let tokens = |bytes: usize| i32::try_from(bytes.div_ceil(4)).unwrap_or(i32::MAX);
         let (input, output) = (tokens(self.prompt_bytes).max(1), tokens(self.relayed_bytes));
-        self.usage = Some(Usage { input, output, total: input.saturating_add(output) });
+        self.usage =
+            Some(Usage { input, output, total: input.saturating_add(output), cached_input: None, reasoning: None });
         self.usage_estimated = true;
     }
 
@@ -182,9 +211,12 @@ impl CallRecord {
         if let Some(m) = &self.response_model {
             names.push(m);
         }
-        let priced = pricing.cost(&names, tokens_input, tokens_output);
+        let tokens =
+            self.usage.map(|u| Tokens { input: u.input, cached_input: u.cached_input.unwrap_or(0), output: u.output });
+        let priced = pricing.price(&names, tokens, self.created_at.date_naive());
+        let cost = priced.as_ref().map(|p| p.cost_usd);
         // A cache hit cost nothing; what it would have cost is kept as the saving.
-        let (cost_usd, cost_saved_usd) = if self.cache_hit { (Some(0.0), priced) } else { (priced, None) };
+        let (cost_usd, cost_saved_usd) = if self.cache_hit { (Some(0.0), cost) } else { (cost, None) };
         let mut metadata = Map::new();
         let upstream_names = [
             ("upstream_id", &self.upstream_id),
@@ -226,7 +258,9 @@ impl CallRecord {
             tokens_total,
             usage_reported: self.usage.is_some() && !self.usage_estimated,
             cost_usd,
-            price_table_version: priced.map(|_| pricing.version.clone()),
+            price_table_version: priced.map(|p| p.version),
+            tokens_cached_input: self.usage.and_then(|u| u.cached_input),
+            tokens_reasoning: self.usage.and_then(|u| u.reasoning),
             latency_ms,
             time_to_first_token_ms,
             streaming: self.streaming,
@@ -265,7 +299,8 @@ impl CallLogger {
             m.llm_tokens.with_label_values(&["output"]).inc_by(u64::try_from(o).unwrap_or(0));
         }
         if let (Some(cost), Some(model)) = (event.cost_usd, event.model.as_deref()) {
-            let priced_as = self.settings.pricing.lookup(model).map_or("other", |p| p.name.as_str());
+            let priced_as =
+                self.settings.pricing.lookup(model, event.created_at.date_naive()).map_or("other", |p| p.name.as_str());
             m.llm_cost_usd.with_label_values(&[priced_as]).inc_by(cost);
             if let Some(company) = event.company_id {
                 self.limits.record_spend(company.0, cost);

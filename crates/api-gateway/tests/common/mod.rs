@@ -279,6 +279,10 @@ pub struct LlmRow {
     pub cache_hit: bool,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
     pub cost_saved: Option<f64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    pub tokens_cached_input: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    pub tokens_reasoning: Option<i32>,
 }
 
 pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
@@ -288,7 +292,8 @@ pub async fn llm_rows(db: &TestDb) -> anyhow::Result<Vec<LlmRow>> {
         "SELECT company_id, tokens_input, tokens_output, tokens_used, usage_reported, cost_usd::float8 AS cost,
                 price_table_version, streaming, latency_ms, time_to_first_token_ms, http_status, error_type,
                 error_message, COALESCE((metadata->>'usage_estimated')::boolean, false) AS usage_estimated,
-                model, action, interview_id, request_id, cache_hit, cost_saved_usd::float8 AS cost_saved
+                model, action, interview_id, request_id, cache_hit, cost_saved_usd::float8 AS cost_saved,
+                tokens_cached_input, tokens_reasoning
          FROM llm_logs ORDER BY created_at",
     )
     .load(&mut conn)

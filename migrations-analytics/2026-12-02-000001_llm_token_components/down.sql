@@ -1,0 +1,3 @@
+ALTER TABLE llm_logs
+    DROP COLUMN tokens_reasoning,
+    DROP COLUMN tokens_cached_input;
