@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod handler;
 pub mod metrics;
+pub mod reprice;
 pub mod retention;
 pub mod rollup;
 pub mod settings;

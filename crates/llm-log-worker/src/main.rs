@@ -38,6 +38,26 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         to: Option<DateTime<Utc>>,
     },
+    /// Price the logged LLM calls of the whole UTC hours covering [--from, --to) again
+    /// from a corrected price table, and rebuild the rollups of the days that changed;
+    /// one day per transaction, safe to re-run.
+    Reprice {
+        /// A TOML file with a `[pricing]` table (the gateway's configuration file).
+        #[arg(long)]
+        prices: PathBuf,
+        /// Start: `2026-11-01` (midnight UTC) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End (exclusive); now when left out.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+        /// Only the calls of this model (as requested).
+        #[arg(long)]
+        model: Option<String>,
+        /// Only count what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Drop the raw log partitions whose whole month is older than the retention age
     /// (`raw_retention`, 90 days); the rollups stay. One instance at a time.
     Retention {
@@ -80,6 +100,37 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             eprintln!();
             println!("{rows} rollup rows written for {from} .. {to} in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Command::Reprice { prices, from, to, model, dry_run } => {
+            let to = to.unwrap_or_else(Utc::now);
+            anyhow::ensure!(from < to, "--from must be before --to");
+            let prices = llm_log_worker::reprice::load_prices(&prices)?;
+            let mut conn = AsyncPgConnection::establish(settings.analytics_url().expose()).await?;
+            let started = std::time::Instant::now();
+            let outcome = llm_log_worker::reprice::reprice(
+                &mut conn,
+                &prices,
+                from,
+                to,
+                model.as_deref(),
+                dry_run,
+                |done, total, changed| {
+                    eprint!("\rrepricing: day {done}/{total}, {changed} calls changed");
+                },
+            )
+            .await?;
+            eprintln!();
+            let verb = if dry_run { "would change" } else { "changed" };
+            println!(
+                "{} calls read over {} days, {} {verb} (price table {}); rollups rebuilt for {} days in {:.1} s",
+                outcome.calls,
+                outcome.days,
+                outcome.changed,
+                prices.version,
+                outcome.days_rebuilt,
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Retention { dry_run, max_age } => {

@@ -202,19 +202,8 @@ pub async fn rebuild(
         let (lo, hi) = (sql_time(at), sql_time(until));
         written += conn
             .transaction::<u64, diesel::result::Error, _>(async move |conn| {
-                conn.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN SHARE ROW EXCLUSIVE MODE")).await?;
-                for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_pending"] {
-                    sql_query(format!(
-                        "DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"
-                    ))
-                    .bind::<Text, _>(&lo)
-                    .bind::<Text, _>(&hi)
-                    .execute(conn)
-                    .await?;
-                }
-                let n = sql_query(REBUILD_INSERT).bind::<Text, _>(&lo).bind::<Text, _>(&hi).execute(conn).await?;
-                sql_query(REBUILD_COARSE).bind::<Text, _>(&lo).bind::<Text, _>(&hi).execute(conn).await?;
-                Ok(n as u64)
+                lock_for_rebuild(conn).await?;
+                rebuild_locked(conn, &lo, &hi).await
             })
             .await?;
         at = until;
@@ -222,6 +211,28 @@ pub async fn rebuild(
         progress(done, total);
     }
     Ok(written)
+}
+
+/// Holds concurrent additions to the rollups back until the transaction ends (taken
+/// first in a transaction that rebuilds).
+pub async fn lock_for_rebuild(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN SHARE ROW EXCLUSIVE MODE")).await
+}
+
+/// Replaces the rollups of the hours in [`lo`, `hi`) (whole UTC hours, as
+/// [`sql_time`]) with their recomputation from the raw rows, inside a transaction that
+/// took [`lock_for_rebuild`]; returns the fine rows written.
+pub async fn rebuild_locked(conn: &mut AsyncPgConnection, lo: &str, hi: &str) -> diesel::QueryResult<u64> {
+    for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_pending"] {
+        sql_query(format!("DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"))
+            .bind::<Text, _>(lo)
+            .bind::<Text, _>(hi)
+            .execute(conn)
+            .await?;
+    }
+    let n = sql_query(REBUILD_INSERT).bind::<Text, _>(lo).bind::<Text, _>(hi).execute(conn).await?;
+    sql_query(REBUILD_COARSE).bind::<Text, _>(lo).bind::<Text, _>(hi).execute(conn).await?;
+    Ok(n as u64)
 }
 
 #[cfg(test)]
