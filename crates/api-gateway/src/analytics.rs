@@ -428,6 +428,10 @@ struct UsageRow {
     #[diesel(sql_type = BigInt)]
     latency_ms_sum: i64,
     #[diesel(sql_type = BigInt)]
+    tokens_cached_input: i64,
+    #[diesel(sql_type = BigInt)]
+    tokens_reasoning: i64,
+    #[diesel(sql_type = BigInt)]
     errors: i64,
     /// The rollups' latency and time-to-first-token histograms, dense (NULL: no rollup
     /// rows).
@@ -460,6 +464,8 @@ impl UsageRow {
             cost_saved_usd: 0.0,
             streaming_calls: 0,
             latency_ms_sum: 0,
+            tokens_cached_input: 0,
+            tokens_reasoning: 0,
             errors: 0,
             lh: None,
             th: None,
@@ -498,6 +504,8 @@ impl UsageRow {
         self.cost_saved_usd += other.cost_saved_usd;
         self.streaming_calls += other.streaming_calls;
         self.latency_ms_sum += other.latency_ms_sum;
+        self.tokens_cached_input += other.tokens_cached_input;
+        self.tokens_reasoning += other.tokens_reasoning;
         let (mut latency, mut ttft) = self.histograms();
         let (l, t) = other.histograms();
         latency.iter_mut().zip(l).for_each(|(a, b)| *a += b);
@@ -522,6 +530,8 @@ impl UsageRow {
             error_rate: if self.calls > 0 { self.errors as f64 / self.calls as f64 } else { 0.0 },
             tokens_input: self.tokens_input,
             tokens_output: self.tokens_output,
+            tokens_cached_input: self.tokens_cached_input,
+            tokens_reasoning: self.tokens_reasoning,
             cost_usd: self.cost_usd,
             unpriced_calls: self.unpriced_calls,
             calls_without_usage: self.calls_without_usage,
@@ -549,6 +559,10 @@ pub struct Figures {
     pub error_rate: f64,
     pub tokens_input: i64,
     pub tokens_output: i64,
+    /// Of `tokens_input`, those the upstream served from its prompt cache (priced apart).
+    pub tokens_cached_input: i64,
+    /// Of `tokens_output`, the reasoning tokens.
+    pub tokens_reasoning: i64,
     /// Cost in USD of the priced calls; see `unpriced_calls` for the others.
     pub cost_usd: f64,
     /// Calls whose model had no price: their cost is unknown, not $0.
@@ -614,7 +628,8 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
                   sum(unpriced_calls) AS unpriced_calls, sum(tokens_input) AS tokens_input, \
                   sum(tokens_output) AS tokens_output, sum(cost_usd) AS cost_usd, sum(cache_hits) AS cache_hits, \
                   sum(cost_saved_usd) AS cost_saved_usd, sum(streaming_calls) AS streaming_calls, \
-                  sum(latency_ms_sum) AS latency_ms_sum, \
+                  sum(latency_ms_sum) AS latency_ms_sum, sum(tokens_cached_input) AS tokens_cached_input, \
+                  sum(tokens_reasoning) AS tokens_reasoning, \
                   sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END) AS errors, \
                   {dense_latency} AS lh, {dense_ttft} AS th \
            FROM {rollups} r JOIN whole ON r.hour = whole.h WHERE {company} GROUP BY 1, 2), \
@@ -623,7 +638,8 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
            WHERE l.created_at >= $1 AND l.created_at < $2 AND {company}), \
          sums AS ( \
            SELECT b, grp, calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, \
-                  cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, errors \
+                  cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, \
+                  errors \
            FROM rolled \
            UNION ALL \
            SELECT b, grp, {sums}, count(*) FILTER (WHERE error_type IS NOT NULL) FROM raw GROUP BY b, grp), \
@@ -644,11 +660,12 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
                   sum(tokens_output)::int8 AS tokens_output, sum(cost_usd)::float8 AS cost_usd, \
                   sum(cache_hits)::int8 AS cache_hits, sum(cost_saved_usd)::float8 AS cost_saved_usd, \
                   sum(streaming_calls)::int8 AS streaming_calls, sum(latency_ms_sum)::int8 AS latency_ms_sum, \
-                  sum(errors)::int8 AS errors \
+                  sum(tokens_cached_input)::int8 AS tokens_cached_input, \
+                  sum(tokens_reasoning)::int8 AS tokens_reasoning, sum(errors)::int8 AS errors \
            FROM sums GROUP BY b, grp) \
          SELECT to_char(t.b, 'YYYY-MM-DD\"T\"HH24:MI:SSTZH:TZM') AS start, t.grp, t.calls, t.calls_without_usage, \
                 t.unpriced_calls, t.tokens_input, t.tokens_output, t.cost_usd, t.cache_hits, t.cost_saved_usd, \
-                t.streaming_calls, t.latency_ms_sum, t.errors, r.lh, r.th, h.ks, h.lvs, h.tvs \
+                t.streaming_calls, t.latency_ms_sum, t.tokens_cached_input, t.tokens_reasoning, t.errors, r.lh, r.th, h.ks, h.lvs, h.tvs \
          FROM t \
          LEFT JOIN rolled r ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
             = (r.b IS NULL, coalesce(r.b, 'epoch'), r.grp IS NULL, coalesce(r.grp, '')) \
@@ -976,6 +993,12 @@ struct Call {
     tokens_input: Option<i32>,
     #[diesel(sql_type = Nullable<Integer>)]
     tokens_output: Option<i32>,
+    /// Of `tokens_input`, those from the upstream's prompt cache (`null`: not said).
+    #[diesel(sql_type = Nullable<Integer>)]
+    tokens_cached_input: Option<i32>,
+    /// Of `tokens_output`, the reasoning tokens (`null`: not said).
+    #[diesel(sql_type = Nullable<Integer>)]
+    tokens_reasoning: Option<i32>,
     #[diesel(sql_type = Bool)]
     usage_reported: bool,
     /// `null`: unknown (an unpriced model, or no usage reported); 0 for a cache hit.
@@ -1007,7 +1030,7 @@ fn calls_sql(company: bool) -> String {
     let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
     format!(
         "SELECT id, event_id::text AS event_id, created_at, company_id, user_id, interview_id, action, model, \
-                request_id, tokens_input, tokens_output, usage_reported, cost_usd::float8 AS cost_usd, \
+                request_id, tokens_input, tokens_output, tokens_cached_input, tokens_reasoning, usage_reported, cost_usd::float8 AS cost_usd, \
                 price_table_version, cache_hit, cost_saved_usd::float8 AS cost_saved_usd, latency_ms, \
                 time_to_first_token_ms, streaming, http_status, error_type, error_message \
          FROM llm_logs \
@@ -1158,7 +1181,8 @@ pub(crate) fn number_field<T: std::fmt::Display>(out: &mut String, value: Option
     }
 }
 
-const USAGE_HEADER: &str = "start,group,calls,errors,error_rate,tokens_input,tokens_output,cost_usd,unpriced_calls,\
+const USAGE_HEADER: &str = "start,group,calls,errors,error_rate,tokens_input,tokens_output,tokens_cached_input,\
+tokens_reasoning,cost_usd,unpriced_calls,\
 calls_without_usage,cache_hits,cost_saved_usd,streaming_calls,latency_ms_mean,latency_ms_p50,latency_ms_p95,\
 latency_ms_p99,ttft_ms_p50,ttft_ms_p95,ttft_ms_p99\n";
 
@@ -1171,12 +1195,14 @@ fn usage_csv(rows: Vec<UsageRow>) -> Chunks {
         text_field(&mut line, r.start.as_deref());
         line.push(',');
         text_field(&mut line, r.grp.as_deref());
-        let numbers: [Option<String>; 18] = [
+        let numbers: [Option<String>; 20] = [
             Some(f.calls.to_string()),
             Some(f.errors.to_string()),
             Some(f.error_rate.to_string()),
             Some(f.tokens_input.to_string()),
             Some(f.tokens_output.to_string()),
+            Some(f.tokens_cached_input.to_string()),
+            Some(f.tokens_reasoning.to_string()),
             Some(f.cost_usd.to_string()),
             Some(f.unpriced_calls.to_string()),
             Some(f.calls_without_usage.to_string()),
@@ -1202,7 +1228,7 @@ fn usage_csv(rows: Vec<UsageRow>) -> Chunks {
 }
 
 const CALLS_HEADER: &str = "event_id,created_at,company_id,user_id,interview_id,action,model,request_id,tokens_input,\
-tokens_output,usage_reported,cost_usd,price_table_version,cache_hit,cost_saved_usd,latency_ms,time_to_first_token_ms,\
+tokens_output,tokens_cached_input,tokens_reasoning,usage_reported,cost_usd,price_table_version,cache_hit,cost_saved_usd,latency_ms,time_to_first_token_ms,\
 streaming,http_status,error_type,error_message\n";
 
 fn call_line(out: &mut String, c: &Call) {
@@ -1217,7 +1243,7 @@ fn call_line(out: &mut String, c: &Call) {
         out.push(',');
         text_field(out, t);
     }
-    for n in [c.tokens_input, c.tokens_output] {
+    for n in [c.tokens_input, c.tokens_output, c.tokens_cached_input, c.tokens_reasoning] {
         out.push(',');
         number_field(out, n);
     }

@@ -27,7 +27,8 @@ async fn generate_calls(stack: &Stack, team: &Team, scale: i64) -> anyhow::Resul
     diesel::sql_query(
         "INSERT INTO llm_logs (event_id, created_at, action, company_id, user_id, interview_id, model, \
            tokens_input, tokens_output, tokens_used, usage_reported, cost_usd, price_table_version, latency_ms, \
-           time_to_first_token_ms, streaming, http_status, error_type, cache_hit, cost_saved_usd) \
+           time_to_first_token_ms, streaming, http_status, error_type, cache_hit, cost_saved_usd, \
+           tokens_cached_input, tokens_reasoning) \
          SELECT gen_random_uuid(), timestamptz '2026-10-20 00:00:00+00' + i * interval '7 minutes 13 seconds', \
            CASE WHEN i % 3 = 0 THEN 'cv_analysis' ELSE 'chat' END, $1, \
            CASE i % 4 WHEN 0 THEN NULL WHEN 1 THEN $2 WHEN 2 THEN $3 ELSE $4 END, \
@@ -36,7 +37,7 @@ async fn generate_calls(stack: &Stack, team: &Team, scale: i64) -> anyhow::Resul
                 ELSE $5 * (ti * 2 + tout * 8) / 1000000.0 END, '2026-11-01', \
            1 + (i * 7919) % 20000, CASE WHEN i % 2 = 0 THEN (1 + (i * 7919) % 20000) / 5 END, i % 2 = 0, \
            CASE WHEN err THEN 502 ELSE 200 END, CASE WHEN err THEN 'upstream_error' END, hit, \
-           CASE WHEN hit THEN $5 * 0.002 END \
+           CASE WHEN hit THEN $5 * 0.002 END, CASE WHEN i % 7 = 1 THEN ti / 4 END, CASE WHEN i % 4 = 1 THEN tout / 5 END \
          FROM (SELECT i, i % 17 = 0 AS err, i % 11 = 0 AND i % 17 <> 0 AS hit, \
                       (ARRAY['gpt-4.1', 'gpt-4.1-mini', 'local-llama'])[1 + (i / 2) % 3] AS m, \
                       CASE WHEN i % 17 <> 0 THEN 100 + i % 900 END AS ti, \
@@ -77,6 +78,10 @@ struct Raw {
     tokens_input: i64,
     #[diesel(sql_type = BigInt)]
     tokens_output: i64,
+    #[diesel(sql_type = BigInt)]
+    tokens_cached_input: i64,
+    #[diesel(sql_type = BigInt)]
+    tokens_reasoning: i64,
     #[diesel(sql_type = Double)]
     cost: f64,
     #[diesel(sql_type = BigInt)]
@@ -110,6 +115,8 @@ async fn raw(
         "SELECT {start} AS start, {group}::text AS grp, count(*) AS calls, \
                 count(*) FILTER (WHERE error_type IS NOT NULL) AS errors, \
                 coalesce(sum(tokens_input), 0)::int8 AS tokens_input, coalesce(sum(tokens_output), 0)::int8 AS tokens_output, \
+                coalesce(sum(tokens_cached_input), 0)::int8 AS tokens_cached_input, \
+                coalesce(sum(tokens_reasoning), 0)::int8 AS tokens_reasoning, \
                 coalesce(sum(cost_usd), 0)::float8 AS cost, count(*) FILTER (WHERE cache_hit) AS cache_hits, \
                 coalesce(sum(cost_saved_usd), 0)::float8 AS saved, \
                 count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit) AS unpriced, \
@@ -136,6 +143,9 @@ fn assert_figures(api: &Value, raw: &Raw, what: &str) {
     assert_eq!(int("errors"), raw.errors, "{what}: errors");
     assert_eq!(int("tokens_input"), raw.tokens_input, "{what}: tokens_input");
     assert_eq!(int("tokens_output"), raw.tokens_output, "{what}: tokens_output");
+    assert_eq!(int("tokens_cached_input"), raw.tokens_cached_input, "{what}: tokens_cached_input");
+    assert_eq!(int("tokens_reasoning"), raw.tokens_reasoning, "{what}: tokens_reasoning");
+    assert!(raw.calls < 20 || raw.tokens_cached_input > 0, "{what}: the generated calls have cached tokens");
     assert_eq!(int("cache_hits"), raw.cache_hits, "{what}: cache_hits");
     assert_eq!(int("unpriced_calls"), raw.unpriced, "{what}: unpriced_calls");
     let cost = api["cost_usd"].as_f64().unwrap_or(-1.0);

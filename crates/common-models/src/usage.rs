@@ -5,7 +5,8 @@
 /// SQL aggregates over `llm_logs` rows yielding, in order: calls, calls without usage
 /// (tokens unknown, not zero), unpriced calls (tokens known, no price: cost unknown,
 /// never $0), tokens in, tokens out, cost, our cache's hits, the cost they saved,
-/// streaming calls and the latency sum.
+/// streaming calls, the latency sum, and the input tokens from the upstream's prompt
+/// cache and the reasoning tokens (parts of tokens in and out).
 #[macro_export]
 macro_rules! llm_usage_sums {
     () => {
@@ -13,7 +14,7 @@ macro_rules! llm_usage_sums {
          count(*) FILTER (WHERE cost_usd IS NULL AND tokens_input IS NOT NULL AND NOT cache_hit), \
          coalesce(sum(tokens_input), 0), coalesce(sum(tokens_output), 0), coalesce(sum(cost_usd), 0), \
          count(*) FILTER (WHERE cache_hit), coalesce(sum(cost_saved_usd), 0), count(*) FILTER (WHERE streaming), \
-         coalesce(sum(latency_ms), 0)"
+         coalesce(sum(latency_ms), 0), coalesce(sum(tokens_cached_input), 0), coalesce(sum(tokens_reasoning), 0)"
     };
 }
 

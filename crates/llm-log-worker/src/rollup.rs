@@ -23,7 +23,7 @@ macro_rules! usage_columns {
     () => {
         "hour, company_id, user_id, interview_id, action, model, error_type, calls, calls_without_usage, \
          unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, \
-         latency_ms_sum, latency_ms_histogram, ttft_ms_histogram"
+         latency_ms_sum, tokens_cached_input, tokens_reasoning, latency_ms_histogram, ttft_ms_histogram"
     };
 }
 
@@ -76,11 +76,12 @@ macro_rules! add_to {
             " AS t (",
             $keys,
             ", calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, \
-             cost_saved_usd, streaming_calls, latency_ms_sum, latency_ms_histogram, ttft_ms_histogram) SELECT ",
+             cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, \
+             latency_ms_histogram, ttft_ms_histogram) SELECT ",
             $keys,
             ", sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), sum(tokens_output), \
              sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), sum(latency_ms_sum), \
-             llm_histogram_merge(latency_ms_histogram), llm_histogram_merge(ttft_ms_histogram) FROM ",
+             sum(tokens_cached_input), sum(tokens_reasoning), llm_histogram_merge(latency_ms_histogram), llm_histogram_merge(ttft_ms_histogram) FROM ",
             $source,
             " GROUP BY ",
             $keys,
@@ -95,6 +96,8 @@ macro_rules! add_to {
              cost_saved_usd = t.cost_saved_usd + EXCLUDED.cost_saved_usd, \
              streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
              latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
+             tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
+             tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
              latency_ms_histogram = llm_histogram_add(t.latency_ms_histogram, EXCLUDED.latency_ms_histogram), \
              ttft_ms_histogram = llm_histogram_add(t.ttft_ms_histogram, EXCLUDED.ttft_ms_histogram)"
         )
