@@ -2,7 +2,8 @@
 # make bench: ingest throughput vs raw COPY, the producer's spool, gateway overhead vs
 # the upstream alone, what the session check and rate limiter add, cache-service GET vs
 # Redis GET, CVs end to end, a main-DB endpoint's p99 under LLM and CV load, and the
-# analytics dashboard's queries from the rollups vs from raw rows.
+# analytics dashboard's queries from the rollups vs from raw rows, and the legacy move
+# vs raw COPY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v oha >/dev/null 2>&1; then
@@ -33,3 +34,5 @@ echo
   --cvs "${BENCH_ISOLATION_CVS:-300}" --bin-dir "$BIN" --model-dir "${EMBEDDING__MODEL_DIR:-.models/all-minilm-l6-v2}"
 echo
 "$BIN/headhunter-bench" analytics --rows "${BENCH_ANALYTICS_ROWS:-10000000}" --rounds "${BENCH_ANALYTICS_ROUNDS:-20}"
+echo
+"$BIN/headhunter-bench" legacy --rows "${BENCH_LEGACY_ROWS:-1000000}"

@@ -23,6 +23,7 @@ mod cvs;
 mod gateway;
 mod ingest;
 mod isolation;
+mod legacy;
 mod loadgen;
 mod private_pg;
 mod spool;
@@ -136,6 +137,13 @@ enum Command {
         #[arg(long)]
         reuse: Option<String>,
     },
+    /// The legacy move (old-layout rows from a main database into llm_logs) vs raw COPY.
+    Legacy {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
+        #[arg(long, default_value_t = 5_000)]
+        batch: i64,
+    },
     /// Closed-loop GETs over RESP or HTTP/1.1 from one thread; prints a JSON report.
     Load {
         #[arg(long)]
@@ -178,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         Command::Analytics { rows, rounds, keep, reuse } => {
             runtime()?.block_on(analytics::run(rows, rounds, keep, reuse))
         }
+        Command::Legacy { rows, batch } => runtime()?.block_on(legacy::run(rows, batch)),
         Command::Load { addr, protocol, target, connections, seconds, warmup_secs } => {
             // Its own single-threaded runtime: the client must not spread over cores.
             let report = loadgen::run(

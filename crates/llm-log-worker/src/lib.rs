@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod handler;
+pub mod legacy;
 pub mod metrics;
 pub mod reprice;
 pub mod retention;

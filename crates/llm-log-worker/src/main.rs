@@ -58,6 +58,32 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move the LLM calls the old system logged into the main database's `system_logs`
+    /// (component `llm`) into `llm_logs`, in batches, resumable after a kill and
+    /// idempotent; then reconcile both sides per UTC day (exit 1 when they differ).
+    MoveLegacy {
+        /// The main database holding the old `system_logs` table.
+        #[arg(long, env = "LEGACY_DATABASE_URL")]
+        from_database: String,
+        /// Old rows read and written at a time.
+        #[arg(long, default_value_t = 5_000)]
+        batch: i64,
+        /// After an equal reconciliation, delete the moved rows from the main database
+        /// in small batches.
+        #[arg(long)]
+        delete_moved: bool,
+    },
+    /// Create the old `system_logs` table in a database and fill it with generated LLM
+    /// calls (and some API rows), to try and measure `move-legacy`.
+    LegacyFixture {
+        #[arg(long)]
+        database: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
+        /// Spread over this many days before now.
+        #[arg(long, default_value_t = 60)]
+        days: i64,
+    },
     /// Drop the raw log partitions whose whole month is older than the retention age
     /// (`raw_retention`, 90 days); the rollups stay. One instance at a time.
     Retention {
@@ -131,6 +157,81 @@ async fn main() -> anyhow::Result<()> {
                 outcome.days_rebuilt,
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+        Command::MoveLegacy { from_database, batch, delete_moved } => {
+            anyhow::ensure!(batch >= 1, "--batch must be at least 1");
+            let mut main = AsyncPgConnection::establish(&from_database).await?;
+            let url = settings.analytics_url();
+            let mut analytics = AsyncPgConnection::establish(url.expose()).await?;
+            let pool = service_kit::db::build_pool(url.expose(), "llm-log-worker-legacy", 1)?;
+            let writer =
+                llm_log_worker::writer::AnalyticsWriter::new(pool, settings.lock_timeout, settings.statement_timeout);
+            let started = std::time::Instant::now();
+            let outcome = llm_log_worker::legacy::move_rows(&mut main, &mut analytics, &writer, batch, |o, rate| {
+                let share = if o.total > 0 { 100.0 * o.moved.min(o.total) as f64 / o.total as f64 } else { 100.0 };
+                eprint!("\rmoving legacy LLM rows: {}/{} ({share:.1} %), {rate:.0} rows/s   ", o.moved, o.total);
+            })
+            .await?;
+            eprintln!();
+            println!(
+                "{} old rows read, {} calls inserted by this run, {} moved in all, last old id {}, in {:.1} s",
+                outcome.read,
+                outcome.inserted,
+                outcome.moved,
+                outcome.last_id,
+                started.elapsed().as_secs_f64()
+            );
+            if outcome.deleted == 0 {
+                let check = llm_log_worker::legacy::reconcile(&mut main, &mut analytics, outcome.last_id).await?;
+                if !check.differing.is_empty() {
+                    println!(
+                        "reconciliation: {} of {} days differ (day: main | analytics):",
+                        check.differing.len(),
+                        check.days
+                    );
+                    for (old, new) in &check.differing {
+                        let show = |d: &Option<llm_log_worker::legacy::DayFigures>| match d {
+                            Some(d) => {
+                                format!(
+                                    "{} calls, {} in, {} out, ${}",
+                                    d.calls, d.tokens_input, d.tokens_output, d.cost_usd
+                                )
+                            }
+                            None => "nothing".to_owned(),
+                        };
+                        let day = old.as_ref().or(new.as_ref()).map_or("?", |d| d.day.as_str());
+                        println!("  {day}: {} | {}", show(old), show(new));
+                    }
+                    std::process::exit(1);
+                }
+                println!("reconciliation: equal on all {} days (calls, tokens in and out, cost)", check.days);
+            } else {
+                println!(
+                    "{} moved rows were deleted from the main database: nothing left to reconcile",
+                    outcome.deleted
+                );
+            }
+            if delete_moved {
+                let deleted =
+                    llm_log_worker::legacy::delete_moved(&mut main, &mut analytics, outcome.last_id, 2_000, |n| {
+                        eprint!("\rdeleting moved rows from the main database: {n}");
+                    })
+                    .await?;
+                eprintln!();
+                println!("{deleted} moved rows deleted from the main database");
+            }
+            Ok(())
+        }
+        Command::LegacyFixture { database, rows, days } => {
+            anyhow::ensure!(rows >= 1 && days >= 1, "--rows and --days must be at least 1");
+            let mut main = AsyncPgConnection::establish(&database).await?;
+            llm_log_worker::legacy::generate_fixture(&mut main, rows, days, Utc::now(), |n| {
+                eprint!("\rwriting old-layout rows: {n}/{rows}");
+            })
+            .await?;
+            eprintln!();
+            println!("{rows} old LLM rows written to system_logs");
             Ok(())
         }
         Command::Retention { dry_run, max_age } => {
