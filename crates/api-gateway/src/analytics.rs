@@ -19,7 +19,7 @@
 //! Asia/Kolkata) or the range's ends are read from the raw rows, each row put in its
 //! own local bucket. So a local day adds up to exactly the raw rows of its local hours,
 //! in any zone and across a DST change. Both sides are aggregated by the one SQL
-//! definition the rollups use (`common_models::llm_usage_measures!`).
+//! definition the rollups use (`common_models::llm_usage_sums!`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -29,7 +29,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use common_models::schema::main::companies;
-use common_models::usage::{HISTOGRAM_BUCKETS, quantile};
+use common_models::usage::{HISTOGRAM_BUCKETS, histogram_sum_sql, quantile};
 use diesel::prelude::*;
 use diesel::sql_query;
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz};
@@ -675,16 +675,9 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
         b_hour = trunc("r.hour"),
         b_row = trunc("l.created_at"),
         sums = common_models::llm_usage_sums!(),
-        dense_latency = dense_sum("latency_ms_histogram"),
-        dense_ttft = dense_sum("ttft_ms_histogram"),
+        dense_latency = histogram_sum_sql("latency_ms_histogram"),
+        dense_ttft = histogram_sum_sql("ttft_ms_histogram"),
     )
-}
-
-/// `ARRAY[sum(column[1])::int8, …, sum(column[60])::int8]`: histograms added element by
-/// element with plain sums (no per-row function call, no unnesting).
-fn dense_sum(column: &str) -> String {
-    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("sum({column}[{k}])::int8")).collect();
-    format!("ARRAY[{}]", sums.join(", "))
 }
 
 /// The usage aggregate's SQL exactly as the API runs it, for the benchmark (binds: from,

@@ -1,6 +1,6 @@
 //! The legacy move's speed: old-layout rows moved from a main database into `llm_logs`
 //! (`llm_log_worker::legacy::move_rows`, the command's own code: read by id, mapped,
-//! written by the worker's idempotent path with rollups, checkpointed), against a raw
+//! written as the worker writes a batch, with rollups, checkpointed), against a raw
 //! `COPY` of the same rows, mapped in SQL, from the old table into a second analytics
 //! database with the same schema.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common_models::db::{Database, run_migrations};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use llm_log_worker::copy::CopyWriter;
 use llm_log_worker::writer::AnalyticsWriter;
 
 use crate::{count, create_database, drop_database};
@@ -84,12 +85,21 @@ async fn measure(main_url: &str, copy_url: &str, move_url: &str, rows: i64, batc
     let mut analytics = AsyncPgConnection::establish(move_url).await?;
     let pool = service_kit::db::build_pool(move_url, "bench-legacy", 1)?;
     let writer = AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(300));
+    let mut copy = CopyWriter::new(move_url, Duration::from_secs(5), Duration::from_secs(300));
     let started = Instant::now();
-    let outcome = llm_log_worker::legacy::move_rows(&mut main, &mut analytics, &writer, batch, |_, _| {}).await?;
+    let outcome =
+        llm_log_worker::legacy::move_rows(&mut main, &mut analytics, &writer, &mut copy, batch, |_, _| {}).await?;
     let move_secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(outcome.inserted == rows, "moved {} rows, expected {rows}", outcome.inserted);
     let move_rate = rows as f64 / move_secs;
-    println!("{move_secs:.2} s, {move_rate:.0} rows/s");
+    println!(
+        "{move_secs:.2} s, {move_rate:.0} rows/s (reading {:.1} s, writing {:.1} s of which rollups {:.1} s, \
+         folding the rollups {:.1} s)",
+        outcome.read_time.as_secs_f64(),
+        outcome.write_time.as_secs_f64(),
+        outcome.rollup_time.as_secs_f64(),
+        outcome.compact_time.as_secs_f64()
+    );
     let started = Instant::now();
     let check = llm_log_worker::legacy::reconcile(&mut main, &mut analytics, outcome.last_id).await?;
     anyhow::ensure!(check.differing.is_empty(), "the reconciliation found {} differing days", check.differing.len());

@@ -18,14 +18,17 @@ macro_rules! llm_usage_sums {
     };
 }
 
-/// [`llm_usage_sums!`] followed by the latency and time-to-first-token histograms
-/// (`llm_histogram`, see the analytics migration `llm_usage_hourly`): a rollup row's
-/// measures.
-#[macro_export]
-macro_rules! llm_usage_measures {
-    () => {
-        concat!($crate::llm_usage_sums!(), ", llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms)")
-    };
+/// `ARRAY[sum(column[1])::int8, …]`: histograms added up across rows element by element
+/// with plain sums (no per-row function call, no unnesting).
+pub fn histogram_sum_sql(column: &str) -> String {
+    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("sum({column}[{k}])::int8")).collect();
+    format!("ARRAY[{}]", sums.join(", "))
+}
+
+/// `ARRAY[a[1] + b[1], …]`: two histograms added.
+pub fn histogram_add_sql(a: &str, b: &str) -> String {
+    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("{a}[{k}] + {b}[{k}]")).collect();
+    format!("ARRAY[{}]", sums.join(", "))
 }
 
 /// Buckets of the latency histograms: element 1 counts values under 1 ms, element k

@@ -71,7 +71,7 @@ impl CopyWriter {
             if let Some((ids, first, last)) = crate::rollup::batch_params(llm) {
                 inserted.llm_logs = copy(&tx, "llm_logs", LLM_COLUMNS, llm_csv(llm)).await?;
                 let started = std::time::Instant::now();
-                tx.execute(crate::rollup::ADD_INSERTED, &[&ids, &first, &last]).await.map_err(classify)?;
+                tx.execute(crate::rollup::ADD_INSERTED.as_str(), &[&ids, &first, &last]).await.map_err(classify)?;
                 inserted.rollup_time = started.elapsed();
             }
             if !system.is_empty() {

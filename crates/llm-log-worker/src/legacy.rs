@@ -6,9 +6,10 @@
 //!   is kept in the analytics database (`legacy_move_progress`), so a run that is killed
 //!   picks up where it stopped.
 //! - **Idempotent**: each old row becomes a call whose event id is made from its old id
-//!   ([`legacy_event_id`]), written by the worker's own idempotent write path (which
-//!   also adds it to the rollups), so a batch written twice (a kill between the write
-//!   and the checkpoint, or a second run) is written once.
+//!   ([`legacy_event_id`]), written the way the worker writes a batch: COPY, and when
+//!   some of it is already stored (a kill between the write and the checkpoint, or a
+//!   second run), the idempotent INSERT path; both add what they insert to the
+//!   rollups, so a batch written twice counts once.
 //! - **Mapped**: the columns `llm_logs` has are carried over; what it has no column for
 //!   (the old id, level, request method and path) goes into `metadata` beside the old
 //!   metadata's keys. A cost is kept as the old system computed it
@@ -18,7 +19,7 @@
 //! - **Deleted afterwards, optionally**: the moved rows leave the main database in small
 //!   batches, only after an equal reconciliation.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common_models::events::{LlmCallEvent, at_stored_precision};
@@ -29,7 +30,8 @@ use diesel::sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text, Ti
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use serde_json::{Map, Value, json};
 
-use crate::writer::AnalyticsWriter;
+use crate::copy::{CopyFailure, CopyWriter};
+use crate::writer::{AnalyticsWriter, Inserted};
 
 /// The old layout (main database), as the fixture generator creates it.
 pub const LEGACY_TABLE: &str = "CREATE TABLE IF NOT EXISTS system_logs ( \
@@ -214,6 +216,13 @@ pub struct MoveOutcome {
     /// Moved rows deleted from the main database so far (then there is nothing left to
     /// reconcile against).
     pub deleted: i64,
+    /// Time this run spent reading old rows, writing calls, and adding them to the
+    /// rollups (part of writing).
+    pub read_time: Duration,
+    pub write_time: Duration,
+    pub rollup_time: Duration,
+    /// Folding what the run added to the rollups into the hourly tables, at its end.
+    pub compact_time: Duration,
 }
 
 /// Moves every old LLM row not yet moved, `batch` at a time, calling
@@ -222,6 +231,7 @@ pub async fn move_rows(
     main: &mut AsyncPgConnection,
     analytics: &mut AsyncPgConnection,
     writer: &AnalyticsWriter,
+    copy: &mut CopyWriter,
     batch: i64,
     mut progress: impl FnMut(&MoveOutcome, f64),
 ) -> anyhow::Result<MoveOutcome> {
@@ -242,13 +252,18 @@ pub async fn move_rows(
     };
     let started = Instant::now();
     loop {
+        let reading = Instant::now();
         let rows: Vec<OldRow> =
             sql_query(READ_BATCH).bind::<BigInt, _>(outcome.last_id).bind::<BigInt, _>(batch).load(main).await?;
+        outcome.read_time += reading.elapsed();
         let Some(last) = rows.last().map(|r| r.id) else { break };
         let n = rows.len() as i64;
         let events: Vec<LlmCallEvent> = rows.into_iter().map(OldRow::into_event).collect();
         let refs: Vec<&LlmCallEvent> = events.iter().collect();
-        let inserted = writer.write(&refs, &[]).await?;
+        let writing = Instant::now();
+        let inserted = write(writer, copy, &refs).await?;
+        outcome.write_time += writing.elapsed();
+        outcome.rollup_time += inserted.rollup_time;
         outcome.read += n;
         outcome.inserted += inserted.llm_logs as i64;
         outcome.moved += inserted.llm_logs as i64;
@@ -267,8 +282,24 @@ pub async fn move_rows(
             break;
         }
     }
+    let compacting = Instant::now();
     crate::rollup::compact(analytics).await?;
+    outcome.compact_time = compacting.elapsed();
     Ok(outcome)
+}
+
+/// A batch by COPY, or by the idempotent path when some of it is stored already.
+async fn write(writer: &AnalyticsWriter, copy: &mut CopyWriter, calls: &[&LlmCallEvent]) -> anyhow::Result<Inserted> {
+    writer.ensure_partitions_for(calls, &[]).await?;
+    match copy.write(calls, &[]).await {
+        Ok(inserted) => Ok(inserted),
+        Err(CopyFailure::Duplicate) => Ok(writer.write(calls, &[]).await?),
+        Err(CopyFailure::Rejected(why) | CopyFailure::Transient(why)) => {
+            // The idempotent path names the row at fault, or fails the same way.
+            tracing::debug!(error = %why, "COPY refused a batch; writing it through the idempotent path");
+            Ok(writer.write(calls, &[]).await?)
+        }
+    }
 }
 
 /// One UTC day's figures on one side.
