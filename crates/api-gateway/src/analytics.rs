@@ -83,15 +83,21 @@ async fn company_audience(
     company_param: &Option<String>,
 ) -> Result<(Audience, String), AppError> {
     let caller = state.allow(req, Action::ReadAnalytics).await?;
-    if company_param.is_some() {
-        return Err(AppError::bad_request(
+    own_company_only(company_param)?;
+    let tz = company_timezone(state, caller.company_id.0).await?;
+    Ok((Audience { company: Some(caller.company_id.0), operator: false }, tz))
+}
+
+/// 400 for `company_id` on a company's own analytics route.
+pub(crate) fn own_company_only(company_param: &Option<String>) -> Result<(), AppError> {
+    match company_param {
+        None => Ok(()),
+        Some(_) => Err(AppError::bad_request(
             "company_id",
             "invalid_query",
             "`company_id` is for the operator's /api/v1/admin/analytics routes; you read your own company",
-        ));
+        )),
     }
-    let tz = company_timezone(state, caller.company_id.0).await?;
-    Ok((Audience { company: Some(caller.company_id.0), operator: false }, tz))
 }
 
 /// The operator reads every company, or the one `company_id` names (in its timezone).

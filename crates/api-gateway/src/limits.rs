@@ -520,27 +520,30 @@ impl Limits {
     /// the day to `day`.
     fn crossings(&self, limits: &CompanyLimits, cost: f64, month: f64, day: f64) -> Vec<Crossing> {
         let mut out = Vec::new();
-        if let Some(threshold) = limits.daily_alert_usd {
-            out.extend(spend_alerts::crossed(day, cost, [threshold]).map(|t| Crossing {
+        if let Some(threshold) = limits.daily_alert_usd
+            && spend_alerts::crossed(day, cost, threshold)
+        {
+            out.push(Crossing {
                 kind: spend_alerts::DAILY_SPEND,
                 period_start: limits.today,
-                threshold_usd: t,
+                threshold_usd: threshold,
                 budget_share: None,
                 spent_usd: day,
-            }));
+            });
         }
         if limits.budget_usd > 0.0 {
             let month_start = Utc::now().date_naive().with_day(1).unwrap_or_default();
-            let shares = &self.settings.budget_alert_shares;
-            for share in shares {
+            for &share in &self.settings.budget_alert_shares {
                 let threshold = limits.budget_usd * share;
-                out.extend(spend_alerts::crossed(month, cost, [threshold]).map(|t| Crossing {
-                    kind: spend_alerts::BUDGET_SHARE,
-                    period_start: month_start,
-                    threshold_usd: t,
-                    budget_share: Some(*share),
-                    spent_usd: month,
-                }));
+                if spend_alerts::crossed(month, cost, threshold) {
+                    out.push(Crossing {
+                        kind: spend_alerts::BUDGET_SHARE,
+                        period_start: month_start,
+                        threshold_usd: threshold,
+                        budget_share: Some(share),
+                        spent_usd: month,
+                    });
+                }
             }
         }
         out

@@ -53,6 +53,16 @@ pub struct Priced {
     pub version: String,
 }
 
+/// What a logged call is charged, as its row stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    /// 0 for an answer from our cache; `None` when unpriced or without usage.
+    pub cost_usd: Option<f64>,
+    /// For an answer from our cache, what the call would have cost.
+    pub cost_saved_usd: Option<f64>,
+    pub version: Option<String>,
+}
+
 impl PriceTable {
     pub fn validate(&self) -> anyhow::Result<()> {
         for m in &self.models {
@@ -112,6 +122,20 @@ impl PriceTable {
             + f64::from(t.output) * entry.output_per_million)
             / 1_000_000.0;
         Some(Priced { cost_usd: cost, version: self.version_of(entry) })
+    }
+
+    /// What a call made on `day` under `models` is charged: its price, or for an answer
+    /// from our cache nothing, its price kept as the saving. The one rule the gateway
+    /// logs by and the worker's re-pricing applies again.
+    pub fn charge(&self, models: &[&str], tokens: Option<Tokens>, day: NaiveDate, cache_hit: bool) -> Charge {
+        let priced = self.price(models, tokens, day);
+        let cost = priced.as_ref().map(|p| p.cost_usd);
+        let version = priced.map(|p| p.version);
+        if cache_hit {
+            Charge { cost_usd: Some(0.0), cost_saved_usd: cost, version }
+        } else {
+            Charge { cost_usd: cost, cost_saved_usd: None, version }
+        }
     }
 
     /// The version stored with rows `entry` priced.

@@ -85,10 +85,9 @@ fn price(prices: &PriceTable, call: &Call) -> (Option<String>, Option<String>, O
         }
         _ => None,
     };
-    let priced = prices.price(&names, tokens, call.created_at.date_naive());
-    let cost = priced.as_ref().map(|p| p.cost_usd.to_string());
-    let version = priced.map(|p| p.version);
-    if call.cache_hit { (Some("0".to_owned()), cost, version) } else { (cost, None, version) }
+    let charge = prices.charge(&names, tokens, call.created_at.date_naive(), call.cache_hit);
+    let text = |c: Option<f64>| c.map(|c| c.to_string());
+    (text(charge.cost_usd), text(charge.cost_saved_usd), charge.version)
 }
 
 enum DayEnd {

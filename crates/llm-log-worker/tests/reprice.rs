@@ -68,10 +68,8 @@ fn priced(mut e: LlmCallEvent, prices: &PriceTable) -> LlmCallEvent {
         _ => None,
     };
     let model = e.model.clone().unwrap_or_default();
-    let priced = prices.price(&[&model], tokens, e.created_at.date_naive());
-    let cost = priced.as_ref().map(|p| p.cost_usd);
-    (e.cost_usd, e.cost_saved_usd) = if e.cache_hit { (Some(0.0), cost) } else { (cost, None) };
-    e.price_table_version = priced.map(|p| p.version);
+    let charge = prices.charge(&[&model], tokens, e.created_at.date_naive(), e.cache_hit);
+    (e.cost_usd, e.cost_saved_usd, e.price_table_version) = (charge.cost_usd, charge.cost_saved_usd, charge.version);
     e
 }
 

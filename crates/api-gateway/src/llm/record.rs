@@ -213,10 +213,7 @@ impl CallRecord {
         }
         let tokens =
             self.usage.map(|u| Tokens { input: u.input, cached_input: u.cached_input.unwrap_or(0), output: u.output });
-        let priced = pricing.price(&names, tokens, self.created_at.date_naive());
-        let cost = priced.as_ref().map(|p| p.cost_usd);
-        // A cache hit cost nothing; what it would have cost is kept as the saving.
-        let (cost_usd, cost_saved_usd) = if self.cache_hit { (Some(0.0), cost) } else { (cost, None) };
+        let charge = pricing.charge(&names, tokens, self.created_at.date_naive(), self.cache_hit);
         let mut metadata = Map::new();
         let upstream_names = [
             ("upstream_id", &self.upstream_id),
@@ -231,7 +228,7 @@ impl CallRecord {
         if let Some(key) = self.caller.api_key_id {
             metadata.insert("api_key_id".into(), json!(key.0));
         }
-        if self.usage.is_some() && priced.is_none() {
+        if self.usage.is_some() && charge.version.is_none() {
             metadata.insert("unpriced_model".into(), json!(true));
         }
         if self.usage_estimated {
@@ -257,8 +254,8 @@ impl CallRecord {
             tokens_output,
             tokens_total,
             usage_reported: self.usage.is_some() && !self.usage_estimated,
-            cost_usd,
-            price_table_version: priced.map(|p| p.version),
+            cost_usd: charge.cost_usd,
+            price_table_version: charge.version,
             tokens_cached_input: self.usage.and_then(|u| u.cached_input),
             tokens_reasoning: self.usage.and_then(|u| u.reasoning),
             latency_ms,
@@ -271,7 +268,7 @@ impl CallRecord {
             deployment_version: Some(settings.deployment_version.clone()),
             deployment_environment: Some(settings.deployment_environment.clone()),
             cache_hit: self.cache_hit,
-            cost_saved_usd,
+            cost_saved_usd: charge.cost_saved_usd,
         }
     }
 }
