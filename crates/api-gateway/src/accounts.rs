@@ -124,6 +124,18 @@ async fn login(
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, AppError> {
     let LoginRequest { email, password } = body.into_inner();
+    let (token, session) = sign_in(&req, &state, email, password).await?;
+    Ok(signed_in(&state, token, session, HttpResponse::Ok()))
+}
+
+/// Checks an email and password and starts a session: (its token, the session). The
+/// API's login and the dashboard's sign-in form both come here.
+pub async fn sign_in(
+    req: &HttpRequest,
+    state: &AppState,
+    email: String,
+    password: String,
+) -> Result<(String, Session), AppError> {
     if email.trim().is_empty() {
         return Err(AppError::bad_request("email", "missing_field", "`email` is required"));
     }
@@ -138,7 +150,7 @@ async fn login(
     let email = email.trim().to_lowercase();
     let address = req.peer_addr().map(|a| a.ip());
     let sessions = state.auth.sessions();
-    refuse_when_throttled(&state, &email, address).await?;
+    refuse_when_throttled(state, &email, address).await?;
     let mut conn = state.db.get().await?;
     let found: Option<Credentials> = users::table
         .filter(lower(users::email).eq(&email))
@@ -167,7 +179,7 @@ async fn login(
 
     // Audited, and checked once more: an account deactivated (or a password changed)
     // while this login ran has had its sessions ended already, this one perhaps not.
-    let audit = Audit::anonymous(&req, Some(user.company_id)).as_user(user.company_id, user.id);
+    let audit = Audit::anonymous(req, Some(user.company_id)).as_user(user.company_id, user.id);
     let mut conn = state.db.get().await?;
     let (user_id, changed_at) = (user.id, user.password_changed_at);
     let still_valid = conn
@@ -198,7 +210,7 @@ async fn login(
         still_valid?;
         return Err(invalid_credentials());
     }
-    Ok(signed_in(&state, token, session, HttpResponse::Ok()))
+    Ok((token, session))
 }
 
 /// 429 when `email`'s account or `address` is over its failed logins this minute.
@@ -227,14 +239,7 @@ pub fn signed_in(
     mut response: actix_web::HttpResponseBuilder,
 ) -> HttpResponse {
     let ttl = state.auth.sessions().ttl();
-    let cookie = Cookie::build(COOKIE, token.clone())
-        .http_only(true)
-        .secure(state.settings.accounts.cookie_secure)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .max_age(actix_web::cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(3600)))
-        .finish();
-    response.cookie(cookie).json(SessionGrant {
+    response.cookie(session_cookie(state, COOKIE, token.clone(), "/")).json(SessionGrant {
         token,
         token_type: "session",
         expires_in: ttl.as_secs(),
@@ -242,6 +247,19 @@ pub fn signed_in(
         company_id: session.company_id,
         role: session.role,
     })
+}
+
+/// A session cookie (`HttpOnly`, `SameSite=Lax`, `Secure` unless configured off) living
+/// as long as a session does.
+pub fn session_cookie(state: &AppState, name: &'static str, token: String, path: &'static str) -> Cookie<'static> {
+    let ttl = state.auth.sessions().ttl();
+    Cookie::build(name, token)
+        .http_only(true)
+        .secure(state.settings.accounts.cookie_secure)
+        .same_site(SameSite::Lax)
+        .path(path)
+        .max_age(actix_web::cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(3600)))
+        .finish()
 }
 
 /// An answer that also clears the session cookie.

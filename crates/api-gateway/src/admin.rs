@@ -24,7 +24,7 @@ use crate::auth::generate_key;
 use crate::state::AppState;
 
 /// A worker whose last heartbeat is older than this is reported as not alive.
-const WORKER_STALE_AFTER: Duration = Duration::from_secs(15);
+pub(crate) const WORKER_STALE_AFTER: Duration = Duration::from_secs(15);
 const COMPANY_NAME_MAX: usize = 200;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -721,6 +721,37 @@ async fn aggregate(
         .map_err(query_failed)
 }
 
+/// One bucket × group of figures, for the dashboard.
+pub(crate) struct Point {
+    /// The bucket's start in the session's timezone (RFC 3339); `None` without buckets.
+    pub start: Option<String>,
+    pub group: Option<String>,
+    pub figures: Figures,
+}
+
+/// The figures the API's usage and top routes compute, for the dashboard: over
+/// `range`, for `company` (`None`: every company), by `bucket` and `group` (named as
+/// in the API), at most `max_rows`; with `by_cost` the largest spenders first. Also the
+/// points' totals (histograms merged, so its percentiles are the range's).
+pub(crate) async fn figures(
+    conn: &mut AsyncPgConnection,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    company: Option<i64>,
+    bucket: Option<&str>,
+    group: Option<&str>,
+    by_cost: bool,
+    max_rows: i64,
+) -> Result<(Vec<Point>, Figures), AppError> {
+    let bucket = bucket.map(Bucket::parse).transpose()?;
+    let group = group.map(|g| Group::parse("group_by", g, true)).transpose()?;
+    let audience = Audience { company, operator: company.is_none() };
+    let rows = aggregate(conn, range, audience, bucket, group, by_cost, max_rows).await?;
+    let mut totals = UsageRow::empty();
+    rows.iter().for_each(|r| totals.add(r));
+    let points = rows.into_iter().map(|r| Point { figures: r.figures(), start: r.start, group: r.grp }).collect();
+    Ok((points, totals.figures()))
+}
+
 // ---------------------------------------------------------------------------------
 // GET …/usage
 

@@ -13,6 +13,8 @@ pub mod api_cache;
 pub mod audit;
 pub mod auth;
 pub mod cvs;
+pub mod dashboard;
+pub mod demo;
 pub mod events;
 pub mod hot_redis;
 pub mod jobs;
@@ -199,6 +201,7 @@ pub async fn run(
             .configure(logs_search::routes)
             .configure(spend_alerts::routes)
             .configure(admin::routes)
+            .configure(dashboard::routes)
             .configure(openapi::routes)
             .configure(probes::routes)
             .default_service(web::to(not_found))
@@ -211,7 +214,11 @@ pub async fn run(
 
 /// Routes only the internal listener serves (when one is configured).
 fn internal_route(path: &str) -> bool {
-    path == "/metrics" || path.starts_with("/api/v1/admin/") || path == "/api/v1/admin"
+    path == "/metrics"
+        || path.starts_with("/api/v1/admin/")
+        || path == "/api/v1/admin"
+        || path.starts_with("/admin/")
+        || path == "/admin"
 }
 
 /// With an internal port: the internal listener serves the metrics, the admin routes and

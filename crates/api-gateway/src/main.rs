@@ -23,6 +23,31 @@ enum Command {
     Migrate,
     /// Exit 0 when this gateway's /healthz answers.
     Healthcheck,
+    /// Create a demo company with a month of LLM traffic (published to the queue for
+    /// llm-log-worker), for a dashboard full at once. Running it again the same day adds
+    /// nothing.
+    Demo {
+        #[arg(long, default_value = "Demo Recruiting")]
+        company: String,
+        /// IANA timezone of a company created now.
+        #[arg(long, default_value = "Europe/Berlin")]
+        timezone: String,
+        /// The owner's email; the other people get addresses at the same domain.
+        #[arg(long, default_value = "owner@demo.example.com")]
+        owner_email: String,
+        /// Everyone's password.
+        #[arg(long, env = "DEMO_PASSWORD", default_value = "demo passphrase")]
+        password: String,
+        /// Days of traffic, today included.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Calls on a weekday (a weekend day has a fifth).
+        #[arg(long, default_value_t = 600)]
+        calls_per_day: u32,
+        /// CVs uploaded over the period, for cv-processor (a few of them broken).
+        #[arg(long, default_value_t = 60)]
+        cvs: u32,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +66,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+        Command::Demo { company, timezone, owner_email, password, days, calls_per_day, cvs } => {
+            let options =
+                api_gateway::demo::DemoOptions { company, timezone, owner_email, password, days, calls_per_day, cvs };
+            let outcome = api_gateway::demo::seed(&settings, &options).await?;
+            println!(
+                "demo company #{} ({}): {} calls published for llm-log-worker, {} CVs queued for cv-processor{}; \
+                 sign in as {} at /dashboard",
+                outcome.company_id,
+                if outcome.created { "created" } else { "already there" },
+                outcome.events,
+                outcome.cvs,
+                if outcome.dropped > 0 { format!(", {} dropped", outcome.dropped) } else { String::new() },
+                options.owner_email,
+            );
+            anyhow::ensure!(outcome.dropped == 0, "{} events were dropped", outcome.dropped);
+            Ok(())
+        }
     }
 }
 

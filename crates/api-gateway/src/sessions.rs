@@ -24,6 +24,10 @@ use crate::access::Role;
 pub const TOKEN_PREFIX: &str = "hhs_";
 /// The session cookie's name.
 pub const COOKIE: &str = "hh_session";
+/// Prefix of the operator's dashboard session tokens, and their cookie (sent to the
+/// internal listener's `/admin/` pages only).
+pub const OPERATOR_TOKEN_PREFIX: &str = "hho_";
+pub const OPERATOR_COOKIE: &str = "hh_operator";
 const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// One more failure in a window that starts with the first: (failures, ms left).
@@ -221,6 +225,38 @@ impl Sessions {
             pipe.incr(&key, 1).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(redis_down)
+    }
+
+    fn operator_key(&self, token: &str) -> String {
+        format!("{}operator_session:{}", self.prefix, session_id(token))
+    }
+
+    /// Starts an operator's dashboard session, bound to the admin key it was opened
+    /// with (kept as its SHA-256): once the key changes, the session ends.
+    pub async fn create_operator(&self, admin_key: &str) -> Result<String, AppError> {
+        let token = crate::auth::random_token(OPERATOR_TOKEN_PREFIX).map_err(AppError::internal)?;
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
+        conn.set_ex::<_, _, ()>(self.operator_key(&token), session_id(admin_key), self.ttl.as_secs())
+            .await
+            .map_err(redis_down)?;
+        Ok(token)
+    }
+
+    /// Whether `token` is a live operator session opened with today's `admin_key`
+    /// (sliding its expiry).
+    pub async fn check_operator(&self, token: &str, admin_key: &str) -> Result<bool, AppError> {
+        if !crate::auth::well_formed(token, OPERATOR_TOKEN_PREFIX) || admin_key.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
+        let bound: Option<String> =
+            conn.get_ex(self.operator_key(token), redis::Expiry::EX(self.ttl.as_secs())).await.map_err(redis_down)?;
+        Ok(bound.is_some_and(|b| service_kit::auth::same_secret(&b, &session_id(admin_key))))
+    }
+
+    pub async fn end_operator(&self, token: &str) -> Result<(), AppError> {
+        let mut conn = self.redis.conn().await.map_err(redis_down)?;
+        conn.del::<_, ()>(self.operator_key(token)).await.map_err(redis_down)
     }
 
     /// A successful login clears the account's failures (not the address's).

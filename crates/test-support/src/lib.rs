@@ -6,11 +6,13 @@
 //!   afterwards, after checking that no consumer group was left with work pending;
 //! - [`RedisServer`]: a Redis process of the test's own, to kill and restart;
 //! - [`Service`]: starts any of our services in-process on a free port and stops it;
-//! - [`ServiceProcess`]: runs one of our binaries as a process, to SIGKILL it.
+//! - [`ServiceProcess`]: runs one of our binaries as a process, to SIGKILL it;
+//! - [`browser::Browser`]: headless Chromium through ChromeDriver, for page tests.
 //!
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432`) names the server
 //! without a database; `TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) the Redis.
 
+pub mod browser;
 mod db;
 pub mod fixtures;
 mod process;
