@@ -600,8 +600,17 @@ pub struct Percentiles {
 ///
 /// The rollups' histograms are added element by element with plain sums; the raw rows'
 /// are counted per bucket (`llm_latency_bucket`) and handed over sparse, as (bucket,
-/// count) pairs of the non-empty buckets; the two are added here.
-fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cost: bool, from_raw: bool) -> String {
+/// count) pairs of the non-empty buckets; the two are added here. Without `percentiles`
+/// no histogram is read or counted (the sums alone cost a fraction: a ranking by spend
+/// over a month of user rollups reads tens of thousands of 60-bucket histograms).
+fn usage_sql(
+    bucket: Option<Bucket>,
+    group: Option<Group>,
+    company: bool,
+    by_cost: bool,
+    from_raw: bool,
+    percentiles: bool,
+) -> String {
     let trunc = |x: &str| match bucket {
         Some(b) => format!("date_trunc('{}', {x})", b.sql()),
         None => "NULL::timestamptz".to_owned(),
@@ -651,10 +660,10 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
            SELECT b, grp, {sums}, count(*) FILTER (WHERE error_type IS NOT NULL) FROM raw GROUP BY b, grp), \
          raw_hist AS ( \
            SELECT b, grp, llm_latency_bucket(latency_ms) AS k, count(*) AS lv, 0 AS tv FROM raw \
-           WHERE latency_ms IS NOT NULL GROUP BY 1, 2, 3 \
+           WHERE {percentiles} AND latency_ms IS NOT NULL GROUP BY 1, 2, 3 \
            UNION ALL \
            SELECT b, grp, llm_latency_bucket(time_to_first_token_ms), 0, count(*) FROM raw \
-           WHERE time_to_first_token_ms IS NOT NULL GROUP BY 1, 2, 3), \
+           WHERE {percentiles} AND time_to_first_token_ms IS NOT NULL GROUP BY 1, 2, 3), \
          per_bucket AS (SELECT b, grp, k, sum(lv)::int8 AS lv, sum(tv)::int8 AS tv FROM raw_hist GROUP BY 1, 2, 3), \
          raw_histograms AS ( \
            SELECT b, grp, array_agg(k::int8 ORDER BY k) AS ks, array_agg(lv ORDER BY k) AS lvs, \
@@ -681,8 +690,8 @@ fn usage_sql(bucket: Option<Bucket>, group: Option<Group>, company: bool, by_cos
         b_hour = trunc("r.hour"),
         b_row = trunc("l.created_at"),
         sums = common_models::llm_usage_sums!(),
-        dense_latency = histogram_sum_sql("latency_ms_histogram"),
-        dense_ttft = histogram_sum_sql("ttft_ms_histogram"),
+        dense_latency = if percentiles { histogram_sum_sql("latency_ms_histogram") } else { "NULL::int8[]".to_owned() },
+        dense_ttft = if percentiles { histogram_sum_sql("ttft_ms_histogram") } else { "NULL::int8[]".to_owned() },
     )
 }
 
@@ -696,12 +705,14 @@ pub fn usage_sql_for(
     company: bool,
     by_cost: bool,
     from_raw: bool,
+    percentiles: bool,
 ) -> Result<String, AppError> {
     let bucket = bucket.map(Bucket::parse).transpose()?;
     let group = group.map(|g| Group::parse("group_by", g, true)).transpose()?;
-    Ok(usage_sql(bucket, group, company, by_cost, from_raw))
+    Ok(usage_sql(bucket, group, company, by_cost, from_raw, percentiles))
 }
 
+#[expect(clippy::too_many_arguments)]
 async fn aggregate(
     conn: &mut AsyncPgConnection,
     range: (DateTime<Utc>, DateTime<Utc>),
@@ -710,8 +721,9 @@ async fn aggregate(
     group: Option<Group>,
     by_cost: bool,
     max_rows: i64,
+    percentiles: bool,
 ) -> Result<Vec<UsageRow>, AppError> {
-    sql_query(usage_sql(bucket, group, audience.company.is_some(), by_cost, false))
+    sql_query(usage_sql(bucket, group, audience.company.is_some(), by_cost, false, percentiles))
         .bind::<Timestamptz, _>(range.0)
         .bind::<Timestamptz, _>(range.1)
         .bind::<Nullable<BigInt>, _>(audience.company)
@@ -732,7 +744,9 @@ pub(crate) struct Point {
 /// The figures the API's usage and top routes compute, for the dashboard: over
 /// `range`, for `company` (`None`: every company), by `bucket` and `group` (named as
 /// in the API), at most `max_rows`; with `by_cost` the largest spenders first. Also the
-/// points' totals (histograms merged, so its percentiles are the range's).
+/// points' totals (histograms merged, so its percentiles are the range's). Without
+/// `percentiles` the figures' percentiles are `None`, and the query much cheaper.
+#[expect(clippy::too_many_arguments)]
 pub(crate) async fn figures(
     conn: &mut AsyncPgConnection,
     range: (DateTime<Utc>, DateTime<Utc>),
@@ -741,15 +755,65 @@ pub(crate) async fn figures(
     group: Option<&str>,
     by_cost: bool,
     max_rows: i64,
+    percentiles: bool,
 ) -> Result<(Vec<Point>, Figures), AppError> {
     let bucket = bucket.map(Bucket::parse).transpose()?;
     let group = group.map(|g| Group::parse("group_by", g, true)).transpose()?;
     let audience = Audience { company, operator: company.is_none() };
-    let rows = aggregate(conn, range, audience, bucket, group, by_cost, max_rows).await?;
+    let rows = aggregate(conn, range, audience, bucket, group, by_cost, max_rows, percentiles).await?;
     let mut totals = UsageRow::empty();
     rows.iter().for_each(|r| totals.add(r));
     let points = rows.into_iter().map(|r| Point { figures: r.figures(), start: r.start, group: r.grp }).collect();
     Ok((points, totals.figures()))
+}
+
+/// Figures by bucket × group, and folded both ways from the same rows (histograms
+/// merged, so percentiles stay exact to their bucket): per bucket over all groups, per
+/// group over the range (largest cost first), and in all. One query for what would
+/// otherwise take three.
+pub(crate) struct Breakdown {
+    pub cells: Vec<Point>,
+    pub by_bucket: Vec<Point>,
+    pub by_group: Vec<Point>,
+    pub totals: Figures,
+}
+
+pub(crate) async fn breakdown(
+    conn: &mut AsyncPgConnection,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    company: Option<i64>,
+    bucket: &str,
+    group: &str,
+) -> Result<Breakdown, AppError> {
+    use std::collections::{BTreeMap, HashMap};
+    let bucket = Bucket::parse(bucket)?;
+    let group = Group::parse("group_by", group, true)?;
+    let audience = Audience { company, operator: company.is_none() };
+    let rows = aggregate(conn, range, audience, Some(bucket), Some(group), false, MAX_POINTS, true).await?;
+    let mut by_bucket: BTreeMap<String, UsageRow> = BTreeMap::new();
+    let mut by_group: HashMap<Option<String>, UsageRow> = HashMap::new();
+    let mut totals = UsageRow::empty();
+    for r in &rows {
+        let start = r.start.clone().unwrap_or_default();
+        by_bucket.entry(start.clone()).or_insert_with(|| UsageRow { start: Some(start), ..UsageRow::empty() }).add(r);
+        by_group.entry(r.grp.clone()).or_insert_with(|| UsageRow { grp: r.grp.clone(), ..UsageRow::empty() }).add(r);
+        totals.add(r);
+    }
+    let point = |r: UsageRow| Point { figures: r.figures(), start: r.start, group: r.grp };
+    let mut by_group: Vec<Point> = by_group.into_values().map(point).collect();
+    by_group.sort_by(|a, b| {
+        b.figures
+            .cost_usd
+            .total_cmp(&a.figures.cost_usd)
+            .then(b.figures.calls.cmp(&a.figures.calls))
+            .then(a.group.cmp(&b.group))
+    });
+    Ok(Breakdown {
+        cells: rows.into_iter().map(point).collect(),
+        by_bucket: by_bucket.into_values().map(point).collect(),
+        by_group,
+        totals: totals.figures(),
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -843,7 +907,7 @@ async fn usage_answer(
             ),
         ));
     }
-    let rows = aggregate(&mut conn, range, audience, Some(bucket), group, false, MAX_POINTS + 1).await?;
+    let rows = aggregate(&mut conn, range, audience, Some(bucket), group, false, MAX_POINTS + 1, true).await?;
     if rows.len() as i64 > MAX_POINTS {
         return Err(AppError::bad_request(
             "group_by",
@@ -945,9 +1009,9 @@ async fn top_answer(state: &AppState, q: TopQuery, audience: Audience, tz: Strin
     let tz = q.tz.clone().unwrap_or(tz);
     let mut conn = reader(state, &tz).await?;
     let range = resolve_range(&mut conn, &q.from, &q.to).await?;
-    let rows = aggregate(&mut conn, range, audience, None, Some(group), true, n).await?;
+    let rows = aggregate(&mut conn, range, audience, None, Some(group), true, n, true).await?;
     let totals =
-        aggregate(&mut conn, range, audience, None, None, false, 1).await?.pop().unwrap_or_else(UsageRow::empty);
+        aggregate(&mut conn, range, audience, None, None, false, 1, true).await?.pop().unwrap_or_else(UsageRow::empty);
     if csv {
         return Ok(csv_answer("top", usage_csv(rows)));
     }

@@ -199,8 +199,8 @@ const SKILLS: [&str; 10] =
     ["Rust", "Go", "PostgreSQL", "Kafka", "Kubernetes", "AWS", "TypeScript", "React", "Terraform", "Python"];
 
 /// `n` CVs spread over the period's weekdays, stored as the upload route stores them
-/// and queued for cv-processor: most a plain-text CV, one in twelve a "PDF" that is
-/// not one (it fails, with its reason). A CV already there (same content) is skipped.
+/// and queued for cv-processor: most a plain-text CV, one in six a file it cannot read
+/// (an old Word .doc, a PDF cut off), which fails with its reason. A CV already there (same content) is skipped.
 async fn upload_cvs(
     settings: &GatewaySettings,
     producer: &Producer,
@@ -230,10 +230,19 @@ async fn upload_cvs(
             continue;
         }
         let name = format!("{} {}", FIRST[draw.next() as usize % 8], LAST[draw.next() as usize % 8]);
+        let stem = name.replace(' ', "-").to_lowercase();
         let (file_name, content_type, bytes) = if i % 12 == 5 {
-            (format!("{}-cv.pdf", name.replace(' ', "-").to_lowercase()), "application/pdf", {
-                format!("this was meant to be a PDF ({company}/{i})").into_bytes()
-            })
+            // An old Word file, which cv-processor refuses with its reason.
+            let mut bytes = b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1".to_vec();
+            bytes.extend_from_slice(format!("demo {company}/{i}").as_bytes());
+            (format!("{stem}-cv.doc"), "application/msword", bytes)
+        } else if i % 12 == 11 {
+            // A PDF cut off in its upload.
+            (
+                format!("{stem}-cv.pdf"),
+                "application/pdf",
+                format!("%PDF-1.7\n%demo {company}/{i}\n1 0 obj\n<<").into_bytes(),
+            )
         } else {
             let title = TITLES[draw.next() as usize % TITLES.len()];
             let skills: Vec<&str> = (0..4).map(|_| SKILLS[draw.next() as usize % SKILLS.len()]).collect();
@@ -253,7 +262,7 @@ async fn upload_cvs(
                 s2 = skills[2],
                 s3 = skills[3],
             );
-            (format!("{}-cv.txt", name.replace(' ', "-").to_lowercase()), "text/plain", text.into_bytes())
+            (format!("{stem}-cv.txt"), "text/plain", text.into_bytes())
         };
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let key = key_for(CompanyId(company), &sha256);

@@ -1,6 +1,7 @@
 //! The dashboard's main queries over a month of raw `llm_logs` (10 million rows by
 //! default): from the hourly rollups, as the analytics API runs them, against the same
-//! figures computed from the raw rows, side by side on one database.
+//! figures computed from the raw rows, side by side on one database; then each
+//! dashboard page's queries together, as the page runs them.
 
 use std::time::{Duration, Instant};
 
@@ -234,8 +235,9 @@ async fn report(
             let company = q.company.then_some(1 + (round as i64 % COMPANIES));
             let mut answers = Vec::new();
             for (source, from_raw) in [false, true].into_iter().enumerate() {
-                let sql = api_gateway::analytics::usage_sql_for(q.bucket, q.group, q.company, q.by_cost, from_raw)
-                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                let sql =
+                    api_gateway::analytics::usage_sql_for(q.bucket, q.group, q.company, q.by_cost, from_raw, true)
+                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
                 diesel::sql_query("SELECT set_config('TimeZone', $1, false), set_config('jit', 'off', false)")
                     .bind::<Text, _>(q.tz)
                     .execute(conn)
@@ -270,11 +272,88 @@ async fn report(
             raw.1.as_secs_f64() / rollups.1.as_secs_f64().max(1e-9)
         );
     }
+    pages(conn, start, end, rounds).await?;
     println!(
         "(the same figures from both sides, checked each round; up to {rounds} rounds per query, fewer past {} s \
-         on the raw side; target: every dashboard query ≤ 100 ms)",
+         on the raw side; target: every dashboard page ≤ 100 ms)",
         RAW_BUDGET.as_secs()
     );
+    Ok(())
+}
+
+/// A dashboard page's database time: its queries one after another on one connection,
+/// as the page runs them (rendering the HTML adds well under a millisecond).
+async fn pages(
+    conn: &mut AsyncPgConnection,
+    start: chrono::DateTime<Utc>,
+    end: chrono::DateTime<Utc>,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    use api_gateway::dashboard::{BREAKDOWN, TOP, top_lists};
+    // (page, one company, queries: bucket, group, by cost, most rows, percentiles)
+    let breakdown = (Some(BREAKDOWN.0), BREAKDOWN.1, false, 20_000, true);
+    let overview = |one: bool| {
+        let [who, actions] = top_lists(one);
+        vec![breakdown, (None, who, true, TOP, false), (None, actions, true, TOP, false)]
+    };
+    let pages = [
+        ("page: company overview", true, overview(true)),
+        ("page: company latency", true, vec![breakdown]),
+        ("page: operator overview, all", false, overview(false)),
+    ];
+    for (name, one, queries) in pages {
+        let mut timings = [Vec::new(), Vec::new()];
+        let mut raw_spent = Duration::ZERO;
+        for round in 0..rounds {
+            if round >= 3 && raw_spent > RAW_BUDGET {
+                break;
+            }
+            let company = one.then_some(1 + (round as i64 % COMPANIES));
+            let tz = if one { "Europe/Berlin" } else { "UTC" };
+            for (source, from_raw) in [false, true].into_iter().enumerate() {
+                diesel::sql_query("SELECT set_config('TimeZone', $1, false), set_config('jit', 'off', false)")
+                    .bind::<Text, _>(tz)
+                    .execute(conn)
+                    .await?;
+                let began = Instant::now();
+                for (bucket, group, by_cost, most, percentiles) in &queries {
+                    let sql = api_gateway::analytics::usage_sql_for(
+                        *bucket,
+                        Some(group),
+                        one,
+                        *by_cost,
+                        from_raw,
+                        *percentiles,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                    let _: Vec<Figure> = diesel::sql_query(sql)
+                        .bind::<Timestamptz, _>(start)
+                        .bind::<Timestamptz, _>(end)
+                        .bind::<Nullable<BigInt>, _>(company)
+                        .bind::<BigInt, _>(*most)
+                        .load(conn)
+                        .await?;
+                }
+                timings[source].push(began.elapsed());
+                if from_raw {
+                    raw_spent += began.elapsed();
+                }
+            }
+        }
+        let [rollups, raw] = timings.map(|mut t| {
+            t.sort();
+            (percentile(&t, 0.5), percentile(&t, 0.99))
+        });
+        println!(
+            "{:<34} {:>13.1} {:>13.1} {:>13.1} {:>13.1} {:>7.0}×",
+            name,
+            ms(rollups.0),
+            ms(rollups.1),
+            ms(raw.0),
+            ms(raw.1),
+            raw.1.as_secs_f64() / rollups.1.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
 }
 

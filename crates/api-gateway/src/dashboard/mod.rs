@@ -44,7 +44,16 @@ pub const MAX_DAYS: i64 = 400;
 /// Models drawn apart in the spend chart; the rest are summed as "other".
 const MODELS_DRAWN: usize = 7;
 /// Entries in each top list.
-const TOP: i64 = 10;
+pub const TOP: i64 = 10;
+/// The breakdown the overview and latency pages are drawn from (bucket, group): one
+/// query, folded per day and per model.
+pub const BREAKDOWN: (&str, &str) = ("day", "model");
+
+/// The top lists of the overview page besides the models (ranked by cost): users of a
+/// company, or companies for the operator's all-company view; and actions.
+pub fn top_lists(one_company: bool) -> [&'static str; 2] {
+    [if one_company { "user" } else { "company" }, "action"]
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     for place in [Place::Company, Place::Operator] {
@@ -440,13 +449,12 @@ async fn overview(
     range: &Range,
 ) -> Result<String, AppError> {
     let c = viewer.company;
-    let (by_day, totals) = analytics::figures(conn, range.span, c, Some("day"), None, false, MAX_DAYS + 2).await?;
-    let (by_model, _) =
-        analytics::figures(conn, range.span, c, Some("day"), Some("model"), false, analytics::MAX_POINTS).await?;
-    let (top_models, _) = analytics::figures(conn, range.span, c, None, Some("model"), true, 1_000).await?;
-    let who = if c.is_none() { "company" } else { "user" };
-    let (top_who, _) = analytics::figures(conn, range.span, c, None, Some(who), true, TOP).await?;
-    let (top_actions, _) = analytics::figures(conn, range.span, c, None, Some("action"), true, TOP).await?;
+    let analytics::Breakdown { cells: by_model, by_bucket: by_day, by_group: top_models, totals } =
+        analytics::breakdown(conn, range.span, c, BREAKDOWN.0, BREAKDOWN.1).await?;
+    let [who, actions] = top_lists(c.is_some());
+    // Ranked by spend; their percentiles are not shown, so not computed.
+    let (top_who, _) = analytics::figures(conn, range.span, c, None, Some(who), true, TOP, false).await?;
+    let (top_actions, _) = analytics::figures(conn, range.span, c, None, Some(actions), true, TOP, false).await?;
 
     let mut out = String::with_capacity(64 * 1024);
     let hit_rate = if totals.calls > 0 { Some(totals.cache_hits as f64 / totals.calls as f64) } else { None };
@@ -671,9 +679,8 @@ async fn latency(
     viewer: &Viewer,
     range: &Range,
 ) -> Result<String, AppError> {
-    let c = viewer.company;
-    let (by_day, totals) = analytics::figures(conn, range.span, c, Some("day"), None, false, MAX_DAYS + 2).await?;
-    let (by_model, _) = analytics::figures(conn, range.span, c, None, Some("model"), true, 1_000).await?;
+    let analytics::Breakdown { by_bucket: by_day, by_group: by_model, totals, .. } =
+        analytics::breakdown(conn, range.span, viewer.company, BREAKDOWN.0, BREAKDOWN.1).await?;
     let day_points: Vec<&Point> = by_day.iter().collect();
     let mut out = String::from(r#"<div class="cards">"#);
     out.push_str(&card("latency-p50", "Latency p50", &maybe(Unit::Ms, totals.latency_ms.p50)));
