@@ -76,10 +76,12 @@ pub enum Action {
     ManageKeys,
     /// Read the company's LLM usage and cost figures and the calls behind them.
     ReadAnalytics,
+    /// Change the company's own settings: its timezone and its daily spend alert.
+    ManageSettings,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Read,
         Action::WriteJobs,
         Action::WriteCvs,
@@ -88,6 +90,7 @@ impl Action {
         Action::ReadAudit,
         Action::ManageKeys,
         Action::ReadAnalytics,
+        Action::ManageSettings,
     ];
 
     /// The lowest role allowed to take this action: the permission table.
@@ -95,7 +98,11 @@ impl Action {
         match self {
             Action::Read => Role::Viewer,
             Action::WriteJobs | Action::WriteCvs | Action::UseLlm => Role::Recruiter,
-            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys | Action::ReadAnalytics => Role::Admin,
+            Action::ManagePeople
+            | Action::ReadAudit
+            | Action::ManageKeys
+            | Action::ReadAnalytics
+            | Action::ManageSettings => Role::Admin,
         }
     }
 
@@ -105,7 +112,7 @@ impl Action {
             Action::Read | Action::ReadAnalytics => Some(Scope::Read),
             Action::WriteJobs | Action::WriteCvs => Some(Scope::CvsWrite),
             Action::UseLlm => Some(Scope::Llm),
-            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys => None,
+            Action::ManagePeople | Action::ReadAudit | Action::ManageKeys | Action::ManageSettings => None,
         }
     }
 
@@ -119,6 +126,7 @@ impl Action {
             Action::ReadAudit => "read the audit trail",
             Action::ManageKeys => "manage API keys",
             Action::ReadAnalytics => "read the LLM usage and cost analytics",
+            Action::ManageSettings => "change the company's settings",
         }
     }
 }

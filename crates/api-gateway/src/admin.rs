@@ -31,6 +31,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/admin/companies", web::post().to(create_company))
         .route("/api/v1/admin/companies/{id}", web::patch().to(update_company))
         .route("/api/v1/company/limits", web::get().to(company_limits))
+        .route("/api/v1/company/settings", web::patch().to(company_settings))
         .route("/api/v1/admin/health", web::get().to(health));
 }
 
@@ -259,10 +260,7 @@ async fn update_company(
     require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let id = crate::jobs::parse_id(&id, "company")?;
     let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone, daily_spend_alert_usd } = body.into_inner();
-    if let Some(tz) = &timezone {
-        let mut conn = state.db.get().await?;
-        crate::analytics::check_timezone(&mut conn, "timezone", tz).await?;
-    }
+    check_settings(&state, &timezone, daily_spend_alert_usd).await?;
     if let Some(Some(models)) = &allowed_models {
         check_models(models, &state.settings)?;
     }
@@ -280,15 +278,6 @@ async fn update_company(
         && !(budget.is_finite() && budget >= 0.0)
     {
         return Err(AppError::bad_request("llm_budget_usd", "invalid_value", "`llm_budget_usd` must be ≥ 0"));
-    }
-    if let Some(Some(alert)) = daily_spend_alert_usd
-        && !(alert.is_finite() && alert > 0.0)
-    {
-        return Err(AppError::bad_request(
-            "daily_spend_alert_usd",
-            "invalid_value",
-            "`daily_spend_alert_usd` must be above 0, or null for no daily alert",
-        ));
     }
     let audit = Audit::operator(&req).for_company(id);
     let mut conn = state.db.get().await?;
@@ -345,6 +334,92 @@ async fn update_company(
         "timezone": updated.3,
         "daily_spend_alert_usd": updated.4
     })))
+}
+
+/// 400 naming the field unless `timezone` is one PostgreSQL knows and the daily alert
+/// is above 0 (or `null`: none).
+async fn check_settings(
+    state: &AppState,
+    timezone: &Option<String>,
+    alert: Option<Option<f64>>,
+) -> Result<(), AppError> {
+    if let Some(tz) = timezone {
+        let mut conn = state.db.get().await?;
+        crate::analytics::check_timezone(&mut conn, "timezone", tz).await?;
+    }
+    if let Some(Some(alert)) = alert
+        && !(alert.is_finite() && alert > 0.0)
+    {
+        return Err(AppError::bad_request(
+            "daily_spend_alert_usd",
+            "invalid_value",
+            "`daily_spend_alert_usd` must be above 0, or null for no daily alert",
+        ));
+    }
+    Ok(())
+}
+
+/// What a company's owners and admins may set themselves.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    /// The IANA timezone the company's analytics and daily spend are cut in
+    /// (`Europe/Berlin`).
+    timezone: Option<String>,
+    /// The spend of one local day that raises a `daily_spend` alert; `null`: none.
+    #[serde(default, deserialize_with = "crate::jobs::present")]
+    #[schema(value_type = Option<f64>)]
+    daily_spend_alert_usd: Option<Option<f64>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SettingsView {
+    timezone: String,
+    daily_spend_alert_usd: Option<f64>,
+}
+
+/// Sets the company's timezone and daily spend alert (owners and admins, signed in);
+/// audited. Every replica applies it within `limits::COMPANY_TTL`.
+#[utoipa::path(patch, path = "/api/v1/company/settings", tag = "audit", request_body = SettingsUpdate,
+    responses((status = 200, description = "The settings now.", body = SettingsView)))]
+async fn company_settings(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<SettingsUpdate>,
+) -> Result<HttpResponse, AppError> {
+    let caller = state.allow(&req, crate::access::Action::ManageSettings).await?;
+    let SettingsUpdate { timezone, daily_spend_alert_usd } = body.into_inner();
+    check_settings(&state, &timezone, daily_spend_alert_usd).await?;
+    let id = caller.company_id.0;
+    let audit = Audit::of(&req, &caller);
+    let mut conn = state.db.get().await?;
+    let (timezone, alert) = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let columns = (companies::timezone, companies::daily_spend_alert_usd);
+            let before: (String, Option<f64>) =
+                companies::table.find(id).select(columns).for_update().first(conn).await?;
+            let after: (String, Option<f64>) = diesel::update(companies::table.find(id))
+                .set((
+                    timezone.map(|tz| companies::timezone.eq(tz)),
+                    daily_spend_alert_usd.map(|a| companies::daily_spend_alert_usd.eq(a)),
+                ))
+                .returning(columns)
+                .get_result(conn)
+                .await?;
+            let view = |(tz, alert): &(String, Option<f64>)| json!({"timezone": tz, "daily_spend_alert_usd": alert});
+            let change = Change {
+                action: "company.settings",
+                object_type: "company",
+                object_id: Some(id),
+                before: Some(view(&before)),
+                after: Some(view(&after)),
+            };
+            audit.write(conn, change).await?;
+            Ok(after)
+        })
+        .await?;
+    state.limits.forget(id);
+    Ok(HttpResponse::Ok().json(SettingsView { timezone, daily_spend_alert_usd: alert }))
 }
 
 /// `GET /api/v1/company/limits`: the caller's plan, its limits and the month's LLM

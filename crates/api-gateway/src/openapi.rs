@@ -133,6 +133,7 @@ pub struct SseEvent {
         crate::analysis::read,
         crate::analysis::list,
         crate::admin::company_limits,
+        crate::admin::company_settings,
         crate::analytics::usage,
         crate::analytics::top,
         crate::analytics::calls,

@@ -470,3 +470,61 @@ async fn spend_crossing_a_threshold_raises_one_alert_in_the_companys_day_seen_by
     second.stop().await.unwrap();
     stack.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn owners_and_admins_set_their_own_timezone_and_daily_alert() {
+    let stack = Stack::start(Options::default()).await.unwrap();
+    let team = common::team::team(&stack, "Self-service").await.unwrap();
+    let patch = |token: &str, body: Value| {
+        stack.http.patch(format!("{}/api/v1/company/settings", stack.url)).bearer_auth(token).json(&body).send()
+    };
+    let res =
+        patch(&team.admin.token, json!({"timezone": "Asia/Kolkata", "daily_spend_alert_usd": 1.5})).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"timezone": "Asia/Kolkata", "daily_spend_alert_usd": 1.5}));
+    // The gateway's limits read it at once (this replica forgot its copy).
+    let limits: Value = stack
+        .http
+        .get(format!("{}/api/v1/company/limits", stack.url))
+        .bearer_auth(&team.owner.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["llm_daily_spend_alert_usd"], json!(1.5), "{limits}");
+    // Only the field sent changes; null turns the alert off.
+    let res = patch(&team.owner.token, json!({"daily_spend_alert_usd": null})).await.unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"timezone": "Asia/Kolkata", "daily_spend_alert_usd": null}));
+    // Audited, with before and after.
+    let audited = test_support::query_count(
+        &stack.main_db.url,
+        &format!(
+            "SELECT count(*) AS n FROM audit_log WHERE company_id = {} AND action = 'company.settings'",
+            team.company_id
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+
+    // Recruiters, viewers and keys may not; bad values are 400 naming the field.
+    for token in [&team.recruiter.token, &team.viewer.token, &team.api_key] {
+        assert_eq!(patch(token, json!({"daily_spend_alert_usd": 5})).await.unwrap().status(), 403);
+    }
+    for (body, field) in [
+        (json!({"daily_spend_alert_usd": 0}), "daily_spend_alert_usd"),
+        (json!({"daily_spend_alert_usd": -2}), "daily_spend_alert_usd"),
+        (json!({"timezone": "UTC+5"}), "timezone"),
+        (json!({"timezone": "Mars/Olympus"}), "timezone"),
+    ] {
+        let res = patch(&team.admin.token, body.clone()).await.unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["param"], json!(field), "{body}");
+    }
+    let res = patch(&team.admin.token, json!({"plan": "unlimited"})).await.unwrap();
+    assert_eq!(res.status(), 400, "the plan is the operator's");
+    stack.stop().await.unwrap();
+}
