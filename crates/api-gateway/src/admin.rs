@@ -299,6 +299,15 @@ async fn update_company(
                 .await
                 .optional()?
                 .ok_or_else(|| crate::jobs::not_found("company", id))?;
+            // An empty PATCH changes nothing (and an UPDATE without a column is an error).
+            let nothing = plan.is_none()
+                && llm_budget_usd.is_none()
+                && allowed_models.is_none()
+                && timezone.is_none()
+                && daily_spend_alert_usd.is_none();
+            if nothing {
+                return Ok(before);
+            }
             let after: Row = diesel::update(companies::table.find(id))
                 .set((
                     plan.map(|p| companies::plan.eq(p)),
@@ -398,6 +407,10 @@ async fn company_settings(
             let columns = (companies::timezone, companies::daily_spend_alert_usd);
             let before: (String, Option<f64>) =
                 companies::table.find(id).select(columns).for_update().first(conn).await?;
+            // An empty PATCH changes nothing (and an UPDATE without a column is an error).
+            if timezone.is_none() && daily_spend_alert_usd.is_none() {
+                return Ok(before);
+            }
             let after: (String, Option<f64>) = diesel::update(companies::table.find(id))
                 .set((
                     timezone.map(|tz| companies::timezone.eq(tz)),

@@ -498,7 +498,13 @@ async fn owners_and_admins_set_their_own_timezone_and_daily_alert() {
     // Only the field sent changes; null turns the alert off.
     let res = patch(&team.owner.token, json!({"daily_spend_alert_usd": null})).await.unwrap();
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"timezone": "Asia/Kolkata", "daily_spend_alert_usd": null}));
-    // Audited, with before and after.
+    // An empty PATCH changes nothing and says what is set.
+    let res = patch(&team.admin.token, json!({})).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"timezone": "Asia/Kolkata", "daily_spend_alert_usd": null}));
+    let (status, _) = patch_company(&stack, team.company_id, json!({})).await;
+    assert_eq!(status, 200, "the operator's empty PATCH too");
+    // Audited, with before and after (the empty ones wrote nothing).
     let audited = test_support::query_count(
         &stack.main_db.url,
         &format!(
