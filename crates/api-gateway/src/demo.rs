@@ -7,7 +7,7 @@
 //! The traffic follows office hours and weekdays in the company's timezone, mixes
 //! models, actions and people, has our cache answering repeated deterministic calls,
 //! streamed calls with their first-token times, a steady trickle of upstream errors and
-//! one bad day. Every call is priced from the gateway's price table. CVs arrive over the
+//! a bad day about every three weeks. Every call is priced from the gateway's price table. CVs arrive over the
 //! month's weekdays (stored and queued as the upload route does; cv-processor reads
 //! them), a few of them broken. Each event's id
 //! and time are derived from the company, the day and the call's number, so running
@@ -125,7 +125,8 @@ impl Draw {
     }
 }
 
-/// The event id of the demo's call `n` on day `day` for `company` (UUID version 8).
+/// The event id of the demo's call `n` on day `day` (days since 1970) for `company`
+/// (UUID version 8).
 fn event_id(company: i64, day: u32, n: u32) -> uuid::Uuid {
     let mut bytes = [0u8; 16];
     bytes[..4].copy_from_slice(&(company as u32).to_be_bytes());
@@ -164,22 +165,25 @@ pub async fn seed(settings: &GatewaySettings, opts: &DemoOptions) -> anyhow::Res
         Producer::start(redis, Keys::new(settings.redis.key_prefix.clone()), config, metrics.clone()).await?;
     let now = Utc::now();
     let mut events = 0;
-    let bad_day = opts.days.saturating_sub(9);
-    for (day_index, (start, end, weekend)) in days.iter().enumerate() {
-        let day_index = u32::try_from(day_index).unwrap_or(u32::MAX);
-        let mut draw = Draw::new((company_id as u64) << 32 | u64::from(day_index));
+    for (shown, (start, end, weekend)) in days.iter().enumerate() {
+        // The day's own number (days since 1970 of its start), not its place in the
+        // window: a run on a later day makes the same calls for the days both cover,
+        // so they are stored once, and adds only the new days.
+        let day = u32::try_from(start.timestamp().div_euclid(86_400)).unwrap_or(0);
+        let mut draw = Draw::new((company_id as u64) << 32 | u64::from(day));
         let calls = if *weekend { opts.calls_per_day / 5 } else { opts.calls_per_day };
-        let errors_per_mille = if day_index == bad_day { 70 } else { 12 };
+        // About one bad day in three weeks.
+        let errors_per_mille = if day % 23 == 7 { 70 } else { 12 };
         for n in 0..calls {
             let event = call(settings, &mut draw, company_id, &people, (*start, *end), errors_per_mille);
             if event.created_at > now {
                 continue;
             }
-            let event = LlmCallEvent { event_id: event_id(company_id, day_index, n), ..event };
+            let event = LlmCallEvent { event_id: event_id(company_id, day, n), ..event };
             producer.publish(&event);
             events += 1;
         }
-        eprintln!("  demo: day {}/{} published", day_index + 1, days.len());
+        eprintln!("  demo: day {}/{} published", shown + 1, days.len());
     }
     let cvs = upload_cvs(settings, &producer, company_id, &days, opts.cvs).await?;
     task.shutdown().await;

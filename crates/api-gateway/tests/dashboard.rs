@@ -36,9 +36,7 @@ fn demo(days: u32, calls_per_day: u32, cvs: u32) -> DemoOptions {
 /// Seeds the demo through the stack's queue and waits until the worker has stored and
 /// rolled up every call; returns the company id.
 async fn seeded(stack: &Stack, options: &DemoOptions) -> anyhow::Result<i64> {
-    let spool = test_support::TempDir::new("demo-spool")?;
-    let settings =
-        gateway_settings(&stack.main_db, &stack.analytics_db, &stack.redis, &spool, &stack.files, &stack.sim)?;
+    let (settings, _spool) = demo_settings(stack)?;
     let outcome = seed(&settings, options).await?;
     assert!(outcome.created && outcome.dropped == 0, "{outcome:?}");
     assert!(outcome.events > 0);
@@ -56,6 +54,14 @@ async fn seeded(stack: &Stack, options: &DemoOptions) -> anyhow::Result<i64> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.llm_rows().await?, i64::try_from(outcome.events)?);
     Ok(outcome.company_id)
+}
+
+/// The settings `api-gateway demo` runs with against this stack.
+fn demo_settings(stack: &Stack) -> anyhow::Result<(api_gateway::GatewaySettings, test_support::TempDir)> {
+    let spool = test_support::TempDir::new("demo-spool")?;
+    let settings =
+        gateway_settings(&stack.main_db, &stack.analytics_db, &stack.redis, &spool, &stack.files, &stack.sim)?;
+    Ok((settings, spool))
 }
 
 #[derive(diesel::QueryableByName, Debug)]
@@ -277,6 +283,14 @@ async fn page(stack: &Stack, path: &str, cookie: Option<&str>) -> anyhow::Result
 async fn only_a_companys_owners_and_admins_see_its_dashboard() -> anyhow::Result<()> {
     let stack = Stack::start(Options::default()).await?;
     let company = seeded(&stack, &demo(3, 40, 0)).await?;
+    // Run later over a longer window, the demo makes the same calls for the days both
+    // cover: they are stored once, and only the new days add rows.
+    let (settings, _spool) = demo_settings(&stack)?;
+    let wider = seed(&settings, &demo(5, 40, 0)).await?;
+    let wider = i64::try_from(wider.events)?;
+    stack.wait_llm_rows(wider).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.llm_rows().await?, wider);
     let other = team(&stack, "Other Hiring").await?;
 
     // Signed out: to the sign-in page, coming back here afterwards.
