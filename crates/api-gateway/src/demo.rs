@@ -187,9 +187,13 @@ pub async fn seed(settings: &GatewaySettings, opts: &DemoOptions) -> anyhow::Res
     }
     let cvs = upload_cvs(settings, &producer, company_id, &days, opts.cvs).await?;
     task.shutdown().await;
-    let dropped: u64 = ["llm_logs", "cv_jobs"]
+    // Whatever was not handed to Redis, for any reason (a full buffer, Redis away at
+    // the shutdown deadline, an entry refused).
+    let dropped: u64 = registry
+        .gather()
         .iter()
-        .map(|stream| metrics.dropped.with_label_values(&[stream, "buffer_full"]).get())
+        .filter(|family| family.name().ends_with("dropped_total"))
+        .flat_map(|family| family.get_metric().iter().map(|m| m.get_counter().get_value() as u64))
         .sum();
     Ok(DemoOutcome { company_id, created, events, cvs, dropped })
 }
