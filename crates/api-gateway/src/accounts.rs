@@ -291,9 +291,16 @@ fn session_of(caller: &Caller) -> Result<(String, i64), AppError> {
         (status = 400, description = "The call carries an API key, not a session (`not_a_session`).", body = crate::openapi::ErrorBody),
     ))]
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let caller = state.auth.authenticate(&req).await?;
+    end_session(&req, &state).await?;
+    Ok(signed_out(&state))
+}
+
+/// Ends the request's session, audited (`session.end`); 401 without one, 400 for a
+/// key. The API's logout and the dashboard's sign-out both come here.
+pub async fn end_session(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
+    let caller = state.auth.authenticate(req).await?;
     let (id, user) = session_of(&caller)?;
-    let audit = Audit::of(&req, &caller);
+    let audit = Audit::of(req, &caller);
     let sessions = state.auth.sessions().clone();
     let mut conn = state.db.get().await?;
     conn.transaction::<_, AppError, _>(async move |conn| {
@@ -302,8 +309,7 @@ async fn logout(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         audit.write(conn, change).await?;
         sessions.end(&id, user).await
     })
-    .await?;
-    Ok(signed_out(&state))
+    .await
 }
 
 /// Ends every session of the signed-in user.

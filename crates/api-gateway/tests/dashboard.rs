@@ -351,5 +351,14 @@ async fn only_a_companys_owners_and_admins_see_its_dashboard() -> anyhow::Result
     assert_eq!(out.status().as_u16(), 303);
     let (status, _, _) = page(&stack, "/dashboard", Some(&owner)).await?;
     assert_eq!(status, 303);
+    let ended = test_support::query_count(
+        &stack.main_db.url,
+        &format!("SELECT count(*) AS n FROM audit_log WHERE company_id = {company} AND action = 'session.end'"),
+    )
+    .await?;
+    assert_eq!(ended, 1, "the sign-out is audited");
+    // Signing out again (no session left) just clears the cookie.
+    let again = http.post(format!("{}/dashboard/logout", stack.url)).header("Cookie", &owner).send().await?;
+    assert_eq!(again.status().as_u16(), 303);
     stack.stop().await
 }
