@@ -242,7 +242,7 @@ impl Sessions {
         Ok(token)
     }
 
-    /// Whether `token` is a live operator session opened with today's `admin_key`
+    /// Whether `token` is a live operator session opened with the current `admin_key`
     /// (sliding its expiry).
     pub async fn check_operator(&self, token: &str, admin_key: &str) -> Result<bool, AppError> {
         if !crate::auth::well_formed(token, OPERATOR_TOKEN_PREFIX) || admin_key.is_empty() {
