@@ -259,12 +259,12 @@ async fn update_company(
 ) -> Result<HttpResponse, AppError> {
     require_admin(&req, &state.settings.admin_api_key, "ADMIN_API_KEY")?;
     let id = crate::jobs::parse_id(&id, "company")?;
-    let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone, daily_spend_alert_usd } = body.into_inner();
-    check_settings(&state, &timezone, daily_spend_alert_usd).await?;
-    if let Some(Some(models)) = &allowed_models {
+    let update = body.into_inner();
+    check_settings(&state, &update.timezone, update.daily_spend_alert_usd).await?;
+    if let Some(Some(models)) = &update.allowed_models {
         check_models(models, &state.settings)?;
     }
-    if let Some(plan) = &plan
+    if let Some(plan) = &update.plan
         && state.settings.limits.plan(plan).is_none()
     {
         let names: Vec<&str> = state.settings.limits.plans.iter().map(|p| p.name.as_str()).collect();
@@ -274,16 +274,47 @@ async fn update_company(
             format!("`plan` must be one of {}, not {plan:?}", names.join(", ")),
         ));
     }
-    if let Some(Some(budget)) = llm_budget_usd
+    if let Some(Some(budget)) = update.llm_budget_usd
         && !(budget.is_finite() && budget >= 0.0)
     {
         return Err(AppError::bad_request("llm_budget_usd", "invalid_value", "`llm_budget_usd` must be ≥ 0"));
     }
     let audit = Audit::operator(&req).for_company(id);
+    let updated = change_company(&state, audit, id, "company.update", update, |(plan, budget, models, tz, alert)| {
+        json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models, "timezone": tz,
+               "daily_spend_alert_usd": alert})
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": id,
+        "plan": updated.0,
+        "llm_budget_usd": updated.1,
+        "allowed_models": updated.2,
+        "timezone": updated.3,
+        "daily_spend_alert_usd": updated.4
+    })))
+}
+
+/// A company's row as its PATCH routes change it: plan, budget, models, timezone, daily
+/// alert.
+type CompanyRow = (Option<String>, Option<f64>, Option<Vec<String>>, String, Option<f64>);
+
+/// Applies `update` to company `id` in one transaction: the row locked, changed, and
+/// audited as `action` with `view` of it before and after; this replica's limits
+/// forgotten. An empty update changes nothing, writes no audit row, and returns the row
+/// as it is (an UPDATE without a column is an error). Both PATCH routes come here.
+async fn change_company(
+    state: &AppState,
+    audit: Audit,
+    id: i64,
+    action: &'static str,
+    update: CompanyUpdate,
+    view: fn(&CompanyRow) -> Value,
+) -> Result<CompanyRow, AppError> {
+    let CompanyUpdate { plan, llm_budget_usd, allowed_models, timezone, daily_spend_alert_usd } = update;
     let mut conn = state.db.get().await?;
     let updated = conn
         .transaction::<_, AppError, _>(async move |conn| {
-            type Row = (Option<String>, Option<f64>, Option<Vec<String>>, String, Option<f64>);
             let columns = (
                 companies::plan,
                 companies::llm_budget_usd,
@@ -291,7 +322,7 @@ async fn update_company(
                 companies::timezone,
                 companies::daily_spend_alert_usd,
             );
-            let before: Row = companies::table
+            let before: CompanyRow = companies::table
                 .find(id)
                 .select(columns)
                 .for_update()
@@ -299,7 +330,6 @@ async fn update_company(
                 .await
                 .optional()?
                 .ok_or_else(|| crate::jobs::not_found("company", id))?;
-            // An empty PATCH changes nothing (and an UPDATE without a column is an error).
             let nothing = plan.is_none()
                 && llm_budget_usd.is_none()
                 && allowed_models.is_none()
@@ -308,7 +338,7 @@ async fn update_company(
             if nothing {
                 return Ok(before);
             }
-            let after: Row = diesel::update(companies::table.find(id))
+            let after: CompanyRow = diesel::update(companies::table.find(id))
                 .set((
                     plan.map(|p| companies::plan.eq(p)),
                     llm_budget_usd.map(|b| companies::llm_budget_usd.eq(b)),
@@ -319,12 +349,8 @@ async fn update_company(
                 .returning(columns)
                 .get_result(conn)
                 .await?;
-            let view = |(plan, budget, models, tz, alert): &Row| {
-                json!({"plan": plan, "llm_budget_usd": budget, "allowed_models": models, "timezone": tz,
-                       "daily_spend_alert_usd": alert})
-            };
             let change = Change {
-                action: "company.update",
+                action,
                 object_type: "company",
                 object_id: Some(id),
                 before: Some(view(&before)),
@@ -335,14 +361,7 @@ async fn update_company(
         })
         .await?;
     state.limits.forget(id);
-    Ok(HttpResponse::Ok().json(json!({
-        "id": id,
-        "plan": updated.0,
-        "llm_budget_usd": updated.1,
-        "allowed_models": updated.2,
-        "timezone": updated.3,
-        "daily_spend_alert_usd": updated.4
-    })))
+    Ok(updated)
 }
 
 /// 400 naming the field unless `timezone` is one PostgreSQL knows and the daily alert
@@ -399,39 +418,18 @@ async fn company_settings(
     let caller = state.allow(&req, crate::access::Action::ManageSettings).await?;
     let SettingsUpdate { timezone, daily_spend_alert_usd } = body.into_inner();
     check_settings(&state, &timezone, daily_spend_alert_usd).await?;
-    let id = caller.company_id.0;
     let audit = Audit::of(&req, &caller);
-    let mut conn = state.db.get().await?;
-    let (timezone, alert) = conn
-        .transaction::<_, AppError, _>(async move |conn| {
-            let columns = (companies::timezone, companies::daily_spend_alert_usd);
-            let before: (String, Option<f64>) =
-                companies::table.find(id).select(columns).for_update().first(conn).await?;
-            // An empty PATCH changes nothing (and an UPDATE without a column is an error).
-            if timezone.is_none() && daily_spend_alert_usd.is_none() {
-                return Ok(before);
-            }
-            let after: (String, Option<f64>) = diesel::update(companies::table.find(id))
-                .set((
-                    timezone.map(|tz| companies::timezone.eq(tz)),
-                    daily_spend_alert_usd.map(|a| companies::daily_spend_alert_usd.eq(a)),
-                ))
-                .returning(columns)
-                .get_result(conn)
-                .await?;
-            let view = |(tz, alert): &(String, Option<f64>)| json!({"timezone": tz, "daily_spend_alert_usd": alert});
-            let change = Change {
-                action: "company.settings",
-                object_type: "company",
-                object_id: Some(id),
-                before: Some(view(&before)),
-                after: Some(view(&after)),
-            };
-            audit.write(conn, change).await?;
-            Ok(after)
-        })
-        .await?;
-    state.limits.forget(id);
+    let update =
+        CompanyUpdate { plan: None, llm_budget_usd: None, allowed_models: None, timezone, daily_spend_alert_usd };
+    let (_, _, _, timezone, alert) = change_company(
+        &state,
+        audit,
+        caller.company_id.0,
+        "company.settings",
+        update,
+        |(_, _, _, tz, alert)| json!({"timezone": tz, "daily_spend_alert_usd": alert}),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(SettingsView { timezone, daily_spend_alert_usd: alert }))
 }
 
