@@ -115,7 +115,14 @@ async fn sign_in(browser: &Browser, url: &str, fields: &[(&str, &str)]) -> anyho
     for (name, value) in fields {
         browser.type_into(&format!("input[name={name}]"), value).await?;
     }
-    browser.click("button[type=submit]").await
+    browser.click("button[type=submit]").await?;
+    // A click does not wait for the page it posts to: wait until the sign-in page has
+    // given way to a fully loaded page.
+    test_support::wait_for(Duration::from_secs(15), "the page after signing in", || async {
+        let state = browser.run("return [location.pathname, document.readyState]", json!([])).await.ok()?;
+        (!state[0].as_str()?.ends_with("/login") && state[1] == "complete").then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
