@@ -13,7 +13,9 @@
 //! admin key) sees every company or one (`company_id`), and may rank companies. Each
 //! takes `format=csv`.
 //!
-//! Figures come from the hourly UTC rollups (`llm_usage_hourly`) wherever a whole UTC
+//! Figures come from the hourly UTC rollups (the smallest grain that has the keys a
+//! query needs: `llm_usage_hourly_grains`, `llm_usage_hourly_models` or
+//! `llm_usage_hourly`) wherever a whole UTC
 //! hour lies in one bucket of the requested timezone and inside the range; the hours
 //! that straddle a bucket's edge (every hour, in a zone half an hour off UTC, such as
 //! Asia/Kolkata) or the range's ends are read from the raw rows, each row put in its
@@ -29,7 +31,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use common_models::schema::main::companies;
-use common_models::usage::{HISTOGRAM_BUCKETS, histogram_sum_sql, quantile};
+use common_models::usage::{Grain, HISTOGRAM_BUCKETS, histogram_sum_sql, quantile};
 use diesel::prelude::*;
 use diesel::sql_query;
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz};
@@ -624,14 +626,8 @@ fn usage_sql(
     } else {
         format!("h >= $1 AND h + interval '1 hour' <= $2 AND {same_bucket}")
     };
-    let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
     let grp = Group::sql(group);
-    // Users and interviews are keys of the fine rollups only; everything else reads the
-    // coarse grain, a few dozen rows per company and hour.
-    let rollups = match group {
-        Some(Group::User | Group::Interview) => "llm_usage_hourly",
-        _ => "llm_usage_hourly_models",
-    };
+    let (rollups, errors) = rollups_for(group, company, percentiles);
     let order = if by_cost { "t.cost_usd DESC, t.calls DESC, t.grp" } else { "t.b, t.grp" };
     format!(
         "WITH hours AS (SELECT h FROM generate_series(date_trunc('hour', $1::timestamptz, 'UTC'), \
@@ -645,9 +641,8 @@ fn usage_sql(
                   sum(cost_saved_usd) AS cost_saved_usd, sum(streaming_calls) AS streaming_calls, \
                   sum(latency_ms_sum) AS latency_ms_sum, sum(tokens_cached_input) AS tokens_cached_input, \
                   sum(tokens_reasoning) AS tokens_reasoning, \
-                  sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END) AS errors, \
-                  {dense_latency} AS lh, {dense_ttft} AS th \
-           FROM {rollups} r JOIN whole ON r.hour = whole.h WHERE {company} GROUP BY 1, 2), \
+                  {errors} AS errors, {dense_latency} AS lh, {dense_ttft} AS th \
+           FROM {rollups} GROUP BY 1, 2), \
          raw AS MATERIALIZED (SELECT {b_row} AS b, {grp} AS grp, l.* \
            FROM llm_logs l JOIN edge ON l.created_at >= edge.h AND l.created_at < edge.h + interval '1 hour' \
            WHERE l.created_at >= $1 AND l.created_at < $2 AND {company}), \
@@ -687,11 +682,48 @@ fn usage_sql(
          LEFT JOIN raw_histograms h ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
             = (h.b IS NULL, coalesce(h.b, 'epoch'), h.grp IS NULL, coalesce(h.grp, '')) \
          ORDER BY {order} LIMIT $4",
+        company = if company { "company_id = $3" } else { "$3::int8 IS NULL" },
         b_hour = trunc("r.hour"),
         b_row = trunc("l.created_at"),
         sums = common_models::llm_usage_sums!(),
         dense_latency = if percentiles { histogram_sum_sql("latency_ms_histogram") } else { "NULL::int8[]".to_owned() },
         dense_ttft = if percentiles { histogram_sum_sql("ttft_ms_histogram") } else { "NULL::int8[]".to_owned() },
+    )
+}
+
+/// The rollups an aggregate reads its whole hours from (joined with `whole`, filtered
+/// to `$3`'s company when `company`), and how they count errors: the smallest of the
+/// small grains with the keys it needs (a company's month is a few thousand rows
+/// there), else the coarse grain (company, action, model, error), else for interviews,
+/// errors by type or percentiles by user the fine rollups.
+fn rollups_for(group: Option<Group>, company: bool, percentiles: bool) -> (String, &'static str) {
+    let key = match group {
+        None => Some(None),
+        Some(Group::Model) => Some(Some("model")),
+        Some(Group::Action) => Some(Some("action")),
+        Some(Group::User) => Some(Some("user_id")),
+        Some(Group::Company) => Some(Some("company_id")),
+        Some(Group::Interview | Group::ErrorType) => None,
+    };
+    let company_filter = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
+    let mut keys: Vec<&str> = company.then_some("company_id").into_iter().collect();
+    keys.extend(key.flatten());
+    if let Some(grain) = key.and_then(|_| Grain::covering(&keys, percentiles)) {
+        return (
+            format!(
+                "llm_usage_hourly_grains r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {company_filter}",
+                grain.id()
+            ),
+            "sum(errors)",
+        );
+    }
+    let table = match group {
+        Some(Group::User | Group::Interview) => "llm_usage_hourly",
+        _ => "llm_usage_hourly_models",
+    };
+    (
+        format!("{table} r JOIN whole ON r.hour = whole.h WHERE {company_filter}"),
+        "sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)",
     )
 }
 

@@ -188,7 +188,7 @@ async fn generate(
     })
     .await?;
     eprintln!();
-    conn.batch_execute("ANALYZE llm_usage_hourly, llm_usage_hourly_models").await?;
+    conn.batch_execute("ANALYZE llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains").await?;
     eprintln!("rolled up in {:.0} s", rolled.elapsed().as_secs_f64());
     Ok(())
 }
@@ -212,13 +212,16 @@ async fn report(
     let mib = |table: &str| format!("SELECT (pg_total_relation_size('{table}') / 1048576)::int8 AS n");
     let rollup_mib = count(url, &mib("llm_usage_hourly")).await?;
     let coarse_mib = count(url, &mib("llm_usage_hourly_models")).await?;
+    let grain_rows = count(url, "SELECT count(*) AS n FROM llm_usage_hourly_grains").await?;
+    let grain_mib = count(url, &mib("llm_usage_hourly_grains")).await?;
     let share = |n: i64| 100.0 * n as f64 / raw_rows.max(1) as f64;
     println!(
         "analytics: {raw_rows} raw llm_logs rows over 30 days ({raw_mib} MiB); rollups: {rollup_rows} rows by user and \
          interview ({rollup_mib} MiB, {:.1} % of the raw rows), {coarse_rows} by company, action, model and error \
-         ({coarse_mib} MiB, {:.2} %)",
+         ({coarse_mib} MiB, {:.2} %), {grain_rows} in the small grains ({grain_mib} MiB, {:.2} %)",
         share(rollup_rows),
-        share(coarse_rows)
+        share(coarse_rows),
+        share(grain_rows)
     );
     println!(
         "{:<34} {:>13} {:>13} {:>13} {:>13} {:>8}",

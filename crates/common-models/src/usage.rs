@@ -31,6 +31,45 @@ pub fn histogram_add_sql(a: &str, b: &str) -> String {
     format!("ARRAY[{}]", sums.join(", "))
 }
 
+/// The keys a row of `llm_usage_hourly_grains` may carry besides its hour, in the order
+/// of the `GROUPING(…)` that names its grain.
+pub const GRAIN_KEYS: [&str; 4] = ["company_id", "user_id", "action", "model"];
+
+/// A grain of `llm_usage_hourly_grains`: the keys its rows are summed by, and whether
+/// they keep histograms. See the analytics migration that creates the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grain {
+    pub keys: &'static [&'static str],
+    pub histograms: bool,
+}
+
+/// The grains kept, smallest first (a reader takes the first that has its keys).
+pub const GRAINS: [Grain; 5] = [
+    Grain { keys: &["model"], histograms: true },
+    Grain { keys: &["action"], histograms: true },
+    Grain { keys: &["company_id"], histograms: true },
+    Grain { keys: &["company_id", "model"], histograms: true },
+    Grain { keys: &["company_id", "user_id"], histograms: false },
+];
+
+impl Grain {
+    /// The `grain` column's value: PostgreSQL's `GROUPING(company_id, user_id, action,
+    /// model)` of the grouping set, a bit set for each key summed away.
+    pub fn id(&self) -> i16 {
+        GRAIN_KEYS
+            .iter()
+            .enumerate()
+            .filter(|(_, key)| !self.keys.contains(key))
+            .map(|(i, _)| 1i16 << (GRAIN_KEYS.len() - 1 - i))
+            .sum()
+    }
+
+    /// The smallest grain holding every key of `keys` (and histograms when asked).
+    pub fn covering(keys: &[&str], histograms: bool) -> Option<Grain> {
+        GRAINS.into_iter().find(|g| (g.histograms || !histograms) && keys.iter().all(|k| g.keys.contains(k)))
+    }
+}
+
 /// Buckets of the latency histograms: element 1 counts values under 1 ms, element k
 /// (2..59) values in [1.25^(k-2), 1.25^(k-1)) ms, element 60 values from 1.25^58 ms.
 pub const HISTOGRAM_BUCKETS: usize = 60;
@@ -78,6 +117,17 @@ pub fn quantile(histogram: &[i64], q: f64) -> Option<f64> {
 mod tests {
     #![expect(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn grains_are_named_as_postgres_groups_them() {
+        let ids: Vec<i16> = GRAINS.iter().map(Grain::id).collect();
+        assert_eq!(ids, [14, 13, 7, 6, 3]);
+        assert_eq!(Grain::covering(&[], true).map(|g| g.id()), Some(14));
+        assert_eq!(Grain::covering(&["company_id"], true).map(|g| g.id()), Some(7));
+        assert_eq!(Grain::covering(&["company_id", "user_id"], false).map(|g| g.id()), Some(3));
+        assert_eq!(Grain::covering(&["company_id", "user_id"], true), None);
+        assert_eq!(Grain::covering(&["company_id", "action"], false), None);
+    }
 
     #[test]
     fn bucket_values_fall_in_their_buckets() {

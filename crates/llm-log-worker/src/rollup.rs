@@ -1,12 +1,14 @@
 //! Hourly rollups of `llm_logs`: `llm_usage_hourly` (keyed down to user and
-//! interview) and its coarser grain `llm_usage_hourly_models` (company, action, model,
-//! error), see the analytics migrations that create them.
+//! interview), its coarser grain `llm_usage_hourly_models` (company, action, model,
+//! error) and the small grains of `llm_usage_hourly_grains` (per model, action,
+//! company, company and model, company and user), see the analytics migrations that
+//! create them.
 //!
 //! Kept current by the write paths themselves: after a batch's rows are inserted, the
 //! same transaction aggregates the rows *that transaction inserted* (`xmin` is its id)
 //! into `llm_usage_pending`, which has no keys, so concurrent batches never wait on one
 //! another's rollup rows. [`compact`] (one worker at a time, under an advisory lock)
-//! moves pending rows into both tables, adding them up. A redelivered event was
+//! moves pending rows into all of them, adding them up. A redelivered event was
 //! not inserted, so it adds nothing; a batch that rolls back adds nothing; a late event
 //! adds to its own (old) hour. [`rebuild`] recomputes a range from the raw rows, for
 //! after a repricing or to check the incremental figures; both use the one aggregate
@@ -16,7 +18,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common_models::events::LlmCallEvent;
-use common_models::usage::{histogram_add_sql, histogram_sum_sql};
+use common_models::usage::{GRAIN_KEYS, GRAINS, histogram_add_sql, histogram_sum_sql};
 use diesel::sql_query;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -56,22 +58,66 @@ pub static ADD_INSERTED: LazyLock<String> = LazyLock::new(|| {
 const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
 const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
 
-/// Adds the rollup rows of `source`, summed per `keys`, to `table`: a new key is
-/// inserted, an existing one added to (on `constraint`). Histograms are added element
-/// by element with plain sums.
-fn add_to(table: &str, keys: &str, source: &str, constraint: &str) -> String {
-    let add = |column: &str| {
-        format!("{column} = {}", histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}")))
+/// Where [`add_to`] adds: a rollup table summed per its keys, or every grain of
+/// `llm_usage_hourly_grains` at once.
+enum Target {
+    Table { table: &'static str, keys: &'static str, constraint: &'static str },
+    Grains,
+}
+
+/// Adds the rollup rows of `source` (rows shaped as `llm_usage_hourly`'s) to `target`:
+/// a new key is inserted, an existing one added to. Histograms are added element by
+/// element with plain sums. The grains are summed in one pass (`GROUPING SETS`), each
+/// row named by its `GROUPING(…)`; errors become a count of their own there.
+fn add_to(target: Target, source: &str) -> String {
+    let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
+    let (table, columns, select, group_by, constraint, [latency, ttft, add_latency, add_ttft]) = match target {
+        Target::Table { table, keys, constraint } => (
+            table,
+            keys.to_owned(),
+            keys.to_owned(),
+            keys.to_owned(),
+            constraint,
+            [
+                histogram_sum_sql("latency_ms_histogram"),
+                histogram_sum_sql("ttft_ms_histogram"),
+                add("latency_ms_histogram"),
+                add("ttft_ms_histogram"),
+            ],
+        ),
+        Target::Grains => {
+            let keys = GRAIN_KEYS.join(", ");
+            let sets: Vec<String> = GRAINS.iter().map(|g| format!("(hour, {})", g.keys.join(", "))).collect();
+            let bare: Vec<String> = GRAINS.iter().filter(|g| !g.histograms).map(|g| g.id().to_string()).collect();
+            let bare =
+                if bare.is_empty() { "FALSE".to_owned() } else { format!("GROUPING({keys}) IN ({})", bare.join(", ")) };
+            let sum = |column: &str| format!("CASE WHEN {bare} THEN NULL ELSE {} END", histogram_sum_sql(column));
+            let add = |column: &str| format!("CASE WHEN t.{column} IS NULL THEN NULL ELSE {} END", add(column));
+            (
+                "llm_usage_hourly_grains",
+                format!("grain, hour, {keys}, errors"),
+                format!("GROUPING({keys}), hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)"),
+                format!("GROUPING SETS ({})", sets.join(", ")),
+                "llm_usage_hourly_grains_key",
+                [
+                    sum("latency_ms_histogram"),
+                    sum("ttft_ms_histogram"),
+                    add("latency_ms_histogram"),
+                    add("ttft_ms_histogram"),
+                ],
+            )
+        }
     };
+    let errors = if columns.ends_with("errors") { "errors = t.errors + EXCLUDED.errors, " } else { "" };
     format!(
-        "INSERT INTO {table} AS t ({keys}, calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, \
-           cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, \
-           tokens_reasoning, latency_ms_histogram, ttft_ms_histogram) \
-         SELECT {keys}, sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), \
+        "INSERT INTO {table} AS t ({columns}, calls, calls_without_usage, unpriced_calls, tokens_input, \
+           tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
+           tokens_cached_input, tokens_reasoning, latency_ms_histogram, ttft_ms_histogram) \
+         SELECT {select}, sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), \
            sum(tokens_output), sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), \
            sum(latency_ms_sum), sum(tokens_cached_input), sum(tokens_reasoning), {latency}, {ttft} \
-         FROM {source} GROUP BY {keys} \
-         ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, \
+         FROM {source} GROUP BY {group_by} \
+         ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
            calls_without_usage = t.calls_without_usage + EXCLUDED.calls_without_usage, \
            unpriced_calls = t.unpriced_calls + EXCLUDED.unpriced_calls, \
            tokens_input = t.tokens_input + EXCLUDED.tokens_input, \
@@ -81,16 +127,18 @@ fn add_to(table: &str, keys: &str, source: &str, constraint: &str) -> String {
            streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
            latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
            tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
-           tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, {add_latency}, {add_ttft}",
-        latency = histogram_sum_sql("latency_ms_histogram"),
-        ttft = histogram_sum_sql("ttft_ms_histogram"),
-        add_latency = add("latency_ms_histogram"),
-        add_ttft = add("ttft_ms_histogram"),
+           tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
+           latency_ms_histogram = {add_latency}, ttft_ms_histogram = {add_ttft}",
     )
 }
 
-/// Moves every committed pending row into `llm_usage_hourly` and its coarser grain
-/// `llm_usage_hourly_models`, adding it to its hour's rows, in one statement; does
+const FINE: Target = Target::Table { table: "llm_usage_hourly", keys: FINE_KEYS, constraint: "llm_usage_hourly_key" };
+const COARSE: Target =
+    Target::Table { table: "llm_usage_hourly_models", keys: COARSE_KEYS, constraint: "llm_usage_hourly_models_key" };
+
+/// Moves every committed pending row into `llm_usage_hourly`, its coarser grain
+/// `llm_usage_hourly_models` and the small grains, adding it to its hour's rows, in
+/// one statement; does
 /// nothing while another session compacts (the advisory lock is held to the end of
 /// this statement's transaction). [`compact`] locks the tables first, in
 /// [`LOCK_ORDER`].
@@ -98,15 +146,16 @@ static COMPACT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH turn AS (SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact')) AS mine), \
          moved AS (DELETE FROM llm_usage_pending WHERE (SELECT mine FROM turn) RETURNING *), \
-         fine AS ({} RETURNING 1) {}",
-        add_to("llm_usage_hourly", FINE_KEYS, "moved", "llm_usage_hourly_key"),
-        add_to("llm_usage_hourly_models", COARSE_KEYS, "moved", "llm_usage_hourly_models_key")
+         fine AS ({} RETURNING 1), grains AS ({} RETURNING 1) {}",
+        add_to(FINE, "moved"),
+        add_to(Target::Grains, "moved"),
+        add_to(COARSE, "moved")
     )
 });
 
-/// The three rollup tables, in the one order every writer of several takes them
+/// The rollup tables, in the one order every writer of several takes them
 /// ([`compact`] and [`rebuild`]), so that none deadlocks another.
-const LOCK_ORDER: &str = "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models";
+const LOCK_ORDER: &str = "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains";
 
 /// Folds the pending rollups into the hourly rollups; returns the coarse rows written
 /// (0 as well when another worker holds the turn).
@@ -125,14 +174,11 @@ static REBUILD_INSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The coarse grain of a range, from its (just rebuilt) hourly rows.
-static REBUILD_COARSE: LazyLock<String> = LazyLock::new(|| {
-    add_to(
-        "llm_usage_hourly_models",
-        COARSE_KEYS,
-        "(SELECT * FROM llm_usage_hourly WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz) AS src",
-        "llm_usage_hourly_models_key",
-    )
+/// The coarser grains of a range, from its (just rebuilt) hourly rows.
+static REBUILD_COARSE: LazyLock<[String; 2]> = LazyLock::new(|| {
+    let source =
+        "(SELECT * FROM llm_usage_hourly WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz) AS src";
+    [add_to(COARSE, source), add_to(Target::Grains, source)]
 });
 
 /// The parameters of [`ADD_INSERTED`] for a batch: event ids and the batch's time span.
@@ -172,7 +218,7 @@ pub fn whole_hours(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, Da
 
 /// Recomputes the rollup rows of the whole UTC hours covering [`from`, `to`) from the
 /// raw rows, one day per transaction, calling `progress(done, total)` after each day.
-/// Safe to re-run and to run while workers write: each day's transaction locks both
+/// Safe to re-run and to run while workers write: each day's transaction locks the
 /// rollup tables against concurrent additions (they wait, then add on top), and drops
 /// the range's pending rows with its hourly rows, so no batch is counted twice or lost.
 /// Returns the rollup rows written.
@@ -214,7 +260,7 @@ pub async fn lock_for_rebuild(conn: &mut AsyncPgConnection) -> diesel::QueryResu
 /// [`sql_time`]) with their recomputation from the raw rows, inside a transaction that
 /// took [`lock_for_rebuild`]; returns the fine rows written.
 pub async fn rebuild_locked(conn: &mut AsyncPgConnection, lo: &str, hi: &str) -> diesel::QueryResult<u64> {
-    for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_pending"] {
+    for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_hourly_grains", "llm_usage_pending"] {
         sql_query(format!("DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"))
             .bind::<Text, _>(lo)
             .bind::<Text, _>(hi)
@@ -222,7 +268,9 @@ pub async fn rebuild_locked(conn: &mut AsyncPgConnection, lo: &str, hi: &str) ->
             .await?;
     }
     let n = sql_query(REBUILD_INSERT.as_str()).bind::<Text, _>(lo).bind::<Text, _>(hi).execute(conn).await?;
-    sql_query(REBUILD_COARSE.as_str()).bind::<Text, _>(lo).bind::<Text, _>(hi).execute(conn).await?;
+    for coarser in REBUILD_COARSE.iter() {
+        sql_query(coarser.as_str()).bind::<Text, _>(lo).bind::<Text, _>(hi).execute(conn).await?;
+    }
     Ok(n as u64)
 }
 

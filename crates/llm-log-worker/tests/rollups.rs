@@ -20,12 +20,13 @@ struct Snapshot {
     s: String,
 }
 
-/// Both rollup tables as text, rows sorted: equal snapshots, equal tables.
+/// The rollup tables as text, rows sorted: equal snapshots, equal tables.
 async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
     let mut conn = db.connect().await?;
     let row: Snapshot = diesel::sql_query(
         "SELECT coalesce((SELECT string_agg(t::text, E'\\n' ORDER BY t::text) FROM llm_usage_hourly t), '') \
          || E'\\n--\\n' || coalesce((SELECT string_agg(m::text, E'\\n' ORDER BY m::text) FROM llm_usage_hourly_models m), '') \
+         || E'\\n--\\n' || coalesce((SELECT string_agg(g::text, E'\\n' ORDER BY g::text) FROM llm_usage_hourly_grains g), '') \
          AS s",
     )
     .get_result(&mut conn)
@@ -119,6 +120,31 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
     let first_tokens =
         number(&db, "SELECT sum(b)::bigint AS n FROM llm_usage_hourly, unnest(ttft_ms_histogram) AS b").await?;
     assert_eq!(first_tokens, number(&db, "SELECT count(time_to_first_token_ms) AS n FROM llm_logs").await?);
+
+    // Every small grain holds every call, its errors and its latencies (the per-user
+    // grain keeps no histograms), and per company and hour the same cost as the raw rows.
+    for grain in common_models::usage::GRAINS {
+        let id = grain.id();
+        let of = |what: &str| format!("SELECT {what} AS n FROM llm_usage_hourly_grains WHERE grain = {id}");
+        assert_eq!(number(&db, &of("sum(calls)::bigint")).await?, 600, "grain {grain:?}");
+        assert_eq!(number(&db, &of("sum(errors)::bigint")).await?, (0..600).filter(|i| i % 11 == 0).count() as i64);
+        let timed = number(
+            &db,
+            &format!("SELECT coalesce(sum(b), 0)::bigint AS n FROM llm_usage_hourly_grains, unnest(latency_ms_histogram) AS b WHERE grain = {id}"),
+        )
+        .await?;
+        assert_eq!(timed, if grain.histograms { 600 } else { 0 }, "grain {grain:?}");
+    }
+    let per_company = common_models::usage::Grain::covering(&["company_id"], true).map(|g| g.id());
+    let company_hours_off = number(
+        &db,
+        &format!("SELECT count(*) AS n FROM (SELECT date_trunc('hour', created_at, 'UTC') AS hour, company_id, count(*) AS calls, \
+         coalesce(sum(cost_usd), 0) AS cost FROM llm_logs GROUP BY 1, 2) raw FULL JOIN (SELECT hour, company_id, calls, \
+         cost_usd AS cost FROM llm_usage_hourly_grains WHERE grain = {}) g USING (hour, company_id) \
+         WHERE raw.calls IS DISTINCT FROM g.calls OR raw.cost IS DISTINCT FROM g.cost", per_company.unwrap_or_default()),
+    )
+    .await?;
+    assert_eq!(company_hours_off, 0, "the per-company grain disagrees with the raw rows");
 
     // A rebuild of the whole range from the raw rows gives the same table, twice.
     let incremental = snapshot(&db).await?;
