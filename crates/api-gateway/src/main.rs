@@ -23,6 +23,9 @@ enum Command {
     Migrate,
     /// Exit 0 when this gateway's /healthz answers.
     Healthcheck,
+    /// Exit 1 naming each environment variable that is not a setting of this service
+    /// (misspelt, renamed, or meant for another), 0 when there is none.
+    CheckEnv,
     /// Create a demo company with a month of LLM traffic (published to the queue for
     /// llm-log-worker), for a dashboard full at once. Running it again the same day adds
     /// nothing.
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+        Command::CheckEnv => service_kit::config::check_env(api_gateway::settings::DEFAULTS, &["DEMO_PASSWORD"]),
         Command::Demo { company, timezone, owner_email, password, days, calls_per_day, cvs } => {
             let options =
                 api_gateway::demo::DemoOptions { company, timezone, owner_email, password, days, calls_per_day, cvs };

@@ -20,6 +20,9 @@ enum Command {
     Serve,
     /// Exit 0 when this service's /healthz answers.
     Healthcheck,
+    /// Exit 1 naming each environment variable that is not a setting of this service
+    /// (misspelt, renamed, or meant for another), 0 when there is none.
+    CheckEnv,
 }
 
 #[tokio::main]
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             cache_service::run(settings, listener, service_kit::telemetry::shutdown_signal()).await
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+        Command::CheckEnv => service_kit::config::check_env(cache_service::settings::DEFAULTS, &["CACHE_REDIS_URL"]),
     }
 }
 

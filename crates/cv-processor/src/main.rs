@@ -24,6 +24,9 @@ enum Command {
     Serve,
     /// Exit 0 when this processor's /healthz answers.
     Healthcheck,
+    /// Exit 1 naming each environment variable that is not a setting of this service
+    /// (misspelt, renamed, or meant for another), 0 when there is none.
+    CheckEnv,
     /// List, replay or drop the cv_jobs stream's dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -58,6 +61,9 @@ fn main() -> anyhow::Result<()> {
                 cv_processor::run(settings, listener, service_kit::telemetry::shutdown_signal()).await
             }
             Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+            Command::CheckEnv => {
+                service_kit::config::check_env(cv_processor::settings::DEFAULTS, &["RAYON_NUM_THREADS"])
+            }
             Command::DeadLetters(command) => {
                 let keys = Keys::new(settings.redis.key_prefix.clone());
                 task_queue::cli::run(command, settings.redis.url.expose(), &keys, &ProcessCv::streams()).await

@@ -28,6 +28,9 @@ enum Command {
     Migrate,
     /// Exit 0 when this worker's /healthz answers.
     Healthcheck,
+    /// Exit 1 naming each environment variable that is not a setting of this service
+    /// (misspelt, renamed, or meant for another), 0 when there is none.
+    CheckEnv,
     /// Recompute the hourly rollups of the whole UTC hours covering [--from, --to) from the
     /// raw rows, one day per transaction; safe to re-run and to run beside live workers.
     RebuildRollups {
@@ -115,6 +118,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
+        Command::CheckEnv => service_kit::config::check_env(
+            llm_log_worker::settings::DEFAULTS,
+            &["LOG_THREAD_POOL_SIZE", "LEGACY_DATABASE_URL"],
+        ),
         Command::RebuildRollups { from, to } => {
             let to = to.unwrap_or_else(Utc::now);
             anyhow::ensure!(from < to, "--from must be before --to");

@@ -87,6 +87,71 @@ pub fn load<T: DeserializeOwned>(
     builder.add_source(Environment::default().separator("__").source(Some(env))).build()?.try_deserialize()
 }
 
+/// Environment names every service reads besides its settings: the settings file, the
+/// log filter and backtraces, and the host name (a consumer's default name).
+const PROCESS_ENV: [&str; 4] = ["HEADHUNTER_CONFIG", "RUST_LOG", "RUST_BACKTRACE", "HOSTNAME"];
+
+/// Names the container platform sets, never meant as settings: left out of
+/// [`unknown_env`]'s verdict.
+fn platform_name(name: &str) -> bool {
+    ["PATH", "HOME", "TERM", "LANG", "TZ", "PWD", "SHLVL", "_"].contains(&name)
+        || name.starts_with("LC_")
+        || name.starts_with("KUBERNETES_")
+        || name.starts_with("SSL_CERT_")
+}
+
+/// The environment names among `names` that no setting of a service answers to: not
+/// a key of its `defaults` (by path, sections joined with `__`, any case), not a flat
+/// alias, not one of `extra` (names the service reads itself). A misspelt or renamed
+/// variable is silently ignored by the loader; this is how a deployment finds it.
+pub fn unknown_env<'a>(
+    defaults: &str,
+    extra: &[&str],
+    names: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<Vec<String>> {
+    let table = Config::builder().add_source(File::from_str(defaults, FileFormat::Toml)).build()?;
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    fn walk(prefix: &str, value: &config::Value, known: &mut std::collections::HashSet<String>) {
+        if let config::ValueKind::Table(entries) = &value.kind {
+            for (key, value) in entries {
+                let path =
+                    if prefix.is_empty() { key.to_uppercase() } else { format!("{prefix}__{}", key.to_uppercase()) };
+                known.insert(path.clone());
+                walk(&path, value, known);
+            }
+        }
+    }
+    for (key, value) in table.try_deserialize::<HashMap<String, config::Value>>()? {
+        let path = key.to_uppercase();
+        known.insert(path.clone());
+        walk(&path, &value, &mut known);
+    }
+    known.extend(FLAT_ALIASES.iter().map(|(flat, _)| (*flat).to_owned()));
+    known.extend(["LOGS_DATABASE_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"].map(str::to_owned));
+    known.extend(PROCESS_ENV.iter().chain(extra).map(|n| (*n).to_owned()));
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .filter(|name| !platform_name(name) && !known.contains(&name.to_uppercase()))
+        .map(str::to_owned)
+        .collect();
+    unknown.sort();
+    Ok(unknown)
+}
+
+/// The `check-env` subcommand: fails naming each variable of this process's
+/// environment that no setting answers to (see [`unknown_env`]).
+pub fn check_env(defaults: &str, extra: &[&str]) -> anyhow::Result<()> {
+    let names: Vec<String> = std::env::vars().map(|(name, _)| name).collect();
+    let unknown = unknown_env(defaults, extra, names.iter().map(String::as_str))?;
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "not settings of this service (misspelt, renamed, or meant for another): {}",
+        unknown.join(", ")
+    );
+    println!("every variable of the environment is a setting of this service");
+    Ok(())
+}
+
 /// Where a service listens for HTTP (its API, or only its probes and metrics).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerSection {
@@ -306,6 +371,25 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn variables_no_setting_answers_to_are_named() {
+        let defaults = "lock_timeout = \"5s\"\n[server]\nport = 1\n[consumer]\nbatch_size = 2\n";
+        let names = [
+            "PORT",
+            "SERVER__PORT",
+            "server__port",
+            "LOCK_TIMEOUT",
+            "CONSUMER__BATCH_SIZE",
+            "CONSUMER_NAME",
+            "L1_MAX_BYTES",
+            "PATH",
+            "KUBERNETES_SERVICE_HOST",
+            "REDIS_URL",
+            "OWN",
+        ];
+        assert_eq!(unknown_env(defaults, &["OWN"], names).unwrap(), ["CONSUMER_NAME", "L1_MAX_BYTES"]);
     }
 
     #[test]
