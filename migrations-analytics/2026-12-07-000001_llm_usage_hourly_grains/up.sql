@@ -50,6 +50,16 @@ CREATE TABLE llm_usage_hourly_grains (
 
 -- The key serves (grain, hour) reads of every company; this one a company's.
 CREATE INDEX idx_llm_usage_hourly_grains_company ON llm_usage_hourly_grains (grain, company_id, hour);
+-- The operator's rankings over every company (top companies, top actions) read only
+-- sums of the all-company grains; this index holds those sums, so they are read from
+-- it alone (an index-only scan), never from the rows with their histograms, which lie
+-- one to a page among the other grains' rows (a month of the per-company grain: about
+-- 25 ms from here, 250 ms from the rows).
+CREATE INDEX idx_llm_usage_hourly_grains_sums ON llm_usage_hourly_grains (grain, hour)
+    INCLUDE (company_id, action, model, calls, errors, calls_without_usage, unpriced_calls, tokens_input,
+             tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum,
+             tokens_cached_input, tokens_reasoning)
+    WHERE grain IN (7, 13, 14);
 
 INSERT INTO llm_usage_hourly_grains
 SELECT GROUPING(company_id, user_id, action, model), hour, company_id, user_id, action, model, sum(calls),
