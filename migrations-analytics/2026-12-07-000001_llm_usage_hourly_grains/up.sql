@@ -8,9 +8,10 @@
 --   13  action                  every company's calls per action
 --    7  company_id              a company's calls
 --    6  company_id, model       a company's calls per model
+--    5  company_id, action      a company's calls per action
 --    3  company_id, user_id     a company's calls per user (no histograms)
 --
--- A month of a busy company is a few thousand rows in each of the first four, where
+-- A month of a busy company is a few thousand rows in each of the first five, where
 -- llm_usage_hourly_models holds several per hour and model (actions and error types) and
 -- llm_usage_hourly nearly one per call; the all-company grains hold no company key at
 -- all. Errors are a count of their own here (no error_type key). The per-user grain
@@ -70,4 +71,4 @@ SELECT GROUPING(company_id, user_id, action, model), hour, company_id, user_id, 
        CASE WHEN GROUPING(user_id) = 0 THEN NULL ELSE llm_histogram_merge(ttft_ms_histogram) END
 FROM llm_usage_hourly
 GROUP BY GROUPING SETS ((hour, model), (hour, action), (hour, company_id), (hour, company_id, model),
-                        (hour, company_id, user_id));
+                        (hour, company_id, action), (hour, company_id, user_id));

@@ -1,8 +1,8 @@
 //! Hourly rollups of `llm_logs`: `llm_usage_hourly` (keyed down to user and
 //! interview), its coarser grain `llm_usage_hourly_models` (company, action, model,
 //! error) and the small grains of `llm_usage_hourly_grains` (per model, action,
-//! company, company and model, company and user), see the analytics migrations that
-//! create them.
+//! company, company and model, company and action, company and user), see the
+//! analytics migrations that create them.
 //!
 //! Kept current by the write paths themselves: after a batch's rows are inserted, the
 //! same transaction aggregates the rows *that transaction inserted* (`xmin` is its id)
