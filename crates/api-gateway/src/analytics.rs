@@ -626,8 +626,9 @@ fn usage_sql(
     } else {
         format!("h >= $1 AND h + interval '1 hour' <= $2 AND {same_bucket}")
     };
-    let grp = Group::sql(group);
     let (rollups, errors) = rollups_for(group, company, percentiles);
+    let company = company_filter(company);
+    let grp = Group::sql(group);
     let order = if by_cost { "t.cost_usd DESC, t.calls DESC, t.grp" } else { "t.b, t.grp" };
     format!(
         "WITH hours AS (SELECT h FROM generate_series(date_trunc('hour', $1::timestamptz, 'UTC'), \
@@ -682,7 +683,6 @@ fn usage_sql(
          LEFT JOIN raw_histograms h ON (t.b IS NULL, coalesce(t.b, 'epoch'), t.grp IS NULL, coalesce(t.grp, '')) \
             = (h.b IS NULL, coalesce(h.b, 'epoch'), h.grp IS NULL, coalesce(h.grp, '')) \
          ORDER BY {order} LIMIT $4",
-        company = if company { "company_id = $3" } else { "$3::int8 IS NULL" },
         b_hour = trunc("r.hour"),
         b_row = trunc("l.created_at"),
         sums = common_models::llm_usage_sums!(),
@@ -691,38 +691,45 @@ fn usage_sql(
     )
 }
 
+/// `$3`'s company (`company`), or every company (`$3` NULL).
+fn company_filter(company: bool) -> &'static str {
+    if company { "company_id = $3" } else { "$3::int8 IS NULL" }
+}
+
 /// The rollups an aggregate reads its whole hours from (joined with `whole`, filtered
 /// to `$3`'s company when `company`), and how they count errors: the smallest of the
 /// small grains with the keys it needs (a company's month is a few thousand rows
 /// there), else the coarse grain (company, action, model, error), else for interviews,
 /// errors by type or percentiles by user the fine rollups.
 fn rollups_for(group: Option<Group>, company: bool, percentiles: bool) -> (String, &'static str) {
-    let key = match group {
-        None => Some(None),
-        Some(Group::Model) => Some(Some("model")),
-        Some(Group::Action) => Some(Some("action")),
-        Some(Group::User) => Some(Some("user_id")),
-        Some(Group::Company) => Some(Some("company_id")),
+    // The group's key among the small grains' keys (`None`: not one of them).
+    let key: Option<&[&str]> = match group {
+        None => Some(&[]),
+        Some(Group::Model) => Some(&["model"]),
+        Some(Group::Action) => Some(&["action"]),
+        Some(Group::User) => Some(&["user_id"]),
+        Some(Group::Company) => Some(&["company_id"]),
         Some(Group::Interview | Group::ErrorType) => None,
     };
-    let company_filter = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
-    let mut keys: Vec<&str> = company.then_some("company_id").into_iter().collect();
-    keys.extend(key.flatten());
-    if let Some(grain) = key.and_then(|_| Grain::covering(&keys, percentiles)) {
-        return (
-            format!(
-                "llm_usage_hourly_grains r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {company_filter}",
-                grain.id()
-            ),
-            "sum(errors)",
-        );
+    let filter = company_filter(company);
+    if let Some(key) = key {
+        let keys: Vec<&str> = company.then_some("company_id").into_iter().chain(key.iter().copied()).collect();
+        if let Some(grain) = Grain::covering(&keys, percentiles) {
+            return (
+                format!(
+                    "llm_usage_hourly_grains r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {filter}",
+                    grain.id()
+                ),
+                "sum(errors)",
+            );
+        }
     }
     let table = match group {
         Some(Group::User | Group::Interview) => "llm_usage_hourly",
         _ => "llm_usage_hourly_models",
     };
     (
-        format!("{table} r JOIN whole ON r.hour = whole.h WHERE {company_filter}"),
+        format!("{table} r JOIN whole ON r.hour = whole.h WHERE {filter}"),
         "sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)",
     )
 }
@@ -1153,7 +1160,7 @@ struct Call {
 /// The calls of [`$1`, `$2`) matching the filters, newest first, below the cursor
 /// (`$9`, `$10`), at most `$11`.
 fn calls_sql(company: bool) -> String {
-    let company = if company { "company_id = $3" } else { "$3::int8 IS NULL" };
+    let company = company_filter(company);
     format!(
         "SELECT id, event_id::text AS event_id, created_at, company_id, user_id, interview_id, action, model, \
                 request_id, tokens_input, tokens_output, tokens_cached_input, tokens_reasoning, usage_reported, cost_usd::float8 AS cost_usd, \

@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
             cache_service::run(settings, listener, service_kit::telemetry::shutdown_signal()).await
         }
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
-        Command::CheckEnv => service_kit::config::check_env(cache_service::settings::DEFAULTS, &["CACHE_REDIS_URL"]),
+        Command::CheckEnv => service_kit::config::check_env(
+            cache_service::settings::DEFAULTS,
+            &[cache_service::settings::CACHE_REDIS_URL],
+        ),
     }
 }
 

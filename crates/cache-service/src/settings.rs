@@ -9,6 +9,9 @@ use service_kit::config::{LoggingSection, RedisSection, Secret, ServerSection, b
 
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// The cache Redis's own variable, before `REDIS_URL`.
+pub const CACHE_REDIS_URL: &str = "CACHE_REDIS_URL";
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
     pub server: ServerSection,
@@ -60,7 +63,7 @@ fn ttl_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>
 impl CacheSettings {
     pub fn load(file: Option<&Path>, mut env: HashMap<String, String>) -> anyhow::Result<Self> {
         // The cache may have a Redis of its own; else it shares the queue Redis.
-        if let Some(url) = env.get("CACHE_REDIS_URL").filter(|u| !u.trim().is_empty()).cloned() {
+        if let Some(url) = env.get(CACHE_REDIS_URL).filter(|u| !u.trim().is_empty()).cloned() {
             env.insert("REDIS__URL".to_owned(), url);
         }
         let settings: Self = service_kit::config::load(DEFAULTS, file, env)?;

@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Healthcheck => service_kit::telemetry::healthcheck(settings.server.port).await,
         Command::CheckEnv => service_kit::config::check_env(
             llm_log_worker::settings::DEFAULTS,
-            &["LOG_THREAD_POOL_SIZE", "LEGACY_DATABASE_URL"],
+            &[llm_log_worker::settings::LOG_THREAD_POOL_SIZE, "LEGACY_DATABASE_URL"],
         ),
         Command::RebuildRollups { from, to } => {
             let to = to.unwrap_or_else(Utc::now);

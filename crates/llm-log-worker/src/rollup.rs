@@ -71,13 +71,14 @@ enum Target {
 /// row named by its `GROUPING(…)`; errors become a count of their own there.
 fn add_to(target: Target, source: &str) -> String {
     let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
-    let (table, columns, select, group_by, constraint, [latency, ttft, add_latency, add_ttft]) = match target {
+    let (table, columns, select, group_by, constraint, errors, [latency, ttft, add_latency, add_ttft]) = match target {
         Target::Table { table, keys, constraint } => (
             table,
             keys.to_owned(),
             keys.to_owned(),
             keys.to_owned(),
             constraint,
+            "",
             [
                 histogram_sum_sql("latency_ms_histogram"),
                 histogram_sum_sql("ttft_ms_histogram"),
@@ -99,6 +100,7 @@ fn add_to(target: Target, source: &str) -> String {
                 format!("GROUPING({keys}), hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)"),
                 format!("GROUPING SETS ({})", sets.join(", ")),
                 "llm_usage_hourly_grains_key",
+                "errors = t.errors + EXCLUDED.errors, ",
                 [
                     sum("latency_ms_histogram"),
                     sum("ttft_ms_histogram"),
@@ -108,7 +110,6 @@ fn add_to(target: Target, source: &str) -> String {
             )
         }
     };
-    let errors = if columns.ends_with("errors") { "errors = t.errors + EXCLUDED.errors, " } else { "" };
     format!(
         "INSERT INTO {table} AS t ({columns}, calls, calls_without_usage, unpriced_calls, tokens_input, \
            tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \

@@ -12,6 +12,9 @@ use task_queue::ConsumerConfig;
 /// The documented defaults, embedded.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// The seeds' name for how many loops write logs (sets `consumer.concurrency`).
+pub const LOG_THREAD_POOL_SIZE: &str = "LOG_THREAD_POOL_SIZE";
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     /// Where the probes and metrics are served.
@@ -52,7 +55,7 @@ impl WorkerSettings {
     /// Defaults → optional file → `env`, then validated.
     pub fn load(file: Option<&Path>, mut env: HashMap<String, String>) -> anyhow::Result<Self> {
         // The seeds' name for how many loops write logs.
-        if let Some(n) = env.get("LOG_THREAD_POOL_SIZE").cloned() {
+        if let Some(n) = env.get(LOG_THREAD_POOL_SIZE).cloned() {
             env.entry("CONSUMER__CONCURRENCY".to_owned()).or_insert(n);
         }
         let mut settings: Self = service_kit::config::load(DEFAULTS, file, env)?;

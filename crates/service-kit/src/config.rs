@@ -37,6 +37,12 @@ const FLAT_ALIASES: [(&str, &str); 13] = [
     ("QDRANT_API_KEY", "VECTORS__API_KEY"),
 ];
 
+/// The seeds' Redis variables, which build `REDIS_URL` when it is unset.
+const REDIS_PARTS: [&str; 4] = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"];
+
+/// Stands for `ANALYTICS_DATABASE_URL` when that is unset.
+const LOGS_DATABASE_URL: &str = "LOGS_DATABASE_URL";
+
 /// The process environment, with the aliases resolved.
 pub fn process_env() -> HashMap<String, String> {
     resolve_aliases(std::env::vars().collect())
@@ -48,12 +54,11 @@ pub fn process_env() -> HashMap<String, String> {
 /// - each flat name (`PORT`, `REDIS_URL`, …) sets its nested key unless that is set itself.
 pub fn resolve_aliases(mut env: HashMap<String, String>) -> HashMap<String, String> {
     if !env.contains_key("ANALYTICS_DATABASE_URL")
-        && let Some(url) = env.get("LOGS_DATABASE_URL").cloned()
+        && let Some(url) = env.get(LOGS_DATABASE_URL).cloned()
     {
         env.insert("ANALYTICS_DATABASE_URL".into(), url);
     }
-    let redis_parts = ["REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"];
-    if !env.contains_key("REDIS_URL") && redis_parts.iter().any(|k| env.contains_key(*k)) {
+    if !env.contains_key("REDIS_URL") && REDIS_PARTS.iter().any(|k| env.contains_key(*k)) {
         let host = env.get("REDIS_HOST").map_or("127.0.0.1", String::as_str);
         let port = env.get("REDIS_PORT").map_or("6379", String::as_str);
         let db = env.get("REDIS_DB").map_or("0", String::as_str);
@@ -109,26 +114,23 @@ pub fn unknown_env<'a>(
     extra: &[&str],
     names: impl IntoIterator<Item = &'a str>,
 ) -> anyhow::Result<Vec<String>> {
-    let table = Config::builder().add_source(File::from_str(defaults, FileFormat::Toml)).build()?;
-    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-    fn walk(prefix: &str, value: &config::Value, known: &mut std::collections::HashSet<String>) {
+    /// Every key path below `prefix` in `value`, upper case, sections joined by `__`.
+    fn walk(prefix: Option<&str>, value: &config::Value, known: &mut std::collections::HashSet<String>) {
         if let config::ValueKind::Table(entries) = &value.kind {
             for (key, value) in entries {
-                let path =
-                    if prefix.is_empty() { key.to_uppercase() } else { format!("{prefix}__{}", key.to_uppercase()) };
-                known.insert(path.clone());
-                walk(&path, value, known);
+                let key = key.to_uppercase();
+                let path = prefix.map_or_else(|| key.clone(), |p| format!("{p}__{key}"));
+                walk(Some(&path), value, known);
+                known.insert(path);
             }
         }
     }
-    for (key, value) in table.try_deserialize::<HashMap<String, config::Value>>()? {
-        let path = key.to_uppercase();
-        known.insert(path.clone());
-        walk(&path, &value, &mut known);
-    }
-    known.extend(FLAT_ALIASES.iter().map(|(flat, _)| (*flat).to_owned()));
-    known.extend(["LOGS_DATABASE_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"].map(str::to_owned));
-    known.extend(PROCESS_ENV.iter().chain(extra).map(|n| (*n).to_owned()));
+    let defaults = Config::builder().add_source(File::from_str(defaults, FileFormat::Toml)).build()?;
+    let mut known = std::collections::HashSet::new();
+    walk(None, &defaults.try_deserialize::<config::Value>()?, &mut known);
+    let flat = FLAT_ALIASES.iter().map(|(flat, _)| flat);
+    let own = REDIS_PARTS.iter().chain([&LOGS_DATABASE_URL]).chain(&PROCESS_ENV).chain(extra);
+    known.extend(flat.chain(own).map(|n| (*n).to_owned()));
     let mut unknown: Vec<String> = names
         .into_iter()
         .filter(|name| !platform_name(name) && !known.contains(&name.to_uppercase()))
