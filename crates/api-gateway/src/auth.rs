@@ -436,7 +436,11 @@ fn revocation_channel(prefix: &str) -> String {
 
 /// Tells every replica to drop what `revoked` names. A replica that misses it (its
 /// subscription down) forgets every key when it resubscribes.
-pub async fn publish_revocation(redis: &deadpool_redis::Pool, prefix: &str, revoked: Revoked) -> Result<(), AppError> {
+pub async fn publish_revocation(
+    redis: &service_kit::redis::Pool,
+    prefix: &str,
+    revoked: Revoked,
+) -> Result<(), AppError> {
     let mut conn = redis.get().await.map_err(|e| AppError::unavailable("Redis", e))?;
     redis::cmd("PUBLISH")
         .arg(revocation_channel(prefix))

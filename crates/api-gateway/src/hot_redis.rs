@@ -1,38 +1,52 @@
 //! The Redis connection of the per-request checks (sessions, rate limits, budgets): one
 //! multiplexed, self-reconnecting connection per replica, so a check is one round trip
-//! with no pool checkout (deadpool-redis pings a connection each time it hands one out).
+//! with no pool checkout (the pool checks a connection each time it hands one out).
 //! It is made on first use: a gateway starts while Redis is away, and each check retries
-//! the connection until it is there.
+//! the connection until it is there. Behind Sentinel it is opened again, to the new
+//! primary, once the endpoint sees the primary change.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use service_kit::redis::Endpoint;
 use tokio::sync::OnceCell;
+
+/// The connection, and the endpoint's epoch it was opened for.
+type Slot = (u64, Arc<OnceCell<ConnectionManager>>);
 
 #[derive(Clone)]
 pub struct HotRedis {
-    client: redis::Client,
+    endpoint: Endpoint,
     reply_timeout: Duration,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    conn: Arc<Mutex<Slot>>,
 }
 
 impl HotRedis {
     pub fn new(url: &str, reply_timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self { client: redis::Client::open(url)?, reply_timeout, conn: Arc::new(OnceCell::new()) })
+        Ok(Self { endpoint: Endpoint::parse(url)?, reply_timeout, conn: Arc::default() })
     }
 
     /// The shared connection (cheap to clone; commands on clones are pipelined).
     pub async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(self.reply_timeout))
-                    .set_connection_timeout(Some(self.reply_timeout))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await
-            .cloned()
+        let epoch = self.endpoint.epoch();
+        let cell = match self.conn.lock() {
+            Ok(mut slot) => {
+                if slot.0 != epoch {
+                    *slot = (epoch, Arc::default());
+                }
+                slot.1.clone()
+            }
+            Err(_) => Arc::default(),
+        };
+        cell.get_or_try_init(|| async {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(self.reply_timeout))
+                .set_connection_timeout(Some(self.reply_timeout))
+                .set_number_of_retries(1);
+            ConnectionManager::new_with_config(self.endpoint.primary().await?, config).await
+        })
+        .await
+        .cloned()
     }
 }

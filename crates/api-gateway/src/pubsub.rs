@@ -1,7 +1,8 @@
 //! One Redis pub/sub subscription per replica and channel, kept alive: after a lost
-//! connection it resubscribes every second until shutdown. Messages published while
-//! a subscription was down are gone (that is pub/sub); the handler hears `Subscribed`
-//! each time the subscription (re)starts, so it can make up for what it may have missed.
+//! connection it resubscribes every second until shutdown (behind Sentinel, at the
+//! primary of the moment). Messages published while a subscription was down are gone
+//! (that is pub/sub); the handler hears `Subscribed` each time the subscription
+//! (re)starts, so it can make up for what it may have missed.
 
 use std::time::Duration;
 
@@ -21,12 +22,12 @@ pub fn follow(
     shutdown: watch::Receiver<bool>,
     handle: impl Fn(Message) + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis_url)?;
+    let endpoint = service_kit::redis::Endpoint::parse(redis_url)?;
     tokio::spawn(async move {
         let mut shutdown = shutdown;
         loop {
             let run = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = endpoint.primary().await?.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 handle(Message::Subscribed);
                 let mut messages = pubsub.on_message();

@@ -21,7 +21,7 @@ pub struct AppState {
     /// Where the analytics API reads (a replica, or the analytics database).
     pub analytics_read: PgPool,
     /// Queue Redis, for the admin health view (short reply timeouts).
-    pub redis: deadpool_redis::Pool,
+    pub redis: service_kit::redis::Pool,
     pub keys: Keys,
     pub http: reqwest::Client,
     /// Log events to the queue; never waits.

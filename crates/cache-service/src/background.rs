@@ -15,11 +15,11 @@ use crate::store::CacheStore;
 /// message falls between them. L1 is not cleared on a break: it is what serves while
 /// Redis is down, and what a missed message leaves stale is bounded by
 /// `l1_max_ttl_secs`.
-pub async fn invalidation_subscriber(store: Arc<CacheStore>, redis_url: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn invalidation_subscriber(store: Arc<CacheStore>, mut shutdown: watch::Receiver<bool>) {
     let channel = store.channel();
     let mut recoveries = store.recoveries();
     let subscribe = || async {
-        let mut pubsub = redis::Client::open(redis_url.as_str())?.get_async_pubsub().await?;
+        let mut pubsub = store.redis_endpoint().primary().await?.get_async_pubsub().await?;
         pubsub.subscribe(&channel).await?;
         tracing::debug!(channel = %channel, "listening for invalidations");
         anyhow::Ok(pubsub.into_on_message())

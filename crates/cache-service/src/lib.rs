@@ -35,11 +35,7 @@ pub async fn run(
         // Serve from L1 alone; the monitor keeps trying.
         store.note_redis_unreachable(&err);
     }
-    tokio::spawn(background::invalidation_subscriber(
-        store.clone(),
-        settings.redis.url.expose().to_owned(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(background::invalidation_subscriber(store.clone(), shutdown.clone()));
     tokio::spawn(background::redis_monitor(store.clone(), shutdown.clone()));
 
     let state = web::Data::new(http::AppState { store, settings: settings.clone(), registry });

@@ -8,11 +8,13 @@
 //! fallback) and an error Redis answered with (that command failed; Redis is up).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use service_kit::redis::Endpoint;
 use tokio::sync::OnceCell;
 
 /// How a Redis command failed.
@@ -48,25 +50,42 @@ type Slot = Arc<OnceCell<ConnectionManager>>;
 
 pub struct RedisLink {
     connections: RwLock<HashMap<ThreadId, Slot>>,
-    client: redis::Client,
+    endpoint: Endpoint,
+    /// The endpoint's epoch the open connections were made for: behind Sentinel, a new
+    /// primary means every thread opens a fresh connection, to it.
+    epoch: AtomicU64,
     config: ConnectionManagerConfig,
     timeout: Duration,
 }
 
 impl RedisLink {
     /// `timeout` bounds each reply and the opening of a connection.
-    pub fn new(url: &str, timeout: Duration) -> redis::RedisResult<Self> {
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        Ok(Self { connections: RwLock::new(HashMap::new()), client: redis::Client::open(url)?, config, timeout })
+        Ok(Self {
+            connections: RwLock::new(HashMap::new()),
+            endpoint: Endpoint::parse(url)?,
+            epoch: AtomicU64::new(0),
+            config,
+            timeout,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// This thread's connection (a cheap clone), opened on first use. Requests that
     /// arrive while it opens wait for that one attempt rather than each opening their own.
     pub async fn conn(&self) -> Result<ConnectionManager, String> {
+        let epoch = self.endpoint.epoch();
+        if self.epoch.swap(epoch, Ordering::SeqCst) != epoch {
+            self.reset();
+        }
         let thread = std::thread::current().id();
         let slot = self.connections.read().ok().and_then(|c| c.get(&thread).cloned());
         let slot = match slot {
@@ -80,7 +99,8 @@ impl RedisLink {
             return Ok(conn.clone());
         }
         let open = async {
-            let open = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
+            let open =
+                async { ConnectionManager::new_with_config(self.endpoint.primary().await?, self.config.clone()).await };
             match tokio::time::timeout(self.timeout, open).await {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(e)) => Err(e.to_string()),

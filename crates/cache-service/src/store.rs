@@ -166,6 +166,11 @@ impl CacheStore {
         }))
     }
 
+    /// Where Redis is (one server, or the primary Sentinel names).
+    pub fn redis_endpoint(&self) -> &service_kit::redis::Endpoint {
+        self.redis.endpoint()
+    }
+
     /// This thread's Redis connection (see `link`).
     pub async fn conn(&self) -> Result<ConnectionManager, String> {
         self.redis.conn().await

@@ -179,7 +179,7 @@ pub mod events {
 
     /// Emits `event`; returns its id. Watching is best effort next to the CV's row (the
     /// source of truth): callers log a failure and go on.
-    pub async fn emit(redis: &deadpool_redis::Pool, prefix: &str, event: &StatusEvent) -> anyhow::Result<String> {
+    pub async fn emit(redis: &service_kit::redis::Pool, prefix: &str, event: &StatusEvent) -> anyhow::Result<String> {
         let payload = serde_json::to_string(event)?;
         let mut conn = redis.get().await?;
         let id: String = EMIT

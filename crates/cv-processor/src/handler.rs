@@ -31,7 +31,7 @@ use crate::vectors::{ChunkPoint, VectorStore};
 /// What every loop shares.
 pub struct Context {
     pub db: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: service_kit::redis::Pool,
     pub key_prefix: String,
     pub files: Arc<dyn FileStore>,
     pub sandbox: SandboxConfig,

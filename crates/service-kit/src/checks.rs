@@ -15,7 +15,7 @@ pub enum Dependency {
     #[cfg(feature = "postgres")]
     Postgres { name: &'static str, pool: crate::db::PgPool },
     /// `PING` through a pool.
-    Redis { name: &'static str, pool: deadpool_redis::Pool },
+    Redis { name: &'static str, pool: crate::redis::Pool },
 }
 
 impl Dependency {
@@ -78,7 +78,7 @@ impl Dependency {
             }
             Self::Redis { pool, .. } => {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("PING").query_async::<String>(&mut *conn).await.map(drop).map_err(|e| e.to_string())
+                redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string())
             }
         }
     }

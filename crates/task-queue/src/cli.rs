@@ -48,7 +48,8 @@ pub async fn run(command: DeadLetterCommand, redis_url: &str, keys: &Keys, strea
             None => Ok(streams.iter().map(|s| (*s).to_owned()).collect()),
         }
     };
-    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let mut conn =
+        service_kit::redis::Endpoint::parse(redis_url)?.primary().await?.get_multiplexed_async_connection().await?;
     match command {
         DeadLetterCommand::List { stream, limit } => {
             for stream in chosen(&stream)? {

@@ -41,7 +41,6 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
 use redis::AsyncCommands;
 use redis::streams::{
@@ -49,6 +48,7 @@ use redis::streams::{
 };
 use serde::Deserialize;
 use service_kit::config::duration;
+use service_kit::redis::Pool;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -337,7 +337,7 @@ impl<M: Message> Consumer<M> {
 }
 
 impl Shared {
-    async fn conn(&self) -> redis::RedisResult<deadpool_redis::Connection> {
+    async fn conn(&self) -> redis::RedisResult<service_kit::redis::Connection> {
         self.redis.get().await.map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "redis pool", e.to_string())))
     }
 

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use prometheus::{IntCounterVec, IntGauge};
 use serde::Deserialize;
 use service_kit::config::{bytes, duration};
+use service_kit::redis::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -65,6 +65,20 @@ pub struct ProducerConfig {
     /// nowhere but memory.
     #[serde(deserialize_with = "spool_section")]
     pub spool: Option<SpoolConfig>,
+    /// Replicas that must confirm each batch (`WAIT`, in the batch's own round trip);
+    /// 0: none asked. What Redis took but fewer replicas confirmed within
+    /// `replica_timeout` is counted in `queue_unreplicated_total`: a primary lost before
+    /// replicating it loses it. After a batch without enough confirmations the producer
+    /// stops waiting (and counts) for `retry_interval`, so a replica that is away costs
+    /// no throughput.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    #[serde(default = "default_replica_timeout", deserialize_with = "duration")]
+    pub replica_timeout: Duration,
+}
+
+fn default_replica_timeout() -> Duration {
+    Duration::from_millis(20)
 }
 
 impl ProducerConfig {
@@ -125,6 +139,9 @@ service_kit::metrics! {
     pub struct ProducerMetrics {
         /// Entries Redis accepted, per stream, sent at once or replayed from the spool.
         published: IntCounterVec = "queue_published_total" ["stream"],
+        /// Entries Redis took that fewer replicas than `wait_replicas` confirmed in time,
+        /// per stream: at risk until replicated, lost if the primary dies first.
+        unreplicated: IntCounterVec = "queue_unreplicated_total" ["stream"],
         /// Entries given up, per stream and reason (buffer_full, spool_full, spool_error,
         /// rejected, encode, shutdown).
         dropped: IntCounterVec = "queue_dropped_total" ["stream", "reason"],
@@ -225,6 +242,7 @@ impl Producer {
             backlog,
             held: Vec::new(),
             stream_keys: HashMap::new(),
+            replicas_away_until: None,
         };
         let task = tokio::spawn(sender.run(stop_rx));
         Ok((Self { shared }, ProducerTask { stop: stop_tx, task }))
@@ -305,6 +323,9 @@ struct Sender {
     held: Vec<Entry>,
     /// Stream name → prefixed key.
     stream_keys: HashMap<String, String>,
+    /// Set when a batch was not confirmed by `wait_replicas` replicas: until then batches
+    /// are sent without `WAIT` and counted unreplicated.
+    replicas_away_until: Option<Instant>,
 }
 
 impl Sender {
@@ -479,15 +500,35 @@ impl Sender {
             };
             pipe.xadd(key, "*", &[(TYPE_FIELD, e.tag.as_bytes()), (PAYLOAD_FIELD, &e.payload[..])]).ignore();
         }
+        let wanted = self.config.wait_replicas;
+        let wait = wanted > 0 && self.replicas_away_until.is_none_or(|until| Instant::now() >= until);
+        if wait {
+            let ms = u64::try_from(self.config.replica_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+            pipe.cmd("WAIT").arg(wanted).arg(ms);
+        }
         let mut conn = self.redis.get().await.map_err(|e| SendFailure::Unavailable(e.to_string()))?;
-        match pipe.query_async::<()>(&mut *conn).await {
-            Ok(()) => Ok(()),
+        let sent = if wait {
+            pipe.query_async::<(u32,)>(&mut *conn).await.map(|(confirmed,)| confirmed >= wanted)
+        } else {
+            pipe.query_async::<()>(&mut *conn).await.map(|()| wanted == 0)
+        };
+        match sent {
+            Ok(confirmed) => {
+                if !confirmed {
+                    if wait {
+                        tracing::warn!(replicas = wanted, "queue entries not confirmed by the replicas in time");
+                        self.replicas_away_until = Some(Instant::now() + self.config.retry_interval);
+                    }
+                    self.count(&self.metrics().unreplicated, entries);
+                }
+                Ok(())
+            }
             Err(err) => {
                 let text = err.to_string();
                 let Some(errors) = err.into_server_errors() else { return Err(SendFailure::Unavailable(text)) };
                 let mut retry = Vec::new();
                 let mut rejected = Vec::new();
-                for (i, e) in errors.iter() {
+                for (i, e) in errors.iter().filter(|(i, _)| *i < entries.len()) {
                     if TRANSIENT_CODES.contains(&e.code()) {
                         retry.push(*i);
                     } else {

@@ -43,6 +43,8 @@ fn producer_config(spool: Option<&TempDir>) -> ProducerConfig {
             segment_bytes: 64 << 10,
             fsync: Fsync::Never,
         }),
+        wait_replicas: 0,
+        replica_timeout: Duration::from_millis(20),
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use db::{TestDb, postgres_server_url, query_count};
 pub use process::ServiceProcess;
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, SentinelGroup};
 pub use service::Service;
 pub use test_redis::{TestRedis, redis_url, unsettled_entries};
 

@@ -126,3 +126,99 @@ impl Drop for RedisServer {
         drop(std::fs::remove_dir_all(&self.dir));
     }
 }
+
+/// A primary, a replica of it and three Sentinels watching them (quorum 2), each a
+/// `redis-server` process of the test's own: the queue Redis of a production
+/// deployment in small. The primary writes its AOF with `appendfsync everysec`, as the
+/// deployment's does. Sentinels call a primary down after one second without answers.
+pub struct SentinelGroup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(u16, Child)>,
+    dir: PathBuf,
+}
+
+/// The name the Sentinels know the primary by.
+pub const PRIMARY_NAME: &str = "hh-queue";
+
+impl SentinelGroup {
+    pub async fn start() -> anyhow::Result<Self> {
+        let primary = RedisServer::start(&["--appendfsync", "everysec"]).await?;
+        let port = primary.port.to_string();
+        let replica = RedisServer::start(&["--appendfsync", "everysec", "--replicaof", "127.0.0.1", &port]).await?;
+        let dir = std::env::temp_dir().join(format!("hh-test-sentinel-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let sentinel_port = crate::local_listener()?.local_addr()?.port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {PRIMARY_NAME} 127.0.0.1 {port} 2\n\
+                     sentinel down-after-milliseconds {PRIMARY_NAME} 1000\n\
+                     sentinel failover-timeout {PRIMARY_NAME} 10000\n\
+                     sentinel parallel-syncs {PRIMARY_NAME} 1\n",
+                    dir = dir.display()
+                ),
+            )?;
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            sentinels.push((sentinel_port, child));
+        }
+        let group = Self { primary, replica, sentinels, dir };
+        group.wait_watched().await?;
+        Ok(group)
+    }
+
+    /// `redis+sentinel://` naming every Sentinel.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|(port, _)| format!("127.0.0.1:{port}")).collect();
+        format!("redis+sentinel://{}/{PRIMARY_NAME}/0", hosts.join(","))
+    }
+
+    async fn sentinel(&self, i: usize) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let port = self.sentinels[i].0;
+        Ok(redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_multiplexed_async_connection().await?)
+    }
+
+    /// Until every Sentinel knows the replica and the two other Sentinels, and the
+    /// replica is in sync: only then can they agree on a failover.
+    async fn wait_watched(&self) -> anyhow::Result<()> {
+        crate::wait_for(Duration::from_secs(30), "the Sentinels to see the replica and each other", || async {
+            for i in 0..self.sentinels.len() {
+                let mut conn = self.sentinel(i).await.ok()?;
+                let replicas: Vec<redis::Value> =
+                    redis::cmd("SENTINEL").arg("REPLICAS").arg(PRIMARY_NAME).query_async(&mut conn).await.ok()?;
+                let others: Vec<redis::Value> =
+                    redis::cmd("SENTINEL").arg("SENTINELS").arg(PRIMARY_NAME).query_async(&mut conn).await.ok()?;
+                if replicas.len() != 1 || others.len() != self.sentinels.len() - 1 {
+                    return None;
+                }
+            }
+            let mut replica = self.replica.connection().await.ok()?;
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut replica).await.ok()?;
+            info.contains("master_link_status:up").then_some(())
+        })
+        .await
+    }
+
+    /// The port of the server the Sentinels name as primary now.
+    pub async fn primary_port(&self) -> anyhow::Result<u16> {
+        let mut conn = self.sentinel(0).await?;
+        let (_, port): (String, u16) =
+            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(PRIMARY_NAME).query_async(&mut conn).await?;
+        Ok(port)
+    }
+}
+
+impl Drop for SentinelGroup {
+    fn drop(&mut self) {
+        drop(std::fs::remove_dir_all(&self.dir));
+    }
+}

@@ -28,7 +28,7 @@ impl TestRedis {
     }
 
     pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url.as_str())?.get_multiplexed_async_connection().await?)
+        connect(&self.url).await
     }
 
     /// `name` under this test's prefix.
@@ -69,10 +69,15 @@ impl Default for TestRedis {
     }
 }
 
+/// A connection to the Redis `url` names: a server, or the primary Sentinel names now.
+pub async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(service_kit::redis::Endpoint::parse(url)?.primary().await?.get_multiplexed_async_connection().await?)
+}
+
 /// Entries some consumer group has not acknowledged (pending or not yet delivered),
 /// per stream, under `prefix`; streams without groups do not count.
 pub async fn unsettled_entries(url: &str, prefix: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut conn = connect(url).await?;
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
     let mut unsettled = Vec::new();
     for key in keys {
@@ -97,7 +102,7 @@ impl Drop for TestRedis {
         let unsettled = block_on_side(async move {
             let unsettled = if check { unsettled_entries(&url, &prefix).await.unwrap_or_default() } else { Vec::new() };
             let cleanup = async {
-                let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+                let mut conn = connect(&url).await?;
                 let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await?;
                 if !keys.is_empty() {
                     redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
