@@ -85,17 +85,27 @@ def custom(rendered):
         for t in triggers:
             need(t.get("type"), f"ScaledObject {name}: a trigger without type")
             meta = t.get("metadata", {})
-            if t.get("type") == "redis-streams":
+            kind = t.get("type")
+            if kind in ("redis-streams", "redis-sentinel-streams"):
                 for key in ("stream", "consumerGroup"):
-                    need(meta.get(key), f"ScaledObject {name}: redis-streams trigger without {key}")
+                    need(meta.get(key), f"ScaledObject {name}: {kind} trigger without {key}")
+                if kind == "redis-sentinel-streams":
+                    need(meta.get("sentinelMaster"), f"ScaledObject {name}: {kind} trigger without sentinelMaster")
                 need(
                     any(k in meta for k in ("lagCount", "pendingEntriesCount", "streamLength")),
-                    f"ScaledObject {name}: redis-streams trigger without a target count",
+                    f"ScaledObject {name}: {kind} trigger without a target count",
                 )
                 auth = (t.get("authenticationRef") or {}).get("name")
+                address = "addresses" if kind == "redis-sentinel-streams" else "address"
+                params = {
+                    r.get("parameter")
+                    for r in (by_kind.get("TriggerAuthentication", {}).get(auth) or {}).get("spec", {}).get(
+                        "secretTargetRef", []
+                    )
+                }
                 need(
-                    auth in by_kind.get("TriggerAuthentication", {}) or meta.get("address") or meta.get("addressFromEnv"),
-                    f"ScaledObject {name}: no Redis address (metadata or TriggerAuthentication {auth!r})",
+                    address in params or meta.get(address) or meta.get(f"{address}FromEnv"),
+                    f"ScaledObject {name}: no Redis {address} (metadata or TriggerAuthentication {auth!r})",
                 )
     for name, ta in by_kind.get("TriggerAuthentication", {}).items():
         refs = ta.get("spec", {}).get("secretTargetRef") or []

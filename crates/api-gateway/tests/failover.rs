@@ -117,14 +117,21 @@ async fn the_primary_killed_under_twenty_thousand_calls_is_followed_and_loses_on
     assert!(spooled > 0.0, "the failover did not reach the producer");
     assert!(lost >= 0 && lost as f64 <= unreplicated, "{lost} events lost, but {unreplicated} counted at risk");
 
-    // The old primary serves the new one as a replica now; calls made after that
-    // still land, once each: both services stay with the primary Sentinel names.
-    test_support::wait_for(Duration::from_secs(30), "the old primary to become a replica", || async {
+    // The old primary serves the new one as a replica now, in sync; calls made after
+    // that land once each (both services stay with the primary Sentinel names), and
+    // the replica confirms their events again.
+    let waited = Instant::now();
+    test_support::wait_for(Duration::from_secs(60), "the old primary to be a replica in sync", || async {
         let mut old = group.primary.connection().await.ok()?;
         let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut old).await.ok()?;
-        (service_kit::redis::role_name(&role) == Some("slave")).then_some(())
+        let state = role.get(3).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+        (service_kit::redis::role_name(&role) == Some("slave") && state.as_deref() == Some("connected")).then_some(())
     })
     .await?;
+    eprintln!("the old primary was a replica in sync {:?} after the calls ended", waited.elapsed());
+    // Past the producer's pause after unconfirmed batches (retry_interval).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unreplicated = metric_sum(&stack.metrics().await?, "headhunter_gateway_queue_unreplicated_total");
     let unavailable = metric_sum(&m, "headhunter_gateway_limits_unavailable_total");
     let cache_metrics = async || -> anyhow::Result<String> {
         let cache = stack.cache.as_ref().map(|c| c.url.clone()).unwrap_or_default();
@@ -143,6 +150,8 @@ async fn the_primary_killed_under_twenty_thousand_calls_is_followed_and_loses_on
     // The per-request checks (rates, budgets) reach Redis again: none let through unchecked.
     let after = metric_sum(&stack.metrics().await?, "headhunter_gateway_limits_unavailable_total");
     assert_eq!(after, unavailable, "the rate checks did not follow the new primary");
+    let still = metric_sum(&stack.metrics().await?, "headhunter_gateway_queue_unreplicated_total");
+    assert_eq!(still, unreplicated, "entries went unconfirmed with the replica back in sync");
     // And cache-service is out of its fallback, with no Redis error since.
     let c = cache_metrics().await?;
     assert_eq!(metric_sum(&c, "headhunter_cache_fallback_active"), 0.0, "{c}");

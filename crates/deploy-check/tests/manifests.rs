@@ -329,7 +329,9 @@ fn the_scalers_watch_the_streams_and_groups_their_targets_consume() -> anyhow::R
         let (streams, group) = consumed.get(binary).unwrap_or_else(|| panic!("{target} consumes no stream"));
         let mut watched = Vec::new();
         for t in so["spec"]["triggers"].as_array().into_iter().flatten() {
-            assert_eq!(t["type"], "redis-streams");
+            // The prod queue Redis is behind Sentinel: KEDA must find it there too.
+            assert_eq!(t["type"], "redis-sentinel-streams", "{target}");
+            assert_eq!(t["metadata"]["sentinelMaster"], "headhunter-queue", "{target}");
             assert_eq!(t["metadata"]["consumerGroup"].as_str(), Some(*group), "{target}");
             watched.push(t["metadata"]["stream"].as_str().unwrap_or_default());
         }

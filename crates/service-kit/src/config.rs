@@ -345,16 +345,27 @@ pub fn postgres_url_for(url: &str, application_name: &str) -> String {
 
 /// Hides the password of a URL for logs.
 pub fn redact_url(url: &str) -> String {
+    let url = redact_query(url, "sentinel_password=");
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
                 Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_owned(),
+                None => url,
             }
         }
-        _ => url.to_owned(),
+        _ => url,
     }
+}
+
+/// `url` with the value of the query parameter `name` (given with its `=`) as `***`.
+fn redact_query(url: &str, name: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_owned() };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| if pair.starts_with(name) { format!("{name}***") } else { pair.to_owned() })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 fn percent_encode(s: &str) -> String {
@@ -370,6 +381,14 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     #![expect(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sentinel_urls_hide_both_passwords() {
+        assert_eq!(
+            redact_url("redis+sentinel://:pw@s1:26379,s2:26379/queue/0?sentinel_password=spw"),
+            "redis+sentinel://:***@s1:26379,s2:26379/queue/0?sentinel_password=***"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
