@@ -182,3 +182,34 @@ async fn a_rebuild_refuses_an_empty_range_and_an_unreadable_time() -> anyhow::Re
     assert!(String::from_utf8_lossy(&unreadable.stderr).contains("neither YYYY-MM-DD nor an RFC 3339 time"));
     Ok(())
 }
+
+/// `histogram_bucket` (Rust) and `llm_latency_bucket` (SQL) put every latency in the same
+/// bucket: both are monotone, and their bucket boundaries agree up to the last bucket's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_sql_agree_on_every_latency_bucket() -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Boundary {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        bucket: i32,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        first: i32,
+    }
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let mut conn = db.connect().await?;
+    let boundaries: Vec<Boundary> = diesel::sql_query(
+        "SELECT llm_latency_bucket(g) AS bucket, min(g) AS first FROM generate_series(-10, 600000) g \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .load(&mut conn)
+    .await?;
+    // Whole milliseconds skip some narrow low buckets; the last one is reached.
+    assert_eq!(boundaries.last().map(|b| b.bucket), Some(common_models::usage::HISTOGRAM_BUCKETS as i32));
+    let rust = |ms: i32| common_models::usage::histogram_bucket(f64::from(ms)) as i32;
+    for pair in boundaries.windows(2) {
+        let (before, b) = (&pair[0], &pair[1]);
+        assert_eq!(rust(b.first), b.bucket, "{} ms", b.first);
+        assert_eq!(rust(b.first - 1), before.bucket, "{} ms", b.first - 1);
+    }
+    assert_eq!(rust(i32::MAX), common_models::usage::HISTOGRAM_BUCKETS as i32);
+    Ok(())
+}
