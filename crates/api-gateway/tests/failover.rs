@@ -159,5 +159,20 @@ async fn the_primary_killed_under_twenty_thousand_calls_is_followed_and_loses_on
     eprintln!("cache-service: Redis errors during the failover {cache_errors}, none since");
     let res = stack.http.get(format!("{}/readyz", stack.url)).send().await?;
     assert_eq!(res.status(), 200, "{}", res.text().await?);
+
+    // Idle, the services keep their connections: following the primary costs no new
+    // connection to it every second.
+    let accepted = async || -> anyhow::Result<u64> {
+        let mut conn = group.replica.connection().await?;
+        let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:")?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("INFO stats has no total_connections_received"))
+    };
+    let before = accepted().await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let opened = accepted().await? - before - 1;
+    eprintln!("connections opened to the primary in 10 idle seconds: {opened}");
+    assert!(opened <= 3, "{opened} connections opened in 10 idle seconds");
     stack.stop().await
 }

@@ -113,14 +113,35 @@ impl Inner {
     }
 }
 
-/// Asks the Sentinels for the primary every [`SENTINEL_POLL`] while the endpoint lives.
+/// Asks a Sentinel for the primary's address every [`SENTINEL_POLL`] while the endpoint
+/// lives, over one connection to that Sentinel (another one after an error): no
+/// connection to the primary per look.
 async fn watch(inner: Weak<Inner>) {
+    let mut sentinel: Option<MultiplexedConnection> = None;
     loop {
         tokio::time::sleep(SENTINEL_POLL).await;
         let Some(inner) = inner.upgrade() else { return };
-        let endpoint = Endpoint(inner);
-        if let Err(err) = endpoint.primary().await {
-            tracing::debug!(error = %err, "no Redis primary named by Sentinel");
+        let Kind::Sentinel { client, name } = &inner.kind else { return };
+        if sentinel.is_none() {
+            let found = client.lock().await.async_get_sentinel_client().await;
+            sentinel = match found {
+                Ok(found) => found.get_multiplexed_async_connection().await.ok(),
+                Err(err) => {
+                    tracing::debug!(error = %err, "no Sentinel answers");
+                    None
+                }
+            };
+        }
+        let Some(conn) = sentinel.as_mut() else { continue };
+        let primary: redis::RedisResult<Option<(String, u16)>> =
+            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(name).query_async(conn).await;
+        match primary {
+            Ok(Some((host, port))) => inner.saw(format!("{host}:{port}")),
+            Ok(None) => tracing::debug!(primary = %name, "the Sentinel knows no such primary"),
+            Err(err) => {
+                tracing::debug!(error = %err, "asking the Sentinel failed");
+                sentinel = None;
+            }
         }
     }
 }
