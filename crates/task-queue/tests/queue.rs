@@ -356,3 +356,34 @@ async fn without_a_spool_entries_wait_in_memory_and_land_in_order() -> anyhow::R
     task.shutdown().await;
     Ok(())
 }
+
+/// Asking for a replica's copy where there is none: every entry still lands, none is
+/// dropped, and each is counted unreplicated; after the first batch that waited in vain
+/// the producer stops waiting for `retry_interval`, so the batches behind it do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_no_replica_confirmed_land_and_are_counted_unreplicated() -> anyhow::Result<()> {
+    let server = RedisServer::start(&[]).await?;
+    let redis = TestRedis::on(server.url());
+    let mut config = producer_config(None);
+    (config.wait_replicas, config.replica_timeout) = (1, Duration::from_millis(200));
+    config.retry_interval = Duration::from_secs(60);
+    let (producer, task, metrics) = start_producer(&server.url(), &redis.prefix, config).await?;
+    for n in 0..2000 {
+        producer.publish(&job(n));
+    }
+    let key = format!("{}jobs", redis.prefix);
+    let landed = test_support::wait_for(Duration::from_secs(10), "the entries to land", || async {
+        let jobs = stream_jobs(&server.url(), &key).await.ok()?;
+        (jobs.len() >= 2000).then_some(jobs)
+    })
+    .await?;
+    assert_eq!(landed, (0..2000).collect::<Vec<_>>());
+    assert_eq!(metrics.unreplicated.with_label_values(&["jobs"]).get(), 2000);
+    assert_eq!(metrics.published.with_label_values(&["jobs"]).get(), 2000);
+    // Eight batches of 256 or more: one asked for the missing replica, the rest did not.
+    let mut conn = server.connection().await?;
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    assert!(stats.contains("cmdstat_wait:calls=1,"), "{stats}");
+    task.shutdown().await;
+    Ok(())
+}
