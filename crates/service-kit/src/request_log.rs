@@ -6,7 +6,6 @@
 //! [`RequestSink`] in the app's [`RequestLog`]. A handler that learns who is calling
 //! says so with [`Requester::attach`], and the record carries it.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "http")]
@@ -73,6 +72,8 @@ pub fn cut(text: &str, max: usize) -> String {
 
 #[cfg(feature = "http")]
 mod http {
+    use std::sync::Arc;
+
     use super::*;
 
     use actix_web::body::MessageBody;
