@@ -44,7 +44,10 @@ impl HotRedis {
                 .set_response_timeout(Some(self.reply_timeout))
                 .set_connection_timeout(Some(self.reply_timeout))
                 .set_number_of_retries(1);
-            ConnectionManager::new_with_config(self.endpoint.primary().await?, config).await
+            let open = async { ConnectionManager::new_with_config(self.endpoint.primary().await?, config).await };
+            tokio::time::timeout(self.reply_timeout, open)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection to Redis in time"))?
         })
         .await
         .cloned()

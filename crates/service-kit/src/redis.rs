@@ -74,12 +74,15 @@ impl Endpoint {
     }
 
     /// A client for the primary: the one server, or the server the Sentinels name as
-    /// primary now (checked with `ROLE`).
+    /// primary now (checked with `ROLE`; an error after 2 s without answers).
     pub async fn primary(&self) -> redis::RedisResult<redis::Client> {
         match &self.0.kind {
             Kind::Direct(client) => Ok(client.clone()),
             Kind::Sentinel { client, .. } => {
-                let primary = client.lock().await.async_get_client().await?;
+                let ask = async { client.lock().await.async_get_client().await };
+                let primary = tokio::time::timeout(SENTINEL_POLL * 2, ask).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the Sentinels or the primary")
+                })??;
                 self.0.saw(primary.get_connection_info().addr().to_string());
                 Ok(primary)
             }
@@ -122,26 +125,33 @@ async fn watch(inner: Weak<Inner>) {
         tokio::time::sleep(SENTINEL_POLL).await;
         let Some(inner) = inner.upgrade() else { return };
         let Kind::Sentinel { client, name } = &inner.kind else { return };
+        // A Sentinel that stops answering (a partition) must not hold the watch.
+        let patience = SENTINEL_POLL * 2;
         if sentinel.is_none() {
-            let found = client.lock().await.async_get_sentinel_client().await;
-            sentinel = match found {
-                Ok(found) => found.get_multiplexed_async_connection().await.ok(),
-                Err(err) => {
+            let open = async {
+                let found = client.lock().await.async_get_sentinel_client().await?;
+                found.get_multiplexed_async_connection().await
+            };
+            sentinel = match tokio::time::timeout(patience, open).await {
+                Ok(Ok(conn)) => Some(conn),
+                Ok(Err(err)) => {
                     tracing::debug!(error = %err, "no Sentinel answers");
                     None
                 }
+                Err(_) => None,
             };
         }
         let Some(conn) = sentinel.as_mut() else { continue };
-        let primary: redis::RedisResult<Option<(String, u16)>> =
-            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(name).query_async(conn).await;
-        match primary {
-            Ok(Some((host, port))) => inner.saw(format!("{host}:{port}")),
-            Ok(None) => tracing::debug!(primary = %name, "the Sentinel knows no such primary"),
-            Err(err) => {
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("GET-MASTER-ADDR-BY-NAME").arg(name);
+        match tokio::time::timeout(patience, ask.query_async(conn)).await {
+            Ok(Ok(Some::<(String, u16)>((host, port)))) => inner.saw(format!("{host}:{port}")),
+            Ok(Ok(None)) => tracing::debug!(primary = %name, "the Sentinel knows no such primary"),
+            Ok(Err(err)) => {
                 tracing::debug!(error = %err, "asking the Sentinel failed");
                 sentinel = None;
             }
+            Err(_) => sentinel = None,
         }
     }
 }
