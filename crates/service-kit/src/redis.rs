@@ -414,6 +414,26 @@ mod tests {
         Ok(())
     }
 
+    /// Sentinels that accept connections and never answer (a partition) cost a lookup
+    /// two seconds, not forever.
+    #[tokio::test]
+    async fn a_silent_sentinel_fails_the_lookup_in_bounded_time() -> anyhow::Result<()> {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = silent.local_addr()?.port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let endpoint = Endpoint::parse(&format!("redis+sentinel://127.0.0.1:{port}/queue"))?;
+        let started = std::time::Instant::now();
+        assert!(endpoint.primary().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        held.abort();
+        Ok(())
+    }
+
     #[test]
     fn bad_sentinel_urls_say_what_is_wrong() -> anyhow::Result<()> {
         let error = |url: &str| Endpoint::parse(url).err().map(|e| format!("{e:#}")).unwrap_or_default();
