@@ -1,5 +1,5 @@
-//! The queue Redis behind Sentinel: its primary is killed while calls flow, and the
-//! gateway and the log worker follow the promoted replica by themselves.
+//! Redis behind Sentinel: its primary is killed while calls flow, and the gateway,
+//! cache-service and the log worker follow the promoted replica by themselves.
 
 mod common;
 
