@@ -5,6 +5,7 @@
 //! the connection until it is there. Behind Sentinel it is opened again, to the new
 //! primary, once the endpoint sees the primary change.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,30 +13,28 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use service_kit::redis::Endpoint;
 use tokio::sync::OnceCell;
 
-/// The connection, and the endpoint's epoch it was opened for.
-type Slot = (u64, Arc<OnceCell<ConnectionManager>>);
-
 #[derive(Clone)]
 pub struct HotRedis {
     endpoint: Endpoint,
     reply_timeout: Duration,
-    conn: Arc<Mutex<Slot>>,
+    /// The endpoint's epoch the connection was opened for.
+    seen: Arc<AtomicU64>,
+    conn: Arc<Mutex<Arc<OnceCell<ConnectionManager>>>>,
 }
 
 impl HotRedis {
     pub fn new(url: &str, reply_timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self { endpoint: Endpoint::parse(url)?, reply_timeout, conn: Arc::default() })
+        Ok(Self { endpoint: Endpoint::parse(url)?, reply_timeout, seen: Arc::default(), conn: Arc::default() })
     }
 
     /// The shared connection (cheap to clone; commands on clones are pipelined).
     pub async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
-        let epoch = self.endpoint.epoch();
         let cell = match self.conn.lock() {
-            Ok(mut slot) => {
-                if slot.0 != epoch {
-                    *slot = (epoch, Arc::default());
+            Ok(mut cell) => {
+                if self.endpoint.moved_since(&self.seen) {
+                    *cell = Arc::default();
                 }
-                slot.1.clone()
+                cell.clone()
             }
             Err(_) => Arc::default(),
         };

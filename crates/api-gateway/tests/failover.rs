@@ -165,8 +165,8 @@ async fn the_primary_killed_under_twenty_thousand_calls_is_followed_and_loses_on
     let accepted = async || -> anyhow::Result<u64> {
         let mut conn = group.replica.connection().await?;
         let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:")?.trim().parse().ok())
+        service_kit::redis::info_field(&info, "total_connections_received")
+            .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("INFO stats has no total_connections_received"))
     };
     let before = accepted().await?;

@@ -311,13 +311,12 @@ async fn refresh_redis_gauges(store: &CacheStore) -> Option<String> {
         redis::cmd("INFO").arg("memory").arg("stats").query_async::<String>(&mut conn).await.ok()
     };
     let info = tokio::time::timeout(Duration::from_secs(1), info).await.ok().flatten()?;
-    let field =
-        |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_owned());
+    let field = |name: &str| service_kit::redis::info_field(&info, name);
     let number = |name: &str| field(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
     store.metrics.redis_used_memory.set(number("used_memory"));
     store.metrics.redis_maxmemory.set(number("maxmemory"));
     store.metrics.redis_evicted_keys.set(number("evicted_keys"));
-    field("maxmemory_policy")
+    field("maxmemory_policy").map(str::to_owned)
 }
 
 fn refresh_l1_gauges(store: &CacheStore) {

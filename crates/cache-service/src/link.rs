@@ -8,7 +8,7 @@
 //! fallback) and an error Redis answered with (that command failed; Redis is up).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -82,8 +82,7 @@ impl RedisLink {
     /// This thread's connection (a cheap clone), opened on first use. Requests that
     /// arrive while it opens wait for that one attempt rather than each opening their own.
     pub async fn conn(&self) -> Result<ConnectionManager, String> {
-        let epoch = self.endpoint.epoch();
-        if self.epoch.swap(epoch, Ordering::SeqCst) != epoch {
+        if self.endpoint.moved_since(&self.epoch) {
             self.reset();
         }
         let thread = std::thread::current().id();

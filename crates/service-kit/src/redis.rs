@@ -12,8 +12,8 @@
 //! Sentinel URL every new connection goes to the server the Sentinels name as primary
 //! now (and is checked to be one), pooled connections are checked to still talk to a
 //! primary each time they are handed out, and holders of long-lived connections re-open
-//! them when [`Endpoint::epoch`] moves on: after a failover a service follows the new
-//! primary by itself.
+//! them when [`Endpoint::moved_since`] says the primary moved: after a failover a
+//! service follows the new primary by itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,7 +26,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{AsyncConnectionConfig, ConnectionAddr, RedisError};
 
 /// How often an [`Endpoint`] on Sentinel asks who the primary is, once a holder of a
-/// long-lived connection follows it ([`Endpoint::epoch`]).
+/// long-lived connection follows it ([`Endpoint::moved_since`]).
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
 
 /// Where a service's Redis is (see the module documentation). Cheap to clone.
@@ -89,10 +89,9 @@ impl Endpoint {
         }
     }
 
-    /// Moves on each time the primary changes (always 0 for one server). A holder of a
-    /// long-lived connection notes it when opening and re-opens when it differs. The
-    /// first call starts asking the Sentinels every second.
-    pub fn epoch(&self) -> u64 {
+    /// Moves on each time the primary changes (always 0 for one server). The first call
+    /// starts asking the Sentinels every second.
+    fn epoch(&self) -> u64 {
         if self.is_sentinel() && !self.0.watching.swap(true, Ordering::SeqCst) {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
@@ -102,6 +101,13 @@ impl Endpoint {
             }
         }
         self.0.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether the primary moved since `seen` was last brought up to date here (by a
+    /// holder of long-lived connections, which then re-opens them); brings it up to date.
+    pub fn moved_since(&self, seen: &AtomicU64) -> bool {
+        let now = self.epoch();
+        seen.swap(now, Ordering::SeqCst) != now
     }
 }
 
@@ -261,6 +267,11 @@ impl managed::Manager for SentinelManager {
     }
 }
 
+/// The value of `name` in an `INFO` reply (its `name:value` lines), trimmed.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
 /// The first element of a `ROLE` reply: `master`, `slave` or `sentinel`.
 pub fn role_name(role: &[redis::Value]) -> Option<&str> {
     match role.first()? {
@@ -277,7 +288,6 @@ pub type PoolError = managed::PoolError<RedisError>;
 #[derive(Clone)]
 pub struct Pool {
     inner: Pools,
-    endpoint: Endpoint,
 }
 
 #[derive(Clone)]
@@ -299,10 +309,6 @@ impl Pool {
             Pools::Direct(pool) => pool.status(),
             Pools::Sentinel(pool) => pool.status(),
         }
-    }
-
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
     }
 }
 
@@ -362,11 +368,7 @@ impl ConnectionLike for Connection {
 
 /// Builds a pool of multiplexed connections to the primary `url` names.
 pub fn build_pool(url: &str, max_size: usize, reply_timeout: ReplyTimeout) -> anyhow::Result<Pool> {
-    build_pool_for(Endpoint::parse(url)?, max_size, reply_timeout)
-}
-
-/// [`build_pool`] for an endpoint already parsed (sharing its view of the primary).
-pub fn build_pool_for(endpoint: Endpoint, max_size: usize, reply_timeout: ReplyTimeout) -> anyhow::Result<Pool> {
+    let endpoint = Endpoint::parse(url)?;
     let response_timeout = match reply_timeout {
         ReplyTimeout::After(d) => Some(d),
         ReplyTimeout::Never => None,
@@ -391,14 +393,14 @@ pub fn build_pool_for(endpoint: Endpoint, max_size: usize, reply_timeout: ReplyT
             )
         }
         Kind::Sentinel { .. } => Pools::Sentinel(
-            managed::Pool::builder(SentinelManager { endpoint: endpoint.clone(), config })
+            managed::Pool::builder(SentinelManager { endpoint, config })
                 .max_size(max_size)
                 .runtime(deadpool::Runtime::Tokio1)
                 .timeouts(timeouts)
                 .build()?,
         ),
     };
-    Ok(Pool { inner, endpoint })
+    Ok(Pool { inner })
 }
 
 #[cfg(test)]

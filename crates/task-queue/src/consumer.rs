@@ -425,9 +425,8 @@ async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         }
     }
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut *conn).await?;
-    let number = |name: &str| {
-        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<i64>().ok()).unwrap_or(0)
-    };
+    let number =
+        |name: &str| service_kit::redis::info_field(&info, name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
     m.redis_used_memory.set(number("used_memory"));
     m.redis_maxmemory.set(number("maxmemory"));
     Ok(())

@@ -63,6 +63,16 @@ fn dead_redis() -> anyhow::Result<String> {
     Ok(format!("redis://127.0.0.1:{}/0", test_support::local_listener()?.local_addr()?.port()))
 }
 
+/// The jobs under `prefix` once at least `n` have landed, in stream order.
+async fn landed(url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<usize>> {
+    let key = format!("{prefix}jobs");
+    test_support::wait_for(Duration::from_secs(10), &format!("{n} entries to land"), || async {
+        let jobs = stream_jobs(url, &key).await.ok()?;
+        (jobs.len() >= n).then_some(jobs)
+    })
+    .await
+}
+
 /// The `n` fields of every entry of `stream`, in stream order.
 async fn stream_jobs(url: &str, key: &str) -> anyhow::Result<Vec<usize>> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
@@ -345,12 +355,7 @@ async fn without_a_spool_entries_wait_in_memory_and_land_in_order() -> anyhow::R
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(metrics.buffered_entries.get(), 2000, "held in memory while Redis is away");
     server.restart().await?;
-    let key = format!("{}jobs", redis.prefix);
-    let landed = test_support::wait_for(Duration::from_secs(10), "the held entries to land", || async {
-        let jobs = stream_jobs(&server.url(), &key).await.ok()?;
-        (jobs.len() >= 2000).then_some(jobs)
-    })
-    .await?;
+    let landed = landed(&server.url(), &redis.prefix, 2000).await?;
     assert_eq!(landed, (0..2000).collect::<Vec<_>>());
     assert_eq!(metrics.buffered_entries.get(), 0);
     task.shutdown().await;
@@ -371,12 +376,7 @@ async fn entries_no_replica_confirmed_land_and_are_counted_unreplicated() -> any
     for n in 0..2000 {
         producer.publish(&job(n));
     }
-    let key = format!("{}jobs", redis.prefix);
-    let landed = test_support::wait_for(Duration::from_secs(10), "the entries to land", || async {
-        let jobs = stream_jobs(&server.url(), &key).await.ok()?;
-        (jobs.len() >= 2000).then_some(jobs)
-    })
-    .await?;
+    let landed = landed(&server.url(), &redis.prefix, 2000).await?;
     assert_eq!(landed, (0..2000).collect::<Vec<_>>());
     assert_eq!(metrics.unreplicated.with_label_values(&["jobs"]).get(), 2000);
     assert_eq!(metrics.published.with_label_values(&["jobs"]).get(), 2000);

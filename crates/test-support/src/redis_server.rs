@@ -80,9 +80,8 @@ impl RedisServer {
     pub async fn limit_memory(&self, headroom: u64) -> anyhow::Result<()> {
         let mut conn = self.connection().await?;
         let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
-        let used: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        let used: u64 = service_kit::redis::info_field(&info, "used_memory")
+            .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?;
         redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + headroom).query_async::<()>(&mut conn).await?;
         Ok(())
