@@ -92,7 +92,12 @@ impl Endpoint {
     /// Moves on each time the primary changes (always 0 for one server). The first call
     /// starts asking the Sentinels every second.
     fn epoch(&self) -> u64 {
-        if self.is_sentinel() && !self.0.watching.swap(true, Ordering::SeqCst) {
+        // Read first: this runs per command on hot paths, and a swap would write a
+        // cache line every thread shares.
+        if self.is_sentinel()
+            && !self.0.watching.load(Ordering::Relaxed)
+            && !self.0.watching.swap(true, Ordering::SeqCst)
+        {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(watch(Arc::downgrade(&self.0)));
@@ -107,7 +112,7 @@ impl Endpoint {
     /// holder of long-lived connections, which then re-opens them); brings it up to date.
     pub fn moved_since(&self, seen: &AtomicU64) -> bool {
         let now = self.epoch();
-        seen.swap(now, Ordering::SeqCst) != now
+        seen.load(Ordering::SeqCst) != now && seen.swap(now, Ordering::SeqCst) != now
     }
 }
 
