@@ -540,7 +540,17 @@ impl Sender {
         }
     }
 
-    /// Runs `op` on the spool on the blocking pool (file I/O must not stall the runtime).
+    /// Shows the spool's size in its gauges. Called after the counters of what changed
+    /// it, so a scrape never sees entries in the spool that no counter has yet.
+    fn show_spool(&self) {
+        if let Some(spool) = &self.spool {
+            self.metrics().spool_entries.set(gauge(spool.entries()));
+            self.metrics().spool_bytes.set(gauge(spool.bytes()));
+        }
+    }
+
+    /// Runs `op` on the spool on the blocking pool (file I/O must not stall the runtime);
+    /// the caller then counts what it did and calls [`Sender::show_spool`].
     async fn with_spool<R: Send + 'static>(&mut self, op: impl FnOnce(&mut Spool) -> R + Send + 'static) -> Option<R> {
         let mut spool = self.spool.take()?;
         match tokio::task::spawn_blocking(move || {
@@ -550,8 +560,6 @@ impl Sender {
         .await
         {
             Ok((spool, result)) => {
-                self.metrics().spool_entries.set(gauge(spool.entries()));
-                self.metrics().spool_bytes.set(gauge(spool.bytes()));
                 self.spool = Some(spool);
                 Some(result)
             }
@@ -584,6 +592,7 @@ impl Sender {
         for e in &dropped {
             self.metrics().dropped.with_label_values(&[&e.stream, reason]).inc();
         }
+        self.show_spool();
         if !dropped.is_empty() && reason == "spool_full" {
             tracing::error!(entries = dropped.len(), "the spool is full; entries dropped");
         }
@@ -603,6 +612,7 @@ impl Sender {
         loop {
             let (max_entries, max_bytes) = (self.config.batch_max_entries.max(1) * 4, self.config.batch_max_bytes * 4);
             let chunk = self.with_spool(move |spool| spool.read_chunk(max_entries, max_bytes)).await?;
+            self.show_spool();
             let Chunk { entries, end, discarded } = match chunk {
                 Ok(chunk) => chunk,
                 Err(err) => {
@@ -642,7 +652,9 @@ impl Sender {
             }
             self.count(&self.metrics().replayed, &entries);
             self.count(&self.metrics().published, &entries);
-            match self.with_spool(move |spool| spool.commit(end)).await? {
+            let committed = self.with_spool(move |spool| spool.commit(end)).await?;
+            self.show_spool();
+            match committed {
                 Ok(()) => {}
                 Err(err) => {
                     tracing::error!(error = %err, "moving the spool's cursor failed; a chunk may be replayed twice")
