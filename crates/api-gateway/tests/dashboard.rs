@@ -42,9 +42,9 @@ async fn seeded(stack: &Stack, options: &DemoOptions) -> anyhow::Result<i64> {
     assert!(outcome.events > 0);
     stack.wait_llm_rows(i64::try_from(outcome.events)?).await?;
     let url = stack.analytics_db.url.clone();
-    test_support::wait_for(Duration::from_secs(30), "the rollups to take every call", || async {
-        let pending = test_support::query_count(&url, "SELECT count(*) AS n FROM llm_usage_pending").await.ok()?;
-        (pending == 0).then_some(())
+    test_support::wait_for(Duration::from_secs(60), "the rollups to take every call", || async {
+        let backlog = "SELECT (raw_rows + pending_rows)::int8 AS n FROM llm_usage_backlog";
+        (test_support::query_count(&url, backlog).await.ok()? == 0).then_some(())
     })
     .await?;
     // Seeding again the same day adds nothing.

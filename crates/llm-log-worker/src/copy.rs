@@ -3,8 +3,8 @@
 //! when a batch holds an event that is already stored (a redelivery after a crash) the
 //! transaction fails with a unique violation and the caller writes that batch again
 //! through the idempotent `INSERT … ON CONFLICT DO NOTHING` path. Duplicates are rare;
-//! the common case runs at the speed of COPY. The hourly rollups are added to in the same
-//! transaction (`rollup`).
+//! the common case runs at the speed of COPY. Each row carries the transaction's id
+//! (`inserted_by`), which the rollups follow (`rollup`).
 //!
 //! diesel-async has no COPY, so this path holds a plain tokio-postgres connection of
 //! its own (one per write loop), reconnecting after any connection-level failure.
@@ -66,13 +66,11 @@ impl CopyWriter {
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
-            tx.batch_execute(&limits).await.map_err(classify)?;
+            let xid = transaction_id(&tx, &limits).await?;
             let mut inserted = Inserted::default();
-            if let Some((ids, first, last)) = crate::rollup::batch_params(llm) {
-                inserted.llm_logs = copy(&tx, "llm_logs", LLM_COLUMNS, llm_csv(llm)).await?;
-                let started = std::time::Instant::now();
-                tx.execute(crate::rollup::ADD_INSERTED.as_str(), &[&ids, &first, &last]).await.map_err(classify)?;
-                inserted.rollup_time = started.elapsed();
+            if !llm.is_empty() {
+                inserted.llm_logs =
+                    copy(&tx, "llm_logs", &format!("{LLM_COLUMNS}, inserted_by"), llm_csv(llm, &xid)).await?;
             }
             if !system.is_empty() {
                 inserted.system_logs = copy(&tx, "system_logs", SYSTEM_COLUMNS, system_csv(system)).await?;
@@ -87,6 +85,18 @@ impl CopyWriter {
         }
         result
     }
+}
+
+/// Sets the transaction's limits and returns its id (assigning it), in one round trip.
+async fn transaction_id(tx: &tokio_postgres::Transaction<'_>, limits: &str) -> Result<String, CopyFailure> {
+    let replies = tx.simple_query(&format!("{limits}; SELECT pg_current_xact_id()::text")).await.map_err(classify)?;
+    replies
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| CopyFailure::Transient("no transaction id".into()))
 }
 
 async fn copy(
@@ -150,7 +160,8 @@ fn end_row(out: &mut String) {
     out.push('\n');
 }
 
-fn llm_csv(events: &[&LlmCallEvent]) -> String {
+/// The rows of `LLM_COLUMNS`, then `inserted_by` (`xid`).
+fn llm_csv(events: &[&LlmCallEvent], xid: &str) -> String {
     let mut out = String::with_capacity(events.len() * 512);
     for e in events {
         num(&mut out, Some(e.event_id));
@@ -181,6 +192,7 @@ fn llm_csv(events: &[&LlmCallEvent]) -> String {
         num(&mut out, e.cost_saved_usd.filter(|c| c.is_finite()));
         num(&mut out, e.tokens_cached_input);
         num(&mut out, e.tokens_reasoning);
+        num(&mut out, Some(xid));
         end_row(&mut out);
     }
     out

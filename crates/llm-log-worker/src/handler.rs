@@ -51,7 +51,6 @@ impl BatchHandler<LogEvent> for LogWriter {
         })?;
         let m = &self.metrics;
         m.write_seconds.observe(started.elapsed().as_secs_f64());
-        m.rollup_seconds.observe(inserted.rollup_time.as_secs_f64());
         m.rows_written.with_label_values(&["llm_logs"]).inc_by(inserted.llm_logs as u64);
         m.rows_written.with_label_values(&["system_logs"]).inc_by(inserted.system_logs as u64);
         let llm_dupes = llm.len().saturating_sub(inserted.llm_logs) as u64;

@@ -4,6 +4,7 @@
 //! acknowledges entries only after the commit.
 
 pub mod copy;
+pub mod fold;
 pub mod handler;
 pub mod legacy;
 pub mod metrics;
@@ -90,7 +91,12 @@ pub async fn run(
     let server = tokio::spawn(server);
     let partitions =
         tokio::spawn(keep_partitions_ahead(writer.clone(), settings.partition_check_interval, shutdown.clone()));
-    let rollups = tokio::spawn(keep_rollups_compact(pool.clone(), settings.rollup_interval, shutdown.clone()));
+    let rollups = tokio::spawn(keep_rollups_current(
+        rollup::Folder::new(analytics_url.expose()),
+        settings.rollup_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let retention = tokio::spawn(keep_retention(pool.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
 
     let consumer = Consumer::<LogEvent>::new(redis, keys, settings.consumer.clone(), queue_metrics);
@@ -111,21 +117,42 @@ pub async fn run(
     result
 }
 
-/// Folds pending rollup rows into the hourly rollups every `every`, and once more when
-/// asked to stop (what is still pending after that waits for any other worker).
-async fn keep_rollups_compact(pool: service_kit::db::PgPool, every: Duration, mut shutdown: watch::Receiver<bool>) {
+/// Folds the committed raw rows into the hourly rollups every `every` (at once again
+/// while a backlog is folded step by step), and once more when asked to stop (what
+/// is left after that waits for any other worker, or this one's restart).
+async fn keep_rollups_current(
+    mut folder: rollup::Folder,
+    every: Duration,
+    metrics: WorkerMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut more = false;
     loop {
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(every) => false,
-            _ = shutdown.wait_for(|s| *s) => true,
+        let stopping = if more {
+            *shutdown.borrow()
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(every) => false,
+                _ = shutdown.wait_for(|s| *s) => true,
+            }
         };
-        let folded = async {
-            let mut conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            anyhow::Ok(rollup::compact(&mut conn).await?)
+        let started = std::time::Instant::now();
+        let step = async {
+            let step = folder.step().await?;
+            anyhow::Ok((step, folder.backlog().await?))
         }
         .await;
-        if let Err(err) = folded {
-            tracing::warn!(error = %err, "folding the pending rollups failed, will retry");
+        more = false;
+        match step {
+            Ok((step, backlog)) => {
+                if step.calls > 0 || step.more {
+                    metrics.rollup_step_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.rollup_calls.inc_by(step.calls);
+                }
+                metrics.rollup_backlog_rows.set(backlog);
+                more = step.more;
+            }
+            Err(err) => tracing::warn!(error = %err, "folding raw rows into the rollups failed, will retry"),
         }
         if stopping {
             return;

@@ -176,13 +176,21 @@ async fn main() -> anyhow::Result<()> {
                 llm_log_worker::writer::AnalyticsWriter::new(pool, settings.lock_timeout, settings.statement_timeout);
             let mut copy =
                 llm_log_worker::copy::CopyWriter::new(url.expose(), settings.lock_timeout, settings.statement_timeout);
+            let mut folder = llm_log_worker::rollup::Folder::new(url.expose());
             let started = std::time::Instant::now();
-            let outcome =
-                llm_log_worker::legacy::move_rows(&mut main, &mut analytics, &writer, &mut copy, batch, |o, rate| {
+            let outcome = llm_log_worker::legacy::move_rows(
+                &mut main,
+                &mut analytics,
+                &writer,
+                &mut copy,
+                &mut folder,
+                batch,
+                |o, rate| {
                     let share = if o.total > 0 { 100.0 * o.moved.min(o.total) as f64 / o.total as f64 } else { 100.0 };
                     eprint!("\rmoving legacy LLM rows: {}/{} ({share:.1} %), {rate:.0} rows/s   ", o.moved, o.total);
-                })
-                .await?;
+                },
+            )
+            .await?;
             eprintln!();
             println!(
                 "{} old rows read, {} calls inserted by this run, {} moved in all, last old id {}, in {:.1} s",

@@ -1,7 +1,7 @@
 //! The worker's own metrics, under `headhunter_log_worker_` (the consumer runtime's
 //! `queue_*` metrics sit beside them in the same registry).
 
-use prometheus::{Histogram, IntCounterVec, IntGauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 service_kit::metrics! {
     pub struct WorkerMetrics {
@@ -12,12 +12,18 @@ service_kit::metrics! {
         /// Batches written by INSERT instead of COPY, by reason: duplicate (a redelivered
         /// row was already stored) or rejected (the database refused a row).
         copy_fallbacks: IntCounterVec = "copy_fallbacks_total" ["reason"],
-        /// Seconds a batch's write took (partitions, COPY or INSERT, rollups, commit).
+        /// Seconds a batch's write took (partitions, COPY or INSERT, commit).
         write_seconds: Histogram = "write_seconds"
             buckets [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-        /// Of that, seconds spent adding the batch to the hourly rollups.
-        rollup_seconds: Histogram = "rollup_seconds"
-            buckets [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        /// Seconds a step folding raw rows into the hourly rollups took (this worker's
+        /// steps; one worker folds at a time).
+        rollup_step_seconds: Histogram = "rollup_step_seconds"
+            buckets [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        /// Calls this worker folded into the hourly rollups.
+        rollup_calls: IntCounter = "rollup_calls_total",
+        /// Raw rows committed but not yet in the rollups, after this worker's last step
+        /// (grows when folding falls behind or a long transaction holds it back).
+        rollup_backlog_rows: IntGauge = "rollup_backlog_rows",
         /// Months after the current one whose raw partitions exist for both tables (1:
         /// next month is ready; 0 or -1: partition upkeep is failing).
         partition_months_ahead: IntGauge = "partition_months_ahead",

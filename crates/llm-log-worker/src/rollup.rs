@@ -4,23 +4,25 @@
 //! company, company and model, company and action, company and user), see the
 //! analytics migrations that create them.
 //!
-//! Kept current by the write paths themselves: after a batch's rows are inserted, the
-//! same transaction aggregates the rows *that transaction inserted* (`xmin` is its id)
-//! into `llm_usage_pending`, which has no keys, so concurrent batches never wait on one
-//! another's rollup rows. [`compact`] (one worker at a time, under an advisory lock)
-//! moves pending rows into all of them, adding them up. A redelivered event was
-//! not inserted, so it adds nothing; a batch that rolls back adds nothing; a late event
-//! adds to its own (old) hour. [`rebuild`] recomputes a range from the raw rows, for
+//! They follow the raw rows: every write path stores its transaction id in
+//! `llm_logs.inserted_by`, and [`Folder`] (one worker at a time, under an advisory
+//! lock) folds the rows between the watermark and the oldest transaction still running
+//! into all of them, then moves the watermark. No row can appear below the watermark
+//! later, so each inserted row is counted once: a redelivered event was not inserted,
+//! a batch that rolled back left no row, a batch that commits late is folded by a later
+//! step, a late event adds to its own (old) hour. The batches themselves do no rollup
+//! work. [`rebuild`] recomputes a range from the raw rows below the watermark, for
 //! after a repricing or to check the incremental figures; both use the one aggregate
 //! below.
 
 use std::sync::LazyLock;
 
+pub use crate::fold::{Compacted, Folder, STEP_ROWS};
+
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common_models::events::LlmCallEvent;
 use common_models::usage::{GRAIN_KEYS, GRAINS, histogram_add_sql, histogram_sum_sql};
 use diesel::sql_query;
-use diesel::sql_types::{Array, Text};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 /// The rollup's columns, in the order the aggregate yields them.
@@ -41,22 +43,9 @@ fn usage_of(filter: &str) -> String {
     )
 }
 
-/// Adds the rows the current transaction inserted among events `$1` (text uuids), whose
-/// `created_at` lie in [`$2`, `$3`] (which prunes the partitions searched), to the
-/// pending rollups.
-pub static ADD_INSERTED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO llm_usage_pending ({USAGE_COLUMNS}) {}",
-        usage_of(
-            "event_id = ANY($1::text[]::uuid[]) AND created_at BETWEEN $2::text::timestamptz AND \
-             $3::text::timestamptz AND xmin = pg_current_xact_id()::xid"
-        )
-    )
-});
-
 /// The keys of `llm_usage_hourly`, and of its coarser grain `llm_usage_hourly_models`.
-const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
-const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
+pub(crate) const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
+pub(crate) const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
 
 /// Where [`add_to`] adds: a rollup table summed per its keys, or every grain of
 /// `llm_usage_hourly_grains` at once.
@@ -117,8 +106,15 @@ fn add_to(target: Target, source: &str) -> String {
          SELECT {select}, sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), \
            sum(tokens_output), sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), \
            sum(latency_ms_sum), sum(tokens_cached_input), sum(tokens_reasoning), {latency}, {ttft} \
-         FROM {source} GROUP BY {group_by} \
-         ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
+         FROM {source} GROUP BY {group_by} {}",
+        on_conflict(constraint, errors, &add_latency, &add_ttft),
+    )
+}
+
+/// The upsert's `ON CONFLICT` clause: an existing key's figures added to.
+pub(crate) fn on_conflict(constraint: &str, errors: &str, add_latency: &str, add_ttft: &str) -> String {
+    format!(
+        "ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
            calls_without_usage = t.calls_without_usage + EXCLUDED.calls_without_usage, \
            unpriced_calls = t.unpriced_calls + EXCLUDED.unpriced_calls, \
            tokens_input = t.tokens_input + EXCLUDED.tokens_input, \
@@ -129,7 +125,7 @@ fn add_to(target: Target, source: &str) -> String {
            latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
            tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
            tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
-           latency_ms_histogram = {add_latency}, ttft_ms_histogram = {add_ttft}",
+           latency_ms_histogram = {add_latency}, ttft_ms_histogram = {add_ttft}"
     )
 }
 
@@ -137,17 +133,13 @@ const FINE: Target = Target::Table { table: "llm_usage_hourly", keys: FINE_KEYS,
 const COARSE: Target =
     Target::Table { table: "llm_usage_hourly_models", keys: COARSE_KEYS, constraint: "llm_usage_hourly_models_key" };
 
-/// Moves every committed pending row into `llm_usage_hourly`, its coarser grain
-/// `llm_usage_hourly_models` and the small grains, adding it to its hour's rows, in
-/// one statement; does
-/// nothing while another session compacts (the advisory lock is held to the end of
-/// this statement's transaction). [`compact`] locks the tables first, in
-/// [`LOCK_ORDER`].
-static COMPACT: LazyLock<String> = LazyLock::new(|| {
+/// Moves every pending row (added by the write paths of the version before the
+/// watermark) into the rollups; returns the calls moved.
+pub(crate) static FOLD_PENDING: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH turn AS (SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact')) AS mine), \
-         moved AS (DELETE FROM llm_usage_pending WHERE (SELECT mine FROM turn) RETURNING *), \
-         fine AS ({} RETURNING 1), grains AS ({} RETURNING 1) {}",
+        "WITH moved AS (DELETE FROM llm_usage_pending RETURNING *), fine AS ({} RETURNING 1), \
+         grains AS ({} RETURNING 1), coarse AS ({} RETURNING 1) \
+         SELECT coalesce(sum(calls), 0)::int8 FROM moved",
         add_to(FINE, "moved"),
         add_to(Target::Grains, "moved"),
         add_to(COARSE, "moved")
@@ -155,23 +147,17 @@ static COMPACT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The rollup tables, in the one order every writer of several takes them
-/// ([`compact`] and [`rebuild`]), so that none deadlocks another.
-const LOCK_ORDER: &str = "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains";
-
-/// Folds the pending rollups into the hourly rollups; returns the coarse rows written
-/// (0 as well when another worker holds the turn).
-pub async fn compact(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
-    conn.transaction(async |conn| {
-        conn.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
-        sql_query(COMPACT.as_str()).execute(conn).await
-    })
-    .await
-}
+/// ([`Folder::step`](crate::fold::Folder::step) and [`rebuild`]), so that none deadlocks another.
+pub(crate) const LOCK_ORDER: &str =
+    "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains";
 
 static REBUILD_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO llm_usage_hourly ({USAGE_COLUMNS}) {}",
-        usage_of("created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz")
+        usage_of(
+            "created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz AND \
+             (inserted_by IS NULL OR inserted_by < (SELECT rolled_up_to FROM llm_usage_watermark))"
+        )
     )
 });
 
@@ -182,28 +168,9 @@ static REBUILD_COARSE: LazyLock<[String; 2]> = LazyLock::new(|| {
     [add_to(COARSE, source), add_to(Target::Grains, source)]
 });
 
-/// The parameters of [`ADD_INSERTED`] for a batch: event ids and the batch's time span.
-pub fn batch_params(events: &[&LlmCallEvent]) -> Option<(Vec<String>, String, String)> {
-    let first = events.iter().map(|e| e.created_at).min()?;
-    let last = events.iter().map(|e| e.created_at).max()?;
-    Some((events.iter().map(|e| e.event_id.to_string()).collect(), sql_time(first), sql_time(last)))
-}
-
 /// A timestamp as PostgreSQL reads it back exactly (microseconds, UTC).
 pub fn sql_time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-/// Adds what the current transaction inserted among `events` to the pending rollups.
-pub async fn add_inserted(conn: &mut AsyncPgConnection, events: &[&LlmCallEvent]) -> diesel::QueryResult<()> {
-    let Some((ids, first, last)) = batch_params(events) else { return Ok(()) };
-    sql_query(ADD_INSERTED.as_str())
-        .bind::<Array<Text>, _>(ids)
-        .bind::<Text, _>(first)
-        .bind::<Text, _>(last)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// The whole UTC hours covering [`from`, `to`).

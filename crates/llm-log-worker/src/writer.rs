@@ -35,8 +35,6 @@ pub enum WriteError {
 pub struct Inserted {
     pub llm_logs: usize,
     pub system_logs: usize,
-    /// Time spent adding the inserted rows to the hourly rollups.
-    pub rollup_time: Duration,
 }
 
 pub struct AnalyticsWriter {
@@ -91,9 +89,6 @@ impl AnalyticsWriter {
             let mut inserted = Inserted::default();
             if let Some(rows) = llm_rows {
                 inserted.llm_logs = rows.insert(conn).await?;
-                let started = std::time::Instant::now();
-                crate::rollup::add_inserted(conn, llm).await?;
-                inserted.rollup_time = started.elapsed();
             }
             if let Some(rows) = system_rows {
                 inserted.system_logs = rows.insert(conn).await?;
@@ -231,10 +226,11 @@ macro_rules! llm_columns {
 }
 pub const LLM_COLUMNS: &str = llm_columns!();
 
+/// Each row carries the transaction's id (`inserted_by`), which the rollups follow.
 const INSERT_LLM_LOGS: &str = concat!(
     "INSERT INTO llm_logs (",
     llm_columns!(),
-    ") SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+    ", inserted_by) SELECT *, pg_current_xact_id() FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
      $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::float8[], \
      $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[], $21::text[], $22::jsonb[], \
      $23::text[], $24::text[], $25::bool[], $26::float8[], $27::int4[], $28::int4[]) ON CONFLICT DO NOTHING"

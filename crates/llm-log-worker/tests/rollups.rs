@@ -87,8 +87,9 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
     })
     .await?;
     assert_eq!(db.counts("llm_logs").await?, (600, 600));
-    test_support::wait_for(Duration::from_secs(10), "the pending rollups to be folded", || async {
-        (number(&db, "SELECT count(*) AS n FROM llm_usage_pending").await.ok()? == 0).then_some(())
+    test_support::wait_for(Duration::from_secs(60), "the rollups to take every row", || async {
+        (number(&db, "SELECT (raw_rows + pending_rows)::int8 AS n FROM llm_usage_backlog").await.ok()? == 0)
+            .then_some(())
     })
     .await?;
 
@@ -162,6 +163,88 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
         assert_eq!(snapshot(&db).await?, incremental, "the rebuild differs from the incremental rollups");
     }
     worker.stop().await
+}
+
+/// Raw rows as a writer's batch stores them (its transaction id in `inserted_by`), `n`
+/// of them, in a transaction `conn` leaves open.
+async fn open_batch(conn: &mut diesel_async::AsyncPgConnection, company: i64, n: i64) -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute(&format!(
+        "BEGIN; INSERT INTO llm_logs (event_id, created_at, action, company_id, model, usage_reported, tokens_input, \
+           tokens_output, cost_usd, latency_ms, inserted_by) \
+         SELECT gen_random_uuid(), now() - i * interval '1 second', 'chat', {company}, 'gpt-4o-mini', true, 100, 10, \
+           0.0001, 100 + i, pg_current_xact_id() FROM generate_series(1, {n}) AS i"
+    ))
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    use llm_log_worker::rollup;
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let pool = service_kit::db::build_pool(&db.url, "rollup-test", 2)?;
+    let writer = llm_log_worker::writer::AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(30));
+    let calls = "SELECT coalesce(sum(calls), 0)::int8 AS n FROM llm_usage_hourly";
+    let raw_backlog = "SELECT raw_rows AS n FROM llm_usage_backlog";
+    let write = async |range: std::ops::Range<usize>| {
+        let events: Vec<_> = range.map(llm_event).collect();
+        let refs: Vec<_> = events.iter().collect();
+        writer.write(&refs, &[]).await
+    };
+    let mut conn = db.connect().await?;
+    let mut folder = rollup::Folder::new(&db.url);
+
+    // Folded as usual.
+    write(0..100).await?;
+    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert_eq!(number(&db, calls).await?, 100);
+
+    // A slow batch and a doomed one stay open while a later batch commits: the later
+    // rows wait (nothing past the open batches is folded), and a rebuild meanwhile
+    // leaves them to the folding too.
+    let (mut late, mut doomed) = (db.connect().await?, db.connect().await?);
+    open_batch(&mut late, 7007, 50).await?;
+    open_batch(&mut doomed, 8008, 30).await?;
+    write(100..320).await?;
+    folder.step_all().await?;
+    assert_eq!(number(&db, calls).await?, 100, "rows past an open batch were folded");
+    assert_eq!(number(&db, raw_backlog).await?, 220);
+    let (from, to) = (Utc::now() - TimeDelta::days(1), Utc::now() + TimeDelta::hours(1));
+    rollup::rebuild(&mut conn, from, to, |_, _| {}).await?;
+    assert_eq!(number(&db, calls).await?, 100, "the rebuild took rows the folding will take");
+
+    doomed.batch_execute("ROLLBACK").await?;
+    late.batch_execute("COMMIT").await?;
+    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert_eq!(number(&db, calls).await?, 370);
+    assert_eq!(number(&db, "SELECT sum(calls)::int8 AS n FROM llm_usage_hourly WHERE company_id = 7007").await?, 50);
+    assert_eq!(number(&db, "SELECT count(*) AS n FROM llm_usage_hourly WHERE company_id = 8008").await?, 0);
+
+    // Rows of the previous version's writers (no transaction id, their figures added to
+    // llm_usage_pending by the batch) are counted once too.
+    conn.batch_execute(&format!(
+        "INSERT INTO llm_logs (event_id, created_at, action, company_id, model, usage_reported, latency_ms) \
+         SELECT gen_random_uuid(), now(), 'chat', 9009, 'gpt-4o', false, 50 FROM generate_series(1, 10); \
+         INSERT INTO llm_usage_pending (hour, company_id, user_id, interview_id, action, model, error_type, calls, \
+           calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, cost_saved_usd, \
+           streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, latency_ms_histogram, \
+           ttft_ms_histogram) \
+         SELECT date_trunc('hour', created_at, 'UTC'), company_id, user_id, interview_id, action, model, error_type, \
+           {}, llm_histogram(latency_ms), llm_histogram(time_to_first_token_ms) \
+         FROM llm_logs WHERE company_id = 9009 GROUP BY 1, 2, 3, 4, 5, 6, 7",
+        common_models::llm_usage_sums!()
+    ))
+    .await?;
+    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert_eq!(number(&db, calls).await?, 380);
+
+    // And all of it equals a rebuild from the raw rows.
+    let folded = snapshot(&db).await?;
+    rollup::rebuild(&mut conn, from, to, |_, _| {}).await?;
+    assert_eq!(snapshot(&db).await?, folded, "the rebuild differs from the folded rollups");
+    Ok(())
 }
 
 #[tokio::test]
