@@ -137,22 +137,24 @@ async fn keep_rollups_current(
             }
         };
         let started = std::time::Instant::now();
-        let step = async {
-            let step = folder.step().await?;
-            anyhow::Ok((step, folder.backlog().await?))
-        }
-        .await;
+        let step = folder.step().await;
         more = false;
         match step {
-            Ok((step, backlog)) => {
+            Ok(step) => {
                 if step.calls > 0 || step.more {
                     metrics.rollup_step_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.rollup_calls.inc_by(step.calls);
                 }
-                metrics.rollup_backlog_rows.set(backlog);
                 more = step.more;
             }
-            Err(err) => tracing::warn!(error = %err, "folding raw rows into the rollups failed, will retry"),
+            Err(err) => {
+                metrics.rollup_step_failures.inc();
+                tracing::warn!(error = %err, "folding raw rows into the rollups failed, will retry");
+            }
+        }
+        match folder.backlog().await {
+            Ok(rows) => metrics.rollup_backlog_rows.set(rows),
+            Err(err) => tracing::warn!(error = %err, "reading the rollup backlog failed"),
         }
         if stopping {
             return;

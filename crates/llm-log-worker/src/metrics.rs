@@ -21,6 +21,8 @@ service_kit::metrics! {
             buckets [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
         /// Calls this worker folded into the hourly rollups.
         rollup_calls: IntCounter = "rollup_calls_total",
+        /// Folding steps that failed (the reason is in the worker's log).
+        rollup_step_failures: IntCounter = "rollup_step_failures_total",
         /// Raw rows committed but not yet in the rollups, after this worker's last step
         /// (grows when folding falls behind or a long transaction holds it back).
         rollup_backlog_rows: IntGauge = "rollup_backlog_rows",

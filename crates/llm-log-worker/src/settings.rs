@@ -40,7 +40,8 @@ pub struct WorkerSettings {
     /// How often this month's and next month's partitions are checked.
     #[serde(deserialize_with = "duration")]
     pub partition_check_interval: Duration,
-    /// How often pending rollup rows are folded into the hourly rollups.
+    /// How often committed raw rows are folded into the hourly rollups (at once again
+    /// while a backlog is folded in steps).
     #[serde(deserialize_with = "duration")]
     pub rollup_interval: Duration,
     /// Raw partitions whose whole month is older than this are dropped; 0: kept forever.

@@ -296,3 +296,19 @@ async fn rust_and_sql_agree_on_every_latency_bucket() -> anyhow::Result<()> {
     assert_eq!(rust(i32::MAX), common_models::usage::HISTOGRAM_BUCKETS as i32);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watermark_from_another_cluster_stops_the_folding_and_says_why() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let mut conn = db.connect().await?;
+    conn.batch_execute("UPDATE llm_usage_watermark SET rolled_up_to = '9000000000000000000'").await?;
+    let refused = llm_log_worker::rollup::Folder::new(&db.url).step().await;
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("restored into another cluster"), "{why}");
+    assert_eq!(
+        number(&db, "SELECT rolled_up_to::text::int8 AS n FROM llm_usage_watermark").await?,
+        9_000_000_000_000_000_000
+    );
+    Ok(())
+}
