@@ -187,9 +187,10 @@ pub fn whole_hours(from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, Da
 /// Recomputes the rollup rows of the whole UTC hours covering [`from`, `to`) from the
 /// raw rows, one day per transaction, calling `progress(done, total)` after each day.
 /// Safe to re-run and to run while workers write: each day's transaction locks the
-/// rollup tables against concurrent additions (they wait, then add on top), and drops
-/// the range's pending rows with its hourly rows, so no batch is counted twice or lost.
-/// Returns the rollup rows written.
+/// rollup tables (the fold waits), counts only the raw rows below the watermark (rows
+/// past it are the fold's, which adds them on top afterwards) and drops the range's
+/// pending rows with its hourly rows, so no batch is counted twice or lost. Returns
+/// the rollup rows written.
 pub async fn rebuild(
     conn: &mut AsyncPgConnection,
     from: DateTime<Utc>,
