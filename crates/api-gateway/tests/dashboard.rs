@@ -42,7 +42,7 @@ async fn seeded(stack: &Stack, options: &DemoOptions) -> anyhow::Result<i64> {
     assert!(outcome.events > 0);
     stack.wait_llm_rows(i64::try_from(outcome.events)?).await?;
     let url = stack.analytics_db.url.clone();
-    test_support::wait_for(Duration::from_secs(60), "the rollups to take every call", || async {
+    test_support::wait_for(Duration::from_secs(120), "the rollups to take every call", || async {
         let backlog = "SELECT (raw_rows + pending_rows)::int8 AS n FROM llm_usage_backlog";
         (test_support::query_count(&url, backlog).await.ok()? == 0).then_some(())
     })

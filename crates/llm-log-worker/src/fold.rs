@@ -197,8 +197,10 @@ pub fn format_cost(units: i128) -> String {
 }
 
 /// Raw rows one [`Folder::step`] folds at most (a backlog after an outage is folded
-/// in steps of about this size, each its own transaction).
-pub const STEP_ROWS: i64 = 200_000;
+/// in steps of about this size, each its own transaction). A step's transaction holds
+/// every other fold in the cluster back while it writes its sums, so steps stay short
+/// (a 200,000-row step of a debug build's legacy move held the others back for 27 s).
+pub const STEP_ROWS: i64 = 100_000;
 
 /// What the rollups keep of the raw rows whose writer's transaction id lies in [`$1`,
 /// `$2`) (text).
@@ -333,6 +335,10 @@ impl Folder {
         let client = self.client().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
+        // The advisory lock makes this the only fold; the table locks keep rebuilds
+        // out. Nothing here writes until the rows are read and summed, so this
+        // transaction holds back other folds in the cluster (its id below their
+        // snapshots' xmin) only while it writes.
         let mine: bool =
             tx.query_one("SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact'))", &[]).await?.try_get(0)?;
         if !mine {
@@ -341,7 +347,7 @@ impl Folder {
         let mark = tx
             .query_one(
                 "SELECT rolled_up_to::text, pg_snapshot_xmin(pg_current_snapshot())::text, \
-                   rolled_up_to > pg_snapshot_xmin(pg_current_snapshot()) FROM llm_usage_watermark FOR UPDATE",
+                   rolled_up_to > pg_snapshot_xmin(pg_current_snapshot()) FROM llm_usage_watermark",
                 &[],
             )
             .await?;

@@ -144,7 +144,7 @@ async fn a_price_correction_changes_the_corrected_calls_and_their_rollups_and_no
     }
     let mut conn = db.connect().await?;
     let mut folder = llm_log_worker::rollup::Folder::new(&db.url);
-    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
 
     // The price file an operator writes: gpt-4o was overcharged from Oct 11 (a new entry
     // from that day), local-llama has a price from Oct 12; gpt-4o-mini's is unchanged.

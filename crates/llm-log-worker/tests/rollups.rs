@@ -87,7 +87,7 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
     })
     .await?;
     assert_eq!(db.counts("llm_logs").await?, (600, 600));
-    test_support::wait_for(Duration::from_secs(60), "the rollups to take every row", || async {
+    test_support::wait_for(Duration::from_secs(120), "the rollups to take every row", || async {
         (number(&db, "SELECT (raw_rows + pending_rows)::int8 AS n FROM llm_usage_backlog").await.ok()? == 0)
             .then_some(())
     })
@@ -198,7 +198,7 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
 
     // Folded as usual.
     write(0..100).await?;
-    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
     assert_eq!(number(&db, calls).await?, 100);
 
     // A slow batch and a doomed one stay open while a later batch commits: the later
@@ -217,7 +217,7 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
 
     doomed.batch_execute("ROLLBACK").await?;
     late.batch_execute("COMMIT").await?;
-    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
     assert_eq!(number(&db, calls).await?, 370);
     assert_eq!(number(&db, "SELECT sum(calls)::int8 AS n FROM llm_usage_hourly WHERE company_id = 7007").await?, 50);
     assert_eq!(number(&db, "SELECT count(*) AS n FROM llm_usage_hourly WHERE company_id = 8008").await?, 0);
@@ -237,7 +237,7 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
         common_models::llm_usage_sums!()
     ))
     .await?;
-    assert!(folder.catch_up(Duration::from_secs(60)).await?, "the rollups lag");
+    assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
     assert_eq!(number(&db, calls).await?, 380);
 
     // And all of it equals a rebuild from the raw rows.
