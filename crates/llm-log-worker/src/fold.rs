@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::UNIX_EPOCH;
 
-use common_models::usage::{GRAIN_KEYS, GRAINS, HISTOGRAM_BUCKETS, histogram_add_sql, histogram_bucket};
+use common_models::usage::{GRAINS, HISTOGRAM_BUCKETS, histogram_bucket};
 use futures_util::TryStreamExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use crate::rollup::{COARSE_KEYS, FINE_KEYS, FOLD_PENDING, LOCK_ORDER, on_conflict};
+use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add_grouped};
 
 /// Digits after the point of the cost columns (`NUMERIC(16, 10)` raw, `(24, 10)` rolled up).
 const COST_SCALE: u32 = 10;
@@ -82,15 +82,6 @@ impl Histogram {
             Some((_, n)) => *n += 1,
             None => self.0.push((bucket, 1)),
         }
-    }
-
-    /// The count of 1-based bucket `k`.
-    pub fn get(&self, k: usize) -> i64 {
-        self.0.iter().find(|(b, _)| usize::from(*b) == k).map_or(0, |(_, n)| *n)
-    }
-
-    pub fn total(&self) -> i64 {
-        self.0.iter().map(|(_, n)| n).sum()
     }
 
     /// Every bucket's count, in order.
@@ -225,10 +216,7 @@ static STAGING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The figures' columns, as staged and as read into the rollups.
-const FIGURES: &str = "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, \
-    cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, latency_ms_histogram, \
-    ttft_ms_histogram";
+/// [`FIGURES`] as the upserts read them from the staging tables.
 const FIGURES_READ: &str = "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, \
     cost_usd::numeric, cache_hits, cost_saved_usd::numeric, streaming_calls, latency_ms_sum, tokens_cached_input, \
     tokens_reasoning, latency_ms_histogram, ttft_ms_histogram";
@@ -254,31 +242,10 @@ const FIGURE_TYPES: [Type; 14] = [
 /// The statements adding each staging table to its rollup table (one row per key
 /// already, so no grouping): fine, coarse, grains.
 static UPSERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
-    let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
-    let add_or_null = |column: &str| format!("CASE WHEN t.{column} IS NULL THEN NULL ELSE {} END", add(column));
-    let upsert = |table: &str, staging: &str, keys: &str, conflict: String| {
-        format!("INSERT INTO {table} AS t ({keys}, {FIGURES}) SELECT {keys}, {FIGURES_READ} FROM {staging} {conflict}")
-    };
-    let (latency, ttft) = (add("latency_ms_histogram"), add("ttft_ms_histogram"));
     [
-        upsert("llm_usage_hourly", "fold_fine", FINE_KEYS, on_conflict("llm_usage_hourly_key", "", &latency, &ttft)),
-        upsert(
-            "llm_usage_hourly_models",
-            "fold_coarse",
-            COARSE_KEYS,
-            on_conflict("llm_usage_hourly_models_key", "", &latency, &ttft),
-        ),
-        upsert(
-            "llm_usage_hourly_grains",
-            "fold_grains",
-            &format!("grain, hour, {}, errors", GRAIN_KEYS.join(", ")),
-            on_conflict(
-                "llm_usage_hourly_grains_key",
-                "errors = t.errors + EXCLUDED.errors, ",
-                &add_or_null("latency_ms_histogram"),
-                &add_or_null("ttft_ms_histogram"),
-            ),
-        ),
+        add_grouped(FINE, "fold_fine", FIGURES_READ),
+        add_grouped(COARSE, "fold_coarse", FIGURES_READ),
+        add_grouped(Target::Grains, "fold_grains", FIGURES_READ),
     ]
 });
 
@@ -440,7 +407,7 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
 
     let writer = open(
         "fold_fine",
-        FINE_KEYS,
+        &FINE.key_columns(),
         &[Type::TIMESTAMPTZ, Type::INT8, Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
     )
     .await?;
@@ -452,8 +419,12 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
     }
     writer.finish().await?;
 
-    let writer =
-        open("fold_coarse", COARSE_KEYS, &[Type::TIMESTAMPTZ, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT]).await?;
+    let writer = open(
+        "fold_coarse",
+        &COARSE.key_columns(),
+        &[Type::TIMESTAMPTZ, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+    )
+    .await?;
     futures_util::pin_mut!(writer);
     for ((at, company, action, model, error), sums) in &fold.coarse {
         let figures = Figures::of(sums, true);
@@ -462,10 +433,9 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
     }
     writer.finish().await?;
 
-    let grain_keys = format!("grain, hour, {}, errors", GRAIN_KEYS.join(", "));
     let writer = open(
         "fold_grains",
-        &grain_keys,
+        &Target::Grains.key_columns(),
         &[Type::INT2, Type::TIMESTAMPTZ, Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
     )
     .await?;
@@ -590,7 +560,7 @@ mod tests {
         assert_eq!((fold.calls, fold.fine.len(), fold.coarse.len(), fold.grains.len()), (2, 1, 1, GRAINS.len()));
         let sums = fold.fine.values().next().cloned().unwrap_or_default();
         assert_eq!((sums.calls, sums.errors, sums.calls_without_usage, sums.unpriced_calls), (2, 2, 2, 2));
-        assert_eq!((sums.latency.get(1), sums.ttft.total()), (2, 0));
+        assert_eq!((sums.latency.dense()[0], sums.ttft.dense().iter().sum::<i64>()), (2, 0));
         let per_user = GRAINS.iter().find(|g| !g.histograms).map(|g| g.id());
         let user_key = fold.grains.keys().find(|k| Some(k.0) == per_user).cloned();
         assert_eq!(user_key, per_user.map(|id| (id, 1_764_000_000, Some(3), Some(9), None, None)));

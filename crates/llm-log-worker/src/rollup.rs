@@ -44,14 +44,70 @@ fn usage_of(filter: &str) -> String {
 }
 
 /// The keys of `llm_usage_hourly`, and of its coarser grain `llm_usage_hourly_models`.
-pub(crate) const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
-pub(crate) const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
+const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
+const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
 
 /// Where [`add_to`] adds: a rollup table summed per its keys, or every grain of
 /// `llm_usage_hourly_grains` at once.
-enum Target {
+pub(crate) enum Target {
     Table { table: &'static str, keys: &'static str, constraint: &'static str },
     Grains,
+}
+
+/// The figures of every rollup table, after its keys.
+pub(crate) const FIGURES: &str = "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, \
+    cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, \
+    latency_ms_histogram, ttft_ms_histogram";
+
+impl Target {
+    fn table(&self) -> &'static str {
+        match self {
+            Target::Table { table, .. } => table,
+            Target::Grains => "llm_usage_hourly_grains",
+        }
+    }
+
+    /// The columns before [`FIGURES`]: the keys (for the grains, the grain, its keys and
+    /// the error count).
+    pub(crate) fn key_columns(&self) -> String {
+        match self {
+            Target::Table { keys, .. } => (*keys).to_owned(),
+            Target::Grains => format!("grain, hour, {}, errors", GRAIN_KEYS.join(", ")),
+        }
+    }
+
+    /// The upsert's `ON CONFLICT` clause: an existing key's figures added to
+    /// (histograms element by element; a grain without them stays without).
+    fn on_conflict(&self) -> String {
+        let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
+        let (constraint, errors, [latency, ttft]) = match self {
+            Target::Table { constraint, .. } => {
+                (*constraint, "", [add("latency_ms_histogram"), add("ttft_ms_histogram")])
+            }
+            Target::Grains => {
+                let add = |column: &str| format!("CASE WHEN t.{column} IS NULL THEN NULL ELSE {} END", add(column));
+                (
+                    "llm_usage_hourly_grains_key",
+                    "errors = t.errors + EXCLUDED.errors, ",
+                    [add("latency_ms_histogram"), add("ttft_ms_histogram")],
+                )
+            }
+        };
+        format!(
+            "ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
+               calls_without_usage = t.calls_without_usage + EXCLUDED.calls_without_usage, \
+               unpriced_calls = t.unpriced_calls + EXCLUDED.unpriced_calls, \
+               tokens_input = t.tokens_input + EXCLUDED.tokens_input, \
+               tokens_output = t.tokens_output + EXCLUDED.tokens_output, \
+               cost_usd = t.cost_usd + EXCLUDED.cost_usd, cache_hits = t.cache_hits + EXCLUDED.cache_hits, \
+               cost_saved_usd = t.cost_saved_usd + EXCLUDED.cost_saved_usd, \
+               streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
+               latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
+               tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
+               tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
+               latency_ms_histogram = {latency}, ttft_ms_histogram = {ttft}"
+        )
+    }
 }
 
 /// Adds the rollup rows of `source` (rows shaped as `llm_usage_hourly`'s) to `target`:
@@ -59,21 +115,11 @@ enum Target {
 /// element with plain sums. The grains are summed in one pass (`GROUPING SETS`), each
 /// row named by its `GROUPING(…)`; errors become a count of their own there.
 fn add_to(target: Target, source: &str) -> String {
-    let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
-    let (table, columns, select, group_by, constraint, errors, [latency, ttft, add_latency, add_ttft]) = match target {
-        Target::Table { table, keys, constraint } => (
-            table,
-            keys.to_owned(),
-            keys.to_owned(),
-            keys.to_owned(),
-            constraint,
-            "",
-            [
-                histogram_sum_sql("latency_ms_histogram"),
-                histogram_sum_sql("ttft_ms_histogram"),
-                add("latency_ms_histogram"),
-                add("ttft_ms_histogram"),
-            ],
+    let (select, group_by, [latency, ttft]) = match &target {
+        Target::Table { keys, .. } => (
+            (*keys).to_owned(),
+            (*keys).to_owned(),
+            [histogram_sum_sql("latency_ms_histogram"), histogram_sum_sql("ttft_ms_histogram")],
         ),
         Target::Grains => {
             let keys = GRAIN_KEYS.join(", ");
@@ -82,55 +128,39 @@ fn add_to(target: Target, source: &str) -> String {
             let bare =
                 if bare.is_empty() { "FALSE".to_owned() } else { format!("GROUPING({keys}) IN ({})", bare.join(", ")) };
             let sum = |column: &str| format!("CASE WHEN {bare} THEN NULL ELSE {} END", histogram_sum_sql(column));
-            let add = |column: &str| format!("CASE WHEN t.{column} IS NULL THEN NULL ELSE {} END", add(column));
             (
-                "llm_usage_hourly_grains",
-                format!("grain, hour, {keys}, errors"),
                 format!("GROUPING({keys}), hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)"),
                 format!("GROUPING SETS ({})", sets.join(", ")),
-                "llm_usage_hourly_grains_key",
-                "errors = t.errors + EXCLUDED.errors, ",
-                [
-                    sum("latency_ms_histogram"),
-                    sum("ttft_ms_histogram"),
-                    add("latency_ms_histogram"),
-                    add("ttft_ms_histogram"),
-                ],
+                [sum("latency_ms_histogram"), sum("ttft_ms_histogram")],
             )
         }
     };
     format!(
-        "INSERT INTO {table} AS t ({columns}, calls, calls_without_usage, unpriced_calls, tokens_input, \
-           tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
-           tokens_cached_input, tokens_reasoning, latency_ms_histogram, ttft_ms_histogram) \
+        "INSERT INTO {} AS t ({}, {FIGURES}) \
          SELECT {select}, sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), \
            sum(tokens_output), sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), \
            sum(latency_ms_sum), sum(tokens_cached_input), sum(tokens_reasoning), {latency}, {ttft} \
          FROM {source} GROUP BY {group_by} {}",
-        on_conflict(constraint, errors, &add_latency, &add_ttft),
+        target.table(),
+        target.key_columns(),
+        target.on_conflict(),
     )
 }
 
-/// The upsert's `ON CONFLICT` clause: an existing key's figures added to.
-pub(crate) fn on_conflict(constraint: &str, errors: &str, add_latency: &str, add_ttft: &str) -> String {
+/// Adds the rows of `source`, one per key of `target` already (its key columns, then
+/// `figures`, the [`FIGURES`] as `source` holds them), to `target`.
+pub(crate) fn add_grouped(target: Target, source: &str, figures: &str) -> String {
+    let keys = target.key_columns();
     format!(
-        "ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
-           calls_without_usage = t.calls_without_usage + EXCLUDED.calls_without_usage, \
-           unpriced_calls = t.unpriced_calls + EXCLUDED.unpriced_calls, \
-           tokens_input = t.tokens_input + EXCLUDED.tokens_input, \
-           tokens_output = t.tokens_output + EXCLUDED.tokens_output, \
-           cost_usd = t.cost_usd + EXCLUDED.cost_usd, cache_hits = t.cache_hits + EXCLUDED.cache_hits, \
-           cost_saved_usd = t.cost_saved_usd + EXCLUDED.cost_saved_usd, \
-           streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
-           latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
-           tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
-           tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
-           latency_ms_histogram = {add_latency}, ttft_ms_histogram = {add_ttft}"
+        "INSERT INTO {} AS t ({keys}, {FIGURES}) SELECT {keys}, {figures} FROM {source} {}",
+        target.table(),
+        target.on_conflict()
     )
 }
 
-const FINE: Target = Target::Table { table: "llm_usage_hourly", keys: FINE_KEYS, constraint: "llm_usage_hourly_key" };
-const COARSE: Target =
+pub(crate) const FINE: Target =
+    Target::Table { table: "llm_usage_hourly", keys: FINE_KEYS, constraint: "llm_usage_hourly_key" };
+pub(crate) const COARSE: Target =
     Target::Table { table: "llm_usage_hourly_models", keys: COARSE_KEYS, constraint: "llm_usage_hourly_models_key" };
 
 /// Moves every pending row (added by the write paths of the version before the
