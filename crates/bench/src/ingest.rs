@@ -188,18 +188,19 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     // Progress is read from the worker's metrics (rows counted after their commit,
     // calls after their fold), which costs the database nothing; the tables are checked
     // at the end.
-    let metric = async |name: &str| -> f64 {
-        let text = match http.get(format!("http://{worker_addr}/metrics")).send().await {
-            Ok(reply) => reply.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+    let scrape = async || match http.get(format!("http://{worker_addr}/metrics")).send().await {
+        Ok(reply) => reply.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let metric = |text: &str, name: &str| -> f64 {
         text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     };
     let mut last_report = Instant::now();
     let mut committed_secs = None;
     loop {
-        let rows = metric("headhunter_log_worker_rows_written_total{table=\"llm_logs\"}").await as i64;
-        let rolled = metric("headhunter_log_worker_rollup_calls_total").await as i64;
+        let text = scrape().await;
+        let rows = metric(&text, "headhunter_log_worker_rows_written_total{table=\"llm_logs\"}") as i64;
+        let rolled = metric(&text, "headhunter_log_worker_rollup_calls_total") as i64;
         if rows >= n as i64 && committed_secs.is_none() {
             committed_secs = Some(started.elapsed().as_secs_f64());
         }
@@ -234,11 +235,12 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     println!("pipeline, rollups current: {pipe_secs:.2} s, {pipe_rate:.0} rows/s");
     let rolled = count(&pipe_url, "SELECT coalesce(sum(calls), 0)::bigint AS n FROM llm_usage_hourly").await?;
     let groups = count(&pipe_url, "SELECT count(*) AS n FROM llm_usage_hourly").await?;
+    let text = scrape().await;
     let (fold_secs, write_secs) = (
-        metric("headhunter_log_worker_rollup_step_seconds_sum").await,
-        metric("headhunter_log_worker_write_seconds_sum").await,
+        metric(&text, "headhunter_log_worker_rollup_step_seconds_sum"),
+        metric(&text, "headhunter_log_worker_write_seconds_sum"),
     );
-    let steps = metric("headhunter_log_worker_rollup_step_seconds_count").await;
+    let steps = metric(&text, "headhunter_log_worker_rollup_step_seconds_count");
     println!(
         "rollups: {rolled} calls in {groups} hourly rows, folded in {steps:.0} steps taking {fold_secs:.2} s \
          (the batch writes took {write_secs:.2} s)"
