@@ -18,17 +18,19 @@ macro_rules! llm_usage_sums {
     };
 }
 
-/// `ARRAY[sum(column[1])::int8, …]`: histograms added up across rows element by element
-/// with plain sums (no per-row function call, no unnesting).
+/// `ARRAY[coalesce(sum(column[1]), 0)::int8, …]`: histograms added up across rows bucket
+/// by bucket with plain sums (no per-row function call, no unnesting), all sixty buckets
+/// spelled out, as the readers take them. A stored histogram spans only its non-empty
+/// buckets (see the analytics migration that trims them); a bucket outside a row's span
+/// reads as NULL and adds nothing.
 pub fn histogram_sum_sql(column: &str) -> String {
-    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("sum({column}[{k}])::int8")).collect();
+    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("coalesce(sum({column}[{k}]), 0)::int8")).collect();
     format!("ARRAY[{}]", sums.join(", "))
 }
 
-/// `ARRAY[a[1] + b[1], …]`: two histograms added.
-pub fn histogram_add_sql(a: &str, b: &str) -> String {
-    let sums: Vec<String> = (1..=HISTOGRAM_BUCKETS).map(|k| format!("{a}[{k}] + {b}[{k}]")).collect();
-    format!("ARRAY[{}]", sums.join(", "))
+/// [`histogram_sum_sql`] trimmed to its non-empty span, as the rollups store histograms.
+pub fn stored_histogram_sum_sql(column: &str) -> String {
+    format!("llm_histogram_trim({})", histogram_sum_sql(column))
 }
 
 /// The keys a row of `llm_usage_hourly_grains` may carry besides its hour, in the order

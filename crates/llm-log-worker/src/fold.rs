@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::UNIX_EPOCH;
 
-use common_models::usage::{GRAINS, HISTOGRAM_BUCKETS, histogram_bucket};
+use bytes::{BufMut, BytesMut};
+use common_models::usage::{GRAINS, histogram_bucket};
 use futures_util::TryStreamExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add_grouped};
@@ -84,16 +85,53 @@ impl Histogram {
         }
     }
 
-    /// Every bucket's count, in order.
-    pub fn dense(&self) -> Vec<i64> {
-        let mut counts = vec![0; HISTOGRAM_BUCKETS];
+    /// The histogram as the rollups store it: the counts of its first to its last
+    /// counted bucket, subscripted by bucket number (`llm_histogram_trim`).
+    pub fn span(&self) -> Span {
+        let (Some(first), Some(last)) = (self.0.iter().map(|(b, _)| *b).min(), self.0.iter().map(|(b, _)| *b).max())
+        else {
+            return Span::default();
+        };
+        let mut counts = vec![0; usize::from(last - first) + 1];
         for (bucket, n) in &self.0 {
-            if let Some(slot) = counts.get_mut(usize::from(*bucket).saturating_sub(1)) {
-                *slot += n;
+            counts[usize::from(bucket - first)] += n;
+        }
+        Span { first: i32::from(first), counts }
+    }
+}
+
+/// A `BIGINT[]` whose first element has the subscript `first` (PostgreSQL arrays carry
+/// their lower bound; `Vec<i64>` always starts at 1). Empty: `'{}'`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Span {
+    pub first: i32,
+    pub counts: Vec<i64>,
+}
+
+impl ToSql for Span {
+    /// The binary array format: dimensions, a has-nulls flag, the element type, then
+    /// each dimension's length and lower bound, then each element with its length.
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let len = i32::try_from(self.counts.len())?;
+        out.put_i32(i32::from(len > 0));
+        out.put_i32(0);
+        out.put_u32(Type::INT8.oid());
+        if len > 0 {
+            out.put_i32(len);
+            out.put_i32(self.first);
+            for n in &self.counts {
+                out.put_i32(8);
+                out.put_i64(*n);
             }
         }
-        counts
+        Ok(IsNull::No)
     }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INT8_ARRAY
+    }
+
+    to_sql_checked!();
 }
 
 impl Sums {
@@ -455,8 +493,8 @@ struct Figures<'a> {
     sums: &'a Sums,
     cost: String,
     cost_saved: String,
-    latency: Option<Vec<i64>>,
-    ttft: Option<Vec<i64>>,
+    latency: Option<Span>,
+    ttft: Option<Span>,
 }
 
 impl<'a> Figures<'a> {
@@ -465,8 +503,8 @@ impl<'a> Figures<'a> {
             sums,
             cost: format_cost(sums.cost),
             cost_saved: format_cost(sums.cost_saved),
-            latency: histograms.then(|| sums.latency.dense()),
-            ttft: histograms.then(|| sums.ttft.dense()),
+            latency: histograms.then(|| sums.latency.span()),
+            ttft: histograms.then(|| sums.ttft.span()),
         }
     }
 
@@ -542,6 +580,20 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_spans_its_first_to_its_last_counted_bucket() {
+        let mut h = Histogram::default();
+        for ms in [1000, 300, 300] {
+            h.count(ms);
+        }
+        let (b300, b1000) = (histogram_bucket(300.0), histogram_bucket(1000.0));
+        let mut counts = vec![0; b1000 - b300 + 1];
+        counts[0] = 2;
+        counts[b1000 - b300] = 1;
+        assert_eq!(h.span(), Span { first: b300 as i32, counts });
+        assert_eq!(Histogram::default().span(), Span::default());
+    }
+
+    #[test]
     fn a_call_counts_in_every_table_once() {
         let call = RawCall {
             hour: 1_764_000_000,
@@ -560,10 +612,9 @@ mod tests {
         assert_eq!((fold.calls, fold.fine.len(), fold.coarse.len(), fold.grains.len()), (2, 1, 1, GRAINS.len()));
         let sums = fold.fine.values().next().cloned().unwrap_or_default();
         assert_eq!((sums.calls, sums.errors, sums.calls_without_usage, sums.unpriced_calls), (2, 2, 2, 2));
-        assert_eq!((sums.latency.dense()[0], sums.ttft.dense().iter().sum::<i64>()), (2, 0));
+        assert_eq!((sums.latency.span(), sums.ttft.span()), (Span { first: 1, counts: vec![2] }, Span::default()));
         let per_user = GRAINS.iter().find(|g| !g.histograms).map(|g| g.id());
         let user_key = fold.grains.keys().find(|k| Some(k.0) == per_user).cloned();
         assert_eq!(user_key, per_user.map(|id| (id, 1_764_000_000, Some(3), Some(9), None, None)));
-        assert_eq!(sums.latency.dense().len(), HISTOGRAM_BUCKETS);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 pub use crate::fold::{Compacted, Folder, STEP_ROWS};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common_models::usage::{GRAIN_KEYS, GRAINS, histogram_add_sql, histogram_sum_sql};
+use common_models::usage::{GRAIN_KEYS, GRAINS, stored_histogram_sum_sql};
 use diesel::sql_query;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -77,9 +77,10 @@ impl Target {
     }
 
     /// The upsert's `ON CONFLICT` clause: an existing key's figures added to
-    /// (histograms element by element; a grain without them stays without).
+    /// (histograms bucket by bucket, `llm_histogram_add`; a grain without them stays
+    /// without).
     fn on_conflict(&self) -> String {
-        let add = |column: &str| histogram_add_sql(&format!("t.{column}"), &format!("EXCLUDED.{column}"));
+        let add = |column: &str| format!("llm_histogram_add(t.{column}, EXCLUDED.{column})");
         let (constraint, errors, [latency, ttft]) = match self {
             Target::Table { constraint, .. } => {
                 (*constraint, "", [add("latency_ms_histogram"), add("ttft_ms_histogram")])
@@ -111,15 +112,15 @@ impl Target {
 }
 
 /// Adds the rollup rows of `source` (rows shaped as `llm_usage_hourly`'s) to `target`:
-/// a new key is inserted, an existing one added to. Histograms are added element by
-/// element with plain sums. The grains are summed in one pass (`GROUPING SETS`), each
+/// a new key is inserted, an existing one added to. Histograms are added bucket by
+/// bucket with plain sums, then trimmed. The grains are summed in one pass (`GROUPING SETS`), each
 /// row named by its `GROUPING(…)`; errors become a count of their own there.
 fn add_to(target: Target, source: &str) -> String {
     let (select, group_by, [latency, ttft]) = match &target {
         Target::Table { keys, .. } => (
             (*keys).to_owned(),
             (*keys).to_owned(),
-            [histogram_sum_sql("latency_ms_histogram"), histogram_sum_sql("ttft_ms_histogram")],
+            [stored_histogram_sum_sql("latency_ms_histogram"), stored_histogram_sum_sql("ttft_ms_histogram")],
         ),
         Target::Grains => {
             let keys = GRAIN_KEYS.join(", ");
@@ -127,7 +128,8 @@ fn add_to(target: Target, source: &str) -> String {
             let bare: Vec<String> = GRAINS.iter().filter(|g| !g.histograms).map(|g| g.id().to_string()).collect();
             let bare =
                 if bare.is_empty() { "FALSE".to_owned() } else { format!("GROUPING({keys}) IN ({})", bare.join(", ")) };
-            let sum = |column: &str| format!("CASE WHEN {bare} THEN NULL ELSE {} END", histogram_sum_sql(column));
+            let sum =
+                |column: &str| format!("CASE WHEN {bare} THEN NULL ELSE {} END", stored_histogram_sum_sql(column));
             (
                 format!("GROUPING({keys}), hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)"),
                 format!("GROUPING SETS ({})", sets.join(", ")),

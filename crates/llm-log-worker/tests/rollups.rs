@@ -122,6 +122,19 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
         number(&db, "SELECT sum(b)::bigint AS n FROM llm_usage_hourly, unnest(ttft_ms_histogram) AS b").await?;
     assert_eq!(first_tokens, number(&db, "SELECT count(time_to_first_token_ms) AS n FROM llm_logs").await?);
 
+    // Histograms are stored trimmed to their counted buckets, in every rollup table.
+    for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_hourly_grains"] {
+        let untrimmed = number(
+            &db,
+            &format!(
+                "SELECT count(*) AS n FROM {table}, LATERAL (VALUES (latency_ms_histogram), (ttft_ms_histogram)) AS v(h) \
+                 WHERE h[array_lower(h, 1)] = 0 OR h[array_upper(h, 1)] = 0"
+            ),
+        )
+        .await?;
+        assert_eq!(untrimmed, 0, "{table} holds histograms with empty end buckets");
+    }
+
     // Every small grain holds every call, its errors and its latencies (the per-user
     // grain keeps no histograms), and per company and hour the same cost as the raw rows.
     for grain in common_models::usage::GRAINS {
