@@ -1,3 +1,9 @@
+ALTER TABLE llm_usage_hourly RESET (fillfactor);
+ALTER TABLE llm_usage_hourly_models RESET (fillfactor);
+ALTER TABLE llm_usage_hourly_grains RESET (fillfactor);
+CREATE INDEX idx_llm_usage_hourly_hour ON llm_usage_hourly (hour);
+CREATE INDEX idx_llm_usage_hourly_models_hour ON llm_usage_hourly_models (hour);
+
 -- Back to sixty buckets spelled out in every stored histogram.
 CREATE FUNCTION llm_histogram_dense(h BIGINT[])
 RETURNS BIGINT[]

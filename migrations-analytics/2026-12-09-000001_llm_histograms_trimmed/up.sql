@@ -87,3 +87,15 @@ ALTER TABLE llm_usage_hourly_grains
     DROP CONSTRAINT llm_usage_hourly_grains_histograms,
     ADD CONSTRAINT llm_usage_hourly_grains_histograms CHECK (
         llm_histogram_valid(latency_ms_histogram) AND llm_histogram_valid(ttft_ms_histogram));
+
+-- The hour indexes of the two keyed rollups repeat the first column of their keys, which
+-- serve the same hour ranges; every folded row paid for a third index entry.
+DROP INDEX idx_llm_usage_hourly_hour;
+DROP INDEX idx_llm_usage_hourly_models_hour;
+
+-- The fold adds to the current hour's rows every second or so. Room left on each page
+-- lets such an update stay on its page (a HOT update: no new entry in any index), where
+-- full pages moved every updated row and indexed it again.
+ALTER TABLE llm_usage_hourly SET (fillfactor = 70);
+ALTER TABLE llm_usage_hourly_models SET (fillfactor = 70);
+ALTER TABLE llm_usage_hourly_grains SET (fillfactor = 70);
