@@ -9,13 +9,12 @@
 //! here rather than in SQL took a 200,000-row step from 4.1 s to 1.8 s: the plpgsql
 //! histogram step and the re-grouping of 60-element arrays were most of it.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::UNIX_EPOCH;
 
 use bytes::{BufMut, BytesMut};
 use common_models::usage::{GRAINS, histogram_bucket};
-use futures_util::TryStreamExt;
+use rustc_hash::FxHashMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
@@ -25,17 +24,17 @@ use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add
 /// Digits after the point of the cost columns (`NUMERIC(16, 10)` raw, `(24, 10)` rolled up).
 const COST_SCALE: u32 = 10;
 
-/// One raw row, as much of it as the rollups keep.
+/// One raw row, as much of it as the rollups keep (its text borrowed from the row read).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RawCall {
+pub struct RawCall<'a> {
     /// Start of the row's UTC hour, in seconds since the epoch.
     pub hour: i64,
     pub company_id: Option<i64>,
     pub user_id: Option<i64>,
     pub interview_id: Option<i64>,
-    pub action: String,
-    pub model: Option<String>,
-    pub error_type: Option<String>,
+    pub action: &'a str,
+    pub model: Option<&'a str>,
+    pub error_type: Option<&'a str>,
     pub usage_reported: bool,
     /// In units of 10⁻¹⁰ USD ([`parse_cost`]).
     pub cost: Option<i128>,
@@ -135,7 +134,7 @@ impl ToSql for Span {
 }
 
 impl Sums {
-    fn add(&mut self, c: &RawCall) {
+    fn add(&mut self, c: &RawCall<'_>) {
         let int = |v: Option<i32>| i64::from(v.unwrap_or(0));
         self.calls += 1;
         self.errors += i64::from(c.error_type.is_some());
@@ -159,28 +158,55 @@ impl Sums {
     }
 }
 
-type FineKey = (i64, Option<i64>, Option<i64>, Option<i64>, String, Option<String>, Option<String>);
-type CoarseKey = (i64, Option<i64>, String, Option<String>, Option<String>);
+/// A text key (action, model, error type) by its number in [`Names`].
+type Name = u32;
+type FineKey = (i64, Option<i64>, Option<i64>, Option<i64>, Name, Option<Name>, Option<Name>);
+type CoarseKey = (i64, Option<i64>, Name, Option<Name>, Option<Name>);
 /// Grain id, hour, company, user, action, model (the keys a grain lacks are `None`).
-type GrainKey = (i16, i64, Option<i64>, Option<i64>, Option<String>, Option<String>);
+type GrainKey = (i16, i64, Option<i64>, Option<i64>, Option<Name>, Option<Name>);
+
+/// The text keys of a fold, numbered as they first appear: the rows are summed by
+/// plain numbers, so no string is copied or hashed per call and table.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: FxHashMap<String, Name>,
+    texts: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, text: &str) -> Name {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let id = Name::try_from(self.texts.len()).unwrap_or(Name::MAX);
+        self.ids.insert(text.to_owned(), id);
+        self.texts.push(text.to_owned());
+        id
+    }
+
+    pub fn text(&self, id: Name) -> &str {
+        self.texts.get(id as usize).map_or("", String::as_str)
+    }
+}
 
 /// Rollup rows of every table, summed from raw rows as they come.
 #[derive(Debug, Default)]
 pub struct Fold {
-    pub fine: HashMap<FineKey, Sums>,
-    pub coarse: HashMap<CoarseKey, Sums>,
-    pub grains: HashMap<GrainKey, Sums>,
+    pub fine: FxHashMap<FineKey, Sums>,
+    pub coarse: FxHashMap<CoarseKey, Sums>,
+    pub grains: FxHashMap<GrainKey, Sums>,
+    pub names: Names,
     pub calls: u64,
 }
 
 impl Fold {
-    pub fn add(&mut self, c: &RawCall) {
+    pub fn add(&mut self, c: &RawCall<'_>) {
         self.calls += 1;
-        let fine =
-            (c.hour, c.company_id, c.user_id, c.interview_id, c.action.clone(), c.model.clone(), c.error_type.clone());
-        self.fine.entry(fine).or_default().add(c);
-        let coarse = (c.hour, c.company_id, c.action.clone(), c.model.clone(), c.error_type.clone());
-        self.coarse.entry(coarse).or_default().add(c);
+        let action = self.names.id(c.action);
+        let model = c.model.map(|m| self.names.id(m));
+        let error = c.error_type.map(|e| self.names.id(e));
+        self.fine.entry((c.hour, c.company_id, c.user_id, c.interview_id, action, model, error)).or_default().add(c);
+        self.coarse.entry((c.hour, c.company_id, action, model, error)).or_default().add(c);
         for grain in GRAINS {
             let has = |key: &str| grain.keys.contains(&key);
             let key = (
@@ -188,8 +214,8 @@ impl Fold {
                 c.hour,
                 c.company_id.filter(|_| has("company_id")),
                 c.user_id.filter(|_| has("user_id")),
-                has("action").then(|| c.action.clone()),
-                c.model.clone().filter(|_| has("model")),
+                has("action").then_some(action),
+                model.filter(|_| has("model")),
             );
             self.grains.entry(key).or_default().add(c);
         }
@@ -232,11 +258,15 @@ pub fn format_cost(units: i128) -> String {
 pub const STEP_ROWS: i64 = 100_000;
 
 /// What the rollups keep of the raw rows whose writer's transaction id lies in [`$1`,
-/// `$2`) (text).
+/// `$2`) (text), and that id, one transaction's rows after another.
 const READ_RAW: &str = "SELECT extract(epoch FROM date_trunc('hour', created_at, 'UTC'))::int8, company_id, user_id, \
     interview_id, action, model, error_type, usage_reported, cost_usd::text, tokens_input, tokens_output, cache_hit, \
-    cost_saved_usd::text, streaming, latency_ms, time_to_first_token_ms, tokens_cached_input, tokens_reasoning \
-    FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8";
+    cost_saved_usd::text, streaming, latency_ms, time_to_first_token_ms, tokens_cached_input, tokens_reasoning, \
+    inserted_by::text \
+    FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 ORDER BY inserted_by";
+
+/// Rows fetched from the server at a time while a step reads.
+const READ_CHUNK: i32 = 10_000;
 
 /// Session tables a step copies its sums into (binary COPY; costs as their decimal
 /// text, which the upsert reads into `NUMERIC`) before adding them to the rollups.
@@ -362,24 +392,11 @@ impl Folder {
             "the rollup watermark {from} is ahead of this cluster's transactions ({settled}): the database was \
              restored into another cluster; rebuild the rollups and reset llm_usage_watermark"
         );
-        let bound = tx
-            .query_opt(
-                "SELECT inserted_by::text FROM llm_logs WHERE inserted_by >= $1::text::xid8 \
-                 AND inserted_by < $2::text::xid8 ORDER BY inserted_by OFFSET $3 LIMIT 1",
-                &[&from, &settled, &STEP_ROWS],
-            )
-            .await?
-            .map(|row| row.try_get::<_, String>(0))
-            .transpose()?;
-        // A step ends between two transactions' rows (one transaction's rows are
-        // folded together, however many).
-        let (upto, more) = match bound {
-            Some(bound) if bound != from => (bound, true),
-            _ => (settled, false),
-        };
         let mut calls = 0;
-        if upto != from {
-            let fold = read(&tx, &from, &upto).await?;
+        let mut more = false;
+        if settled != from {
+            let (fold, upto) = read(&tx, &from, &settled).await?;
+            more = upto != settled;
             if fold.calls > 0 {
                 stage(&tx, &fold).await?;
                 for upsert in UPSERTS.iter() {
@@ -450,9 +467,12 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
     )
     .await?;
     futures_util::pin_mut!(writer);
+    let names = &fold.names;
+    let text = |id: &Option<Name>| id.map(|id| names.text(id));
     for ((at, company, user, interview, action, model, error), sums) in &fold.fine {
         let figures = Figures::of(sums, true);
-        let keys: [&(dyn ToSql + Sync); 7] = [&hour(*at), company, user, interview, action, model, error];
+        let (action, model, error) = (names.text(*action), text(model), text(error));
+        let keys: [&(dyn ToSql + Sync); 7] = [&hour(*at), company, user, interview, &action, &model, &error];
         writer.as_mut().write(&[&keys[..], &figures.values()[..]].concat()).await?;
     }
     writer.finish().await?;
@@ -466,7 +486,8 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
     futures_util::pin_mut!(writer);
     for ((at, company, action, model, error), sums) in &fold.coarse {
         let figures = Figures::of(sums, true);
-        let keys: [&(dyn ToSql + Sync); 5] = [&hour(*at), company, action, model, error];
+        let (action, model, error) = (names.text(*action), text(model), text(error));
+        let keys: [&(dyn ToSql + Sync); 5] = [&hour(*at), company, &action, &model, &error];
         writer.as_mut().write(&[&keys[..], &figures.values()[..]].concat()).await?;
     }
     writer.finish().await?;
@@ -481,7 +502,8 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, fold: &Fold) -> anyhow::Res
     for ((grain, at, company, user, action, model), sums) in &fold.grains {
         let histograms = GRAINS.iter().find(|g| g.id() == *grain).is_some_and(|g| g.histograms);
         let figures = Figures::of(sums, histograms);
-        let keys: [&(dyn ToSql + Sync); 7] = [grain, &hour(*at), company, user, action, model, &sums.errors];
+        let (action, model) = (text(action), text(model));
+        let keys: [&(dyn ToSql + Sync); 7] = [grain, &hour(*at), company, user, &action, &model, &sums.errors];
         writer.as_mut().write(&[&keys[..], &figures.values()[..]].concat()).await?;
     }
     writer.finish().await?;
@@ -529,37 +551,52 @@ impl<'a> Figures<'a> {
     }
 }
 
-/// The raw rows of the transactions in [`from`, `upto`), summed.
-async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, upto: &str) -> anyhow::Result<Fold> {
-    let rows = tx.query_raw(READ_RAW, [from, upto]).await?;
-    futures_util::pin_mut!(rows);
+/// The raw rows of the transactions in [`from`, `settled`), summed, and where the
+/// summing stopped: `settled`, or the first transaction past about [`STEP_ROWS`] rows
+/// (a step ends between two transactions' rows; one transaction's rows are folded
+/// together, however many).
+async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -> anyhow::Result<(Fold, String)> {
+    let portal = tx.bind(READ_RAW, &[&from, &settled]).await?;
     let mut fold = Fold::default();
-    let cost = |v: Option<String>| -> anyhow::Result<Option<i128>> {
-        v.map(|s| parse_cost(&s).ok_or_else(|| anyhow::anyhow!("unreadable cost {s:?}"))).transpose()
+    let cost = |v: Option<&str>| -> anyhow::Result<Option<i128>> {
+        v.map(|s| parse_cost(s).ok_or_else(|| anyhow::anyhow!("unreadable cost {s:?}"))).transpose()
     };
-    while let Some(row) = rows.try_next().await? {
-        fold.add(&RawCall {
-            hour: row.try_get(0)?,
-            company_id: row.try_get(1)?,
-            user_id: row.try_get(2)?,
-            interview_id: row.try_get(3)?,
-            action: row.try_get(4)?,
-            model: row.try_get(5)?,
-            error_type: row.try_get(6)?,
-            usage_reported: row.try_get(7)?,
-            cost: cost(row.try_get(8)?)?,
-            tokens_input: row.try_get(9)?,
-            tokens_output: row.try_get(10)?,
-            cache_hit: row.try_get(11)?,
-            cost_saved: cost(row.try_get(12)?)?,
-            streaming: row.try_get(13)?,
-            latency_ms: row.try_get(14)?,
-            ttft_ms: row.try_get(15)?,
-            tokens_cached_input: row.try_get(16)?,
-            tokens_reasoning: row.try_get(17)?,
-        });
+    let mut last = String::new();
+    loop {
+        let rows = tx.query_portal(&portal, READ_CHUNK).await?;
+        for row in &rows {
+            let by: &str = row.try_get(18)?;
+            if by != last {
+                if fold.calls >= STEP_ROWS.unsigned_abs() {
+                    return Ok((fold, by.to_owned()));
+                }
+                by.clone_into(&mut last);
+            }
+            fold.add(&RawCall {
+                hour: row.try_get(0)?,
+                company_id: row.try_get(1)?,
+                user_id: row.try_get(2)?,
+                interview_id: row.try_get(3)?,
+                action: row.try_get(4)?,
+                model: row.try_get(5)?,
+                error_type: row.try_get(6)?,
+                usage_reported: row.try_get(7)?,
+                cost: cost(row.try_get(8)?)?,
+                tokens_input: row.try_get(9)?,
+                tokens_output: row.try_get(10)?,
+                cache_hit: row.try_get(11)?,
+                cost_saved: cost(row.try_get(12)?)?,
+                streaming: row.try_get(13)?,
+                latency_ms: row.try_get(14)?,
+                ttft_ms: row.try_get(15)?,
+                tokens_cached_input: row.try_get(16)?,
+                tokens_reasoning: row.try_get(17)?,
+            });
+        }
+        if rows.len() < READ_CHUNK.unsigned_abs() as usize {
+            return Ok((fold, settled.to_owned()));
+        }
     }
-    Ok(fold)
 }
 
 #[cfg(test)]
@@ -599,9 +636,9 @@ mod tests {
             hour: 1_764_000_000,
             company_id: Some(3),
             user_id: Some(9),
-            action: "chat".into(),
-            model: Some("m".into()),
-            error_type: Some("timeout".into()),
+            action: "chat",
+            model: Some("m"),
+            error_type: Some("timeout"),
             tokens_input: Some(10),
             latency_ms: Some(0),
             ..RawCall::default()

@@ -117,9 +117,14 @@ pub async fn run(
     result
 }
 
-/// Folds the committed raw rows into the hourly rollups every `every` (at once again
-/// while a backlog is folded step by step), and once more when asked to stop (what
-/// is left after that waits for any other worker, or this one's restart).
+/// How often the rollup backlog (a count over the raw rows past the watermark) is
+/// read for its metric.
+const BACKLOG_READ_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the committed raw rows into the hourly rollups, a step starting every `every`
+/// (at once when the last step took longer, or stopped at its size with more waiting),
+/// and once more when asked to stop (what is left after that waits for any other
+/// worker, or this one's restart).
 async fn keep_rollups_current(
     mut folder: rollup::Folder,
     every: Duration,
@@ -127,16 +132,19 @@ async fn keep_rollups_current(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut more = false;
+    let mut next_step = tokio::time::Instant::now() + every;
+    let mut backlog_read: Option<std::time::Instant> = None;
     loop {
         let stopping = if more {
             *shutdown.borrow()
         } else {
             tokio::select! {
-                () = tokio::time::sleep(every) => false,
+                () = tokio::time::sleep_until(next_step) => false,
                 _ = shutdown.wait_for(|s| *s) => true,
             }
         };
         let started = std::time::Instant::now();
+        next_step = tokio::time::Instant::now() + every;
         let step = folder.step().await;
         more = false;
         match step {
@@ -152,9 +160,12 @@ async fn keep_rollups_current(
                 tracing::warn!(error = %err, "folding raw rows into the rollups failed, will retry");
             }
         }
-        match folder.backlog().await {
-            Ok(rows) => metrics.rollup_backlog_rows.set(rows),
-            Err(err) => tracing::warn!(error = %err, "reading the rollup backlog failed"),
+        if stopping || backlog_read.is_none_or(|at| at.elapsed() >= BACKLOG_READ_EVERY) {
+            match folder.backlog().await {
+                Ok(rows) => metrics.rollup_backlog_rows.set(rows),
+                Err(err) => tracing::warn!(error = %err, "reading the rollup backlog failed"),
+            }
+            backlog_read = Some(std::time::Instant::now());
         }
         if stopping {
             return;
