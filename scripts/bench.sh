@@ -18,6 +18,8 @@ cargo build --release -p bench
 BIN=$(scripts/target-dir.sh)/release
 "$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}"
 echo
+"$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}" --calls-per-interview 20
+echo
 "$BIN/headhunter-bench" spool --events "${BENCH_SPOOL_EVENTS:-200000}"
 echo
 "$BIN/headhunter-bench" gateway --rate "${BENCH_RATE:-1000}" --seconds "${BENCH_SECONDS:-15}" --bin-dir "$BIN"

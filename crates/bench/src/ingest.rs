@@ -20,17 +20,22 @@ const COLUMNS: &str = "event_id, created_at, action, message, user_id, company_i
     time_to_first_token_ms, streaming, http_status, error_type, error_message, metadata, deployment_version, \
     deployment_environment, cache_hit, cost_saved_usd, tokens_cached_input, tokens_reasoning";
 
-pub fn event(i: usize) -> LlmCallEvent {
+/// The `i`-th call: 200 companies, 5,000 users (user `u` of company `(u - 1) % 200 + 1`),
+/// every fourth call in an interview, `per_interview` calls to an interview (each made
+/// by one user).
+pub fn event(i: usize, per_interview: usize) -> LlmCallEvent {
     let models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"];
     let failed = i.is_multiple_of(50);
+    let interview = i.is_multiple_of(4).then(|| i / 4 / per_interview.max(1));
+    let user = interview.map_or(i, |k| k * 4) % 5000;
     LlmCallEvent {
         event_id: new_event_id(),
         created_at: Utc::now(),
         action: ["chat_completion", "cv_summary", "match_explain"][i % 3].to_owned(),
         message: None,
-        company_id: Some(CompanyId((i % 200) as i64 + 1)),
-        user_id: Some(UserId((i % 5000) as i64 + 1)),
-        interview_id: i.is_multiple_of(4).then_some(InterviewId(i as i64)),
+        company_id: Some(CompanyId((user % 200) as i64 + 1)),
+        user_id: Some(UserId(user as i64 + 1)),
+        interview_id: interview.map(|k| InterviewId(k as i64 + 1)),
         request_id: Some(format!("req-{i:08}")),
         model: Some(models[i % models.len()].to_owned()),
         tokens_input: Some(400 + (i % 700) as i32),
@@ -119,9 +124,9 @@ async fn prepare(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(n: usize) -> anyhow::Result<()> {
-    println!("== ingest: {n} llm_logs events ==");
-    let events: Vec<LlmCallEvent> = (0..n).map(event).collect();
+pub async fn run(n: usize, per_interview: usize) -> anyhow::Result<()> {
+    println!("== ingest: {n} llm_logs events, {per_interview} per interview ==");
+    let events: Vec<LlmCallEvent> = (0..n).map(|i| event(i, per_interview)).collect();
 
     // Raw COPY of the same rows.
     let (copy_url, copy_name) = create_database("copy").await?;

@@ -45,6 +45,11 @@ enum Command {
     Ingest {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Calls each interview makes (every fourth call belongs to an interview); 1:
+        /// every such call an interview of its own, the most rows the finest rollup
+        /// can take.
+        #[arg(long, default_value_t = 1)]
+        calls_per_interview: usize,
     },
     /// Events/s into the producer's spool (Redis away) and replayed from it, vs straight to Redis.
     Spool {
@@ -166,7 +171,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match Cli::parse().command {
-        Command::Ingest { events } => runtime()?.block_on(ingest::run(events)),
+        Command::Ingest { events, calls_per_interview } => {
+            runtime()?.block_on(ingest::run(events, calls_per_interview))
+        }
         Command::Spool { events } => runtime()?.block_on(spool::run(events)),
         Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {
             runtime()?.block_on(gateway::run(rate, seconds, &bin_dir, !no_max_rate))

@@ -25,7 +25,7 @@ async fn timed(
     let (producer, task) = Producer::start(pool, keys.clone(), gateway_producer(dir, n)?, metrics.clone()).await?;
     if publish {
         for i in 0..n {
-            producer.publish(&event(i));
+            producer.publish(&event(i, 1));
         }
     }
     while done(&metrics) < n as u64 {
