@@ -207,6 +207,37 @@ impl SentinelGroup {
         .await
     }
 
+    /// What each Sentinel says of itself (`INFO sentinel`: TILT mode among it) and of
+    /// the replicas, and the role each server reports: for a test that waited in vain.
+    pub async fn describe(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.sentinels.len() {
+            let Ok(mut conn) = self.sentinel(i).await else {
+                out.push_str(&format!("sentinel {i}: unreachable\n"));
+                continue;
+            };
+            let info: String = redis::cmd("INFO").arg("sentinel").query_async(&mut conn).await.unwrap_or_default();
+            let replicas: redis::Value = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(PRIMARY_NAME)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            out.push_str(&format!("sentinel {i}: {}\n  replicas: {replicas:?}\n", info.trim().replace("\r\n", "; ")));
+        }
+        for (name, server) in [("primary", &self.primary), ("replica", &self.replica)] {
+            let role = match server.connection().await {
+                Ok(mut conn) => redis::cmd("ROLE")
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+                    .map_or_else(|e| e.to_string(), |v| format!("{v:?}")),
+                Err(e) => e.to_string(),
+            };
+            out.push_str(&format!("{name} (port {}): {role}\n", server.port));
+        }
+        out
+    }
+
     /// The port of the server the Sentinels name as primary now.
     pub async fn primary_port(&self) -> anyhow::Result<u16> {
         let mut conn = self.sentinel(0).await?;
