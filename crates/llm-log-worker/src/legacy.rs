@@ -210,7 +210,9 @@ pub struct MoveOutcome {
     pub read: i64,
     /// Calls this run inserted (rows written before are not written again).
     pub inserted: i64,
-    /// Calls inserted by every run so far.
+    /// Old rows stored in the analytics database by every run so far (a batch a
+    /// killed run committed but did not record is found stored by the next run, and
+    /// counted then).
     pub moved: i64,
     /// The last old id moved.
     pub last_id: i64,
@@ -265,7 +267,9 @@ pub async fn move_rows(
         outcome.write_time += writing.elapsed();
         outcome.read += n;
         outcome.inserted += inserted.llm_logs as i64;
-        outcome.moved += inserted.llm_logs as i64;
+        // Every row of the batch is stored now, by this run or by one killed between
+        // its commit and its progress record.
+        outcome.moved += n;
         outcome.last_id = last;
         sql_query(
             "INSERT INTO legacy_move_progress (source, last_id, moved) VALUES ($1, $2, $3) \

@@ -127,12 +127,27 @@ async fn old_rows_move_once_through_two_kills_reconcile_and_leave_the_main_datab
     assert!(said.contains("reconciliation: equal"), "{said}");
     assert_eq!(number(&analytics, "SELECT count(*) AS n FROM llm_logs").await?, n);
 
+    // A run killed between its last commits and their progress records: the rows of
+    // its last 5,000 old ids are stored, the progress says they are not. The next run
+    // finds them stored, inserts nothing and counts them moved.
+    let before_last = number(
+        &main,
+        &format!("SELECT id AS n FROM system_logs WHERE component = 'llm' ORDER BY id OFFSET {} LIMIT 1", n - 5001),
+    )
+    .await?;
+    execute(&analytics, &format!("UPDATE legacy_move_progress SET last_id = {before_last}, moved = {}", n - 5000))
+        .await?;
+    let (out, said) = run(worker(&analytics).args(["move-legacy", "--from-database", &main.url]))?;
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("5000 old rows read, 0 calls inserted by this run"), "{said}");
+    assert!(said.contains(&format!("{n} moved in all")), "{said}");
+
     // A moved row changed in the main database: the reconciliation names its day and fails.
-    main_exec(&main, "UPDATE system_logs SET tokens_input = tokens_input + 1 WHERE id = (SELECT min(id) FROM system_logs WHERE component = 'llm' AND tokens_input IS NOT NULL)").await?;
+    execute(&main, "UPDATE system_logs SET tokens_input = tokens_input + 1 WHERE id = (SELECT min(id) FROM system_logs WHERE component = 'llm' AND tokens_input IS NOT NULL)").await?;
     let (out, said) = run(worker(&analytics).args(["move-legacy", "--from-database", &main.url]))?;
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("reconciliation: 1 of "), "{said}");
-    main_exec(&main, "UPDATE system_logs SET tokens_input = tokens_input - 1 WHERE id = (SELECT min(id) FROM system_logs WHERE component = 'llm' AND tokens_input IS NOT NULL)").await?;
+    execute(&main, "UPDATE system_logs SET tokens_input = tokens_input - 1 WHERE id = (SELECT min(id) FROM system_logs WHERE component = 'llm' AND tokens_input IS NOT NULL)").await?;
 
     // Deleted from the main database afterwards; its API rows stay.
     let (out, said) = run(worker(&analytics).args(["move-legacy", "--from-database", &main.url, "--delete-moved"]))?;
@@ -144,7 +159,7 @@ async fn old_rows_move_once_through_two_kills_reconcile_and_leave_the_main_datab
     Ok(())
 }
 
-async fn main_exec(db: &TestDb, sql: &str) -> anyhow::Result<()> {
+async fn execute(db: &TestDb, sql: &str) -> anyhow::Result<()> {
     use diesel_async::SimpleAsyncConnection;
     db.connect().await?.batch_execute(sql).await?;
     Ok(())
