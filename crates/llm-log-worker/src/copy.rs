@@ -1,4 +1,4 @@
-//! The fast path: a batch goes in with `COPY … FROM STDIN (FORMAT csv)`, straight into
+//! The fast path: a batch goes in with `COPY … FROM STDIN (FORMAT binary)`, straight into
 //! the partitioned tables, both in one transaction. COPY cannot skip duplicates, so
 //! when a batch holds an event that is already stored (a redelivery after a crash) the
 //! transaction fails with a unique violation and the caller writes that batch again
@@ -9,7 +9,6 @@
 //! diesel-async has no COPY, so this path holds a plain tokio-postgres connection of
 //! its own (one per write loop), reconnecting after any connection-level failure.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,10 +69,10 @@ impl CopyWriter {
             let mut inserted = Inserted::default();
             if !llm.is_empty() {
                 inserted.llm_logs =
-                    copy(&tx, "llm_logs", &format!("{LLM_COLUMNS}, inserted_by"), llm_csv(llm, &xid)).await?;
+                    copy(&tx, "llm_logs", &format!("{LLM_COLUMNS}, inserted_by"), llm_rows(llm, xid)).await?;
             }
             if !system.is_empty() {
-                inserted.system_logs = copy(&tx, "system_logs", SYSTEM_COLUMNS, system_csv(system)).await?;
+                inserted.system_logs = copy(&tx, "system_logs", SYSTEM_COLUMNS, system_rows(system)).await?;
             }
             tx.commit().await.map_err(classify)?;
             Ok(inserted)
@@ -88,12 +87,12 @@ impl CopyWriter {
 }
 
 /// Sets the transaction's limits and returns its id (assigning it), in one round trip.
-async fn transaction_id(tx: &tokio_postgres::Transaction<'_>, limits: &str) -> Result<String, CopyFailure> {
+async fn transaction_id(tx: &tokio_postgres::Transaction<'_>, limits: &str) -> Result<u64, CopyFailure> {
     let replies = tx.simple_query(&format!("{limits}; SELECT pg_current_xact_id()::text")).await.map_err(classify)?;
     replies
         .iter()
         .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
             _ => None,
         })
         .ok_or_else(|| CopyFailure::Transient("no transaction id".into()))
@@ -103,12 +102,14 @@ async fn copy(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
     columns: &str,
-    csv: String,
+    rows: Vec<u8>,
 ) -> Result<usize, CopyFailure> {
-    let sink =
-        tx.copy_in::<_, Bytes>(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)")).await.map_err(classify)?;
+    let sink = tx
+        .copy_in::<_, Bytes>(&format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(classify)?;
     futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(csv)).await.map_err(classify)?;
+    sink.send(Bytes::from(rows)).await.map_err(classify)?;
     let rows = sink.finish().await.map_err(classify)?;
     Ok(usize::try_from(rows).unwrap_or(usize::MAX))
 }
@@ -127,122 +128,243 @@ fn classify(err: tokio_postgres::Error) -> CopyFailure {
     if transient { CopyFailure::Transient(err.to_string()) } else { CopyFailure::Rejected(err.to_string()) }
 }
 
-/// Appends a CSV field: NULL is an empty unquoted field, text is always quoted.
-fn text(out: &mut String, v: Option<&str>) {
-    if let Some(v) = v {
-        out.push('"');
-        for c in v.chars() {
-            if c == '"' {
-                out.push('"');
-            }
-            out.push(c);
+/// The rows of one `COPY … (FORMAT binary)`: a header, then each row as a field count
+/// and its fields, each a length (-1 for NULL) and the column type's binary form, then
+/// a trailer. PostgreSQL parses these with each type's receive function, which checks
+/// the same limits as text input (varchar lengths, numeric typmods, UTF-8, jsonb) and
+/// costs it less than parsing CSV text.
+struct BinaryRows {
+    out: Vec<u8>,
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl BinaryRows {
+    fn with_capacity(rows: usize, row_bytes: usize) -> Self {
+        let mut out = Vec::with_capacity(19 + rows * row_bytes + 2);
+        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        out.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
+        out.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
+        Self { out }
+    }
+
+    fn row(&mut self, fields: i16) {
+        self.out.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    fn null(&mut self) {
+        self.out.extend_from_slice(&(-1_i32).to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn text(&mut self, v: Option<&str>) {
+        match v {
+            Some(v) => self.field(v.as_bytes()),
+            None => self.null(),
         }
-        out.push('"');
     }
-    out.push(',');
-}
 
-fn num<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
-    if let Some(v) = v {
-        let _ = write!(out, "{v}");
+    fn int8(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => self.field(&v.to_be_bytes()),
+            None => self.null(),
+        }
     }
-    out.push(',');
-}
 
-/// Microseconds, cut (not rounded) as the binary INSERT path stores them, so both
-/// paths write the same idempotency key for the same event.
-fn timestamp(out: &mut String, at: chrono::DateTime<chrono::Utc>) {
-    let _ = write!(out, "{},", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
-}
+    fn int4(&mut self, v: Option<i32>) {
+        match v {
+            Some(v) => self.field(&v.to_be_bytes()),
+            None => self.null(),
+        }
+    }
 
-fn end_row(out: &mut String) {
-    out.pop();
-    out.push('\n');
+    fn int2(&mut self, v: Option<i16>) {
+        match v {
+            Some(v) => self.field(&v.to_be_bytes()),
+            None => self.null(),
+        }
+    }
+
+    fn float8(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.field(&v.to_be_bytes()),
+            None => self.null(),
+        }
+    }
+
+    fn bool(&mut self, v: bool) {
+        self.field(&[u8::from(v)]);
+    }
+
+    fn uuid(&mut self, v: uuid::Uuid) {
+        self.field(v.as_bytes());
+    }
+
+    /// Microseconds, cut (not rounded) as the INSERT path stores them, so both paths
+    /// write the same idempotency key for the same event.
+    fn timestamptz(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.field(&(at.timestamp_micros() - POSTGRES_EPOCH_MICROS).to_be_bytes());
+    }
+
+    fn xid8(&mut self, xid: u64) {
+        self.field(&xid.to_be_bytes());
+    }
+
+    /// A float as the NUMERIC its shortest decimal text would be: base-10,000 digits,
+    /// with the display scale of that text. The column's typmod then rounds it on the
+    /// server exactly as it rounds text input.
+    fn numeric(&mut self, v: Option<f64>) {
+        let Some(v) = v.filter(|v| v.is_finite()) else {
+            return self.null();
+        };
+        let text = v.abs().to_string(); // Rust never writes an exponent here
+        let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+        let int = int.trim_start_matches('0');
+        let lead = (4 - int.len() % 4) % 4;
+        let decimals: Vec<u8> = std::iter::repeat_n(b'0', lead)
+            .chain(int.bytes())
+            .chain(frac.bytes())
+            .chain(std::iter::repeat_n(b'0', (4 - frac.len() % 4) % 4))
+            .map(|c| c - b'0')
+            .collect();
+        let mut groups: Vec<i16> =
+            decimals.chunks(4).map(|g| g.iter().fold(0_i16, |n, &d| n * 10 + i16::from(d))).collect();
+        let mut weight = ((lead + int.len()) / 4) as i16 - 1;
+        let first = groups.iter().position(|&g| g != 0).unwrap_or(groups.len());
+        groups.drain(..first);
+        weight -= first as i16;
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        let (sign, weight) = match groups.is_empty() {
+            true => (0_i16, 0_i16),
+            false if v < 0.0 => (0x4000, weight),
+            false => (0, weight),
+        };
+        let mut field = Vec::with_capacity(8 + 2 * groups.len());
+        for part in [groups.len() as i16, weight, sign, frac.len() as i16] {
+            field.extend_from_slice(&part.to_be_bytes());
+        }
+        for g in groups {
+            field.extend_from_slice(&g.to_be_bytes());
+        }
+        self.field(&field);
+    }
+
+    /// jsonb's binary form is a version byte (1) and the JSON text.
+    fn jsonb(&mut self, v: Option<&serde_json::Value>) {
+        let Some(v) = v else {
+            return self.null();
+        };
+        let json = v.to_string();
+        self.out.extend_from_slice(&(json.len() as i32 + 1).to_be_bytes());
+        self.out.push(1);
+        self.out.extend_from_slice(json.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.extend_from_slice(&(-1_i16).to_be_bytes());
+        self.out
+    }
 }
 
 /// The rows of `LLM_COLUMNS`, then `inserted_by` (`xid`).
-fn llm_csv(events: &[&LlmCallEvent], xid: &str) -> String {
-    let mut out = String::with_capacity(events.len() * 512);
+fn llm_rows(events: &[&LlmCallEvent], xid: u64) -> Vec<u8> {
+    let mut rows = BinaryRows::with_capacity(events.len(), 512);
     for e in events {
-        num(&mut out, Some(e.event_id));
-        timestamp(&mut out, e.created_at);
-        text(&mut out, Some(&fit(&e.action, 100)));
-        text(&mut out, fit_opt(e.message.as_ref(), usize::MAX).as_deref());
-        num(&mut out, e.user_id.map(|v| v.0));
-        num(&mut out, e.company_id.map(|v| v.0));
-        num(&mut out, e.interview_id.map(|v| v.0));
-        text(&mut out, fit_opt(e.request_id.as_ref(), 64).as_deref());
-        text(&mut out, fit_opt(e.model.as_ref(), 100).as_deref());
-        num(&mut out, e.tokens_total);
-        num(&mut out, e.tokens_input);
-        num(&mut out, e.tokens_output);
-        num(&mut out, Some(e.usage_reported));
-        num(&mut out, e.cost_usd.filter(|c| c.is_finite()));
-        text(&mut out, fit_opt(e.price_table_version.as_ref(), 50).as_deref());
-        num(&mut out, e.latency_ms);
-        num(&mut out, e.time_to_first_token_ms);
-        num(&mut out, Some(e.streaming));
-        num(&mut out, e.http_status);
-        text(&mut out, fit_opt(e.error_type.as_ref(), 100).as_deref());
-        text(&mut out, fit_opt(e.error_message.as_ref(), usize::MAX).as_deref());
-        text(&mut out, e.metadata.as_ref().map(|m| m.to_string()).as_deref());
-        text(&mut out, fit_opt(e.deployment_version.as_ref(), 50).as_deref());
-        text(&mut out, fit_opt(e.deployment_environment.as_ref(), 50).as_deref());
-        num(&mut out, Some(e.cache_hit));
-        num(&mut out, e.cost_saved_usd.filter(|c| c.is_finite()));
-        num(&mut out, e.tokens_cached_input);
-        num(&mut out, e.tokens_reasoning);
-        num(&mut out, Some(xid));
-        end_row(&mut out);
+        rows.row(29);
+        rows.uuid(e.event_id);
+        rows.timestamptz(e.created_at);
+        rows.text(Some(&fit(&e.action, 100)));
+        rows.text(fit_opt(e.message.as_ref(), usize::MAX).as_deref());
+        rows.int8(e.user_id.map(|v| v.0));
+        rows.int8(e.company_id.map(|v| v.0));
+        rows.int8(e.interview_id.map(|v| v.0));
+        rows.text(fit_opt(e.request_id.as_ref(), 64).as_deref());
+        rows.text(fit_opt(e.model.as_ref(), 100).as_deref());
+        rows.int4(e.tokens_total);
+        rows.int4(e.tokens_input);
+        rows.int4(e.tokens_output);
+        rows.bool(e.usage_reported);
+        rows.numeric(e.cost_usd);
+        rows.text(fit_opt(e.price_table_version.as_ref(), 50).as_deref());
+        rows.int4(e.latency_ms);
+        rows.int4(e.time_to_first_token_ms);
+        rows.bool(e.streaming);
+        rows.int2(e.http_status);
+        rows.text(fit_opt(e.error_type.as_ref(), 100).as_deref());
+        rows.text(fit_opt(e.error_message.as_ref(), usize::MAX).as_deref());
+        rows.jsonb(e.metadata.as_ref());
+        rows.text(fit_opt(e.deployment_version.as_ref(), 50).as_deref());
+        rows.text(fit_opt(e.deployment_environment.as_ref(), 50).as_deref());
+        rows.bool(e.cache_hit);
+        rows.numeric(e.cost_saved_usd);
+        rows.int4(e.tokens_cached_input);
+        rows.int4(e.tokens_reasoning);
+        rows.xid8(xid);
     }
-    out
+    rows.finish()
 }
 
-fn system_csv(events: &[&SystemLogEvent]) -> String {
-    let mut out = String::with_capacity(events.len() * 256);
+fn system_rows(events: &[&SystemLogEvent]) -> Vec<u8> {
+    let mut rows = BinaryRows::with_capacity(events.len(), 256);
     for e in events {
-        num(&mut out, Some(e.event_id));
-        timestamp(&mut out, e.created_at);
-        text(&mut out, Some(&fit(&e.level, 10)));
-        text(&mut out, Some(&fit(&e.component, 50)));
-        text(&mut out, Some(&fit(&e.message, usize::MAX)));
-        text(&mut out, fit_opt(e.request_method.as_ref(), 10).as_deref());
-        text(&mut out, fit_opt(e.request_path.as_ref(), 500).as_deref());
-        num(&mut out, e.status_code);
-        num(&mut out, e.latency_ms.filter(|l| l.is_finite()));
-        num(&mut out, e.company_id.map(|v| v.0));
-        num(&mut out, e.user_id.map(|v| v.0));
-        text(&mut out, fit_opt(e.request_id.as_ref(), 64).as_deref());
-        text(&mut out, fit_opt(e.error_type.as_ref(), 100).as_deref());
-        text(&mut out, e.metadata.as_ref().map(|m| m.to_string()).as_deref());
-        end_row(&mut out);
+        rows.row(14);
+        rows.uuid(e.event_id);
+        rows.timestamptz(e.created_at);
+        rows.text(Some(&fit(&e.level, 10)));
+        rows.text(Some(&fit(&e.component, 50)));
+        rows.text(Some(&fit(&e.message, usize::MAX)));
+        rows.text(fit_opt(e.request_method.as_ref(), 10).as_deref());
+        rows.text(fit_opt(e.request_path.as_ref(), 500).as_deref());
+        rows.int2(e.status_code);
+        rows.float8(e.latency_ms.filter(|l| l.is_finite()));
+        rows.int8(e.company_id.map(|v| v.0));
+        rows.int8(e.user_id.map(|v| v.0));
+        rows.text(fit_opt(e.request_id.as_ref(), 64).as_deref());
+        rows.text(fit_opt(e.error_type.as_ref(), 100).as_deref());
+        rows.jsonb(e.metadata.as_ref());
     }
-    out
+    rows.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn csv_quotes_text_and_leaves_null_empty() {
-        let mut out = String::new();
-        text(&mut out, Some("say \"hi\", then\nleave"));
-        text(&mut out, None);
-        num(&mut out, Some(3));
-        num::<i32>(&mut out, None);
-        end_row(&mut out);
-        assert_eq!(out, "\"say \"\"hi\"\", then\nleave\",,3,\n");
+    /// The NUMERIC field `numeric` writes: (ndigits, weight, sign, dscale, digits).
+    fn numeric_parts(v: f64) -> Vec<i16> {
+        let mut rows = BinaryRows { out: Vec::new() };
+        rows.numeric(Some(v));
+        rows.out[4..].chunks(2).map(|p| i16::from_be_bytes([p[0], p[1]])).collect()
     }
 
     #[test]
-    fn timestamps_are_cut_to_microseconds() {
-        let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456999Z")
-            .map(|d| d.with_timezone(&chrono::Utc));
-        let mut out = String::new();
-        if let Ok(at) = at {
-            timestamp(&mut out, at);
-        }
-        assert_eq!(out, "2026-11-23T10:00:00.123456Z,");
+    fn numerics_are_base_10000_digits_with_the_texts_scale() {
+        // 0.000123 = 1·10⁻⁴ + 2300·10⁻⁸
+        assert_eq!(numeric_parts(0.000123), [2, -1, 0, 6, 1, 2300]);
+        assert_eq!(numeric_parts(1234.5), [2, 0, 0, 1, 1234, 5000]);
+        assert_eq!(numeric_parts(12345.0), [2, 1, 0, 0, 1, 2345]);
+        // 0.00001 = 1000·10⁻⁸: a leading zero group is dropped, the weight follows
+        assert_eq!(numeric_parts(0.00001), [1, -2, 0, 5, 1000]);
+        assert_eq!(numeric_parts(-2.5), [2, 0, 0x4000, 1, 2, 5000]);
+        assert_eq!(numeric_parts(0.0), [0, 0, 0, 0]);
+        assert_eq!(numeric_parts(-0.0), [0, 0, 0, 0]);
+        let mut rows = BinaryRows { out: Vec::new() };
+        rows.numeric(Some(f64::NAN));
+        assert_eq!(rows.out, (-1_i32).to_be_bytes());
+    }
+
+    #[test]
+    fn timestamps_are_cut_to_microseconds_from_2000() {
+        let at = chrono::DateTime::from_timestamp(946_684_801, 123_456_999).unwrap_or_default();
+        let mut rows = BinaryRows { out: Vec::new() };
+        rows.timestamptz(at);
+        assert_eq!(rows.out[4..], 1_123_456_i64.to_be_bytes());
     }
 }

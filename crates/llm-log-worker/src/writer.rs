@@ -231,10 +231,15 @@ const INSERT_LLM_LOGS: &str = concat!(
     "INSERT INTO llm_logs (",
     llm_columns!(),
     ", inserted_by) SELECT *, pg_current_xact_id() FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
-     $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::float8[], \
+     $7::int8[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::int4[], $13::bool[], $14::text[]::numeric[], \
      $15::text[], $16::int4[], $17::int4[], $18::bool[], $19::int2[], $20::text[], $21::text[], $22::jsonb[], \
-     $23::text[], $24::text[], $25::bool[], $26::float8[], $27::int4[], $28::int4[]) ON CONFLICT DO NOTHING"
+     $23::text[], $24::text[], $25::bool[], $26::text[]::numeric[], $27::int4[], $28::int4[]) ON CONFLICT DO NOTHING"
 );
+
+/// A finite amount as its shortest decimal text (Rust writes no exponent).
+fn decimal(v: Option<f64>) -> Option<String> {
+    v.filter(|v| v.is_finite()).map(|v| v.to_string())
+}
 
 /// One batch of `llm_logs` rows, column by column.
 struct LlmColumns<'a> {
@@ -251,7 +256,9 @@ struct LlmColumns<'a> {
     tokens_input: Vec<Option<i32>>,
     tokens_output: Vec<Option<i32>>,
     usage_reported: Vec<bool>,
-    cost_usd: Vec<Option<f64>>,
+    /// Costs as their shortest decimal text, which the column rounds as COPY's does
+    /// (a float8 parameter would be cut to 15 digits first and could round otherwise).
+    cost_usd: Vec<Option<String>>,
     price_table_version: Vec<Option<Cow<'a, str>>>,
     latency_ms: Vec<Option<i32>>,
     time_to_first_token_ms: Vec<Option<i32>>,
@@ -263,7 +270,7 @@ struct LlmColumns<'a> {
     deployment_version: Vec<Option<Cow<'a, str>>>,
     deployment_environment: Vec<Option<Cow<'a, str>>>,
     cache_hit: Vec<bool>,
-    cost_saved_usd: Vec<Option<f64>>,
+    cost_saved_usd: Vec<Option<String>>,
     tokens_cached_input: Vec<Option<i32>>,
     tokens_reasoning: Vec<Option<i32>>,
 }
@@ -287,7 +294,7 @@ impl<'a> LlmColumns<'a> {
             tokens_input: events.iter().map(|e| e.tokens_input).collect(),
             tokens_output: events.iter().map(|e| e.tokens_output).collect(),
             usage_reported: events.iter().map(|e| e.usage_reported).collect(),
-            cost_usd: events.iter().map(|e| e.cost_usd.filter(|c| c.is_finite())).collect(),
+            cost_usd: events.iter().map(|e| decimal(e.cost_usd)).collect(),
             price_table_version: events.iter().map(|e| fit_opt(e.price_table_version.as_ref(), 50)).collect(),
             latency_ms: events.iter().map(|e| e.latency_ms).collect(),
             time_to_first_token_ms: events.iter().map(|e| e.time_to_first_token_ms).collect(),
@@ -299,7 +306,7 @@ impl<'a> LlmColumns<'a> {
             deployment_version: events.iter().map(|e| fit_opt(e.deployment_version.as_ref(), 50)).collect(),
             deployment_environment: events.iter().map(|e| fit_opt(e.deployment_environment.as_ref(), 50)).collect(),
             cache_hit: events.iter().map(|e| e.cache_hit).collect(),
-            cost_saved_usd: events.iter().map(|e| e.cost_saved_usd.filter(|c| c.is_finite())).collect(),
+            cost_saved_usd: events.iter().map(|e| decimal(e.cost_saved_usd)).collect(),
             tokens_cached_input: events.iter().map(|e| e.tokens_cached_input).collect(),
             tokens_reasoning: events.iter().map(|e| e.tokens_reasoning).collect(),
         })
@@ -320,7 +327,7 @@ impl<'a> LlmColumns<'a> {
             .bind::<Array<Nullable<Int4>>, _>(self.tokens_input)
             .bind::<Array<Nullable<Int4>>, _>(self.tokens_output)
             .bind::<Array<Bool>, _>(self.usage_reported)
-            .bind::<Array<Nullable<Float8>>, _>(self.cost_usd)
+            .bind::<Array<Nullable<Text>>, _>(self.cost_usd)
             .bind::<Array<Nullable<Text>>, _>(self.price_table_version)
             .bind::<Array<Nullable<Int4>>, _>(self.latency_ms)
             .bind::<Array<Nullable<Int4>>, _>(self.time_to_first_token_ms)
@@ -332,7 +339,7 @@ impl<'a> LlmColumns<'a> {
             .bind::<Array<Nullable<Text>>, _>(self.deployment_version)
             .bind::<Array<Nullable<Text>>, _>(self.deployment_environment)
             .bind::<Array<Bool>, _>(self.cache_hit)
-            .bind::<Array<Nullable<Float8>>, _>(self.cost_saved_usd)
+            .bind::<Array<Nullable<Text>>, _>(self.cost_saved_usd)
             .bind::<Array<Nullable<Int4>>, _>(self.tokens_cached_input)
             .bind::<Array<Nullable<Int4>>, _>(self.tokens_reasoning)
             .execute(conn)

@@ -226,3 +226,132 @@ async fn reqwest_text(url: &str) -> anyhow::Result<String> {
     stream.read_to_string(&mut body).await?;
     Ok(body)
 }
+
+/// Events at the edges of each column type: long, multi-byte and NUL-holding text,
+/// costs with more decimals than the column keeps, large and negative numbers, nested
+/// and non-ASCII JSON, NULL everywhere it may be.
+fn edge_events() -> (Vec<common_models::events::LlmCallEvent>, Vec<common_models::events::SystemLogEvent>) {
+    // 0.12345678904999999 rounds to …890 from its text, to …891 from 15 digits.
+    let costs = [
+        0.12345678904999999,
+        0.0000198,
+        0.1 + 0.2,
+        1234.56789012345,
+        0.00000000005,
+        0.0,
+        99999.9999999999,
+        -0.5,
+        1e-12,
+    ];
+    let mut llm: Vec<_> = costs
+        .iter()
+        .enumerate()
+        .map(|(i, &cost)| {
+            let mut e = llm_event(i);
+            e.cost_usd = Some(cost);
+            e.cost_saved_usd = (i % 2 == 0).then_some(cost / 3.0);
+            e.created_at += chrono::Duration::nanoseconds(123_456_789 + i as i64);
+            e
+        })
+        .collect();
+    let mut odd = llm_event(100);
+    odd.action = "é".repeat(150); // cut to 100 characters, not bytes
+    odd.message = Some("line \"one\"\nline two,\ttab \\ back\0slash".into());
+    odd.model = None;
+    odd.request_id = None;
+    odd.tokens_input = Some(i32::MAX);
+    odd.tokens_output = Some(-1);
+    odd.tokens_total = None;
+    odd.usage_reported = false;
+    odd.cost_usd = None;
+    odd.http_status = Some(i16::MIN);
+    odd.streaming = true;
+    odd.cache_hit = true;
+    odd.user_id = Some(common_models::ids::UserId(i64::MAX));
+    odd.interview_id = Some(common_models::ids::InterviewId(1));
+    odd.error_type = Some("upstream_timeout".into());
+    odd.error_message = Some("ünïcode 🚀 and \"quotes\"".into());
+    odd.metadata = Some(serde_json::json!({"nested": {"list": [1, 2.5, null, "ß"]}, "empty": {}, "q": "a\"b"}));
+    odd.tokens_cached_input = Some(0);
+    odd.tokens_reasoning = Some(7);
+    llm.push(odd);
+    let mut bare = llm_event(101);
+    bare.message = None;
+    bare.metadata = None;
+    bare.deployment_version = None;
+    bare.deployment_environment = None;
+    bare.price_table_version = None;
+    bare.latency_ms = None;
+    bare.http_status = None;
+    llm.push(bare);
+    let mut system: Vec<_> = (0..3).map(system_event).collect();
+    system[1].latency_ms = Some(0.1 + 0.2);
+    system[1].metadata = Some(serde_json::json!({"path": "/ä?x=1"}));
+    system[2].latency_ms = None;
+    system[2].status_code = Some(503);
+    system[2].level = "warning-and-longer".into();
+    (llm, system)
+}
+
+/// Each row of `table` as the text of its `columns`, ordered by event id.
+async fn stored_text(url: &str, table: &str, columns: &str) -> anyhow::Result<Vec<String>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let sql = format!("SELECT t::text FROM (SELECT {columns} FROM {table}) t ORDER BY t.event_id");
+    Ok(client.query(&sql, &[]).await?.iter().map(|row| row.get(0)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_and_insert_paths_store_identical_rows() -> anyhow::Result<()> {
+    use llm_log_worker::copy::CopyWriter;
+    use llm_log_worker::writer::{AnalyticsWriter, LLM_COLUMNS, SYSTEM_COLUMNS};
+
+    let (llm, system) = edge_events();
+    let llm: Vec<_> = llm.iter().collect();
+    let system: Vec<_> = system.iter().collect();
+    let (copied, inserted) =
+        (TestDb::migrated(Database::Analytics).await?, TestDb::migrated(Database::Analytics).await?);
+    let timeout = Duration::from_secs(10);
+    for db in [&copied, &inserted] {
+        let pool = service_kit::db::build_pool(&db.url, "test", 1)?;
+        let writer = AnalyticsWriter::new(pool, timeout, timeout);
+        writer.ensure_partitions_for(&llm, &system).await?;
+        if std::ptr::eq(db, &copied) {
+            let wrote = CopyWriter::new(&db.url, timeout, timeout)
+                .write(&llm, &system)
+                .await
+                .map_err(|e| anyhow::anyhow!("COPY failed: {e:?}"))?;
+            assert_eq!((wrote.llm_logs, wrote.system_logs), (llm.len(), system.len()));
+        } else {
+            let wrote = writer.write(&llm, &system).await?;
+            assert_eq!((wrote.llm_logs, wrote.system_logs), (llm.len(), system.len()));
+        }
+    }
+    for (table, columns) in [("llm_logs", LLM_COLUMNS), ("system_logs", SYSTEM_COLUMNS)] {
+        let (a, b) =
+            (stored_text(&copied.url, table, columns).await?, stored_text(&inserted.url, table, columns).await?);
+        assert_eq!(a.len(), if table == "llm_logs" { llm.len() } else { system.len() });
+        assert_eq!(a, b, "{table}: COPY and INSERT stored different rows");
+    }
+    // A cost is the decimal its text says, rounded by the column, as text input would.
+    for e in &llm {
+        let Some(cost) = e.cost_usd else { continue };
+        let same = test_support::query_count(
+            &copied.url,
+            &format!(
+                "SELECT count(*) AS n FROM llm_logs WHERE event_id = '{}' AND cost_usd = '{cost}'::numeric(16, 10)",
+                e.event_id
+            ),
+        )
+        .await?;
+        assert_eq!(same, 1, "cost {cost} stored otherwise");
+    }
+    // Each row's inserted_by is its transaction's id.
+    let stamped = test_support::query_count(
+        &copied.url,
+        "SELECT count(DISTINCT inserted_by) AS n FROM llm_logs WHERE inserted_by IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(stamped, 1);
+    Ok(())
+}
