@@ -44,7 +44,7 @@ use std::time::Duration;
 use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
 use redis::AsyncCommands;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadOptions,
 };
 use serde::Deserialize;
 use service_kit::config::duration;
@@ -530,11 +530,11 @@ impl<M: Message, H: BatchHandler<M>> Loop<M, H> {
             opts = opts.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         }
         let mut conn = self.shared.conn().await?;
-        let reply: Option<StreamReadReply> = conn.xread_options(&self.shared.stream_keys, ids, &opts).await?;
+        let reply: redis::Value = conn.xread_options(&self.shared.stream_keys, ids, &opts).await?;
         let mut raws = Vec::new();
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some(stream) = self.shared.keys.stream_of(&key.key, &self.shared.streams) else { continue };
-            raws.extend(key.ids.into_iter().map(|id| raw(stream, id)));
+        for (key, entries) in read_reply(reply)? {
+            let Some(stream) = self.shared.keys.stream_of(&key, &self.shared.streams) else { continue };
+            raws.extend(entries.into_iter().map(|(id, fields)| Raw { stream, id, fields }));
         }
         Ok(raws)
     }
@@ -897,6 +897,71 @@ fn raw(stream: &'static str, id: StreamId) -> Raw {
     Raw { stream, id: id.id, fields }
 }
 
+/// Entries of one stream as `XREADGROUP` returns them: id and fields.
+type StreamEntries = Vec<(String, Fields)>;
+
+/// Takes `XREADGROUP`'s reply apart in place, moving the payloads out: under RESP2
+/// `[[stream, [[id, [field, value, …]], …]], …]`, under RESP3 a map of stream to
+/// entries; nil when the block ran out. An entry deleted while pending comes as its id
+/// and nil (no fields). (The `redis` crate's `StreamReadReply` copies the whole reply
+/// and builds a map per entry first.)
+fn read_reply(reply: redis::Value) -> redis::RedisResult<Vec<(String, StreamEntries)>> {
+    use redis::Value;
+    fn text(v: Value) -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn fields(v: Value) -> Option<Fields> {
+        let pair = |(k, v): (Value, Value)| -> Option<(String, Vec<u8>)> {
+            let v = match v {
+                Value::BulkString(b) => b,
+                Value::SimpleString(s) => s.into_bytes(),
+                _ => return None,
+            };
+            Some((text(k)?, v))
+        };
+        match v {
+            Value::Nil => Some(Vec::new()),
+            Value::Map(map) => map.into_iter().map(pair).collect(),
+            Value::Array(flat) => {
+                let mut flat = flat.into_iter();
+                std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).map(pair).collect()
+            }
+            _ => None,
+        }
+    }
+    fn entries(v: Value) -> Option<StreamEntries> {
+        let Value::Array(entries) = v else { return None };
+        entries
+            .into_iter()
+            .map(|entry| {
+                let Value::Array(parts) = entry else { return None };
+                let mut parts = parts.into_iter();
+                Some((text(parts.next()?)?, fields(parts.next().unwrap_or(Value::Nil))?))
+            })
+            .collect()
+    }
+    let streams: Option<Vec<_>> = match reply {
+        Value::Nil => Some(Vec::new()),
+        Value::Map(map) => map.into_iter().map(|(k, v)| Some((text(k)?, entries(v)?))).collect(),
+        Value::Array(rows) => rows
+            .into_iter()
+            .map(|row| {
+                let Value::Array(kv) = row else { return None };
+                let mut kv = kv.into_iter();
+                Some((text(kv.next()?)?, entries(kv.next()?)?))
+            })
+            .collect(),
+        _ => None,
+    };
+    streams.ok_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "an XREADGROUP reply of another shape"))
+    })
+}
+
 fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a [u8]> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
 }
@@ -905,4 +970,46 @@ fn decode<M: Message>(raw: &Raw) -> Result<M, DecodeError> {
     let tag = field(&raw.fields, TYPE_FIELD).ok_or(DecodeError::MissingField(TYPE_FIELD))?;
     let payload = field(&raw.fields, PAYLOAD_FIELD).ok_or(DecodeError::MissingField(PAYLOAD_FIELD))?;
     M::decode(raw.stream, tag, payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn read_replies_of_both_protocols_come_apart_into_entries() -> redis::RedisResult<()> {
+        let entry = |id: &str, fields: Value| Value::Array(vec![bulk(id), fields]);
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("q:logs"),
+            Value::Array(vec![
+                entry("1-0", Value::Array(vec![bulk("type"), bulk("call"), bulk("payload"), bulk("{}")])),
+                entry("2-0", Value::Nil), // deleted while pending
+            ]),
+        ])]);
+        let expected = vec![(
+            "q:logs".to_owned(),
+            vec![
+                ("1-0".to_owned(), vec![("type".to_owned(), b"call".to_vec()), ("payload".to_owned(), b"{}".to_vec())]),
+                ("2-0".to_owned(), Vec::new()),
+            ],
+        )];
+        assert_eq!(read_reply(resp2)?, expected);
+        let resp3 = Value::Map(vec![(
+            bulk("q:logs"),
+            Value::Array(vec![
+                entry("1-0", Value::Map(vec![(bulk("type"), bulk("call")), (bulk("payload"), bulk("{}"))])),
+                entry("2-0", Value::Nil),
+            ]),
+        )]);
+        assert_eq!(read_reply(resp3)?, expected);
+        assert!(read_reply(Value::Nil)?.is_empty());
+        assert!(read_reply(Value::Array(vec![Value::Int(3)])).is_err());
+        Ok(())
+    }
 }
