@@ -16,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 use common_models::usage::{GRAINS, histogram_bucket};
 use rustc_hash::FxHashMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add_grouped};
@@ -36,7 +36,7 @@ pub struct RawCall<'a> {
     pub model: Option<&'a str>,
     pub error_type: Option<&'a str>,
     pub usage_reported: bool,
-    /// In units of 10⁻¹⁰ USD ([`parse_cost`]).
+    /// In units of 10⁻¹⁰ USD ([`Units`]).
     pub cost: Option<i128>,
     pub tokens_input: Option<i32>,
     pub tokens_output: Option<i32>,
@@ -222,27 +222,6 @@ impl Fold {
     }
 }
 
-/// A cost as PostgreSQL prints a `NUMERIC` of at most [`COST_SCALE`] decimals, in units
-/// of 10⁻¹⁰ USD; `None` for anything else.
-pub fn parse_cost(s: &str) -> Option<i128> {
-    let (negative, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty()
-        || fraction.len() > COST_SCALE as usize
-        || !(whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
-    let pad = COST_SCALE - u32::try_from(fraction.len()).ok()?;
-    let whole: i128 = whole.parse().ok()?;
-    let fraction: i128 = if fraction.is_empty() { 0 } else { fraction.parse().ok()? };
-    let units = whole * 10i128.pow(COST_SCALE) + fraction * 10i128.pow(pad);
-    Some(if negative { -units } else { units })
-}
-
 /// Units of 10⁻¹⁰ USD as a decimal with [`COST_SCALE`] digits after the point.
 pub fn format_cost(units: i128) -> String {
     let scale = 10u128.pow(COST_SCALE);
@@ -259,10 +238,12 @@ pub const STEP_ROWS: i64 = 100_000;
 
 /// What the rollups keep of the raw rows whose writer's transaction id lies in [`$1`,
 /// `$2`) (text), and that id, one transaction's rows after another.
-const READ_RAW: &str = "SELECT extract(epoch FROM date_trunc('hour', created_at, 'UTC'))::int8, company_id, user_id, \
-    interview_id, action, model, error_type, usage_reported, cost_usd::text, tokens_input, tokens_output, cache_hit, \
-    cost_saved_usd::text, streaming, latency_ms, time_to_first_token_ms, tokens_cached_input, tokens_reasoning, \
-    inserted_by::text \
+/// Read in binary and converted here ([`HourOf`], [`Units`], [`Xid8`]): in text, the
+/// hour (`date_trunc` in a named zone), the costs and the ids were a fifth of the
+/// server's work for a step.
+const READ_RAW: &str = "SELECT created_at, company_id, user_id, interview_id, action, model, error_type, \
+    usage_reported, cost_usd, tokens_input, tokens_output, cache_hit, cost_saved_usd, streaming, latency_ms, \
+    time_to_first_token_ms, tokens_cached_input, tokens_reasoning, inserted_by \
     FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 ORDER BY inserted_by";
 
 /// Rows fetched from the server at a time while a step reads.
@@ -551,6 +532,72 @@ impl<'a> Figures<'a> {
     }
 }
 
+/// A `TIMESTAMPTZ` read as the start of its UTC hour, in seconds since the Unix epoch.
+struct HourOf(i64);
+
+impl<'a> FromSql<'a> for HourOf {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // Microseconds since 2000-01-01 UTC.
+        let micros = i64::from_be_bytes(raw.try_into()?);
+        let secs = micros.div_euclid(1_000_000) + 946_684_800;
+        Ok(Self(secs - secs.rem_euclid(3600)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+/// A `NUMERIC` of at most [`COST_SCALE`] decimals, in units of 10⁻¹⁰ USD. The binary
+/// form: digit count, weight (the power of 10,000 of the first digit), sign, display
+/// scale, then the digits in base 10,000.
+struct Units(i128);
+
+impl<'a> FromSql<'a> for Units {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let word = |i: usize| -> Result<i16, Box<dyn std::error::Error + Sync + Send>> {
+            let bytes = raw.get(2 * i..2 * i + 2).ok_or("a numeric cut short")?;
+            Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
+        };
+        let (digits, weight, sign) = (usize::try_from(word(0)?)?, i32::from(word(1)?), word(2)? as u16);
+        let negative = match sign {
+            0x0000 => false,
+            0x4000 => true,
+            _ => return Err("a cost that is not a number".into()),
+        };
+        let mut units: i128 = 0;
+        for i in 0..digits {
+            let digit = i128::from(word(4 + i)?);
+            // This digit's power of ten, counted in units of 10⁻¹⁰.
+            let power = 4 * (weight - i32::try_from(i)?) + COST_SCALE as i32;
+            units += match power {
+                0.. => digit * 10i128.checked_pow(power.unsigned_abs()).ok_or("a cost too large")?,
+                -3..0 if digit % 10i128.pow(power.unsigned_abs()) == 0 => digit / 10i128.pow(power.unsigned_abs()),
+                _ => return Err("a cost with more decimals than its column keeps".into()),
+            };
+        }
+        Ok(Self(if negative { -units } else { units }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
+/// An `xid8` (a transaction id with its epoch).
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Xid8(u64);
+
+impl<'a> FromSql<'a> for Xid8 {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(u64::from_be_bytes(raw.try_into()?)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::XID8
+    }
+}
+
 /// The raw rows of the transactions in [`from`, `settled`), summed, and where the
 /// summing stopped: `settled`, or the first transaction past about [`STEP_ROWS`] rows
 /// (a step ends between two transactions' rows; one transaction's rows are folded
@@ -558,22 +605,20 @@ impl<'a> Figures<'a> {
 async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -> anyhow::Result<(Fold, String)> {
     let portal = tx.bind(READ_RAW, &[&from, &settled]).await?;
     let mut fold = Fold::default();
-    let cost = |v: Option<&str>| -> anyhow::Result<Option<i128>> {
-        v.map(|s| parse_cost(s).ok_or_else(|| anyhow::anyhow!("unreadable cost {s:?}"))).transpose()
-    };
-    let mut last = String::new();
+    let cost = |v: Option<Units>| v.map(|u| u.0);
+    let mut last = None;
     loop {
         let rows = tx.query_portal(&portal, READ_CHUNK).await?;
         for row in &rows {
-            let by: &str = row.try_get(18)?;
-            if by != last {
+            let by: Xid8 = row.try_get(18)?;
+            if last != Some(by) {
                 if fold.calls >= STEP_ROWS.unsigned_abs() {
-                    return Ok((fold, by.to_owned()));
+                    return Ok((fold, by.0.to_string()));
                 }
-                by.clone_into(&mut last);
+                last = Some(by);
             }
             fold.add(&RawCall {
-                hour: row.try_get(0)?,
+                hour: row.try_get::<_, HourOf>(0)?.0,
                 company_id: row.try_get(1)?,
                 user_id: row.try_get(2)?,
                 interview_id: row.try_get(3)?,
@@ -581,11 +626,11 @@ async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -
                 model: row.try_get(5)?,
                 error_type: row.try_get(6)?,
                 usage_reported: row.try_get(7)?,
-                cost: cost(row.try_get(8)?)?,
+                cost: cost(row.try_get(8)?),
                 tokens_input: row.try_get(9)?,
                 tokens_output: row.try_get(10)?,
                 cache_hit: row.try_get(11)?,
-                cost_saved: cost(row.try_get(12)?)?,
+                cost_saved: cost(row.try_get(12)?),
                 streaming: row.try_get(13)?,
                 latency_ms: row.try_get(14)?,
                 ttft_ms: row.try_get(15)?,
@@ -603,17 +648,36 @@ async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -
 mod tests {
     use super::*;
 
+    /// A cost read from `NUMERIC`'s binary form: (digit count, weight, sign, scale, digits…).
+    fn units(words: &[i16]) -> Option<i128> {
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        Units::from_sql(&Type::NUMERIC, &raw).ok().map(|u| u.0)
+    }
+
     #[test]
     fn costs_are_read_and_written_exactly() {
-        assert_eq!(parse_cost("0.0001230000"), Some(1_230_000));
-        assert_eq!(parse_cost("12.5"), Some(125_000_000_000));
-        assert_eq!(parse_cost("-0.0000000001"), Some(-1));
-        assert_eq!(parse_cost("7"), Some(70_000_000_000));
-        assert_eq!(parse_cost("0.00000000001"), None, "more digits than the columns hold");
-        assert_eq!(parse_cost("1e-5"), None);
+        assert_eq!(units(&[2, -1, 0, 10, 1, 2300]), Some(1_230_000)); // 0.0001230000
+        assert_eq!(units(&[2, 0, 0, 1, 12, 5000]), Some(125_000_000_000)); // 12.5
+        assert_eq!(units(&[1, -3, 0x4000, 10, 100]), Some(-1)); // -0.0000000001
+        assert_eq!(units(&[1, 0, 0, 0, 7]), Some(70_000_000_000)); // 7
+        assert_eq!(units(&[2, 1, 0, 10, 1, 2345]), Some(123_450_000_000_000)); // 12345
+        assert_eq!(units(&[0, 0, 0, 10]), Some(0));
+        assert_eq!(units(&[1, -3, 0, 11, 10]), None, "more digits than the columns hold");
+        assert_eq!(units(&[0, 0, 0xC000u16 as i16, 0]), None, "NaN");
+        assert_eq!(units(&[2, 0, 0, 1, 12]), None, "cut short");
         assert_eq!(format_cost(1_230_000), "0.0001230000");
         assert_eq!(format_cost(-1), "-0.0000000001");
         assert_eq!(format_cost(123_456_789_012_345), "12345.6789012345");
+    }
+
+    #[test]
+    fn a_timestamp_is_read_as_the_start_of_its_utc_hour() {
+        // 2025-11-23T10:59:59.999999Z, in microseconds since 2000-01-01.
+        let micros: i64 = (1_763_895_599 - 946_684_800) * 1_000_000 + 999_999;
+        let hour = HourOf::from_sql(&Type::TIMESTAMPTZ, &micros.to_be_bytes()).map(|h| h.0).ok();
+        assert_eq!(hour, Some(1_763_892_000)); // 10:00:00
+        let before_2000 = HourOf::from_sql(&Type::TIMESTAMPTZ, &(-1_i64).to_be_bytes()).map(|h| h.0).ok();
+        assert_eq!(before_2000, Some(946_684_800 - 3600));
     }
 
     #[test]
