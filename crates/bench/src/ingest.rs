@@ -124,7 +124,43 @@ async fn prepare(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(n: usize, per_interview: usize) -> anyhow::Result<()> {
+/// What one round measured, as fractions of the raw COPY's rate.
+struct Round {
+    ratio: f64,
+    rows_alone: f64,
+}
+
+/// `rounds` rounds of [`run`], then their medians.
+pub async fn run_rounds(n: usize, per_interview: usize, rounds: usize) -> anyhow::Result<()> {
+    let mut measured = Vec::new();
+    for round in 1..=rounds.max(1) {
+        if rounds > 1 {
+            println!("-- round {round} of {rounds}");
+        }
+        measured.push(run(n, per_interview).await?);
+    }
+    if measured.len() > 1 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        let ratios: Vec<f64> = measured.iter().map(|r| r.ratio).collect();
+        let rows: Vec<f64> = measured.iter().map(|r| r.rows_alone).collect();
+        println!(
+            "ingest over {} rounds, {per_interview} per interview: ratio median {:.2} ({}; target ≥ 0.60), \
+             rows alone median {:.2} ({})",
+            measured.len(),
+            median(ratios.clone()),
+            list(&ratios),
+            median(rows.clone()),
+            list(&rows)
+        );
+    }
+    Ok(())
+}
+
+async fn run(n: usize, per_interview: usize) -> anyhow::Result<Round> {
     println!("== ingest: {n} llm_logs events, {per_interview} per interview ==");
     let events: Vec<LlmCallEvent> = (0..n).map(|i| event(i, per_interview)).collect();
 
@@ -252,11 +288,11 @@ pub async fn run(n: usize, per_interview: usize) -> anyhow::Result<()> {
     );
     anyhow::ensure!(rolled == n as i64, "the rollups hold {rolled} calls, expected {n}");
     println!();
+    let round = Round { ratio: pipe_rate / copy_rate, rows_alone: copy_secs / committed_secs };
     println!(
         "ingest   raw COPY {copy_rate:>8.0} rows/s   pipeline {pipe_rate:>8.0} rows/s   ratio {:.2} (target ≥ 0.60; \
          rows alone, before their fold: {:.2})",
-        pipe_rate / copy_rate,
-        copy_secs / committed_secs
+        round.ratio, round.rows_alone
     );
 
     producer_task.shutdown().await;
@@ -266,5 +302,5 @@ pub async fn run(n: usize, per_interview: usize) -> anyhow::Result<()> {
     clear_redis(&prefix).await?;
     drop_database(&copy_name).await?;
     drop_database(&pipe_name).await?;
-    Ok(())
+    Ok(round)
 }

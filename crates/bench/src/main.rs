@@ -50,6 +50,10 @@ enum Command {
         /// can take.
         #[arg(long, default_value_t = 1)]
         calls_per_interview: usize,
+        /// Rounds of raw COPY then pipeline, each into new databases (figures are medians;
+        /// the ratio of one round moves by a tenth between runs on a shared machine).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Events/s into the producer's spool (Redis away) and replayed from it, vs straight to Redis.
     Spool {
@@ -171,8 +175,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match Cli::parse().command {
-        Command::Ingest { events, calls_per_interview } => {
-            runtime()?.block_on(ingest::run(events, calls_per_interview))
+        Command::Ingest { events, calls_per_interview, rounds } => {
+            runtime()?.block_on(ingest::run_rounds(events, calls_per_interview, rounds))
         }
         Command::Spool { events } => runtime()?.block_on(spool::run(events)),
         Command::Gateway { rate, seconds, bin_dir, no_max_rate } => {

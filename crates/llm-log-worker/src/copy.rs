@@ -169,30 +169,10 @@ impl BinaryRows {
         }
     }
 
-    fn int8(&mut self, v: Option<i64>) {
+    /// A fixed-width value (an integer or a float) in network byte order.
+    fn fixed<const N: usize>(&mut self, v: Option<[u8; N]>) {
         match v {
-            Some(v) => self.field(&v.to_be_bytes()),
-            None => self.null(),
-        }
-    }
-
-    fn int4(&mut self, v: Option<i32>) {
-        match v {
-            Some(v) => self.field(&v.to_be_bytes()),
-            None => self.null(),
-        }
-    }
-
-    fn int2(&mut self, v: Option<i16>) {
-        match v {
-            Some(v) => self.field(&v.to_be_bytes()),
-            None => self.null(),
-        }
-    }
-
-    fn float8(&mut self, v: Option<f64>) {
-        match v {
-            Some(v) => self.field(&v.to_be_bytes()),
+            Some(bytes) => self.field(&bytes),
             None => self.null(),
         }
     }
@@ -282,21 +262,21 @@ fn llm_rows(events: &[&LlmCallEvent], xid: u64) -> Vec<u8> {
         rows.timestamptz(e.created_at);
         rows.text(Some(&fit(&e.action, 100)));
         rows.text(fit_opt(e.message.as_ref(), usize::MAX).as_deref());
-        rows.int8(e.user_id.map(|v| v.0));
-        rows.int8(e.company_id.map(|v| v.0));
-        rows.int8(e.interview_id.map(|v| v.0));
+        rows.fixed(e.user_id.map(|v| v.0).map(i64::to_be_bytes));
+        rows.fixed(e.company_id.map(|v| v.0).map(i64::to_be_bytes));
+        rows.fixed(e.interview_id.map(|v| v.0).map(i64::to_be_bytes));
         rows.text(fit_opt(e.request_id.as_ref(), 64).as_deref());
         rows.text(fit_opt(e.model.as_ref(), 100).as_deref());
-        rows.int4(e.tokens_total);
-        rows.int4(e.tokens_input);
-        rows.int4(e.tokens_output);
+        rows.fixed(e.tokens_total.map(i32::to_be_bytes));
+        rows.fixed(e.tokens_input.map(i32::to_be_bytes));
+        rows.fixed(e.tokens_output.map(i32::to_be_bytes));
         rows.bool(e.usage_reported);
         rows.numeric(e.cost_usd);
         rows.text(fit_opt(e.price_table_version.as_ref(), 50).as_deref());
-        rows.int4(e.latency_ms);
-        rows.int4(e.time_to_first_token_ms);
+        rows.fixed(e.latency_ms.map(i32::to_be_bytes));
+        rows.fixed(e.time_to_first_token_ms.map(i32::to_be_bytes));
         rows.bool(e.streaming);
-        rows.int2(e.http_status);
+        rows.fixed(e.http_status.map(i16::to_be_bytes));
         rows.text(fit_opt(e.error_type.as_ref(), 100).as_deref());
         rows.text(fit_opt(e.error_message.as_ref(), usize::MAX).as_deref());
         rows.jsonb(e.metadata.as_ref());
@@ -304,8 +284,8 @@ fn llm_rows(events: &[&LlmCallEvent], xid: u64) -> Vec<u8> {
         rows.text(fit_opt(e.deployment_environment.as_ref(), 50).as_deref());
         rows.bool(e.cache_hit);
         rows.numeric(e.cost_saved_usd);
-        rows.int4(e.tokens_cached_input);
-        rows.int4(e.tokens_reasoning);
+        rows.fixed(e.tokens_cached_input.map(i32::to_be_bytes));
+        rows.fixed(e.tokens_reasoning.map(i32::to_be_bytes));
         rows.xid8(xid);
     }
     rows.finish()
@@ -322,10 +302,10 @@ fn system_rows(events: &[&SystemLogEvent]) -> Vec<u8> {
         rows.text(Some(&fit(&e.message, usize::MAX)));
         rows.text(fit_opt(e.request_method.as_ref(), 10).as_deref());
         rows.text(fit_opt(e.request_path.as_ref(), 500).as_deref());
-        rows.int2(e.status_code);
-        rows.float8(e.latency_ms.filter(|l| l.is_finite()));
-        rows.int8(e.company_id.map(|v| v.0));
-        rows.int8(e.user_id.map(|v| v.0));
+        rows.fixed(e.status_code.map(i16::to_be_bytes));
+        rows.fixed(e.latency_ms.filter(|l| l.is_finite()).map(f64::to_be_bytes));
+        rows.fixed(e.company_id.map(|v| v.0).map(i64::to_be_bytes));
+        rows.fixed(e.user_id.map(|v| v.0).map(i64::to_be_bytes));
         rows.text(fit_opt(e.request_id.as_ref(), 64).as_deref());
         rows.text(fit_opt(e.error_type.as_ref(), 100).as_deref());
         rows.jsonb(e.metadata.as_ref());
