@@ -17,7 +17,7 @@ use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use crate::writer::{Inserted, LLM_COLUMNS, SYSTEM_COLUMNS, fit, fit_opt, limits};
+use crate::writer::{Inserted, LLM_COLUMNS, SYSTEM_COLUMNS, decimal, fit, fit_opt, limits};
 
 /// Why a COPY did not commit.
 #[derive(Debug)]
@@ -138,7 +138,7 @@ struct BinaryRows {
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
-const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 impl BinaryRows {
     fn with_capacity(rows: usize, row_bytes: usize) -> Self {
@@ -199,11 +199,14 @@ impl BinaryRows {
     /// with the display scale of that text. The column's typmod then rounds it on the
     /// server exactly as it rounds text input.
     fn numeric(&mut self, v: Option<f64>) {
-        let Some(v) = v.filter(|v| v.is_finite()) else {
+        let Some(text) = decimal(v) else {
             return self.null();
         };
-        let text = v.abs().to_string(); // Rust never writes an exponent here
-        let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(digits) => (true, digits),
+            None => (false, text.as_str()),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
         let int = int.trim_start_matches('0');
         let lead = (4 - int.len() % 4) % 4;
         let decimals: Vec<u8> = std::iter::repeat_n(b'0', lead)
@@ -223,17 +226,13 @@ impl BinaryRows {
         }
         let (sign, weight) = match groups.is_empty() {
             true => (0_i16, 0_i16),
-            false if v < 0.0 => (0x4000, weight),
+            false if negative => (0x4000, weight),
             false => (0, weight),
         };
-        let mut field = Vec::with_capacity(8 + 2 * groups.len());
-        for part in [groups.len() as i16, weight, sign, frac.len() as i16] {
-            field.extend_from_slice(&part.to_be_bytes());
+        self.out.extend_from_slice(&(8 + 2 * groups.len() as i32).to_be_bytes());
+        for part in [groups.len() as i16, weight, sign, frac.len() as i16].into_iter().chain(groups) {
+            self.out.extend_from_slice(&part.to_be_bytes());
         }
-        for g in groups {
-            field.extend_from_slice(&g.to_be_bytes());
-        }
-        self.field(&field);
     }
 
     /// jsonb's binary form is a version byte (1) and the JSON text.

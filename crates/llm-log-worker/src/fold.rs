@@ -19,6 +19,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
+use crate::copy::POSTGRES_EPOCH_MICROS;
 use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add_grouped};
 
 /// Digits after the point of the cost columns (`NUMERIC(16, 10)` raw, `(24, 10)` rolled up).
@@ -539,7 +540,7 @@ impl<'a> FromSql<'a> for HourOf {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         // Microseconds since 2000-01-01 UTC.
         let micros = i64::from_be_bytes(raw.try_into()?);
-        let secs = micros.div_euclid(1_000_000) + 946_684_800;
+        let secs = (micros + POSTGRES_EPOCH_MICROS).div_euclid(1_000_000);
         Ok(Self(secs - secs.rem_euclid(3600)))
     }
 

@@ -236,8 +236,9 @@ const INSERT_LLM_LOGS: &str = concat!(
      $23::text[], $24::text[], $25::bool[], $26::text[]::numeric[], $27::int4[], $28::int4[]) ON CONFLICT DO NOTHING"
 );
 
-/// A finite amount as its shortest decimal text (Rust writes no exponent).
-fn decimal(v: Option<f64>) -> Option<String> {
+/// A finite amount as its shortest decimal text (Rust writes no exponent): what both
+/// write paths hand PostgreSQL for a `NUMERIC` column.
+pub(crate) fn decimal(v: Option<f64>) -> Option<String> {
     v.filter(|v| v.is_finite()).map(|v| v.to_string())
 }
 
