@@ -885,16 +885,17 @@ async fn renew_claim<M>(shared: &Shared, consumer: &str, batch: &[Delivery<M>]) 
 }
 
 fn raw(stream: &'static str, id: StreamId) -> Raw {
-    let fields = id
-        .map
-        .into_iter()
-        .filter_map(|(k, v)| match v {
-            redis::Value::BulkString(bytes) => Some((k, bytes)),
-            redis::Value::SimpleString(s) => Some((k, s.into_bytes())),
-            _ => None,
-        })
-        .collect();
+    let fields = id.map.into_iter().filter_map(|(k, v)| Some((k, field_value(v)?))).collect();
     Raw { stream, id: id.id, fields }
+}
+
+/// An entry's field value as bytes (Redis answers bulk strings; simple ones under RESP3).
+fn field_value(v: redis::Value) -> Option<Vec<u8>> {
+    match v {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
 }
 
 /// Entries of one stream as `XREADGROUP` returns them: id and fields.
@@ -908,21 +909,10 @@ type StreamEntries = Vec<(String, Fields)>;
 fn read_reply(reply: redis::Value) -> redis::RedisResult<Vec<(String, StreamEntries)>> {
     use redis::Value;
     fn text(v: Value) -> Option<String> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b).ok(),
-            Value::SimpleString(s) => Some(s),
-            _ => None,
-        }
+        String::from_utf8(field_value(v)?).ok()
     }
     fn fields(v: Value) -> Option<Fields> {
-        let pair = |(k, v): (Value, Value)| -> Option<(String, Vec<u8>)> {
-            let v = match v {
-                Value::BulkString(b) => b,
-                Value::SimpleString(s) => s.into_bytes(),
-                _ => return None,
-            };
-            Some((text(k)?, v))
-        };
+        let pair = |(k, v): (Value, Value)| -> Option<(String, Vec<u8>)> { Some((text(k)?, field_value(v)?)) };
         match v {
             Value::Nil => Some(Vec::new()),
             Value::Map(map) => map.into_iter().map(pair).collect(),
