@@ -247,6 +247,10 @@ const READ_RAW: &str = "SELECT created_at, company_id, user_id, interview_id, ac
     time_to_first_token_ms, tokens_cached_input, tokens_reasoning, inserted_by \
     FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 ORDER BY inserted_by";
 
+/// The oldest transaction still running: every transaction below it has ended, so no
+/// row can appear there any more.
+const SETTLED: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text";
+
 /// Rows fetched from the server at a time while a step reads.
 const READ_CHUNK: i32 = 10_000;
 
@@ -313,11 +317,41 @@ pub struct Compacted {
 pub struct Folder {
     url: String,
     client: Option<Client>,
+    follow: std::time::Duration,
+    follow_idle: std::time::Duration,
 }
+
+/// How often a step that follows the writes looks for transactions that ended.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long the worker's steps wait for the next transaction to end before they write
+/// what they have ([`Folder::following`]): a batch commits every few milliseconds
+/// under load, and the last rows of a burst wait no longer than this for their step.
+pub const FOLLOW_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Folder {
     pub fn new(url: &str) -> Self {
-        Self { url: service_kit::config::postgres_url_for(url, "llm-log-worker-rollups"), client: None }
+        Self {
+            url: service_kit::config::postgres_url_for(url, "llm-log-worker-rollups"),
+            client: None,
+            follow: std::time::Duration::ZERO,
+            follow_idle: std::time::Duration::ZERO,
+        }
+    }
+
+    /// A step keeps reading the transactions that end while it reads, for up to
+    /// `follow` from its start (and up to [`STEP_ROWS`] rows), as long as the next one
+    /// ends within `idle` ([`FOLLOW_IDLE`] for the worker), instead of stopping as soon
+    /// as it has caught up: under a steady flow, steps are fewer and larger, and the
+    /// rows left for the next step are those committed while this one writes its sums
+    /// (the ingest benchmark's ratio 0.51 → 0.54, two steps for 200,000 calls instead
+    /// of three). The rollups then trail the raw rows by up to `follow` plus a step's
+    /// writing. Reading takes no transaction id, so a waiting step holds back no other
+    /// fold's view; it holds a rebuild back.
+    pub fn following(mut self, follow: std::time::Duration, idle: std::time::Duration) -> Self {
+        self.follow = follow;
+        self.follow_idle = idle;
+        self
     }
 
     async fn client(&mut self) -> anyhow::Result<&mut Client> {
@@ -335,7 +369,7 @@ impl Folder {
     }
 
     /// Folds the raw rows past the watermark, up to every transaction that has ended
-    /// (and at most about [`STEP_ROWS`] rows), into `llm_usage_hourly`, its coarser
+    /// before it or while it reads (and at most about [`STEP_ROWS`] rows), into `llm_usage_hourly`, its coarser
     /// grain `llm_usage_hourly_models` and the small grains, and moves the watermark
     /// past them; also moves any pending rows. All in one transaction; does nothing
     /// while another session folds (advisory lock, held to the end of the transaction).
@@ -349,6 +383,8 @@ impl Folder {
     }
 
     async fn try_step(&mut self) -> anyhow::Result<Compacted> {
+        let started = std::time::Instant::now();
+        let (follow, idle) = (self.follow, self.follow_idle);
         let client = self.client().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
@@ -374,24 +410,41 @@ impl Folder {
             "the rollup watermark {from} is ahead of this cluster's transactions ({settled}): the database was \
              restored into another cluster; rebuild the rollups and reset llm_usage_watermark"
         );
-        let mut calls = 0;
-        let mut more = false;
+        let mut fold = Fold::default();
+        let (mut settled, mut upto) = (settled, from.clone());
         if settled != from {
-            let (fold, upto) = read(&tx, &from, &settled).await?;
-            more = upto != settled;
-            if fold.calls > 0 {
-                stage(&tx, &fold).await?;
-                for upsert in UPSERTS.iter() {
-                    tx.execute(upsert.as_str(), &[]).await?;
+            upto = read(&tx, &mut fold, &from, &settled).await?;
+        }
+        // Transactions that end while the step reads are read too, while the step is
+        // under its size ([`Folder::following`]).
+        let mut moved = std::time::Instant::now();
+        while upto == settled && fold.calls < STEP_ROWS.unsigned_abs() {
+            let now: String = tx.query_one(SETTLED, &[]).await?.try_get(0)?;
+            if now.parse::<u64>()? <= settled.parse::<u64>()? {
+                if started.elapsed() + FOLLOW_POLL >= follow || moved.elapsed() >= idle {
+                    break;
                 }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
             }
+            upto = read(&tx, &mut fold, &settled, &now).await?;
+            settled = now;
+            moved = std::time::Instant::now();
+        }
+        let more = upto != settled;
+        if fold.calls > 0 {
+            stage(&tx, &fold).await?;
+            for upsert in UPSERTS.iter() {
+                tx.execute(upsert.as_str(), &[]).await?;
+            }
+        }
+        if upto != from {
             tx.execute("UPDATE llm_usage_watermark SET rolled_up_to = $1::text::xid8, updated_at = now()", &[&upto])
                 .await?;
-            calls += fold.calls;
         }
         let pending: i64 = tx.query_one(FOLD_PENDING.as_str(), &[]).await?.try_get(0)?;
         tx.commit().await?;
-        Ok(Compacted { calls: calls + u64::try_from(pending).unwrap_or(0), more })
+        Ok(Compacted { calls: fold.calls + u64::try_from(pending).unwrap_or(0), more })
     }
 
     /// Steps until nothing more is waiting for a step (or another session holds the
@@ -599,13 +652,17 @@ impl<'a> FromSql<'a> for Xid8 {
     }
 }
 
-/// The raw rows of the transactions in [`from`, `settled`), summed, and where the
-/// summing stopped: `settled`, or the first transaction past about [`STEP_ROWS`] rows
+/// The raw rows of the transactions in [`from`, `settled`), added to `fold`; returns
+/// where the adding stopped: `settled`, or the first transaction past about [`STEP_ROWS`] rows
 /// (a step ends between two transactions' rows; one transaction's rows are folded
 /// together, however many).
-async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -> anyhow::Result<(Fold, String)> {
+async fn read(
+    tx: &tokio_postgres::Transaction<'_>,
+    fold: &mut Fold,
+    from: &str,
+    settled: &str,
+) -> anyhow::Result<String> {
     let portal = tx.bind(READ_RAW, &[&from, &settled]).await?;
-    let mut fold = Fold::default();
     let cost = |v: Option<Units>| v.map(|u| u.0);
     let mut last = None;
     loop {
@@ -614,7 +671,7 @@ async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -
             let by: Xid8 = row.try_get(18)?;
             if last != Some(by) {
                 if fold.calls >= STEP_ROWS.unsigned_abs() {
-                    return Ok((fold, by.0.to_string()));
+                    return Ok(by.0.to_string());
                 }
                 last = Some(by);
             }
@@ -640,7 +697,7 @@ async fn read(tx: &tokio_postgres::Transaction<'_>, from: &str, settled: &str) -
             });
         }
         if rows.len() < READ_CHUNK.unsigned_abs() as usize {
-            return Ok((fold, settled.to_owned()));
+            return Ok(settled.to_owned());
         }
     }
 }

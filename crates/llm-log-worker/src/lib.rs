@@ -92,7 +92,7 @@ pub async fn run(
     let partitions =
         tokio::spawn(keep_partitions_ahead(writer.clone(), settings.partition_check_interval, shutdown.clone()));
     let rollups = tokio::spawn(keep_rollups_current(
-        rollup::Folder::new(analytics_url.expose()),
+        rollup::Folder::new(analytics_url.expose()).following(settings.rollup_interval, rollup::FOLLOW_IDLE),
         settings.rollup_interval,
         metrics.clone(),
         shutdown.clone(),

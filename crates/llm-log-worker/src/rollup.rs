@@ -17,7 +17,7 @@
 
 use std::sync::LazyLock;
 
-pub use crate::fold::{Compacted, Folder, STEP_ROWS};
+pub use crate::fold::{Compacted, FOLLOW_IDLE, Folder, STEP_ROWS};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common_models::usage::{GRAIN_KEYS, GRAINS, stored_histogram_sum_sql};

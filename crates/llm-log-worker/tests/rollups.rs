@@ -260,6 +260,42 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
     Ok(())
 }
 
+/// A step of the worker follows the writes: a batch that commits while the step reads
+/// is folded by that step, not left to the next one; a step that does not follow leaves
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_step_folds_the_batches_that_commit_while_it_reads() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    use llm_log_worker::rollup;
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let pool = service_kit::db::build_pool(&db.url, "rollup-test", 2)?;
+    let writer = llm_log_worker::writer::AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(30));
+    let calls = "SELECT coalesce(sum(calls), 0)::int8 AS n FROM llm_usage_hourly";
+
+    // An open batch holds everything after it back: a later batch has committed, but
+    // no row past the open one can be folded yet.
+    writer.ensure_partitions_ahead(Utc::now()).await?;
+    let mut late = db.connect().await?;
+    open_batch(&mut late, 7007, 50).await?;
+    let events: Vec<_> = (0..100).map(llm_event).collect();
+    writer.write(&events.iter().collect::<Vec<_>>(), &[]).await?;
+    let step = rollup::Folder::new(&db.url).step().await?;
+    assert_eq!(step.calls, 0, "a step folded rows past an open batch");
+
+    // A following step starts while the batch is open; the batch commits while the
+    // step waits for it. That one step folds both batches.
+    let mut folder = rollup::Folder::new(&db.url).following(Duration::from_secs(5), Duration::from_secs(3));
+    let step = tokio::spawn(async move { folder.step().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!step.is_finished(), "the step did not wait for the open batch");
+    late.batch_execute("COMMIT").await?;
+    let step = step.await??;
+    assert_eq!((step.calls, step.more), (150, false), "the step did not fold what committed while it read");
+    assert_eq!(number(&db, calls).await?, 150);
+    assert_eq!(number(&db, "SELECT raw_rows AS n FROM llm_usage_backlog").await?, 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_rebuild_refuses_an_empty_range_and_an_unreadable_time() -> anyhow::Result<()> {
     let run = |args: &[&str]| {
