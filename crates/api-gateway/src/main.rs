@@ -4,6 +4,12 @@ use api_gateway::GatewaySettings;
 use clap::{Parser, Subcommand};
 use common_models::db::{self, Database};
 
+/// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
+/// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
+/// ended at the extraction child's address-space limit).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The headhunter public API.
 #[derive(Parser)]
 #[command(version)]

@@ -33,6 +33,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+/// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
+/// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
+/// ended at the extraction child's address-space limit).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

@@ -3,6 +3,12 @@ use std::path::PathBuf;
 use cache_service::CacheSettings;
 use clap::{Parser, Subcommand};
 
+/// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
+/// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
+/// ended at the extraction child's address-space limit).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The headhunter cache: namespaced, two-tier, shared by every service.
 #[derive(Parser)]
 #[command(version)]

@@ -9,6 +9,12 @@ use llm_log_worker::WorkerSettings;
 use task_queue::cli::DeadLetterCommand;
 use task_queue::{Keys, Message};
 
+/// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
+/// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
+/// ended at the extraction child's address-space limit).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes LLM and API logs from the Redis streams to the analytics database.
 #[derive(Parser)]
 #[command(version)]

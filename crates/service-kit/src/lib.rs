@@ -29,15 +29,6 @@ pub mod request_id;
 #[cfg(feature = "http")]
 pub mod server;
 
-/// The memory allocator of every binary built on this crate: mimalloc (version 2), with
-/// its per-thread free lists. The services allocate and free many small objects across
-/// threads (each queue entry's fields, each event's JSON, each row's text); with the
-/// system allocator, its locking and consolidation took a quarter of the ingest
-/// benchmark's own CPU time, and the benchmark's ingest ratio was 0.47 against 0.50
-/// with mimalloc (interleaved runs, rows alone 0.60 against 0.66).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Re-exported for [`metrics!`].
 pub use prometheus;
 
