@@ -178,6 +178,16 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
     worker.stop().await
 }
 
+/// A migrated analytics database, and a batch writer for it.
+async fn database_and_writer() -> anyhow::Result<(TestDb, llm_log_worker::writer::AnalyticsWriter)> {
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    let pool = service_kit::db::build_pool(&db.url, "rollup-test", 2)?;
+    Ok((db, llm_log_worker::writer::AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(30))))
+}
+
+/// The calls the finest rollup holds.
+const CALLS: &str = "SELECT coalesce(sum(calls), 0)::int8 AS n FROM llm_usage_hourly";
+
 /// Raw rows as a writer's batch stores them (its transaction id in `inserted_by`), `n`
 /// of them, in a transaction `conn` leaves open.
 async fn open_batch(conn: &mut diesel_async::AsyncPgConnection, company: i64, n: i64) -> anyhow::Result<()> {
@@ -196,10 +206,8 @@ async fn open_batch(conn: &mut diesel_async::AsyncPgConnection, company: i64, n:
 async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never() -> anyhow::Result<()> {
     use diesel_async::SimpleAsyncConnection;
     use llm_log_worker::rollup;
-    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
-    let pool = service_kit::db::build_pool(&db.url, "rollup-test", 2)?;
-    let writer = llm_log_worker::writer::AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(30));
-    let calls = "SELECT coalesce(sum(calls), 0)::int8 AS n FROM llm_usage_hourly";
+    let (db, writer) = database_and_writer().await?;
+    let calls = CALLS;
     let raw_backlog = "SELECT raw_rows AS n FROM llm_usage_backlog";
     let write = async |range: std::ops::Range<usize>| {
         let events: Vec<_> = range.map(llm_event).collect();
@@ -267,10 +275,8 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
 async fn a_following_step_folds_the_batches_that_commit_while_it_reads() -> anyhow::Result<()> {
     use diesel_async::SimpleAsyncConnection;
     use llm_log_worker::rollup;
-    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
-    let pool = service_kit::db::build_pool(&db.url, "rollup-test", 2)?;
-    let writer = llm_log_worker::writer::AnalyticsWriter::new(pool, Duration::from_secs(5), Duration::from_secs(30));
-    let calls = "SELECT coalesce(sum(calls), 0)::int8 AS n FROM llm_usage_hourly";
+    let (db, writer) = database_and_writer().await?;
+    let calls = CALLS;
 
     // An open batch holds everything after it back: a later batch has committed, but
     // no row past the open one can be folded yet.
