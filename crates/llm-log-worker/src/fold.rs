@@ -369,10 +369,11 @@ impl Folder {
     }
 
     /// Folds the raw rows past the watermark, up to every transaction that has ended
-    /// before it or while it reads (and at most about [`STEP_ROWS`] rows), into `llm_usage_hourly`, its coarser
-    /// grain `llm_usage_hourly_models` and the small grains, and moves the watermark
-    /// past them; also moves any pending rows. All in one transaction; does nothing
-    /// while another session folds (advisory lock, held to the end of the transaction).
+    /// before it or while it reads (and at most about [`STEP_ROWS`] rows), into
+    /// `llm_usage_hourly`, its coarser grain `llm_usage_hourly_models` and the small
+    /// grains, and moves the watermark past them; also moves any pending rows. All in
+    /// one transaction; does nothing while another session folds (advisory lock, held
+    /// to the end of the transaction).
     pub async fn step(&mut self) -> anyhow::Result<Compacted> {
         let result = self.try_step().await;
         if result.is_err() {
@@ -653,9 +654,9 @@ impl<'a> FromSql<'a> for Xid8 {
 }
 
 /// The raw rows of the transactions in [`from`, `settled`), added to `fold`; returns
-/// where the adding stopped: `settled`, or the first transaction past about [`STEP_ROWS`] rows
-/// (a step ends between two transactions' rows; one transaction's rows are folded
-/// together, however many).
+/// where the adding stopped: `settled`, or the first transaction past about
+/// [`STEP_ROWS`] rows (a step ends between two transactions' rows; one transaction's
+/// rows are folded together, however many).
 async fn read(
     tx: &tokio_postgres::Transaction<'_>,
     fold: &mut Fold,
