@@ -207,7 +207,6 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
     use diesel_async::SimpleAsyncConnection;
     use llm_log_worker::rollup;
     let (db, writer) = database_and_writer().await?;
-    let calls = CALLS;
     let raw_backlog = "SELECT raw_rows AS n FROM llm_usage_backlog";
     let write = async |range: std::ops::Range<usize>| {
         let events: Vec<_> = range.map(llm_event).collect();
@@ -220,7 +219,7 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
     // Folded as usual.
     write(0..100).await?;
     assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
-    assert_eq!(number(&db, calls).await?, 100);
+    assert_eq!(number(&db, CALLS).await?, 100);
 
     // A slow batch and a doomed one stay open while a later batch commits: the later
     // rows wait (nothing past the open batches is folded), and a rebuild meanwhile
@@ -230,16 +229,16 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
     open_batch(&mut doomed, 8008, 30).await?;
     write(100..320).await?;
     folder.step_all().await?;
-    assert_eq!(number(&db, calls).await?, 100, "rows past an open batch were folded");
+    assert_eq!(number(&db, CALLS).await?, 100, "rows past an open batch were folded");
     assert_eq!(number(&db, raw_backlog).await?, 220);
     let (from, to) = (Utc::now() - TimeDelta::days(1), Utc::now() + TimeDelta::hours(1));
     rollup::rebuild(&mut conn, from, to, |_, _| {}).await?;
-    assert_eq!(number(&db, calls).await?, 100, "the rebuild took rows the folding will take");
+    assert_eq!(number(&db, CALLS).await?, 100, "the rebuild took rows the folding will take");
 
     doomed.batch_execute("ROLLBACK").await?;
     late.batch_execute("COMMIT").await?;
     assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
-    assert_eq!(number(&db, calls).await?, 370);
+    assert_eq!(number(&db, CALLS).await?, 370);
     assert_eq!(number(&db, "SELECT sum(calls)::int8 AS n FROM llm_usage_hourly WHERE company_id = 7007").await?, 50);
     assert_eq!(number(&db, "SELECT count(*) AS n FROM llm_usage_hourly WHERE company_id = 8008").await?, 0);
 
@@ -259,7 +258,7 @@ async fn a_batch_that_commits_late_is_rolled_up_once_and_one_rolled_back_never()
     ))
     .await?;
     assert!(folder.catch_up(Duration::from_secs(120)).await?, "the rollups lag");
-    assert_eq!(number(&db, calls).await?, 380);
+    assert_eq!(number(&db, CALLS).await?, 380);
 
     // And all of it equals a rebuild from the raw rows.
     let folded = snapshot(&db).await?;
@@ -276,7 +275,6 @@ async fn a_following_step_folds_the_batches_that_commit_while_it_reads() -> anyh
     use diesel_async::SimpleAsyncConnection;
     use llm_log_worker::rollup;
     let (db, writer) = database_and_writer().await?;
-    let calls = CALLS;
 
     // An open batch holds everything after it back: a later batch has committed, but
     // no row past the open one can be folded yet.
@@ -297,7 +295,7 @@ async fn a_following_step_folds_the_batches_that_commit_while_it_reads() -> anyh
     late.batch_execute("COMMIT").await?;
     let step = step.await??;
     assert_eq!((step.calls, step.more), (150, false), "the step did not fold what committed while it read");
-    assert_eq!(number(&db, calls).await?, 150);
+    assert_eq!(number(&db, CALLS).await?, 150);
     assert_eq!(number(&db, "SELECT raw_rows AS n FROM llm_usage_backlog").await?, 0);
     Ok(())
 }
