@@ -365,3 +365,39 @@ async fn a_watermark_from_another_cluster_stops_the_folding_and_says_why() -> an
     );
     Ok(())
 }
+
+/// A backlog is folded in steps of about the step size, cut between two batches. A
+/// step that has caught up and follows the writes is not cut at that size: it folds
+/// what commits while it follows, up to twice the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_step_goes_past_its_size_with_what_commits_while_it_follows() -> anyhow::Result<()> {
+    use diesel_async::SimpleAsyncConnection;
+    use llm_log_worker::rollup;
+    let (db, writer) = database_and_writer().await?;
+    writer.ensure_partitions_ahead(Utc::now()).await?;
+    let mut conn = db.connect().await?;
+    for company in 1..=4 {
+        open_batch(&mut conn, company, 60).await?;
+        conn.batch_execute("COMMIT").await?;
+    }
+    let mut folder =
+        rollup::Folder::new(&db.url).step_rows(100).following(Duration::from_secs(10), Duration::from_secs(3));
+
+    // 240 calls waiting: the first step stops at the first batch past 100 calls.
+    let step = folder.step().await?;
+    assert_eq!((step.calls, step.more), (120, true), "a backlog was not cut at the step size");
+
+    // The next step catches up (120 calls, past 100 already), then two more batches
+    // commit while it follows: it folds them too, up to 200 calls and one batch past.
+    let step = tokio::spawn(async move { folder.step().await });
+    for company in 5..=6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        open_batch(&mut conn, company, 60).await?;
+        conn.batch_execute("COMMIT").await?;
+    }
+    let step = step.await??;
+    assert_eq!((step.calls, step.more), (240, false), "the following step stopped at the step size");
+    assert_eq!(number(&db, CALLS).await?, 360);
+    assert_eq!(number(&db, "SELECT raw_rows AS n FROM llm_usage_backlog").await?, 0);
+    Ok(())
+}
