@@ -350,6 +350,41 @@ async fn rust_and_sql_agree_on_every_latency_bucket() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adding two stored histograms gives the histogram of both sets of latencies: spans
+/// apart, touching, overlapping, nested, equal, empty; also sums with a bucket that is
+/// NULL or zeros at an end (not as the fold stores them), which are trimmed.
+#[tokio::test]
+async fn adding_two_histograms_counts_both_sets_of_latencies() -> anyhow::Result<()> {
+    let db = TestDb::migrated(common_models::db::Database::Analytics).await?;
+    // Sets of latencies (id, first, count, step), each added to each.
+    let differing = number(
+        &db,
+        "WITH s(id, first, n, step) AS (VALUES (0, 0, 0, 1), (1, 0, 1, 1), (2, 300, 1, 1), (3, 5, 40, 7), \
+               (4, 200, 50, 3), (5, 1000, 3, 20000), (6, 0, 9, 1)), \
+           v AS (SELECT id, first + i * step AS ms FROM s, generate_series(0, n - 1) AS i), \
+           h AS (SELECT id, llm_histogram(ms) AS h FROM s LEFT JOIN v USING (id) GROUP BY id) \
+         SELECT count(*) AS n FROM h a, h b \
+         WHERE llm_histogram_add(a.h, b.h)::text IS DISTINCT FROM (SELECT llm_histogram(ms) \
+           FROM (SELECT ms FROM v WHERE id = a.id UNION ALL SELECT ms FROM v WHERE id = b.id) AS both_sets)::text",
+    )
+    .await?;
+    assert_eq!(differing, 0, "histogram sums that differ from the histogram of both sets");
+    let odd = [
+        ("'[3:4]={1,NULL}'", "'[30:31]={5,6}'", "[3:31]={1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,5,6}"),
+        ("'[2:4]={0,1,0}'", "'[5:6]={2,0}'", "[3:5]={1,0,2}"),
+        ("'{}'", "'[7:8]={0,4}'", "[8:8]={4}"),
+        ("'[7:9]={1,2,3}'", "NULL", "[7:9]={1,2,3}"),
+    ];
+    let mut conn = db.connect().await?;
+    for (a, b, sum) in odd {
+        let got: Snapshot = diesel::sql_query(format!("SELECT llm_histogram_add({a}::int8[], {b}::int8[])::text AS s"))
+            .get_result(&mut conn)
+            .await?;
+        assert_eq!(got.s, sum, "{a} + {b}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_watermark_from_another_cluster_stops_the_folding_and_says_why() -> anyhow::Result<()> {
     use diesel_async::SimpleAsyncConnection;
