@@ -282,9 +282,10 @@ async fn run(n: usize, per_interview: usize) -> anyhow::Result<Round> {
         metric(&text, "headhunter_log_worker_write_seconds_sum"),
     );
     let steps = metric(&text, "headhunter_log_worker_rollup_step_seconds_count");
+    let handed = metric(&text, "headhunter_log_worker_rollup_calls_handed_total");
     println!(
-        "rollups: {rolled} calls in {groups} hourly rows, folded in {steps:.0} steps taking {fold_secs:.2} s \
-         (the batch writes took {write_secs:.2} s)"
+        "rollups: {rolled} calls in {groups} hourly rows ({handed:.0} folded from the batches handed over), \
+         folded in {steps:.0} steps taking {fold_secs:.2} s (the batch writes took {write_secs:.2} s)"
     );
     anyhow::ensure!(rolled == n as i64, "the rollups hold {rolled} calls, expected {n}");
     println!();

@@ -9,6 +9,7 @@
 //! diesel-async has no COPY, so this path holds a plain tokio-postgres connection of
 //! its own (one per write loop), reconnecting after any connection-level failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use futures_util::SinkExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+use crate::handoff::{Call, Handoff};
 use crate::writer::{Inserted, LLM_COLUMNS, SYSTEM_COLUMNS, decimal, fit, fit_opt, limits};
 
 /// Why a COPY did not commit.
@@ -34,6 +36,7 @@ pub struct CopyWriter {
     url: String,
     client: Option<Client>,
     session_limits: String,
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl CopyWriter {
@@ -42,7 +45,14 @@ impl CopyWriter {
             url: service_kit::config::postgres_url_for(url, "llm-log-worker-copy"),
             client: None,
             session_limits: limits(lock_timeout, statement_timeout),
+            handoff: None,
         }
+    }
+
+    /// Hands each committed batch's calls to the fold of this process ([`Handoff`]).
+    pub fn handing(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     async fn client(&mut self) -> Result<&mut Client, CopyFailure> {
@@ -62,6 +72,10 @@ impl CopyWriter {
     /// Copies both slices in one transaction. Partitions must exist already.
     pub async fn write(&mut self, llm: &[&LlmCallEvent], system: &[&SystemLogEvent]) -> Result<Inserted, CopyFailure> {
         let limits = self.session_limits.clone();
+        let handed = match &self.handoff {
+            Some(_) if !llm.is_empty() => llm.iter().map(|e| Call::of(e)).collect::<Option<Vec<_>>>(),
+            _ => None,
+        };
         let result = async {
             let client = self.client().await?;
             let tx = client.transaction().await.map_err(classify)?;
@@ -75,14 +89,18 @@ impl CopyWriter {
                 inserted.system_logs = copy(&tx, "system_logs", SYSTEM_COLUMNS, system_rows(system)).await?;
             }
             tx.commit().await.map_err(classify)?;
-            Ok(inserted)
+            Ok((inserted, xid))
         }
         .await;
         if matches!(result, Err(CopyFailure::Transient(_))) {
             // Whatever state the connection is in, start afresh next time.
             self.client = None;
         }
-        result
+        let (inserted, xid) = result?;
+        if let (Some(handoff), Some(calls)) = (&self.handoff, handed) {
+            handoff.hand(xid, calls);
+        }
+        Ok(inserted)
     }
 }
 

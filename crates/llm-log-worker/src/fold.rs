@@ -1,15 +1,18 @@
 //! Folding raw rows into the rollups ([`Folder`]): the rows past the watermark are
-//! streamed out, summed here in memory for `llm_usage_hourly`, `llm_usage_hourly_models`
-//! and `llm_usage_hourly_grains` in one pass, and copied back in (binary COPY into
-//! session tables), one row per key, then added to the rollups. The figures are those
-//! of the SQL aggregate the rebuild uses (`common_models::llm_usage_sums!` and
-//! `llm_histogram`), which the rollup tests hold them to: costs are summed exactly in
-//! units of 10⁻¹⁰ USD (the raw columns' scale), latencies counted into
-//! `histogram_bucket`, which agrees with `llm_latency_bucket` on every value. Summing
-//! here rather than in SQL took a 200,000-row step from 4.1 s to 1.8 s: the plpgsql
-//! histogram step and the re-grouping of 60-element arrays were most of it.
+//! streamed out (or, for this process's own batches, taken from memory once the
+//! database confirms them: [`crate::handoff`]), summed here in memory for
+//! `llm_usage_hourly`, `llm_usage_hourly_models` and `llm_usage_hourly_grains` in one
+//! pass, and copied back in (binary COPY into session tables), one row per key, then
+//! added to the rollups. The figures are those of the SQL aggregate the rebuild uses
+//! (`common_models::llm_usage_sums!` and `llm_histogram`), which the rollup tests hold
+//! them to: costs are summed exactly in units of 10⁻¹⁰ USD (the raw columns' scale),
+//! latencies counted into `histogram_bucket`, which agrees with `llm_latency_bucket` on
+//! every value. Summing here rather than in SQL took a 200,000-row step from 4.1 s to
+//! 1.8 s: the plpgsql histogram step and the re-grouping of 60-element arrays were most
+//! of it.
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 use std::time::UNIX_EPOCH;
 
 use bytes::{BufMut, BytesMut};
@@ -20,10 +23,11 @@ use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 use crate::copy::POSTGRES_EPOCH_MICROS;
+use crate::handoff::{Call, Handoff};
 use crate::rollup::{COARSE, FIGURES, FINE, FOLD_PENDING, LOCK_ORDER, Target, add_grouped};
 
 /// Digits after the point of the cost columns (`NUMERIC(16, 10)` raw, `(24, 10)` rolled up).
-const COST_SCALE: u32 = 10;
+pub(crate) const COST_SCALE: u32 = 10;
 
 /// One raw row, as much of it as the rollups keep (its text borrowed from the row read).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -198,6 +202,8 @@ pub struct Fold {
     pub grains: FxHashMap<GrainKey, Sums>,
     pub names: Names,
     pub calls: u64,
+    /// Of `calls`, those handed over by this process's write loops ([`Handoff`]).
+    pub handed: u64,
 }
 
 impl Fold {
@@ -242,10 +248,17 @@ pub const STEP_ROWS: i64 = 100_000;
 /// Read in binary and converted here ([`HourOf`], [`Units`], [`Xid8`]): in text, the
 /// hour (`date_trunc` in a named zone), the costs and the ids were a fifth of the
 /// server's work for a step.
-const READ_RAW: &str = "SELECT created_at, company_id, user_id, interview_id, action, model, error_type, \
-    usage_reported, cost_usd, tokens_input, tokens_output, cache_hit, cost_saved_usd, streaming, latency_ms, \
-    time_to_first_token_ms, tokens_cached_input, tokens_reasoning, inserted_by \
-    FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 ORDER BY inserted_by";
+macro_rules! read_raw {
+    ($rows:literal) => {
+        concat!(
+            "SELECT created_at, company_id, user_id, interview_id, action, model, error_type, usage_reported, \
+             cost_usd, tokens_input, tokens_output, cache_hit, cost_saved_usd, streaming, latency_ms, \
+             time_to_first_token_ms, tokens_cached_input, tokens_reasoning, inserted_by FROM llm_logs WHERE ",
+            $rows
+        )
+    };
+}
+const READ_RAW: &str = read_raw!("inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 ORDER BY inserted_by");
 
 /// The oldest transaction still running: every transaction below it has ended, so no
 /// row can appear there any more.
@@ -310,6 +323,8 @@ pub struct Compacted {
     pub calls: u64,
     /// The step stopped at its size ([`Folder::step_rows`]): more rows are waiting.
     pub more: bool,
+    /// Of `calls`, those folded from batches handed over in memory ([`Folder::handed`]).
+    pub handed: u64,
 }
 
 /// Keeps the rollups current over a connection of its own: raw rows are streamed out,
@@ -320,6 +335,7 @@ pub struct Folder {
     step_rows: u64,
     follow: std::time::Duration,
     follow_idle: std::time::Duration,
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// How often a step that follows the writes looks for transactions that ended.
@@ -338,7 +354,15 @@ impl Folder {
             step_rows: STEP_ROWS.unsigned_abs(),
             follow: std::time::Duration::ZERO,
             follow_idle: std::time::Duration::ZERO,
+            handoff: None,
         }
+    }
+
+    /// Folds the batches this process's write loops hand over from memory, once the
+    /// database confirms it holds exactly those rows, unchanged ([`crate::handoff`]).
+    pub fn handed(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     /// A backlog is folded in steps of about `rows` raw rows ([`STEP_ROWS`] unless set
@@ -403,6 +427,8 @@ impl Folder {
     async fn try_step(&mut self) -> anyhow::Result<Compacted> {
         let started = std::time::Instant::now();
         let (follow, idle, size) = (self.follow, self.follow_idle, self.step_rows);
+        let handoff = self.handoff.clone();
+        let handoff = handoff.as_deref();
         let client = self.client().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
@@ -413,6 +439,9 @@ impl Folder {
         let mine: bool =
             tx.query_one("SELECT pg_try_advisory_xact_lock(hashtext('llm_usage_compact'))", &[]).await?.try_get(0)?;
         if !mine {
+            if let Some(handoff) = handoff {
+                handoff.clear();
+            }
             return Ok(Compacted::default());
         }
         let mark = tx
@@ -431,7 +460,7 @@ impl Folder {
         let mut fold = Fold::default();
         let (mut settled, mut upto) = (settled, from.clone());
         if settled != from {
-            upto = read(&tx, &mut fold, &from, &settled, size).await?;
+            upto = read(&tx, &mut fold, &from, &settled, size, handoff).await?;
         }
         // Once caught up, transactions that end while the step reads are read too, up
         // to twice its size ([`Folder::following`]).
@@ -445,7 +474,7 @@ impl Folder {
                 tokio::time::sleep(FOLLOW_POLL).await;
                 continue;
             }
-            upto = read(&tx, &mut fold, &settled, &now, 2 * size).await?;
+            upto = read(&tx, &mut fold, &settled, &now, 2 * size, handoff).await?;
             settled = now;
             moved = std::time::Instant::now();
         }
@@ -462,7 +491,7 @@ impl Folder {
         }
         let pending: i64 = tx.query_one(FOLD_PENDING.as_str(), &[]).await?.try_get(0)?;
         tx.commit().await?;
-        Ok(Compacted { calls: fold.calls + u64::try_from(pending).unwrap_or(0), more })
+        Ok(Compacted { calls: fold.calls + u64::try_from(pending).unwrap_or(0), more, handed: fold.handed })
     }
 
     /// Steps until nothing more is waiting for a step (or another session holds the
@@ -673,16 +702,23 @@ impl<'a> FromSql<'a> for Xid8 {
 /// The raw rows of the transactions in [`from`, `settled`), added to `fold`; returns
 /// where the adding stopped: `settled`, or the first transaction that begins when
 /// `fold` holds `limit` calls or more (a step ends between two transactions' rows;
-/// one transaction's rows are folded together, however many).
+/// one transaction's rows are folded together, however many). Batches `handoff` holds
+/// for those transactions are folded from memory where the database confirms them.
 async fn read(
     tx: &tokio_postgres::Transaction<'_>,
     fold: &mut Fold,
     from: &str,
     settled: &str,
     limit: u64,
+    handoff: Option<&Handoff>,
 ) -> anyhow::Result<String> {
+    if let Some(handoff) = handoff {
+        let batches = handoff.take(from.parse()?, settled.parse()?);
+        if !batches.is_empty() {
+            return read_handed(tx, fold, from, settled, limit, handoff, batches).await;
+        }
+    }
     let portal = tx.bind(READ_RAW, &[&from, &settled]).await?;
-    let cost = |v: Option<Units>| v.map(|u| u.0);
     let mut last = None;
     loop {
         let rows = tx.query_portal(&portal, READ_CHUNK).await?;
@@ -694,31 +730,94 @@ async fn read(
                 }
                 last = Some(by);
             }
-            fold.add(&RawCall {
-                hour: row.try_get::<_, HourOf>(0)?.0,
-                company_id: row.try_get(1)?,
-                user_id: row.try_get(2)?,
-                interview_id: row.try_get(3)?,
-                action: row.try_get(4)?,
-                model: row.try_get(5)?,
-                error_type: row.try_get(6)?,
-                usage_reported: row.try_get(7)?,
-                cost: cost(row.try_get(8)?),
-                tokens_input: row.try_get(9)?,
-                tokens_output: row.try_get(10)?,
-                cache_hit: row.try_get(11)?,
-                cost_saved: cost(row.try_get(12)?),
-                streaming: row.try_get(13)?,
-                latency_ms: row.try_get(14)?,
-                ttft_ms: row.try_get(15)?,
-                tokens_cached_input: row.try_get(16)?,
-                tokens_reasoning: row.try_get(17)?,
-            });
+            add_row(fold, row)?;
         }
         if rows.len() < READ_CHUNK.unsigned_abs() as usize {
             return Ok(settled.to_owned());
         }
     }
+}
+
+/// Per transaction in [`$1`, `$2`): its raw rows, and those changed since their insert.
+const COUNT_RAW: &str = "SELECT inserted_by, count(*), count(*) FILTER (WHERE xmin <> xid(inserted_by)) \
+    FROM llm_logs WHERE inserted_by >= $1::text::xid8 AND inserted_by < $2::text::xid8 \
+    GROUP BY inserted_by ORDER BY inserted_by";
+
+/// [`READ_RAW`]'s columns, of the transactions listed in `$1` (text).
+const READ_LISTED: &str = read_raw!("inserted_by = ANY($1::text[]::xid8[])");
+
+/// [`read`] with batches handed over: each transaction whose rows the database holds
+/// exactly as handed (as many, none changed) is folded from its batch; the others are
+/// read from the database. Batches past where the step stops go back to `handoff`.
+async fn read_handed(
+    tx: &tokio_postgres::Transaction<'_>,
+    fold: &mut Fold,
+    from: &str,
+    settled: &str,
+    limit: u64,
+    handoff: &Handoff,
+    mut batches: BTreeMap<u64, Vec<Call>>,
+) -> anyhow::Result<String> {
+    let mut upto = settled.to_owned();
+    let mut unread = Vec::new();
+    let mut planned = fold.calls;
+    for row in tx.query(COUNT_RAW, &[&from, &settled]).await? {
+        let (by, rows, changed): (Xid8, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if planned >= limit {
+            upto = by.0.to_string();
+            handoff.give_back(batches.split_off(&by.0));
+            break;
+        }
+        planned += rows.unsigned_abs();
+        match batches.remove(&by.0) {
+            Some(calls) if calls.len() as u64 == rows.unsigned_abs() && changed == 0 => {
+                for call in &calls {
+                    fold.add(&call.raw());
+                }
+                fold.handed += rows.unsigned_abs();
+            }
+            _ => unread.push(by.0.to_string()),
+        }
+    }
+    if !unread.is_empty() {
+        let portal = tx.bind(READ_LISTED, &[&unread]).await?;
+        loop {
+            let rows = tx.query_portal(&portal, READ_CHUNK).await?;
+            for row in &rows {
+                add_row(fold, row)?;
+            }
+            if rows.len() < READ_CHUNK.unsigned_abs() as usize {
+                break;
+            }
+        }
+    }
+    Ok(upto)
+}
+
+/// Adds one row of [`READ_RAW`] to `fold`.
+fn add_row(fold: &mut Fold, row: &tokio_postgres::Row) -> anyhow::Result<()> {
+    let cost = |v: Option<Units>| v.map(|u| u.0);
+    fold.add(&RawCall {
+        hour: row.try_get::<_, HourOf>(0)?.0,
+        company_id: row.try_get(1)?,
+        user_id: row.try_get(2)?,
+        interview_id: row.try_get(3)?,
+        action: row.try_get(4)?,
+        model: row.try_get(5)?,
+        error_type: row.try_get(6)?,
+        usage_reported: row.try_get(7)?,
+        cost: cost(row.try_get(8)?),
+        tokens_input: row.try_get(9)?,
+        tokens_output: row.try_get(10)?,
+        cache_hit: row.try_get(11)?,
+        cost_saved: cost(row.try_get(12)?),
+        streaming: row.try_get(13)?,
+        latency_ms: row.try_get(14)?,
+        ttft_ms: row.try_get(15)?,
+        tokens_cached_input: row.try_get(16)?,
+        tokens_reasoning: row.try_get(17)?,
+    });
+    Ok(())
 }
 
 #[cfg(test)]

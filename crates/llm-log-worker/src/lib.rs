@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod fold;
 pub mod handler;
+pub mod handoff;
 pub mod legacy;
 pub mod metrics;
 pub mod reprice;
@@ -91,8 +92,11 @@ pub async fn run(
     let server = tokio::spawn(server);
     let partitions =
         tokio::spawn(keep_partitions_ahead(writer.clone(), settings.partition_check_interval, shutdown.clone()));
+    let handoff = Arc::new(handoff::Handoff::default());
     let rollups = tokio::spawn(keep_rollups_current(
-        rollup::Folder::new(analytics_url.expose()).following(settings.rollup_interval, rollup::FOLLOW_IDLE),
+        rollup::Folder::new(analytics_url.expose())
+            .following(settings.rollup_interval, rollup::FOLLOW_IDLE)
+            .handed(handoff.clone()),
         settings.rollup_interval,
         metrics.clone(),
         shutdown.clone(),
@@ -103,7 +107,8 @@ pub async fn run(
     let result = consumer
         .run(
             |_| {
-                let copy = CopyWriter::new(analytics_url.expose(), settings.lock_timeout, settings.statement_timeout);
+                let copy = CopyWriter::new(analytics_url.expose(), settings.lock_timeout, settings.statement_timeout)
+                    .handing(handoff.clone());
                 LogWriter::new(copy, writer.clone(), metrics.clone())
             },
             shutdown.clone(),
@@ -152,6 +157,7 @@ async fn keep_rollups_current(
                 if step.calls > 0 || step.more {
                     metrics.rollup_step_seconds.observe(started.elapsed().as_secs_f64());
                     metrics.rollup_calls.inc_by(step.calls);
+                    metrics.rollup_calls_handed.inc_by(step.handed);
                 }
                 more = step.more;
             }

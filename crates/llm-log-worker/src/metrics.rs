@@ -21,6 +21,9 @@ service_kit::metrics! {
             buckets [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
         /// Calls this worker folded into the hourly rollups.
         rollup_calls: IntCounter = "rollup_calls_total",
+        /// Of those, calls folded from the batches its own write loops handed over, not
+        /// read back from the database (the rest: other writers' rows, changed batches).
+        rollup_calls_handed: IntCounter = "rollup_calls_handed_total",
         /// Folding steps that failed (the reason is in the worker's log).
         rollup_step_failures: IntCounter = "rollup_step_failures_total",
         /// Raw rows committed but not yet in the rollups, after this worker's last step

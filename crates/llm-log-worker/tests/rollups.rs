@@ -10,29 +10,8 @@ use common::*;
 use common_models::events::LogEvent;
 use common_models::ids::{CompanyId, UserId};
 use common_models::queue::LogStream;
-use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use test_support::{TestDb, TestRedis};
-
-#[derive(diesel::QueryableByName)]
-struct Snapshot {
-    #[diesel(sql_type = Text)]
-    s: String,
-}
-
-/// The rollup tables as text, rows sorted: equal snapshots, equal tables.
-async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
-    let mut conn = db.connect().await?;
-    let row: Snapshot = diesel::sql_query(
-        "SELECT coalesce((SELECT string_agg(t::text, E'\\n' ORDER BY t::text) FROM llm_usage_hourly t), '') \
-         || E'\\n--\\n' || coalesce((SELECT string_agg(m::text, E'\\n' ORDER BY m::text) FROM llm_usage_hourly_models m), '') \
-         || E'\\n--\\n' || coalesce((SELECT string_agg(g::text, E'\\n' ORDER BY g::text) FROM llm_usage_hourly_grains g), '') \
-         AS s",
-    )
-    .get_result(&mut conn)
-    .await?;
-    Ok(row.s)
-}
 
 async fn number(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
     test_support::query_count(&db.url, sql).await
@@ -419,6 +398,12 @@ async fn a_following_step_goes_past_its_size_with_what_commits_while_it_follows(
         rollup::Folder::new(&db.url).step_rows(100).following(Duration::from_secs(10), Duration::from_secs(3));
 
     // 240 calls waiting: the first step stops at the first batch past 100 calls.
+    test_support::wait_for(Duration::from_secs(120), "older transactions in the cluster to end", || async {
+        let unsettled =
+            "SELECT count(*) AS n FROM llm_logs WHERE inserted_by >= pg_snapshot_xmin(pg_current_snapshot())";
+        (number(&db, unsettled).await.ok()? == 0).then_some(())
+    })
+    .await?;
     let step = folder.step().await?;
     assert_eq!((step.calls, step.more), (120, true), "a backlog was not cut at the step size");
 

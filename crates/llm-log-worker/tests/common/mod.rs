@@ -2,6 +2,7 @@
 
 use common_models::events::LogEvent;
 use common_models::queue::{LOG_WORKER_GROUP, LogStream};
+use diesel_async::RunQueryDsl;
 use llm_log_worker::WorkerSettings;
 use service_kit::config::{ConnectionUrl, LogFormat};
 use task_queue::{Entry, Keys};
@@ -90,4 +91,24 @@ pub async fn unsettled(redis: &TestRedis, stream: LogStream) -> anyhow::Result<u
         .find(|g| g.name == LOG_WORKER_GROUP)
         .ok_or_else(|| anyhow::anyhow!("no consumer group yet"))?;
     Ok(group.pending + group.lag.unwrap_or(usize::MAX))
+}
+
+#[derive(diesel::QueryableByName)]
+pub struct Snapshot {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub s: String,
+}
+
+/// The rollup tables as text, rows sorted: equal snapshots, equal tables.
+pub async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
+    let mut conn = db.connect().await?;
+    let row: Snapshot = diesel::sql_query(
+        "SELECT coalesce((SELECT string_agg(t::text, E'\\n' ORDER BY t::text) FROM llm_usage_hourly t), '') \
+         || E'\\n--\\n' || coalesce((SELECT string_agg(m::text, E'\\n' ORDER BY m::text) FROM llm_usage_hourly_models m), '') \
+         || E'\\n--\\n' || coalesce((SELECT string_agg(g::text, E'\\n' ORDER BY g::text) FROM llm_usage_hourly_grains g), '') \
+         AS s",
+    )
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.s)
 }
