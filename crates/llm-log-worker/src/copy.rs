@@ -9,6 +9,7 @@
 //! diesel-async has no COPY, so this path holds a plain tokio-postgres connection of
 //! its own (one per write loop), reconnecting after any connection-level failure.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,11 +221,7 @@ impl BinaryRows {
         let Some(text) = decimal(v) else {
             return self.null();
         };
-        let (negative, digits) = match text.strip_prefix('-') {
-            Some(digits) => (true, digits),
-            None => (false, text.as_str()),
-        };
-        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let (negative, int, frac) = decimal_parts(&text);
         let int = int.trim_start_matches('0');
         let lead = (4 - int.len() % 4) % 4;
         let decimals: Vec<u8> = std::iter::repeat_n(b'0', lead)
@@ -270,20 +267,38 @@ impl BinaryRows {
     }
 }
 
+/// A float's decimal text (`decimal`) taken apart: its sign, and the digits before and
+/// after the point.
+pub(crate) fn decimal_parts(text: &str) -> (bool, &str, &str) {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    (negative, int, frac)
+}
+
+/// The action, model and error type of `e` as its row stores them (the rollups' text
+/// keys; the fold's handed calls take them from here too).
+pub(crate) fn stored_keys(e: &LlmCallEvent) -> (Cow<'_, str>, Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+    (fit(&e.action, 100), fit_opt(e.model.as_ref(), 100), fit_opt(e.error_type.as_ref(), 100))
+}
+
 /// The rows of `LLM_COLUMNS`, then `inserted_by` (`xid`).
 fn llm_rows(events: &[&LlmCallEvent], xid: u64) -> Vec<u8> {
     let mut rows = BinaryRows::with_capacity(events.len(), 512);
     for e in events {
+        let (action, model, error_type) = stored_keys(e);
         rows.row(29);
         rows.uuid(e.event_id);
         rows.timestamptz(e.created_at);
-        rows.text(Some(&fit(&e.action, 100)));
+        rows.text(Some(&action));
         rows.text(fit_opt(e.message.as_ref(), usize::MAX).as_deref());
         rows.fixed(e.user_id.map(|v| v.0).map(i64::to_be_bytes));
         rows.fixed(e.company_id.map(|v| v.0).map(i64::to_be_bytes));
         rows.fixed(e.interview_id.map(|v| v.0).map(i64::to_be_bytes));
         rows.text(fit_opt(e.request_id.as_ref(), 64).as_deref());
-        rows.text(fit_opt(e.model.as_ref(), 100).as_deref());
+        rows.text(model.as_deref());
         rows.fixed(e.tokens_total.map(i32::to_be_bytes));
         rows.fixed(e.tokens_input.map(i32::to_be_bytes));
         rows.fixed(e.tokens_output.map(i32::to_be_bytes));
@@ -294,7 +309,7 @@ fn llm_rows(events: &[&LlmCallEvent], xid: u64) -> Vec<u8> {
         rows.fixed(e.time_to_first_token_ms.map(i32::to_be_bytes));
         rows.bool(e.streaming);
         rows.fixed(e.http_status.map(i16::to_be_bytes));
-        rows.text(fit_opt(e.error_type.as_ref(), 100).as_deref());
+        rows.text(error_type.as_deref());
         rows.text(fit_opt(e.error_message.as_ref(), usize::MAX).as_deref());
         rows.jsonb(e.metadata.as_ref());
         rows.text(fit_opt(e.deployment_version.as_ref(), 50).as_deref());

@@ -633,6 +633,13 @@ impl<'a> Figures<'a> {
     }
 }
 
+/// The start of the UTC hour of a time in microseconds since the Unix epoch, in seconds
+/// since the epoch (how [`RawCall::hour`] is taken from a stored time).
+pub(crate) fn hour_of_micros(micros: i64) -> i64 {
+    let secs = micros.div_euclid(1_000_000);
+    secs - secs.rem_euclid(3600)
+}
+
 /// A `TIMESTAMPTZ` read as the start of its UTC hour, in seconds since the Unix epoch.
 struct HourOf(i64);
 
@@ -640,8 +647,7 @@ impl<'a> FromSql<'a> for HourOf {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         // Microseconds since 2000-01-01 UTC.
         let micros = i64::from_be_bytes(raw.try_into()?);
-        let secs = (micros + POSTGRES_EPOCH_MICROS).div_euclid(1_000_000);
-        Ok(Self(secs - secs.rem_euclid(3600)))
+        Ok(Self(hour_of_micros(micros + POSTGRES_EPOCH_MICROS)))
     }
 
     fn accepts(ty: &Type) -> bool {
@@ -719,21 +725,33 @@ async fn read(
         }
     }
     let portal = tx.bind(READ_RAW, &[&from, &settled]).await?;
+    Ok(add_rows(tx, fold, &portal, limit).await?.map_or_else(|| settled.to_owned(), |by| by.0.to_string()))
+}
+
+/// Adds the rows of `portal` (a [`read_raw!`] query) to `fold`, fetched in chunks, until
+/// a transaction's rows begin when `fold` holds `limit` calls or more (the rows ordered
+/// by transaction, if a limit is to cut between them); returns that transaction.
+async fn add_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    fold: &mut Fold,
+    portal: &tokio_postgres::Portal,
+    limit: u64,
+) -> anyhow::Result<Option<Xid8>> {
     let mut last = None;
     loop {
-        let rows = tx.query_portal(&portal, READ_CHUNK).await?;
+        let rows = tx.query_portal(portal, READ_CHUNK).await?;
         for row in &rows {
             let by: Xid8 = row.try_get(18)?;
             if last != Some(by) {
                 if fold.calls >= limit {
-                    return Ok(by.0.to_string());
+                    return Ok(Some(by));
                 }
                 last = Some(by);
             }
             add_row(fold, row)?;
         }
         if rows.len() < READ_CHUNK.unsigned_abs() as usize {
-            return Ok(settled.to_owned());
+            return Ok(None);
         }
     }
 }
@@ -781,15 +799,7 @@ async fn read_handed(
     }
     if !unread.is_empty() {
         let portal = tx.bind(READ_LISTED, &[&unread]).await?;
-        loop {
-            let rows = tx.query_portal(&portal, READ_CHUNK).await?;
-            for row in &rows {
-                add_row(fold, row)?;
-            }
-            if rows.len() < READ_CHUNK.unsigned_abs() as usize {
-                break;
-            }
-        }
+        add_rows(tx, fold, &portal, u64::MAX).await?;
     }
     Ok(upto)
 }

@@ -11,13 +11,15 @@
 //! shortened batch's) are read from the database as before. What the rollups add is
 //! still what was inserted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use common_models::events::LlmCallEvent;
 
-use crate::fold::{COST_SCALE, RawCall, STEP_ROWS};
-use crate::writer::{decimal, fit, fit_opt};
+use crate::copy::{decimal_parts, stored_keys};
+use crate::fold::{COST_SCALE, RawCall, STEP_ROWS, hour_of_micros};
+use crate::writer::decimal;
 
 /// One stored call, as much of it as the rollups keep (an owned [`RawCall`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,17 +50,17 @@ impl Call {
     /// the column's scale, half away from zero, as PostgreSQL rounds them. `None` for a
     /// cost no column could hold (such a batch fails to COPY anyway).
     pub fn of(e: &LlmCallEvent) -> Option<Self> {
-        // Stored to the microsecond; its hour as the fold reads it (`HourOf`).
-        let secs = e.created_at.timestamp_micros().div_euclid(1_000_000);
-        let text = |s: Option<&String>| fit_opt(s, 100).map(|t| t.into_owned().into_boxed_str());
+        let (action, model, error_type) = stored_keys(e);
+        let owned = |t: Option<Cow<'_, str>>| t.map(|t| t.into_owned().into_boxed_str());
         Some(Self {
-            hour: secs - secs.rem_euclid(3600),
+            // Stored to the microsecond.
+            hour: hour_of_micros(e.created_at.timestamp_micros()),
             company_id: e.company_id.map(|v| v.0),
             user_id: e.user_id.map(|v| v.0),
             interview_id: e.interview_id.map(|v| v.0),
-            action: fit(&e.action, 100).into_owned().into_boxed_str(),
-            model: text(e.model.as_ref()),
-            error_type: text(e.error_type.as_ref()),
+            action: action.into_owned().into_boxed_str(),
+            model: owned(model),
+            error_type: owned(error_type),
             usage_reported: e.usage_reported,
             cost: units(e.cost_usd)?,
             tokens_input: e.tokens_input,
@@ -103,11 +105,7 @@ fn units(v: Option<f64>) -> Option<Option<i128>> {
     let Some(text) = decimal(v) else {
         return Some(None);
     };
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(digits) => (true, digits),
-        None => (false, text.as_str()),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let (negative, int, frac) = decimal_parts(&text);
     let scale = COST_SCALE as usize;
     let kept = frac.get(..scale.min(frac.len())).unwrap_or("");
     let mut units: i128 = 0;
