@@ -35,7 +35,8 @@ use clap::{Parser, Subcommand};
 
 /// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
 /// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
-/// ended at the extraction child's address-space limit).
+/// ended at the extraction child's address-space limit), keeping freed memory for a
+/// second ([`service_kit::allocator`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -179,6 +180,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    service_kit::allocator::keep_freed_memory();
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     match Cli::parse().command {
         Command::Ingest { events, calls_per_interview, rounds } => {

@@ -11,7 +11,8 @@ use task_queue::{Keys, Message};
 
 /// The allocator: mimalloc (version 2), as in every service but cv-processor (see the
 /// README's ingest benchmark; under mimalloc, cv-processor's sandbox test bomb no longer
-/// ended at the extraction child's address-space limit).
+/// ended at the extraction child's address-space limit), keeping freed memory for a
+/// second ([`service_kit::allocator`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -110,6 +111,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    service_kit::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let settings = WorkerSettings::load(cli.config.as_deref(), service_kit::config::process_env())?;
     service_kit::telemetry::init_tracing(&settings.logging);

@@ -14,6 +14,9 @@ pub mod telemetry;
 #[cfg(feature = "postgres")]
 pub mod db;
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
+
 #[cfg(feature = "http")]
 pub mod auth;
 #[cfg(feature = "http")]
