@@ -207,6 +207,19 @@ pub struct Fold {
 }
 
 impl Fold {
+    /// Empties the fold for the next step, keeping the memory its tables grew to (a
+    /// step's tables hold tens of thousands of keys; growing them afresh each step
+    /// rehashed them a dozen times into memory the system had to hand over again).
+    pub fn clear(&mut self) {
+        self.fine.clear();
+        self.coarse.clear();
+        self.grains.clear();
+        self.names.ids.clear();
+        self.names.texts.clear();
+        self.calls = 0;
+        self.handed = 0;
+    }
+
     pub fn add(&mut self, c: &RawCall<'_>) {
         self.calls += 1;
         let action = self.names.id(c.action);
@@ -336,6 +349,8 @@ pub struct Folder {
     follow: std::time::Duration,
     follow_idle: std::time::Duration,
     handoff: Option<Arc<Handoff>>,
+    /// The last step's fold, emptied, for the next ([`Fold::clear`]).
+    spare: Fold,
 }
 
 /// How often a step that follows the writes looks for transactions that ended.
@@ -355,6 +370,7 @@ impl Folder {
             follow: std::time::Duration::ZERO,
             follow_idle: std::time::Duration::ZERO,
             handoff: None,
+            spare: Fold::default(),
         }
     }
 
@@ -429,6 +445,8 @@ impl Folder {
         let (follow, idle, size) = (self.follow, self.follow_idle, self.step_rows);
         let handoff = self.handoff.clone();
         let handoff = handoff.as_deref();
+        let mut fold = std::mem::take(&mut self.spare);
+        fold.clear();
         let client = self.client().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!("LOCK TABLE {LOCK_ORDER} IN ROW EXCLUSIVE MODE")).await?;
@@ -457,7 +475,6 @@ impl Folder {
             "the rollup watermark {from} is ahead of this cluster's transactions ({settled}): the database was \
              restored into another cluster; rebuild the rollups and reset llm_usage_watermark"
         );
-        let mut fold = Fold::default();
         let (mut settled, mut upto) = (settled, from.clone());
         if settled != from {
             upto = read(&tx, &mut fold, &from, &settled, size, handoff).await?;
@@ -491,7 +508,9 @@ impl Folder {
         }
         let pending: i64 = tx.query_one(FOLD_PENDING.as_str(), &[]).await?.try_get(0)?;
         tx.commit().await?;
-        Ok(Compacted { calls: fold.calls + u64::try_from(pending).unwrap_or(0), more, handed: fold.handed })
+        let step = Compacted { calls: fold.calls + u64::try_from(pending).unwrap_or(0), more, handed: fold.handed };
+        self.spare = fold;
+        Ok(step)
     }
 
     /// Steps until nothing more is waiting for a step (or another session holds the
