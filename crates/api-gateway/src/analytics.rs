@@ -14,8 +14,9 @@
 //! takes `format=csv`.
 //!
 //! Figures come from the hourly UTC rollups (the smallest grain that has the keys a
-//! query needs: `llm_usage_hourly_grains`, `llm_usage_hourly_models` or
-//! `llm_usage_hourly`) wherever a whole UTC
+//! query needs: `llm_usage_hourly_totals` for every company's sums,
+//! `llm_usage_hourly_grains`, `llm_usage_hourly_models` or `llm_usage_hourly`) wherever
+//! a whole UTC
 //! hour lies in one bucket of the requested timezone and inside the range; the hours
 //! that straddle a bucket's edge (every hour, in a zone half an hour off UTC, such as
 //! Asia/Kolkata) or the range's ends are read from the raw rows, each row put in its
@@ -714,6 +715,17 @@ fn rollups_for(group: Option<Group>, company: bool, percentiles: bool) -> (Strin
     let filter = company_filter(company);
     if let Some(key) = key {
         let keys: Vec<&str> = company.then_some("company_id").into_iter().chain(key.iter().copied()).collect();
+        // Every company's sums, without percentiles: the narrow totals (a month of the
+        // per-company grain there is a few MiB; its rows with histograms, a hundred).
+        if let Some(grain) = Grain::covering_totals(&keys).filter(|_| !company && !percentiles) {
+            return (
+                format!(
+                    "llm_usage_hourly_totals r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {filter}",
+                    grain.id()
+                ),
+                "sum(errors)",
+            );
+        }
         if let Some(grain) = Grain::covering(&keys, percentiles) {
             return (
                 format!(

@@ -188,10 +188,11 @@ async fn generate(
     })
     .await?;
     eprintln!();
-    // Vacuumed as autovacuum keeps them in steady state: the page's rankings are read
-    // from an index alone only where the visibility map says the rows are visible to
-    // all, which a table just filled does not, until autovacuum gets to it.
-    conn.batch_execute("VACUUM (ANALYZE) llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains").await?;
+    // Vacuumed and analysed as autovacuum keeps them in steady state.
+    conn.batch_execute(
+        "VACUUM (ANALYZE) llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains, llm_usage_hourly_totals",
+    )
+    .await?;
     eprintln!("rolled up in {:.0} s", rolled.elapsed().as_secs_f64());
     Ok(())
 }

@@ -37,22 +37,25 @@ pub fn stored_histogram_sum_sql(column: &str) -> String {
 /// of the `GROUPING(…)` that names its grain.
 pub const GRAIN_KEYS: [&str; 4] = ["company_id", "user_id", "action", "model"];
 
-/// A grain of `llm_usage_hourly_grains`: the keys its rows are summed by, and whether
-/// they keep histograms. See the analytics migration that creates the table.
+/// A grain of `llm_usage_hourly_grains`: the keys its rows are summed by, whether they
+/// keep histograms, and whether their sums are kept once more in
+/// `llm_usage_hourly_totals` (the grains without a company key or with it alone, which
+/// rank every company's calls). See the analytics migrations that create the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grain {
     pub keys: &'static [&'static str],
     pub histograms: bool,
+    pub totals: bool,
 }
 
 /// The grains kept, smallest first (a reader takes the first that has its keys).
 pub const GRAINS: [Grain; 6] = [
-    Grain { keys: &["model"], histograms: true },
-    Grain { keys: &["action"], histograms: true },
-    Grain { keys: &["company_id"], histograms: true },
-    Grain { keys: &["company_id", "model"], histograms: true },
-    Grain { keys: &["company_id", "action"], histograms: true },
-    Grain { keys: &["company_id", "user_id"], histograms: false },
+    Grain { keys: &["model"], histograms: true, totals: true },
+    Grain { keys: &["action"], histograms: true, totals: true },
+    Grain { keys: &["company_id"], histograms: true, totals: true },
+    Grain { keys: &["company_id", "model"], histograms: true, totals: false },
+    Grain { keys: &["company_id", "action"], histograms: true, totals: false },
+    Grain { keys: &["company_id", "user_id"], histograms: false, totals: false },
 ];
 
 impl Grain {
@@ -70,6 +73,11 @@ impl Grain {
     /// The smallest grain holding every key of `keys` (and histograms when asked).
     pub fn covering(keys: &[&str], histograms: bool) -> Option<Grain> {
         GRAINS.into_iter().find(|g| (g.histograms || !histograms) && keys.iter().all(|k| g.keys.contains(k)))
+    }
+
+    /// The smallest grain of `llm_usage_hourly_totals` holding every key of `keys`.
+    pub fn covering_totals(keys: &[&str]) -> Option<Grain> {
+        GRAINS.into_iter().find(|g| g.totals && keys.iter().all(|k| g.keys.contains(k)))
     }
 }
 
@@ -131,6 +139,11 @@ mod tests {
         assert_eq!(Grain::covering(&["company_id", "user_id"], true), None);
         assert_eq!(Grain::covering(&["company_id", "action"], false).map(|g| g.id()), Some(5));
         assert_eq!(Grain::covering(&["company_id", "interview_id"], false), None);
+        let totals: Vec<i16> = GRAINS.iter().filter(|g| g.totals).map(Grain::id).collect();
+        assert_eq!(totals, [14, 13, 7], "the grains llm_usage_hourly_totals allows");
+        assert_eq!(Grain::covering_totals(&[]).map(|g| g.id()), Some(14));
+        assert_eq!(Grain::covering_totals(&["company_id"]).map(|g| g.id()), Some(7));
+        assert_eq!(Grain::covering_totals(&["company_id", "model"]), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Folding raw rows into the rollups ([`Folder`]): the rows past the watermark are
 //! streamed out (or, for this process's own batches, taken from memory once the
 //! database confirms them: [`crate::handoff`]), summed here in memory for
-//! `llm_usage_hourly`, `llm_usage_hourly_models` and `llm_usage_hourly_grains` in one
-//! pass, and copied back in (binary COPY into session tables), one row per key, then
+//! `llm_usage_hourly`, `llm_usage_hourly_models` and `llm_usage_hourly_grains` (whose
+//! all-company grains' sums also go to `llm_usage_hourly_totals`) in one pass, and
+//! copied back in (binary COPY into session tables), one row per key, then
 //! added to the rollups. The figures are those of the SQL aggregate the rebuild uses
 //! (`common_models::llm_usage_sums!` and `llm_histogram`), which the rollup tests hold
 //! them to: costs are summed exactly in units of 10⁻¹⁰ USD (the raw columns' scale),
@@ -296,10 +297,15 @@ static STAGING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The sums as the upserts read them from the staging tables.
+macro_rules! sums_read {
+    () => {
+        "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd::numeric, cache_hits, \
+         cost_saved_usd::numeric, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning"
+    };
+}
 /// [`FIGURES`] as the upserts read them from the staging tables.
-const FIGURES_READ: &str = "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, \
-    cost_usd::numeric, cache_hits, cost_saved_usd::numeric, streaming_calls, latency_ms_sum, tokens_cached_input, \
-    tokens_reasoning, latency_ms_histogram, ttft_ms_histogram";
+const FIGURES_READ: &str = concat!(sums_read!(), ", latency_ms_histogram, ttft_ms_histogram");
 
 /// The binary types of the figures, in [`FIGURES`] order.
 const FIGURE_TYPES: [Type; 14] = [
@@ -320,12 +326,15 @@ const FIGURE_TYPES: [Type; 14] = [
 ];
 
 /// The statements adding each staging table to its rollup table (one row per key
-/// already, so no grouping): fine, coarse, grains.
-static UPSERTS: LazyLock<[String; 3]> = LazyLock::new(|| {
+/// already, so no grouping): fine, coarse, grains, and the all-company grains' sums
+/// once more into the totals.
+static UPSERTS: LazyLock<[String; 4]> = LazyLock::new(|| {
+    let totals: Vec<String> = GRAINS.iter().filter(|g| g.totals).map(|g| g.id().to_string()).collect();
     [
         add_grouped(FINE, "fold_fine", FIGURES_READ),
         add_grouped(COARSE, "fold_coarse", FIGURES_READ),
         add_grouped(Target::Grains, "fold_grains", FIGURES_READ),
+        add_grouped(Target::Totals, &format!("fold_grains WHERE grain IN ({})", totals.join(", ")), sums_read!()),
     ]
 });
 

@@ -1,7 +1,8 @@
 //! Hourly rollups of `llm_logs`: `llm_usage_hourly` (keyed down to user and
 //! interview), its coarser grain `llm_usage_hourly_models` (company, action, model,
 //! error) and the small grains of `llm_usage_hourly_grains` (per model, action,
-//! company, company and model, company and action, company and user), see the
+//! company, company and model, company and action, company and user), with the sums of
+//! the all-company grains once more in the narrow `llm_usage_hourly_totals`; see the
 //! analytics migrations that create them.
 //!
 //! They follow the raw rows: every write path stores its transaction id in
@@ -43,27 +44,49 @@ fn usage_of(filter: &str) -> String {
     )
 }
 
+/// The keys a row of `llm_usage_hourly_totals` may carry besides its hour.
+const TOTALS_KEYS: [&str; 3] = ["company_id", "action", "model"];
+
 /// The keys of `llm_usage_hourly`, and of its coarser grain `llm_usage_hourly_models`.
 const FINE_KEYS: &str = "hour, company_id, user_id, interview_id, action, model, error_type";
 const COARSE_KEYS: &str = "hour, company_id, action, model, error_type";
 
-/// Where [`add_to`] adds: a rollup table summed per its keys, or every grain of
-/// `llm_usage_hourly_grains` at once.
+/// Where [`add_to`] adds: a rollup table summed per its keys, every grain of
+/// `llm_usage_hourly_grains` at once, or the sums of the all-company grains in
+/// `llm_usage_hourly_totals`.
 pub(crate) enum Target {
     Table { table: &'static str, keys: &'static str, constraint: &'static str },
     Grains,
+    Totals,
 }
 
-/// The figures of every rollup table, after its keys.
-pub(crate) const FIGURES: &str = "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, \
-    cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning, \
-    latency_ms_histogram, ttft_ms_histogram";
+/// The sums of every rollup table, after its keys.
+macro_rules! sums {
+    () => {
+        "calls, calls_without_usage, unpriced_calls, tokens_input, tokens_output, cost_usd, cache_hits, \
+         cost_saved_usd, streaming_calls, latency_ms_sum, tokens_cached_input, tokens_reasoning"
+    };
+}
+/// The figures of every rollup table but `llm_usage_hourly_totals`, after its keys: the
+/// sums, then the histograms.
+pub(crate) const FIGURES: &str = concat!(sums!(), ", latency_ms_histogram, ttft_ms_histogram");
+/// The figures of `llm_usage_hourly_totals`: the sums alone.
+pub(crate) const SUMS: &str = sums!();
 
 impl Target {
     fn table(&self) -> &'static str {
         match self {
             Target::Table { table, .. } => table,
             Target::Grains => "llm_usage_hourly_grains",
+            Target::Totals => "llm_usage_hourly_totals",
+        }
+    }
+
+    /// The columns after the keys: [`FIGURES`], or for the totals [`SUMS`].
+    pub(crate) fn figures(&self) -> &'static str {
+        match self {
+            Target::Table { .. } | Target::Grains => FIGURES,
+            Target::Totals => SUMS,
         }
     }
 
@@ -73,6 +96,7 @@ impl Target {
         match self {
             Target::Table { keys, .. } => (*keys).to_owned(),
             Target::Grains => format!("grain, hour, {}, errors", GRAIN_KEYS.join(", ")),
+            Target::Totals => format!("grain, hour, {}, errors", TOTALS_KEYS.join(", ")),
         }
     }
 
@@ -81,18 +105,21 @@ impl Target {
     /// without).
     fn on_conflict(&self) -> String {
         let add = |column: &str| format!("llm_histogram_add(t.{column}, EXCLUDED.{column})");
-        let (constraint, errors, [latency, ttft]) = match self {
+        let histograms =
+            |latency: String, ttft: String| format!(", latency_ms_histogram = {latency}, ttft_ms_histogram = {ttft}");
+        let (constraint, errors, histograms) = match self {
             Target::Table { constraint, .. } => {
-                (*constraint, "", [add("latency_ms_histogram"), add("ttft_ms_histogram")])
+                (*constraint, "", histograms(add("latency_ms_histogram"), add("ttft_ms_histogram")))
             }
             Target::Grains => {
                 let add = |column: &str| format!("CASE WHEN t.{column} IS NULL THEN NULL ELSE {} END", add(column));
                 (
                     "llm_usage_hourly_grains_key",
                     "errors = t.errors + EXCLUDED.errors, ",
-                    [add("latency_ms_histogram"), add("ttft_ms_histogram")],
+                    histograms(add("latency_ms_histogram"), add("ttft_ms_histogram")),
                 )
             }
+            Target::Totals => ("llm_usage_hourly_totals_key", "errors = t.errors + EXCLUDED.errors, ", String::new()),
         };
         format!(
             "ON CONFLICT ON CONSTRAINT {constraint} DO UPDATE SET calls = t.calls + EXCLUDED.calls, {errors}\
@@ -105,8 +132,7 @@ impl Target {
                streaming_calls = t.streaming_calls + EXCLUDED.streaming_calls, \
                latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum, \
                tokens_cached_input = t.tokens_cached_input + EXCLUDED.tokens_cached_input, \
-               tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning, \
-               latency_ms_histogram = {latency}, ttft_ms_histogram = {ttft}"
+               tokens_reasoning = t.tokens_reasoning + EXCLUDED.tokens_reasoning{histograms}"
         )
     }
 }
@@ -116,11 +142,15 @@ impl Target {
 /// bucket with plain sums, then trimmed. The grains are summed in one pass (`GROUPING SETS`), each
 /// row named by its `GROUPING(…)`; errors become a count of their own there.
 fn add_to(target: Target, source: &str) -> String {
-    let (select, group_by, [latency, ttft]) = match &target {
+    let (select, group_by, histograms) = match &target {
         Target::Table { keys, .. } => (
             (*keys).to_owned(),
             (*keys).to_owned(),
-            [stored_histogram_sum_sql("latency_ms_histogram"), stored_histogram_sum_sql("ttft_ms_histogram")],
+            format!(
+                ", {}, {}",
+                stored_histogram_sum_sql("latency_ms_histogram"),
+                stored_histogram_sum_sql("ttft_ms_histogram")
+            ),
         ),
         Target::Grains => {
             let keys = GRAIN_KEYS.join(", ");
@@ -133,18 +163,46 @@ fn add_to(target: Target, source: &str) -> String {
             (
                 format!("GROUPING({keys}), hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)"),
                 format!("GROUPING SETS ({})", sets.join(", ")),
-                [sum("latency_ms_histogram"), sum("ttft_ms_histogram")],
+                format!(", {}, {}", sum("latency_ms_histogram"), sum("ttft_ms_histogram")),
+            )
+        }
+        Target::Totals => {
+            // No user key here, so the grain is named from the grouping of the other
+            // three (a bit each for company, action, model summed away).
+            let keys = TOTALS_KEYS.join(", ");
+            let totals: Vec<_> = GRAINS.iter().filter(|g| g.totals).collect();
+            let sets: Vec<String> = totals.iter().map(|g| format!("(hour, {})", g.keys.join(", "))).collect();
+            let names: Vec<String> = totals
+                .iter()
+                .map(|g| {
+                    let grouping: i16 = TOTALS_KEYS
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, key)| !g.keys.contains(key))
+                        .map(|(i, _)| 1i16 << (TOTALS_KEYS.len() - 1 - i))
+                        .sum();
+                    format!("WHEN {grouping} THEN {}", g.id())
+                })
+                .collect();
+            (
+                format!(
+                    "CASE GROUPING({keys}) {} END, hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)",
+                    names.join(" ")
+                ),
+                format!("GROUPING SETS ({})", sets.join(", ")),
+                String::new(),
             )
         }
     };
     format!(
-        "INSERT INTO {} AS t ({}, {FIGURES}) \
+        "INSERT INTO {} AS t ({}, {}) \
          SELECT {select}, sum(calls), sum(calls_without_usage), sum(unpriced_calls), sum(tokens_input), \
            sum(tokens_output), sum(cost_usd), sum(cache_hits), sum(cost_saved_usd), sum(streaming_calls), \
-           sum(latency_ms_sum), sum(tokens_cached_input), sum(tokens_reasoning), {latency}, {ttft} \
+           sum(latency_ms_sum), sum(tokens_cached_input), sum(tokens_reasoning){histograms} \
          FROM {source} GROUP BY {group_by} {}",
         target.table(),
         target.key_columns(),
+        target.figures(),
         target.on_conflict(),
     )
 }
@@ -154,8 +212,9 @@ fn add_to(target: Target, source: &str) -> String {
 pub(crate) fn add_grouped(target: Target, source: &str, figures: &str) -> String {
     let keys = target.key_columns();
     format!(
-        "INSERT INTO {} AS t ({keys}, {FIGURES}) SELECT {keys}, {figures} FROM {source} {}",
+        "INSERT INTO {} AS t ({keys}, {}) SELECT {keys}, {figures} FROM {source} {}",
         target.table(),
+        target.figures(),
         target.on_conflict()
     )
 }
@@ -170,18 +229,19 @@ pub(crate) const COARSE: Target =
 pub(crate) static FOLD_PENDING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH moved AS (DELETE FROM llm_usage_pending RETURNING *), fine AS ({} RETURNING 1), \
-         grains AS ({} RETURNING 1), coarse AS ({} RETURNING 1) \
+         grains AS ({} RETURNING 1), coarse AS ({} RETURNING 1), totals AS ({} RETURNING 1) \
          SELECT coalesce(sum(calls), 0)::int8 FROM moved",
         add_to(FINE, "moved"),
         add_to(Target::Grains, "moved"),
-        add_to(COARSE, "moved")
+        add_to(COARSE, "moved"),
+        add_to(Target::Totals, "moved")
     )
 });
 
 /// The rollup tables, in the one order every writer of several takes them
 /// ([`Folder::step`](crate::fold::Folder::step) and [`rebuild`]), so that none deadlocks another.
 pub(crate) const LOCK_ORDER: &str =
-    "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains";
+    "llm_usage_pending, llm_usage_hourly, llm_usage_hourly_models, llm_usage_hourly_grains, llm_usage_hourly_totals";
 
 static REBUILD_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -194,10 +254,10 @@ static REBUILD_INSERT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The coarser grains of a range, from its (just rebuilt) hourly rows.
-static REBUILD_COARSE: LazyLock<[String; 2]> = LazyLock::new(|| {
+static REBUILD_COARSE: LazyLock<[String; 3]> = LazyLock::new(|| {
     let source =
         "(SELECT * FROM llm_usage_hourly WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz) AS src";
-    [add_to(COARSE, source), add_to(Target::Grains, source)]
+    [add_to(COARSE, source), add_to(Target::Grains, source), add_to(Target::Totals, source)]
 });
 
 /// A timestamp as PostgreSQL reads it back exactly (microseconds, UTC).
@@ -261,7 +321,13 @@ pub async fn lock_for_rebuild(conn: &mut AsyncPgConnection) -> diesel::QueryResu
 /// [`sql_time`]) with their recomputation from the raw rows, inside a transaction that
 /// took [`lock_for_rebuild`]; returns the fine rows written.
 pub async fn rebuild_locked(conn: &mut AsyncPgConnection, lo: &str, hi: &str) -> diesel::QueryResult<u64> {
-    for table in ["llm_usage_hourly", "llm_usage_hourly_models", "llm_usage_hourly_grains", "llm_usage_pending"] {
+    for table in [
+        "llm_usage_hourly",
+        "llm_usage_hourly_models",
+        "llm_usage_hourly_grains",
+        "llm_usage_hourly_totals",
+        "llm_usage_pending",
+    ] {
         sql_query(format!("DELETE FROM {table} WHERE hour >= $1::text::timestamptz AND hour < $2::text::timestamptz"))
             .bind::<Text, _>(lo)
             .bind::<Text, _>(hi)

@@ -37,7 +37,8 @@ const UNTOUCHED: &str = "SELECT event_id, created_at, action, company_id, user_i
     metadata - 'unpriced_model' AS metadata FROM llm_logs";
 const PRICED: &str = "SELECT event_id, cost_usd, cost_saved_usd, price_table_version FROM llm_logs";
 const ROLLUPS: &str = "SELECT * FROM llm_usage_hourly";
-const ROLLUPS_COARSE: &str = "SELECT 'models', m::text FROM llm_usage_hourly_models m UNION ALL SELECT 'grains', g::text FROM llm_usage_hourly_grains g";
+const ROLLUPS_COARSE: &str = "SELECT 'models', m::text FROM llm_usage_hourly_models m UNION ALL SELECT 'grains', g::text FROM llm_usage_hourly_grains g \
+    UNION ALL SELECT 'totals', o::text FROM llm_usage_hourly_totals o";
 
 fn entry(name: &str, from: Option<&str>, input: f64, cached: f64, output: f64) -> ModelPrice {
     ModelPrice {

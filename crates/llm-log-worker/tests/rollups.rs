@@ -138,6 +138,21 @@ async fn rollups_count_each_call_once_and_match_a_rebuild() -> anyhow::Result<()
     )
     .await?;
     assert_eq!(company_hours_off, 0, "the per-company grain disagrees with the raw rows");
+    // The totals hold the all-company grains' sums, row for row, and nothing else.
+    let columns = "grain, hour, company_id, action, model, errors, calls, calls_without_usage, unpriced_calls, \
+        tokens_input, tokens_output, cost_usd, cache_hits, cost_saved_usd, streaming_calls, latency_ms_sum, \
+        tokens_cached_input, tokens_reasoning";
+    let grains = format!("SELECT {columns} FROM llm_usage_hourly_grains WHERE grain IN (7, 13, 14)");
+    let totals = format!("SELECT {columns} FROM llm_usage_hourly_totals");
+    let totals_off = number(
+        &db,
+        &format!(
+            "SELECT count(*) AS n FROM (({grains} EXCEPT ALL {totals}) UNION ALL ({totals} EXCEPT ALL {grains})) d"
+        ),
+    )
+    .await?;
+    assert_eq!(totals_off, 0, "the totals disagree with the all-company grains");
+    assert!(number(&db, "SELECT count(*) AS n FROM llm_usage_hourly_totals").await? > 0);
 
     // A rebuild of the whole range from the raw rows gives the same table, twice.
     let incremental = snapshot(&db).await?;

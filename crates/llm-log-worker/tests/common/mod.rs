@@ -106,6 +106,7 @@ pub async fn snapshot(db: &TestDb) -> anyhow::Result<String> {
         "SELECT coalesce((SELECT string_agg(t::text, E'\\n' ORDER BY t::text) FROM llm_usage_hourly t), '') \
          || E'\\n--\\n' || coalesce((SELECT string_agg(m::text, E'\\n' ORDER BY m::text) FROM llm_usage_hourly_models m), '') \
          || E'\\n--\\n' || coalesce((SELECT string_agg(g::text, E'\\n' ORDER BY g::text) FROM llm_usage_hourly_grains g), '') \
+         || E'\\n--\\n' || coalesce((SELECT string_agg(o::text, E'\\n' ORDER BY o::text) FROM llm_usage_hourly_totals o), '') \
          AS s",
     )
     .get_result(&mut conn)
