@@ -16,10 +16,10 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 cargo build --release -p bench
 BIN=$(scripts/target-dir.sh)/release
-"$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}" --rounds "${BENCH_INGEST_ROUNDS:-3}"
+"$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}" --rounds "${BENCH_INGEST_ROUNDS:-5}"
 echo
 "$BIN/headhunter-bench" ingest --events "${BENCH_EVENTS:-200000}" --calls-per-interview 20 \
-  --rounds "${BENCH_INGEST_ROUNDS:-3}"
+  --rounds "${BENCH_INGEST_ROUNDS:-5}"
 echo
 "$BIN/headhunter-bench" spool --events "${BENCH_SPOOL_EVENTS:-200000}"
 echo
