@@ -715,23 +715,15 @@ fn rollups_for(group: Option<Group>, company: bool, percentiles: bool) -> (Strin
     let filter = company_filter(company);
     if let Some(key) = key {
         let keys: Vec<&str> = company.then_some("company_id").into_iter().chain(key.iter().copied()).collect();
-        // Every company's sums, without percentiles: the narrow totals (a month of the
-        // per-company grain there is a few MiB; its rows with histograms, a hundred).
-        if let Some(grain) = Grain::covering_totals(&keys).filter(|_| !company && !percentiles) {
+        // Every company's sums, without percentiles, from the narrow totals (a month of
+        // the per-company grain there is a few MiB; its rows with histograms, a hundred).
+        let totals = Grain::covering_totals(&keys).filter(|_| !company && !percentiles);
+        let grain = totals
+            .map(|g| ("llm_usage_hourly_totals", g))
+            .or_else(|| Grain::covering(&keys, percentiles).map(|g| ("llm_usage_hourly_grains", g)));
+        if let Some((table, grain)) = grain {
             return (
-                format!(
-                    "llm_usage_hourly_totals r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {filter}",
-                    grain.id()
-                ),
-                "sum(errors)",
-            );
-        }
-        if let Some(grain) = Grain::covering(&keys, percentiles) {
-            return (
-                format!(
-                    "llm_usage_hourly_grains r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {filter}",
-                    grain.id()
-                ),
+                format!("{table} r JOIN whole ON r.hour = whole.h WHERE r.grain = {} AND {filter}", grain.id()),
                 "sum(errors)",
             );
         }

@@ -137,15 +137,16 @@ struct Round {
 pub async fn run_rounds(n: usize, per_interview: usize, rounds: usize) -> anyhow::Result<()> {
     let rounds = rounds.max(1);
     let mut measured = Vec::new();
-    let events = || -> Vec<LlmCallEvent> { (0..n).map(|i| event(i, per_interview)).collect() };
+    // One set of events for every COPY and pipeline: each goes into a new database.
+    let events: Vec<LlmCallEvent> = (0..n).map(|i| event(i, per_interview)).collect();
     println!("== ingest: {n} llm_logs events, {per_interview} per interview, {rounds} rounds ==");
-    let mut copy_before = raw_copy(&events()).await?;
+    let mut copy_before = raw_copy(&events).await?;
     for round in 1..=rounds {
         if rounds > 1 {
             println!("-- round {round} of {rounds}");
         }
-        let pipe = pipeline(&events()).await?;
-        let copy_after = raw_copy(&events()).await?;
+        let pipe = pipeline(&events).await?;
+        let copy_after = raw_copy(&events).await?;
         let copy_secs = (copy_before + copy_after) / 2.0;
         let (copy_rate, pipe_rate) = (n as f64 / copy_secs, n as f64 / pipe.secs);
         let round = Round { ratio: pipe_rate / copy_rate, rows_alone: copy_secs / pipe.committed_secs };
@@ -219,7 +220,6 @@ struct Pipeline {
 /// until the rollups hold them all.
 async fn pipeline(events: &[LlmCallEvent]) -> anyhow::Result<Pipeline> {
     let n = events.len();
-    // The pipeline.
     let (pipe_url, pipe_name) = create_database("pipeline").await?;
     let prefix = format!("bench:{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     // Worker tuning (WRITE_LOOPS, BATCH_SIZE, …) can be varied from the environment.

@@ -62,11 +62,16 @@ impl Grain {
     /// The `grain` column's value: PostgreSQL's `GROUPING(company_id, user_id, action,
     /// model)` of the grouping set, a bit set for each key summed away.
     pub fn id(&self) -> i16 {
-        GRAIN_KEYS
-            .iter()
+        self.grouping(&GRAIN_KEYS)
+    }
+
+    /// PostgreSQL's `GROUPING(…)` of `keys` for this grain's grouping set: a bit set for
+    /// each of `keys` the grain sums away, the first key's the highest.
+    pub fn grouping(&self, keys: &[&str]) -> i16 {
+        keys.iter()
             .enumerate()
             .filter(|(_, key)| !self.keys.contains(key))
-            .map(|(i, _)| 1i16 << (GRAIN_KEYS.len() - 1 - i))
+            .map(|(i, _)| 1i16 << (keys.len() - 1 - i))
             .sum()
     }
 

@@ -172,18 +172,8 @@ fn add_to(target: Target, source: &str) -> String {
             let keys = TOTALS_KEYS.join(", ");
             let totals: Vec<_> = GRAINS.iter().filter(|g| g.totals).collect();
             let sets: Vec<String> = totals.iter().map(|g| format!("(hour, {})", g.keys.join(", "))).collect();
-            let names: Vec<String> = totals
-                .iter()
-                .map(|g| {
-                    let grouping: i16 = TOTALS_KEYS
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, key)| !g.keys.contains(key))
-                        .map(|(i, _)| 1i16 << (TOTALS_KEYS.len() - 1 - i))
-                        .sum();
-                    format!("WHEN {grouping} THEN {}", g.id())
-                })
-                .collect();
+            let names: Vec<String> =
+                totals.iter().map(|g| format!("WHEN {} THEN {}", g.grouping(&TOTALS_KEYS), g.id())).collect();
             (
                 format!(
                     "CASE GROUPING({keys}) {} END, hour, {keys}, sum(CASE WHEN error_type IS NULL THEN 0 ELSE calls END)",
